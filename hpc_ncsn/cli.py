@@ -1,0 +1,167 @@
+"""`hpc-ncsn` (or `python -m hpc_ncsn`): the project's small commands.
+
+    hpc-ncsn config --config configs/debug.yaml noise.schedule=linear   # resolved config
+    hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
+    hpc-ncsn plan --config configs/debug.yaml                           # σ_1 from the data
+    hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, config_to_yaml, load_config
+from .toy import ToySettings
+
+__all__ = ["main"]
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML config file (default: built-in defaults), e.g. configs/debug.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="overrides such as noise.sigma_max=50 data.image_size=16")
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .planning import max_pairwise_distance, plan_noise
+
+    config = None
+    if args.dim is None:
+        config = load_config(args.config, args.overrides)
+        sigma_min = args.sigma_min if args.sigma_min is not None else config.noise.sigma_min
+    elif args.config is not None or args.overrides:
+        raise SystemExit("plan: give either --dim (with --sigma-max) or a data set through --config, not both")
+    elif args.sigma_max is None:
+        raise SystemExit("plan --dim needs --sigma-max (or use --config to measure σ_1 on a data set)")
+    else:
+        sigma_min = args.sigma_min if args.sigma_min is not None else 0.01
+    if args.dry_run:
+        print(json.dumps({"dim": args.dim, "data": config and asdict(config.data), "sigma_max": args.sigma_max,
+                          "sigma_min": sigma_min, "steps": args.steps, "num_levels": args.num_levels}, indent=2))
+        return 0
+    dim, sigma_max, method = args.dim, args.sigma_max, "given"
+    if config is not None:
+        points = _dataset_points(config.data)
+        dim = int(points[0].numel())
+        if sigma_max is None:
+            sigma_max, method = max_pairwise_distance(points)
+    plan = plan_noise(dim=dim, sigma_max=sigma_max, sigma_min=sigma_min, steps_per_level=args.steps,
+                      num_levels=args.num_levels, sigma_max_method=method)
+    print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _dataset_points(data_cfg):
+    from .data import load_images, to_model_scale, toy_mixture
+    import torch
+
+    if data_cfg.name == "toy2d":
+        mixture = toy_mixture(data_cfg.toy_means, data_cfg.toy_weights, data_cfg.toy_std)
+        return mixture.sample(data_cfg.toy_size, torch.Generator().manual_seed(0))
+    return to_model_scale(load_images(data_cfg))
+
+
+def _parse_json_list(text: str, what: str) -> list:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{what}: cannot parse {text!r} ({error})") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"{what}: expected a list such as [[-5,-5],[5,5]], got {text!r}")
+    return value
+
+
+def _cmd_toy(args: argparse.Namespace) -> int:
+    from .data import toy_mixture
+    from .toy import run_toy, save_toy_figure
+
+    means = _parse_json_list(args.means, "--means")
+    weights = _parse_json_list(args.weights, "--weights")
+    try:
+        mixture = toy_mixture(means, weights, args.std)
+    except ValueError as error:
+        raise SystemExit(f"toy: bad mixture ({error}); example: --means '[[-5,-5],[5,5]]' --weights '[1,4]'")
+    settings = ToySettings(**{f.name: getattr(args, f.name) for f in fields(ToySettings)})
+    if args.dry_run:
+        print(json.dumps({"means": means, "weights": weights, "std": args.std, "settings": asdict(settings),
+                          "out": str(args.out)}, indent=2))
+        return 0
+    report, samples = run_toy(mixture, settings)
+    figure = args.out / "toy_langevin.png"
+    save_toy_figure(samples, mixture, report, figure)
+    report["figure"] = str(figure)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "toy_langevin.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="hpc-ncsn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    config = commands.add_parser("config", formatter_class=formatter,
+                                 help="print the resolved config (YAML)",
+                                 epilog="example: hpc-ncsn config --config configs/debug.yaml noise.schedule=linear")
+    _add_config_args(config)
+    config.set_defaults(run=_cmd_config)
+
+    plan = commands.add_parser(
+        "plan", formatter_class=formatter,
+        help="NCSNv2 noise plan (σ_1, γ, L, ε) as JSON",
+        epilog="examples: hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232\n"
+               "          hpc-ncsn plan --config configs/debug.yaml",
+    )
+    _add_config_args(plan)
+    plan.add_argument("--dim", type=int, default=None, help="data dimension D (instead of a data set)")
+    plan.add_argument("--sigma-max", type=float, default=None,
+                      help="σ_1; default: the largest pairwise distance in the config's data set")
+    plan.add_argument("--sigma-min", type=float, default=None, help="σ_L; default: the config's noise.sigma_min")
+    plan.add_argument("--steps", type=int, default=5, help="Langevin steps per level T")
+    plan.add_argument("--num-levels", type=int, default=None,
+                      help="fix L instead of choosing it by technique 2")
+    plan.add_argument("--dry-run", action="store_true", help="print the inputs and exit")
+    plan.set_defaults(run=_cmd_plan)
+
+    toy = commands.add_parser(
+        "toy", formatter_class=formatter,
+        help="NCSN's 2-D mixture toy: mode weights from Langevin vs annealed Langevin",
+        epilog="example: hpc-ncsn toy --means '[[-5,-5],[5,5]]' --weights '[0.2,0.8]' --std 1 --out runs/toy",
+    )
+    toy.add_argument("--means", default="[[-5,-5],[5,5]]", help="mixture means, a list of [x, y]")
+    toy.add_argument("--weights", default="[0.2,0.8]", help="mixture weights (normalized)")
+    toy.add_argument("--std", type=float, default=1.0, help="component standard deviation")
+    for setting in fields(ToySettings):
+        toy.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name, type=setting.type,
+                         default=setting.default, help=setting.metadata["help"])
+    toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="folder for the JSON and the figure")
+    toy.add_argument("--dry-run", action="store_true", help="print the settings and exit")
+    toy.set_defaults(run=_cmd_toy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+import math
+
+import pytest
+import torch
+
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state, philox4x32, sample_normal, sample_uniform
+
+
+@pytest.mark.parametrize(
+    "counter, key, expected",
+    [  # Known-answer vectors of Random123's Philox-4x32-10.
+        ([0, 0, 0, 0], [0, 0], "6627e8d5 e169c58d bc57ac4c 9b00dbd8"),
+        ([0xFFFFFFFF] * 4, [0xFFFFFFFF] * 2, "408f276d 41c83b0e a20bc7c6 6d5451fd"),
+        ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
+         "d16cfe09 94fdcceb 5001e420 24126ea1"),
+    ],
+)
+def test_philox_matches_known_answers(counter, key, expected):
+    words = philox4x32([torch.tensor([c]) for c in counter], [torch.tensor([k]) for k in key])
+    assert " ".join(f"{int(w):08x}" for w in words) == expected
+
+
+def test_normal_noise_is_standard_and_uncorrelated():
+    z = sample_normal(7, torch.arange(2000), (3, 8, 8), step=5).flatten(1)
+    assert z.mean().abs() < 0.005 and (z.std() - 1).abs() < 0.005
+    quantiles = torch.quantile(z.flatten()[:100_000], torch.tensor([0.025, 0.5, 0.975]))
+    assert torch.allclose(quantiles, torch.tensor([-1.96, 0.0, 1.96]), atol=0.03)
+    nxt = sample_normal(7, torch.arange(2000), (3, 8, 8), step=6).flatten(1)
+    assert (z * nxt).mean().abs() < 0.005
+    assert (z[:, :-1] * z[:, 1:]).mean().abs() < 0.005
+    assert (z[:-1] * z[1:]).mean().abs() < 0.005
+
+
+def test_uniform_noise_covers_the_unit_interval():
+    u = sample_uniform(3, torch.arange(1000), (50,))
+    assert u.min() > 0 and u.max() < 1
+    assert (u.mean() - 0.5).abs() < 0.005 and (u.var() - 1 / 12).abs() < 0.002
+
+
+def test_noise_of_a_sample_depends_on_seed_index_and_step_only():
+    full = sample_normal(11, torch.arange(10), (2, 5), step=3)
+    assert torch.equal(sample_normal(11, torch.tensor([7, 2]), (2, 5), step=3), full[[7, 2]])
+    assert not torch.equal(sample_normal(12, torch.arange(10), (2, 5), step=3), full)
+    assert not torch.equal(sample_normal(11, torch.arange(10), (2, 5), step=4), full)
+    assert not torch.equal(full[0], full[1])
+
+
+def test_seed_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="seed"):
+        sample_normal(2**32, torch.arange(2), (3,), step=0)
+
+
+def gaussian_score(mean: torch.Tensor, std: float):
+    """Exact score of N(mean, std²I) perturbed by N(0, σ²I)."""
+    return lambda x, sigma: (mean - x) / (std**2 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
+
+
+DIM, STD = 64, 0.1
+MEAN = torch.linspace(0.2, 0.8, DIM, dtype=torch.float64)
+
+
+def sample_gaussian(schedule: str, init: str) -> torch.Tensor:
+    plan = SamplerPlan.for_arm(schedule, sigma_max=3.0, sigma_min=0.01, num_levels=30, steps_per_level=20,
+                               step_lr=3e-5, snr=0.16, final_denoise=False)
+    indices = torch.arange(2000)
+    x0 = initial_state(0, indices, (DIM,), init=init, sigma_max=3.0, dtype=torch.float64)
+    return annealed_langevin(gaussian_score(MEAN, STD), x0, plan, seed=0, indices=indices)
+
+
+@pytest.mark.parametrize("schedule", ["geometric", "snr"])
+def test_geometric_and_snr_arms_sample_a_gaussian_with_its_exact_score(schedule):
+    x = sample_gaussian(schedule, init="gaussian")
+    assert (x.mean(0) - MEAN).abs().max() < 0.01
+    assert x.std(0).mean().item() == pytest.approx(math.sqrt(STD**2 + 0.01**2), rel=0.06)
+
+
+def test_linear_arm_fails_to_anneal_its_last_big_gap():
+    # Linear ladder: σ_{L-1}/σ_L ≈ 11 here, so the last level starts far from
+    # equilibrium and its small steps cannot contract it: samples stay too wide.
+    x = sample_gaussian("linear", init="gaussian")
+    assert (x.mean(0) - MEAN).abs().max() < 0.01
+    assert x.std(0).mean().item() > 1.3 * math.sqrt(STD**2 + 0.01**2)
+
+
+def test_snr_arm_from_uniform_start_overshoots_when_sigma_max_dwarfs_the_data():
+    # From U(0,1), ‖s(x, σ_1)‖ is tiny, so α = 2(r‖z‖/‖s‖)² is huge and the first
+    # steps overshoot (α/σ_1² > 2); the SNR arm needs the N(·, σ_1²I) start.
+    x = sample_gaussian("snr", init="uniform")
+    assert x.std(0).mean().item() > 1.0
+    assert sample_gaussian("geometric", init="uniform").std(0).mean().item() < 0.11
+
+
+def test_final_denoising_step_applies_tweedie():
+    mean, std = torch.zeros(2, dtype=torch.float64), 1.0
+    score = gaussian_score(mean, std)
+    base = dict(sigma_max=2.0, sigma_min=0.5, num_levels=3, steps_per_level=2, step_lr=0.01, snr=0.16)
+    indices = torch.arange(8)
+    x0 = initial_state(1, indices, (2,), init="gaussian", sigma_max=2.0, dtype=torch.float64)
+    plain = annealed_langevin(score, x0, SamplerPlan.for_arm("geometric", **base, final_denoise=False),
+                              seed=1, indices=indices)
+    denoised = annealed_langevin(score, x0, SamplerPlan.for_arm("geometric", **base, final_denoise=True),
+                                 seed=1, indices=indices)
+    sigma_l = torch.full((8,), 0.5, dtype=torch.float64)
+    assert torch.allclose(denoised, plain + 0.25 * score(plain, sigma_l))
+
+
+def test_samples_do_not_depend_on_batch_size():
+    mean = torch.tensor([0.2, 0.8], dtype=torch.float64)
+    plan = SamplerPlan.for_arm("snr", sigma_max=1.0, sigma_min=0.01, num_levels=5, steps_per_level=3,
+                               step_lr=1e-5, snr=0.16)
+
+    def draw(indices):
+        x0 = initial_state(4, indices, (2,), init="uniform", sigma_max=1.0, dtype=torch.float64)
+        return annealed_langevin(gaussian_score(mean, 0.1), x0, plan, seed=4, indices=indices)
+
+    whole = draw(torch.arange(12))
+    pieces = torch.cat([draw(torch.arange(start, min(start + 5, 12))) for start in range(0, 12, 5)])
+    assert torch.equal(whole, pieces)
+    assert torch.equal(draw(torch.tensor([9, 3])), whole[[9, 3]])
+
+
+def test_progress_callback_sees_every_level_and_plan_counts_evaluations():
+    plan = SamplerPlan.for_arm("geometric", sigma_max=1.0, sigma_min=0.1, num_levels=4, steps_per_level=3,
+                               step_lr=1e-3, snr=0.16)
+    calls = []
+    evaluations = []
+
+    def score(x, sigma):
+        evaluations.append(sigma[0].item())
+        return -x
+
+    indices = torch.arange(3)
+    annealed_langevin(score, torch.zeros(3, 2), plan, seed=0, indices=indices,
+                      callback=lambda level, sigma, x: calls.append((level, sigma)))
+    assert [level for level, _ in calls] == [0, 1, 2, 3]
+    assert [sigma for _, sigma in calls] == pytest.approx(plan.sigmas.tolist())
+    assert len(evaluations) == plan.network_evaluations == 4 * 3 + 1
+
+
+def test_plan_rejects_unknown_rule():
+    with pytest.raises(ValueError, match="step rule"):
+        SamplerPlan(torch.tensor([1.0, 0.1]), "adaptive", 5)
+
+
+def test_unet_samples_do_not_depend_on_batch_size():
+    from hpc_ncsn.model import UNet
+
+    torch.manual_seed(0)
+    model = UNet(in_channels=1, image_size=8, base_channels=16, channel_mults=(1, 2), num_res_blocks=1,
+                 attn_resolutions=(4,), dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    plan = SamplerPlan.for_arm("geometric", sigma_max=2.0, sigma_min=0.05, num_levels=4, steps_per_level=2,
+                               step_lr=1e-4, snr=0.16)
+
+    def draw(indices):
+        x0 = initial_state(9, indices, (1, 8, 8), init="gaussian", sigma_max=2.0)
+        with torch.no_grad():
+            return annealed_langevin(model, x0, plan, seed=9, indices=indices)
+
+    whole = draw(torch.arange(6))
+    pieces = torch.cat([draw(torch.arange(0, 1)), draw(torch.arange(1, 4)), draw(torch.arange(4, 6))])
+    torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(whole[0], whole[1])

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from hpc_ncsn.cli import main
+from hpc_ncsn.data import toy_mixture
+from hpc_ncsn.toy import ToySettings, run_toy
+
+
+def test_annealed_langevin_recovers_the_paper_mixture_weights_and_plain_langevin_does_not():
+    report, samples = run_toy(toy_mixture([[-5, -5], [5, 5]], [0.2, 0.8], 1.0), ToySettings())
+    assert report["annealed_langevin"]["max_abs_error"] < 0.03
+    assert report["langevin"]["max_abs_error"] > 0.2
+    assert samples["annealed"].shape == (10_000, 2)
+
+
+def test_toy_command_writes_json_and_figure(tmp_path, capsys):
+    assert main(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1,1]", "--num-samples", "400",
+                 "--plain-steps", "50", "--steps-per-level", "20", "--out", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["true_weights"] == [0.5, 0.5]
+    assert json.loads((tmp_path / "toy_langevin.json").read_text()) == printed
+    assert (tmp_path / "toy_langevin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_toy_command_refuses_a_bad_mixture():
+    with pytest.raises(SystemExit, match="bad mixture"):
+        main(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1]"])
+
+
+def test_plan_command_prints_the_published_cifar10_plan(capsys):
+    assert main(["plan", "--dim", "3072", "--sigma-max", "50", "--sigma-min", "0.01", "--steps", "5",
+                 "--num-levels", "232"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["step_lr"] == pytest.approx(6.2e-6, rel=0.03) and plan["num_levels"] == 232
+
+
+def test_plan_command_measures_sigma_max_on_a_data_set(capsys):
+    assert main(["plan", "data.image_size=8", "--steps", "5"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dim"] == 64 and plan["sigma_max_method"].startswith("exact")
+    assert 4.0 < plan["sigma_max"] <= 8.0
+
+
+def test_config_command_prints_resolved_yaml_and_reports_errors(capsys):
+    assert main(["config", "noise.schedule=linear"]) == 0
+    assert "schedule: linear" in capsys.readouterr().out
+    assert main(["config", "noise.sigma_mx=3"]) == 2
+    assert "did you mean 'sigma_max'" in capsys.readouterr().err
+
+
+def test_dry_runs_do_no_work(tmp_path, capsys):
+    assert main(["toy", "--dry-run", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads(capsys.readouterr().out)["settings"]["num_samples"] == 10_000
+    assert not (tmp_path / "t").exists()
