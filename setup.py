@@ -15,6 +15,8 @@ setup(
         "torchvision>=0.26",
         "accelerate>=1.0",
         "deepspeed>=0.16",
+        # accelerate's DeepSpeed integration reads transformers' version and imports its HfDeepSpeedConfig.
+        "transformers>=4.46",
         "submitit>=1.5",
         "h5py>=3.10",
         "torch-fidelity>=0.3",

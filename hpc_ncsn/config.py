@@ -23,6 +23,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "NoiseConfig",
+    "TrainConfig",
     "config_to_dict",
     "config_to_yaml",
     "load_config",
@@ -120,10 +121,49 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The training loop; `batch_size` is the global batch of one optimizer step."""
+
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 128
+    grad_accum: int = 1
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_rate: float = 0.999
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    random_flip: bool = False
+    log_every: int = 20
+    sample_every: int = 500
+    sample_images: int = 64
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_consecutive_skips: int = 20
+    out_dir: str = "runs/debug"
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
+        _require(0.0 <= self.ema_rate < 1.0, "ema_rate", "must be in [0, 1)")
+        for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.sample_images >= 1, "sample_images", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         if self.model.kind == "mlp":
@@ -208,10 +248,15 @@ def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
     return f"unknown config key {full_key!r}{hint}; valid {where}: {', '.join(valid)}"
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
+            value = next((c for c in args if str(c).lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(map(str, args))}")
         return value

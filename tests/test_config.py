@@ -40,7 +40,7 @@ def test_yaml_then_overrides(tmp_path):
     "override, pattern",
     [
         ("noise.sigma_mx=3", r"unknown config key 'noise.sigma_mx' \(did you mean 'sigma_max'\?\); valid keys in 'noise': schedule, sigma_max"),
-        ("nois.sigma_max=3", r"unknown config key 'nois' \(did you mean 'noise'\?\); valid sections: data, noise, model"),
+        ("nois.sigma_max=3", r"unknown config key 'nois' \(did you mean 'noise'\?\); valid sections: data, noise, model, train"),
         ("noise.sigma_max=-1", r"noise.sigma_max: must be > 0"),
         ("noise.sigma_min=0", r"noise.sigma_min: must be > 0"),
         ("noise.sigma_min=60", r"noise.sigma_min: must be smaller than sigma_max"),

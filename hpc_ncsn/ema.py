@@ -1,0 +1,65 @@
+"""Exponential moving average of a model's weights (NCSNv2 technique 5).
+
+θ_ema ← β·θ_ema + (1 − β)·θ after every optimizer step, β = `rate` (0.999 in
+NCSNv2). With `warmup`, the n-th update uses min(β, (1 + n)/(10 + n)) (TensorFlow's
+ExponentialMovingAverage with num_updates, as in the score SDE code), so a short
+run's average is not dominated by the random initialization. The average is kept in float32 whatever the training precision, updated
+with foreach ops (one fused kernel per dtype/device group), saved and restored by
+state_dict, and copied into a model for sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    def __init__(self, model: nn.Module, rate: float = 0.999, warmup: bool = True):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"EMA rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.warmup = warmup
+        self.num_updates = 0
+        self.names = [name for name, _ in model.named_parameters()]
+        self.shadow = [p.detach().to(torch.float32, copy=True) for p in model.parameters()]
+
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
+        named = list(model.named_parameters())
+        if [name for name, _ in named] != self.names:
+            raise ValueError("EMA was made for a model with other parameter names; build it from this model")
+        return [p.detach() for _, p in named]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """One step: shadow ← shadow + (1 − β)(θ − shadow), i.e. lerp towards θ."""
+        params = [p.to(torch.float32) for p in self._params(model)]
+        rate = min(self.rate, (1 + self.num_updates) / (10 + self.num_updates)) if self.warmup else self.rate
+        torch._foreach_lerp_(self.shadow, params, 1.0 - rate)
+        self.num_updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the averaged weights into `model` (e.g. a copy used for sampling)."""
+        for param, average in zip(self._params(model), self.shadow):
+            param.copy_(average)
+
+    def state_dict(self) -> dict:
+        return {"rate": self.rate, "warmup": self.warmup, "num_updates": self.num_updates,
+                "shadow": dict(zip(self.names, self.shadow))}
+
+    def load_state_dict(self, state: dict) -> None:
+        if sorted(state["shadow"]) != sorted(self.names):
+            missing = sorted(set(self.names) - set(state["shadow"]))
+            unexpected = sorted(set(state["shadow"]) - set(self.names))
+            raise ValueError(f"EMA state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.rate = float(state["rate"])
+        self.warmup, self.num_updates = bool(state["warmup"]), int(state["num_updates"])
+        self.shadow = [state["shadow"][name].to(device=s.device, dtype=torch.float32).clone()
+                       for name, s in zip(self.names, self.shadow)]
+
+    def to(self, device: torch.device | str) -> "EMA":
+        self.shadow = [s.to(device) for s in self.shadow]
+        return self

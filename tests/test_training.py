@@ -1,0 +1,308 @@
+"""Training end to end, in real processes: 1 and 2 gloo ranks, SIGKILL and resume, NaN skips."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hpc_ncsn.config import load_config
+from hpc_ncsn.training import _check_run_folder, batch_indices
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TINY = [
+    "data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]",
+    "model.dropout=0.1", "noise.sigma_max=8.5", "noise.num_levels=10", "noise.steps_per_level=2",
+    "noise.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
+    "train.warmup_steps=3", "train.lr=2e-3", "train.sample_every=1000",
+]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_cmd(out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    script = [str(ROOT / "train.py"), "--config", str(ROOT / "configs/debug.yaml"), *TINY,
+              f"train.out_dir={out}", *extra]
+    return [*launcher, *script] if launcher else [sys.executable, *script]
+
+
+def accelerate(processes: int, *flags: str) -> tuple[str, ...]:
+    return (str(BIN / "accelerate"), "launch", "--num_processes", str(processes), "--main_process_port",
+            str(free_port()), *flags)
+
+
+def run(cmd: list[str], timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert result.returncode == 0, f"{cmd}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
+    return result
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_state(out: Path) -> tuple[dict, dict]:
+    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    weights = load_file(latest / "model.safetensors")
+    ema = torch.load(latest / "ema.pt", weights_only=True)["ema"]["shadow"]
+    return weights, ema
+
+
+def assert_same(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), key
+        else:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def test_short_training_on_digits_lowers_the_loss(tmp_path):
+    out = tmp_path / "run"
+    run(train_cmd(out, "train.steps=40", "train.checkpoint_every=40", "train.sample_every=40"))
+    losses = [m["loss"] for m in metrics(out)]
+    assert len(losses) == 20 and all(m["images_per_s"] > 0 for m in metrics(out))
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    record = metrics(out)[-1]
+    assert len(record["loss_per_level"]) == 10 and record["skipped_steps"] == 0
+    assert {"step", "loss", "grad_norm", "lr", "images_per_s"} <= record.keys()
+    assert (out / "samples" / "step-00000040.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_config(out / "config.yaml").train.steps == 40
+
+
+def test_one_and_two_processes_train_the_same_model(tmp_path):
+    common = ["train.steps=6", "train.checkpoint_every=3", "model.dropout=0.0"]
+    run(train_cmd(tmp_path / "one", *common))
+    result = subprocess.run(train_cmd(tmp_path / "two", *common, launcher=accelerate(2, "--multi_gpu")),
+                            env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "2 process(es), global batch 16 = 2 × 1 × 8" in result.stdout + result.stderr
+    assert json.loads(next((tmp_path / "two/checkpoints").glob("step-00000006")).joinpath("meta.json")
+                      .read_text())["world_size"] == 2
+    # Same global batch, noise and init: only the order of float sums differs, which
+    # Adam's first steps amplify for parameters whose gradient is nearly zero.
+    losses = [[m["loss"] for m in metrics(tmp_path / name)] for name in ("one", "two")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    weights_one, ema_one = final_state(tmp_path / "one")
+    weights_two, ema_two = final_state(tmp_path / "two")
+    earlier = load_file(tmp_path / "one/checkpoints/step-00000003/model.safetensors")
+    moved = l2({k: weights_one[k] - earlier[k] for k in weights_one})
+    assert l2({k: weights_one[k] - weights_two[k] for k in weights_one}) < 0.05 * moved
+    assert l2({k: ema_one[k] - ema_two[k] for k in ema_one}) < 0.05 * moved
+
+
+def l2(tensors: dict) -> float:
+    return float(sum(t.double().square().sum() for t in tensors.values()).sqrt())
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    common = ["train.steps=4", "train.checkpoint_every=2", "model.dropout=0.0"]
+    run(train_cmd(tmp_path / "whole", *common))
+    run(train_cmd(tmp_path / "accumulated", *common, "train.grad_accum=4"))
+    losses = [[m["loss"] for m in metrics(tmp_path / name)] for name in ("whole", "accumulated")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    whole, _ = final_state(tmp_path / "whole")
+    accumulated, _ = final_state(tmp_path / "accumulated")
+    earlier = load_file(tmp_path / "whole/checkpoints/step-00000002/model.safetensors")
+    assert l2({k: whole[k] - accumulated[k] for k in whole}) < 0.05 * l2({k: whole[k] - earlier[k] for k in whole})
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    run(train_cmd(tmp_path / "bf16", "train.steps=4", "train.mixed_precision=bf16"))
+    records = metrics(tmp_path / "bf16")
+    assert all(r["loss"] == r["loss"] and r["skipped_steps"] == 0 for r in records)
+    weights, ema = final_state(tmp_path / "bf16")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # fp32 master weights, bf16 compute
+
+
+def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
+    """SIGKILL `process` once condition() holds; False if it exited first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            return False
+        if condition():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.0005)
+    raise TimeoutError("condition never held")
+
+
+def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
+    steps = ["train.steps=14", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.log_every=1"]
+    reference = tmp_path / "reference"
+    run(train_cmd(reference, *steps))
+
+    out = tmp_path / "killed"
+    checkpoints = out / "checkpoints"
+    saving = lambda: any(checkpoints.glob(".tmp-step-*"))  # noqa: E731
+    killed_during_save = 0
+    for attempt in range(4):  # Kill during a save until one lands inside it.
+        process = subprocess.Popen(train_cmd(out, *steps), env=env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        if not kill_when(process, saving):
+            break
+        killed_during_save += any(checkpoints.glob(".tmp-step-*"))
+        if killed_during_save:
+            break
+    assert killed_during_save, "no kill landed during a checkpoint save"
+    for delay in (0.3, 0.9):  # Then kill mid-run, between or during steps.
+        process = subprocess.Popen(train_cmd(out, *steps), env=env(), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        started = time.time()
+        kill_when(process, lambda: any(checkpoints.glob("step-*")) and time.time() - started > 4 + delay)
+    result = run(train_cmd(out, *steps))
+    assert "resumed from" in result.stdout + result.stderr
+
+    weights_ref, ema_ref = final_state(reference)
+    weights_out, ema_out = final_state(out)
+    assert_same(weights_ref, weights_out)
+    assert_same(ema_ref, ema_out)
+    assert [m["step"] for m in metrics(out)] == list(range(1, 15))
+    assert [m["loss"] for m in metrics(out)] == [m["loss"] for m in metrics(reference)]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000012", "step-00000014"]
+
+
+NAN_SCRIPT = """
+import sys, torch
+import hpc_ncsn.training as training
+from hpc_ncsn.config import load_config
+
+real, calls, bad = training.dsm_loss, [0], {bad}
+
+def poisoned(*args, **kwargs):
+    out = real(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] in bad:
+        return type(out)(out.loss * float("nan"), out.per_example, out.levels)
+    return out
+
+training.dsm_loss = poisoned
+training.train(load_config(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def nan_run(tmp_path: Path, bad: str, *extra: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "nan_train.py"
+    script.write_text(NAN_SCRIPT.format(bad=bad))
+    cmd = [sys.executable, str(script), str(ROOT / "configs/debug.yaml"), *TINY, f"train.out_dir={tmp_path / 'run'}",
+           *extra]
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+
+
+def test_non_finite_steps_are_skipped_without_touching_weights_or_ema(tmp_path):
+    result = nan_run(tmp_path, "{5, 6}", "train.steps=8", "train.checkpoint_every=1", "train.keep_checkpoints=10",
+                     "train.log_every=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "run" / "checkpoints"
+
+    def state(step):
+        folder = root / f"step-{step:08d}"
+        return load_file(folder / "model.safetensors"), torch.load(folder / "ema.pt", weights_only=True)["ema"]
+
+    (w4, e4), (w6, e6), (w7, e7) = state(4), state(6), state(7)
+    assert_same(w4, w6)
+    assert_same(e4["shadow"], e6["shadow"])
+    assert any(not torch.equal(w6[k], w7[k]) for k in w6)
+    assert any(not torch.equal(e6["shadow"][k], e7["shadow"][k]) for k in w6)
+    records = metrics(tmp_path / "run")
+    assert [r["skipped_steps"] for r in records] == [0, 0, 0, 0, 1, 2, 2, 2]
+    assert all(r["grad_norm"] != r["grad_norm"] for r in records[4:6])
+
+
+def test_too_many_consecutive_skips_stop_the_run_with_a_clear_error(tmp_path):
+    result = nan_run(tmp_path, "range(1, 10**6)", "train.steps=50", "train.max_consecutive_skips=3")
+    assert result.returncode != 0
+    assert "TrainingDiverged: 3 consecutive steps had a non-finite loss or gradient (step 3)" in result.stderr
+
+
+def test_batches_cover_each_epoch_exactly_once():
+    seen = torch.cat([batch_indices(100, 16, step, seed=3) for step in range(25)])
+    for epoch in range(4):
+        assert sorted(seen[epoch * 100 : (epoch + 1) * 100].tolist()) == list(range(100))
+    assert not torch.equal(seen[:100], seen[100:200])
+    assert torch.equal(batch_indices(100, 16, 7, seed=3), batch_indices(100, 16, 7, seed=3))
+    assert not torch.equal(batch_indices(100, 16, 7, seed=3), batch_indices(100, 16, 7, seed=4))
+
+
+def test_resuming_with_another_experiment_config_is_refused(tmp_path):
+    (tmp_path / "config.yaml").write_text((ROOT / "configs/debug.yaml").read_text())
+    _check_run_folder(tmp_path, load_config(ROOT / "configs/debug.yaml", ["train.steps=9999"]))
+    with pytest.raises(ValueError, match=r"noise.sigma_max: 8.54 → 20.0.*pick a new train.out_dir"):
+        _check_run_folder(tmp_path, load_config(ROOT / "configs/debug.yaml", ["noise.sigma_max=20"]))
+
+
+def test_batch_size_must_split_over_processes_and_accumulation(tmp_path):
+    result = subprocess.run(train_cmd(tmp_path / "r", "train.batch_size=10", "train.grad_accum=3", "train.steps=1"),
+                            env=env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "train.batch_size=10 must be divisible by processes × grad_accum = 1 × 3" in result.stderr
+
+
+def deepspeed_env(tmp_path: Path) -> dict:
+    cache = Path(os.environ.get("HPC_NCSN_TEST_CACHE", Path.home() / ".cache" / "hpc_ncsn-tests"))
+    return {**env(), "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
+
+
+def test_deepspeed_zero2_on_cpu_trains_resumes_and_exports_plain_weights(tmp_path):
+    from hpc_ncsn.training import load_ema_model
+
+    out = tmp_path / "ds"
+    launcher = accelerate(2, "--config_file", str(ROOT / "configs/accelerate/zero2.yaml"))
+    for steps in (4, 6):
+        result = subprocess.run(train_cmd(out, f"train.steps={steps}", "train.checkpoint_every=2", launcher=launcher),
+                                env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-5000:]
+    assert "resumed from" in result.stdout + result.stderr and "at step 4" in result.stdout + result.stderr
+    assert (out / "checkpoints/step-00000006/pytorch_model").is_dir()
+    records = metrics(out)
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(r["loss"] == r["loss"] and r["skipped_steps"] == 0 for r in records)
+    model, config, step = load_ema_model(out / "checkpoints/step-00000006")
+    assert step == 6 and config.train.steps == 6
+    x = torch.rand(2, 1, 8, 8)
+    assert torch.isfinite(model(x, torch.tensor([0.1, 1.0]))).all()
+
+
+def test_deepspeed_zero3_is_refused_with_the_reason(tmp_path):
+    zero3 = tmp_path / "zero3.yaml"
+    zero3.write_text((ROOT / "configs/accelerate/zero2.yaml").read_text().replace("zero_stage: 2", "zero_stage: 3"))
+    launcher = accelerate(1, "--config_file", str(zero3))
+    result = subprocess.run(train_cmd(tmp_path / "r", "train.steps=2", launcher=launcher),
+                            env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "ZeRO-3 shards the parameters" in result.stderr and "zero2.yaml" in result.stderr
+
+
+def test_two_simulated_nodes_on_loopback_train_together(tmp_path):
+    out = tmp_path / "nodes"
+    port = free_port()
+    node_env = {**env(), "ACCELERATE_USE_CPU": "1"}
+    nodes = []
+    for rank in (0, 1):
+        launcher = (str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
+                    "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port))
+        nodes.append(subprocess.Popen(train_cmd(out, "train.steps=4", "train.checkpoint_every=2", launcher=launcher),
+                                      env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, outputs):
+        assert node.returncode == 0, stderr[-5000:]
+    meta = json.loads((out / "checkpoints/step-00000004/meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 4
