@@ -108,6 +108,58 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import generate, resolve_checkpoint
+
+    if args.dry_run:
+        print(json.dumps({"checkpoint": str(resolve_checkpoint(args.run_dir)), "out": str(args.out),
+                          "num_samples": args.num_samples, "shard_size": args.shard_size,
+                          "batch_size": args.batch_size, "seed": args.seed, "overrides": args.overrides}, indent=2))
+        return 0
+    result = generate(args.run_dir, args.out, num_samples=args.num_samples, shard_size=args.shard_size,
+                      batch_size=args.batch_size, seed=args.seed, noise_overrides=tuple(args.overrides))
+    print(json.dumps({"folder": str(result.folder), "generated": result.generated, "kept": result.kept}))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .metrics import DEFAULT_EXTRACTOR, evaluate
+    from .shards import read_manifest
+
+    run = Path(read_manifest(args.samples)["meta"]["run"])
+    config = load_config(args.config or run / "config.yaml")
+    extractor = args.extractor or DEFAULT_EXTRACTOR.get(config.data.name, "inception-v3-compat")
+    out = args.out or args.samples / "metrics.json"
+    if args.dry_run:
+        print(json.dumps({"samples": str(args.samples), "data": asdict(config.data), "extractor": extractor,
+                          "weights": str(args.weights) if args.weights else None, "out": str(out)}, indent=2))
+        return 0
+    from .features import cache_dir
+
+    report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=args.weights,
+                      cache_dir=args.cache or cache_dir() / "reference", batch_size=args.batch_size, out=out)
+    if report is not None:
+        print(json.dumps(report, indent=2))
+        if report["warning"]:
+            print(f"warning: {report['warning']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from .aggregate import aggregate
+    from .grid import SweepSpec, plan
+
+    if args.dry_run:
+        sweep = plan(SweepSpec.load(args.sweep), args.sweep)
+        print(json.dumps({"sweep": str(args.sweep), "cells": [task.name for task in sweep.sample],
+                          "writes": ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png",
+                                     "samples.png"]}, indent=2))
+        return 0
+    aggregate(args.sweep, plots=not args.no_plots)
+    print((args.sweep / "table.md").read_text(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="hpc-ncsn", description=__doc__,
@@ -118,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="print the resolved config (YAML)",
                                  epilog="example: hpc-ncsn config --config configs/debug.yaml noise.schedule=linear")
     _add_config_args(config)
-    config.set_defaults(run=_cmd_config)
+    config.set_defaults(handler=_cmd_config)
 
     plan = commands.add_parser(
         "plan", formatter_class=formatter,
@@ -135,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--num-levels", type=int, default=None,
                       help="fix L instead of choosing it by technique 2")
     plan.add_argument("--dry-run", action="store_true", help="print the inputs and exit")
-    plan.set_defaults(run=_cmd_plan)
+    plan.set_defaults(handler=_cmd_plan)
 
     toy = commands.add_parser(
         "toy", formatter_class=formatter,
@@ -150,14 +202,65 @@ def build_parser() -> argparse.ArgumentParser:
                          default=setting.default, help=setting.metadata["help"])
     toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="folder for the JSON and the figure")
     toy.add_argument("--dry-run", action="store_true", help="print the settings and exit")
-    toy.set_defaults(run=_cmd_toy)
+    toy.set_defaults(handler=_cmd_toy)
+
+    gen = commands.add_parser(
+        "generate", formatter_class=formatter,
+        help="draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)",
+        epilog="examples: hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples --num-samples 1000\n"
+               "          torchrun --nproc_per_node 4 -m hpc_ncsn generate --run-dir runs/cifar10 "
+               "--out runs/cifar10/samples --num-samples 50000",
+    )
+    gen.add_argument("--run-dir", type=Path, required=True, help="run folder (newest checkpoint) or a checkpoint folder")
+    gen.add_argument("--out", type=Path, required=True, help="folder for shard-*.h5 and manifest.json")
+    gen.add_argument("--num-samples", type=int, default=50_000, help="samples 0..N-1")
+    gen.add_argument("--shard-size", type=int, default=1000, help="samples per shard (the unit of resumption)")
+    gen.add_argument("--batch-size", type=int, default=250, help="samples per network evaluation batch")
+    gen.add_argument("--seed", type=int, default=0, help="sample i's noise depends on (seed, i) only")
+    gen.add_argument("overrides", nargs="*", metavar="noise.KEY=VALUE",
+                     help="sampler settings different from the run's, e.g. noise.schedule=snr")
+    gen.add_argument("--dry-run", action="store_true", help="print what would be generated and exit")
+    gen.set_defaults(handler=_cmd_generate)
+
+    ev = commands.add_parser(
+        "evaluate", formatter_class=formatter,
+        help="FID/KID/IS of sample shards against the training set (multi-process with torchrun)",
+        epilog="examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
+               "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
+               "--weights weights-inception-2015-12-05.pth",
+    )
+    ev.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
+    ev.add_argument("--config", type=Path, default=None,
+                    help="config whose data set is the reference (default: the run's config.yaml)")
+    ev.add_argument("--extractor", default=None,
+                    help="torch-fidelity feature extractor (default: digits-classifier for digits, "
+                         "inception-v3-compat otherwise)")
+    ev.add_argument("--weights", type=Path, default=None,
+                    help="local extractor weights (offline clusters: torch-fidelity's Inception .pth)")
+    ev.add_argument("--cache", type=Path, default=None,
+                    help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
+                         "else ~/.cache/hpc_ncsn/reference)")
+    ev.add_argument("--batch-size", type=int, default=200, help="images per extractor batch")
+    ev.add_argument("--out", type=Path, default=None, help="report JSON (default: SAMPLES/metrics.json)")
+    ev.add_argument("--dry-run", action="store_true", help="print what would be evaluated and exit")
+    ev.set_defaults(handler=_cmd_evaluate)
+
+    agg = commands.add_parser(
+        "aggregate", formatter_class=formatter,
+        help="a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots",
+        epilog="example: hpc-ncsn aggregate --sweep runs/sweep-debug",
+    )
+    agg.add_argument("--sweep", type=Path, required=True, help="sweep folder (holds sweep.json)")
+    agg.add_argument("--no-plots", action="store_true", help="write the tables only")
+    agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")
+    agg.set_defaults(handler=_cmd_aggregate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

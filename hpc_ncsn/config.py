@@ -24,6 +24,7 @@ __all__ = [
     "ModelConfig",
     "NoiseConfig",
     "TrainConfig",
+    "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "load_config",
@@ -159,11 +160,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Sample generation and scoring in a sweep: how many samples, in which shards, scored how.
+
+    `extractor`: a torch-fidelity feature extractor name, '' for the data set's default
+    (digits-classifier for digits, inception-v3-compat otherwise); `weights`: a local
+    weights file for it, '' to let torch-fidelity download (needs the internet).
+    """
+
+    num_samples: int = 50_000
+    shard_size: int = 1000
+    sample_batch_size: int = 250
+    batch_size: int = 200
+    extractor: str = ""
+    weights: str = ""
+
+    def validate(self) -> None:
+        _require(self.num_samples >= 2, "num_samples", "must be at least 2 (FID needs a covariance)")
+        for key in ("shard_size", "sample_batch_size", "batch_size"):
+            _require(getattr(self, key) >= 1, key, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         if self.model.kind == "mlp":
@@ -181,6 +205,14 @@ class _Invalid(Exception):
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise _Invalid(key, message)
+
+
+def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
+    """A Config from a nested dict (e.g. `config_to_dict` output saved in a checkpoint), plus overrides."""
+    tree = {section: dict(values) if isinstance(values, Mapping) else values for section, values in tree.items()}
+    for item in overrides:
+        _apply_override(tree, item)
+    return _build(Config, tree, prefix="")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from .config import Config, config_to_dict, config_to_yaml, load_config
+from .config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config
 from .data import load_images, to_model_scale, to_uint8, toy_mixture
 from .ema import EMA
 from .loss import dsm_loss, per_level_loss
@@ -231,18 +231,12 @@ def load_ema_model(checkpoint: Path, device: torch.device | str = "cpu") -> tupl
     path = Path(checkpoint)
     path = path / "ema.pt" if path.is_dir() else path
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    config = _config_from_dict(payload["config"])
+    config = config_from_dict(payload["config"])
     model = build_score_model(config.model, config.data)
     ema = EMA(model, rate=payload["ema"]["rate"])
     ema.load_state_dict(payload["ema"])
     ema.copy_to(model)
     return model.to(device).eval(), config, payload["step"]
-
-
-def _config_from_dict(tree: dict) -> Config:
-    overrides = [f"{section}.{key}={json.dumps(value)}" for section, values in tree.items()
-                 for key, value in values.items()]
-    return load_config(None, overrides)
 
 
 @torch.no_grad()

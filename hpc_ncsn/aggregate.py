@@ -1,0 +1,270 @@
+"""Sweep results → the ablation table (Markdown, CSV, JSON) and its plots.
+
+One row per group of cells that differ only in the seed (one schedule, for the
+noise-schedule ablation): mean, sample standard deviation and 95% confidence
+interval over seeds (Student t, n−1 degrees of freedom) of FID, KID and IS, with
+the number of samples per cell. A cell that failed, is still running or was never
+run stays in the table as such. The same inputs give byte-identical tables.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .grid import Plan, SweepSpec, plan, read_status
+
+__all__ = ["CellResult", "aggregate", "collect", "summarize"]
+
+METRICS = ("fid", "kid_mean", "is_mean")
+
+
+@dataclass(frozen=True)
+class CellResult:
+    name: str
+    group: tuple[tuple[str, object], ...]
+    seed: int
+    state: str  # done | failed | running | missing
+    detail: str  # the error of a failed cell, else ''
+    metrics: dict  # fid, kid_mean, is_mean, n (done cells only)
+    train: str
+    samples: Path
+
+
+def _cell_state(root: Path, train: str, name: str) -> tuple[str, str]:
+    for stage, task in (("sample", name), ("train", train)):
+        status = read_status(root, stage, task)
+        if status is not None and status.state == "failed":
+            log = f" (log: {status.log})" if status.log else ""
+            return "failed", f"{stage}: {status.error}{log}"
+    for stage, task in (("sample", name), ("train", train)):
+        status = read_status(root, stage, task)
+        if status is not None and status.state == "running":
+            return "running", f"{stage} running since {status.started:.0f}"
+    return "missing", ""
+
+
+def collect(sweep: Plan) -> list[CellResult]:
+    """Every cell of the sweep with its state and metrics, in grid order."""
+    results = []
+    for task in sweep.sample:
+        report_path = task.folder / "metrics.json"
+        status = read_status(sweep.root, "sample", task.name)
+        if report_path.is_file() and status is not None and status.state == "done":
+            report = json.loads(report_path.read_text())
+            metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
+            state, detail = "done", ""
+        else:
+            metrics = {}
+            state, detail = _cell_state(sweep.root, task.train, task.name)
+        results.append(CellResult(task.name, task.cell.group(), task.cell.seed, state, detail, metrics, task.train,
+                                  task.folder))
+    return results
+
+
+def _t_quantile_975(dof: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
+
+
+def _spread(values: list[float]) -> dict:
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "std": None, "ci95": None}
+    mean = math.fsum(values) / n
+    if n == 1:
+        return {"mean": mean, "std": None, "ci95": None}
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
+    return {"mean": mean, "std": std, "ci95": _t_quantile_975(n - 1) * std / math.sqrt(n)}
+
+
+def summarize(cells: list[CellResult]) -> list[dict]:
+    """One row per group: seeds done/total, N per cell, mean/std/ci95 of each metric, problems."""
+    groups: dict[tuple, list[CellResult]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, []).append(cell)
+    rows = []
+    for group, members in groups.items():
+        done = [cell for cell in members if cell.state == "done"]
+        counts = sorted({cell.metrics["n"] for cell in done})
+        row = {"group": dict(group), "seeds_done": len(done), "seeds_total": len(members),
+               "n_per_cell": counts[0] if len(counts) == 1 else counts,
+               "seeds": [cell.seed for cell in done],
+               "problems": [f"seed {cell.seed}: {cell.state}" + (f" ({cell.detail})" if cell.detail else "")
+                            for cell in members if cell.state != "done"]}
+        for metric in METRICS:
+            row[metric] = _spread([cell.metrics[metric] for cell in done])
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def _group_label(group: dict) -> str:
+    return ", ".join(f"{key}={value}" for key, value in group.items()) or "(all)"
+
+
+def markdown(rows: list[dict], cells: list[CellResult]) -> str:
+    lines = ["| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean | problems |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fid = row["fid"]
+        ci = "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}"
+        lines.append(f"| {_group_label(row['group'])} | {row['seeds_done']}/{row['seeds_total']} | "
+                     f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'} | {_fmt(fid['mean'])} | "
+                     f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} | "
+                     f"{'; '.join(row['problems']) or ''} |")
+    lines += ["", "Per cell:", "", "| cell | state | FID | KID | IS | N | detail |", "|---|---|---|---|---|---|---|"]
+    for cell in cells:
+        m = cell.metrics
+        lines.append(f"| {cell.name} | {cell.state} | {_fmt(m.get('fid'))} | {_fmt(m.get('kid_mean'))} | "
+                     f"{_fmt(m.get('is_mean'))} | {m.get('n', '–')} | {cell.detail} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[dict]) -> str:
+    keys = sorted({key for row in rows for key in row["group"]})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = [*keys, "seeds_done", "seeds_total", "n_per_cell"]
+    for metric in METRICS:
+        header += [f"{metric}_mean", f"{metric}_std", f"{metric}_ci95"]
+    writer.writerow([*header, "problems"])
+    for row in rows:
+        line = [row["group"].get(key, "") for key in keys]
+        line += [row["seeds_done"], row["seeds_total"], json.dumps(row["n_per_cell"])]
+        for metric in METRICS:
+            line += ["" if row[metric][k] is None else repr(row[metric][k]) for k in ("mean", "std", "ci95")]
+        writer.writerow([*line, "; ".join(row["problems"])])
+    return out.getvalue()
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def aggregate(root: Path, plots: bool = True) -> dict:
+    """Write table.md/.csv/.json (and fid.png, loss_per_level.png, samples.png) in the sweep folder."""
+    root = Path(root)
+    sweep = plan(SweepSpec.load(root), root)
+    cells = collect(sweep)
+    rows = summarize(cells)
+    table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
+                                      "detail": c.detail, "metrics": c.metrics, "train": c.train}
+                                     for c in cells]}
+    _write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+    _write(root / "table.csv", csv_text(rows))
+    _write(root / "table.md", markdown(rows, cells))
+    if plots:
+        _plot_fid(rows, cells, root / "fid.png")
+        _plot_losses(sweep, cells, root / "loss_per_level.png")
+        _plot_samples(cells, root / "samples.png")
+    return table
+
+
+# Plots ------------------------------------------------------------------------------------
+
+def _figure(columns: int, width: float = 3.2, height: float = 3.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(1, max(columns, 1), figsize=(width * max(columns, 1), height), squeeze=False)
+
+
+def _save(plt, figure, path: Path) -> None:
+    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
+    figure.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    os.replace(tmp, path)
+
+
+def _plot_fid(rows: list[dict], cells: list[CellResult], path: Path) -> None:
+    plt, (figure, axes) = _figure(1, width=1.6 * max(len(rows), 2))
+    ax = axes[0, 0]
+    for x, row in enumerate(rows):
+        values = [c.metrics["fid"] for c in cells if c.group == tuple(row["group"].items()) and c.state == "done"]
+        ax.scatter([x] * len(values), values, color="0.6", s=12, zorder=2)
+        if row["fid"]["mean"] is not None:
+            ax.errorbar([x], [row["fid"]["mean"]], yerr=[[row["fid"]["ci95"] or 0.0]], fmt="o", capsize=6,
+                        color="C0", zorder=3)
+        ax.annotate(f"{row['seeds_done']}/{row['seeds_total']}", (x, 0), xycoords=("data", "axes fraction"),
+                    xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_xticks(range(len(rows)), [_group_label(row["group"]) for row in rows], rotation=20)
+    ax.set_xlim(-0.5, len(rows) - 0.5)
+    ax.set_ylabel("FID (mean, 95% CI over seeds; dots: seeds)")
+    _save(plt, figure, path)
+
+
+def _read_losses(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [r for r in records if "loss_per_level" in r]
+    if not records:
+        return None
+    return np.array([r["step"] for r in records]), np.array([r["loss_per_level"] for r in records], dtype=float)
+
+
+def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
+    groups: dict[tuple, set[str]] = {}
+    for cell in cells:
+        groups.setdefault(cell.group, set()).add(cell.train)
+    plt, (figure, axes) = _figure(len(groups))
+    folders = {task.name: task.folder for task in sweep.train}
+    for ax, (group, trains) in zip(axes[0], groups.items()):
+        curves = [c for c in (_read_losses(folders[name]) for name in sorted(trains)) if c is not None]
+        ax.set_title(_group_label(dict(group)), fontsize=9)
+        if not curves:
+            ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)
+            continue
+        length = min(len(steps) for steps, _ in curves)
+        steps = curves[0][0][:length]
+        mean = np.nanmean([losses[:length] for _, losses in curves], axis=0)  # mean over seeds
+        levels = sorted({round(i) for i in np.linspace(0, mean.shape[1] - 1, 5)})
+        for level in levels:
+            ax.plot(steps, mean[:, level], label=f"level {level + 1}")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("DSM loss per σ level (mean over seeds)")
+    _save(plt, figure, path)
+
+
+def _plot_samples(cells: list[CellResult], path: Path, count: int = 36) -> None:
+    from .shards import read_shard
+
+    firsts: dict[tuple, CellResult | None] = {}
+    for cell in cells:
+        if firsts.get(cell.group) is None:
+            firsts[cell.group] = cell if cell.state == "done" else None
+    plt, (figure, axes) = _figure(len(firsts))
+    for ax, (group, cell) in zip(axes[0], firsts.items()):
+        ax.set_title(_group_label(dict(group)) + (f", seed {cell.seed}" if cell else ""), fontsize=9)
+        ax.axis("off")
+        if cell is None:
+            ax.text(0.5, 0.5, "no finished cell", ha="center", transform=ax.transAxes)
+            continue
+        images, _, _ = read_shard(sorted(cell.samples.glob("shard-*.h5"))[0])
+        images = images[:count]
+        side = math.ceil(math.sqrt(len(images)))
+        h, w, c = images.shape[1:]
+        grid = np.zeros((side * h, side * w, c), np.uint8)
+        for k, image in enumerate(images):
+            grid[(k // side) * h:(k // side + 1) * h, (k % side) * w:(k % side + 1) * w] = image
+        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+    _save(plt, figure, path)

@@ -1,0 +1,427 @@
+"""Sample-quality metrics on feature vectors: FID, KID, IS, and the checks before them.
+
+The feature extractor (Inception-v3 pool3 / logits) lives elsewhere; this module starts
+from its outputs and must be right to the last printed digit:
+
+* `FeatureStats` keeps the exact sufficient statistics of the features (n, Σx, Σxxᵀ) in
+  float64. They can be updated batch by batch, merged, summed across ranks with
+  torch.distributed and cached with torch.save, and give the mean and the unbiased
+  covariance that the Fréchet distance needs.
+* `frechet_distance` is FID (Heusel et al. 2017) with a matrix square root that stays
+  real when the covariances are rank-deficient.
+* `kernel_inception_distance` (Bińkowski et al. 2018) and `inception_score` (Salimans
+  et al. 2016) use the same definitions and the same seeded subset/shuffle draws as
+  torch-fidelity, so that with the same seed they give the same numbers.
+* `check_images` refuses inputs that would silently give a wrong score; `small_sample_warning`
+  says when N is below the 50,000 of the standard protocol.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FeatureStats",
+    "check_images",
+    "frechet_distance",
+    "inception_score",
+    "kernel_inception_distance",
+    "small_sample_warning",
+]
+
+# Relative tolerances for covariances given to frechet_distance (_checked_covariance, _checked_psd_eigenvalues).
+_SYMMETRY_RTOL = 1e-6
+_PSD_RTOL = 1e-6
+
+
+class FeatureStats:
+    """Exact, mergeable sufficient statistics of feature vectors x ∈ R^D, in float64.
+
+    n = number of vectors, total = Σx (D,), outer = Σxxᵀ (D, D). From these,
+    mean μ = total / n and the unbiased covariance Σ = (outer − n μμᵀ) / (n − 1), the
+    same estimator as numpy.cov(rowvar=False), which torch-fidelity uses.
+
+    Exactness: the sums are kept in float64 whatever the feature dtype, so splitting the
+    data into batches, merging partial statistics or all-reducing them over ranks changes
+    only the order of summation, i.e. the last bits: 1-process and 2-process results agree
+    to ~1e-12 relative. The one-pass covariance Σxxᵀ − nμμᵀ loses about log10(1 + μ_i²/Σ_ii)
+    of float64's ~16 digits to cancellation; that stays small unless a feature's mean is
+    orders of magnitude above its standard deviation.
+
+    update, merge and all_reduce change the statistics in place and return self.
+    """
+
+    def __init__(self, n: int, total: torch.Tensor, outer: torch.Tensor):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"FeatureStats n must be a non-negative int, got {n!r}")
+        if total.ndim != 1 or outer.shape != (total.shape[0], total.shape[0]):
+            raise ValueError(
+                f"FeatureStats needs total of shape (D,) and outer of shape (D, D), got {tuple(total.shape)} "
+                f"and {tuple(outer.shape)}; build empty statistics with FeatureStats.empty(dim)"
+            )
+        if total.dtype != torch.float64 or outer.dtype != torch.float64 or total.device != outer.device:
+            raise ValueError(
+                f"FeatureStats needs float64 total and outer on one device, got {total.dtype} on {total.device} and "
+                f"{outer.dtype} on {outer.device}; convert with .to(torch.float64)"
+            )
+        self.n = n
+        self.total = total
+        self.outer = outer
+
+    @classmethod
+    def empty(cls, dim: int, device: torch.device | str = "cpu") -> FeatureStats:
+        """No samples yet: n = 0 and zero sums of feature dimension `dim` on `device`."""
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"FeatureStats dim must be a positive int (the feature length), got {dim!r}")
+        return cls(0, torch.zeros(dim, dtype=torch.float64, device=device),
+                   torch.zeros(dim, dim, dtype=torch.float64, device=device))
+
+    @property
+    def dim(self) -> int:
+        return self.total.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.total.device
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor) -> FeatureStats:
+        """Add a batch of features (N, D): n += N, total += Σx, outer += XᵀX, summed in float64."""
+        if not isinstance(features, torch.Tensor):
+            raise TypeError(f"features must be a torch.Tensor of shape (N, {self.dim}), got {type(features).__name__}")
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(
+                f"features must have shape (N, {self.dim}), got {tuple(features.shape)}; flatten each sample's "
+                "features to one vector (e.g. features.flatten(1))"
+            )
+        x = features.detach().to(device=self.device, dtype=torch.float64)
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                "features contain NaN or inf; find the images or the extractor batch that produced them "
+                "(non-finite features would make every statistic NaN)"
+            )
+        self.n += x.shape[0]
+        self.total += x.sum(dim=0)
+        self.outer.addmm_(x.T, x)
+        return self
+
+    def merge(self, other: FeatureStats) -> FeatureStats:
+        """Add the statistics of a disjoint set of features: the result is that of their union."""
+        if not isinstance(other, FeatureStats) or other.dim != self.dim:
+            got = f"dim {other.dim}" if isinstance(other, FeatureStats) else type(other).__name__
+            raise ValueError(f"can merge only FeatureStats of dim {self.dim}, got {got}")
+        self.n += other.n
+        self.total += other.total.to(self.device)
+        self.outer += other.outer.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def all_reduce(self, group=None) -> FeatureStats:
+        """Sum n, total and outer over the ranks of `group` in place, in float64.
+
+        n travels as a float64 tensor (exact for counts below 2^53). Every rank must call this
+        with statistics of the same dim, on a device its backend supports (CUDA for NCCL).
+        When torch.distributed is not available or not initialized this is a no-op.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        count = torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)
+        for tensor in (count, self.total, self.outer):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+        self.n = int(count.item())
+        return self
+
+    def mean(self) -> torch.Tensor:
+        """μ = Σx / n, float64 (D,)."""
+        if self.n < 1:
+            raise ValueError("the mean needs at least 1 sample, got 0; update the statistics with features first")
+        return self.total / self.n
+
+    def covariance(self) -> torch.Tensor:
+        """Unbiased Σ = (Σxxᵀ − n μμᵀ) / (n − 1), float64 (D, D), symmetrized against round-off."""
+        if self.n < 2:
+            raise ValueError(f"FID needs at least 2 samples, got {self.n}; update the statistics with more features")
+        mu = self.mean()
+        cov = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return (cov + cov.T) / 2
+
+    def to_dict(self) -> dict:
+        """{'n': int, 'total': Tensor, 'outer': Tensor} (copies), for torch.save caching."""
+        return {"n": self.n, "total": self.total.clone(), "outer": self.outer.clone()}
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device | str | None = None) -> FeatureStats:
+        """Inverse of to_dict; tensors go to `device` (default: where they are) as float64."""
+        missing = {"n", "total", "outer"} - set(state)
+        if missing:
+            raise ValueError(f"FeatureStats state lacks {sorted(missing)}; it must come from FeatureStats.to_dict()")
+        device = state["total"].device if device is None else device
+        return cls(int(state["n"]), state["total"].to(device=device, dtype=torch.float64),
+                   state["outer"].to(device=device, dtype=torch.float64))
+
+    def to_numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, Σ) as float64 numpy arrays, the inputs of frechet_distance."""
+        return self.mean().cpu().numpy(), self.covariance().cpu().numpy()
+
+
+def _as_float64_array(x, name: str) -> np.ndarray:
+    """numpy array or torch tensor → finite float64 numpy array (ValueError otherwise)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().to(torch.float64).numpy()
+    else:
+        x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} has NaN or inf entries; recompute it from finite features")
+    return x
+
+
+def _checked_covariance(sigma: np.ndarray, name: str, dim: int) -> np.ndarray:
+    """Check that sigma is a symmetric (dim, dim) matrix within 1e-6 of its largest entry;
+    return its exactly symmetric part."""
+    if sigma.shape != (dim, dim):
+        raise ValueError(
+            f"{name} must be a square ({dim}, {dim}) covariance matching the mean's length {dim}, "
+            f"got shape {sigma.shape}"
+        )
+    if np.abs(sigma - sigma.T).max(initial=0.0) > _SYMMETRY_RTOL * np.abs(sigma).max(initial=0.0):
+        raise ValueError(f"{name} is not symmetric; pass a covariance matrix (e.g. FeatureStats.covariance())")
+    return (sigma + sigma.T) / 2
+
+
+def _zero_round_off(eigenvalues: np.ndarray, scale: float) -> np.ndarray:
+    """Eigenvalues λ ≤ D·ε·scale → 0 (D = their count, ε = float64 epsilon, scale = the norm of
+    the matrix they came from). Below that level a computed λ is round-off of either sign, and
+    √λ would turn ~1e-16·scale into ~1e-8·√scale per zero eigenvalue of a rank-deficient matrix."""
+    cutoff = eigenvalues.size * np.finfo(np.float64).eps * scale
+    return np.where(eigenvalues > cutoff, eigenvalues, 0.0)
+
+
+def _checked_psd_eigenvalues(eigenvalues: np.ndarray, name: str) -> np.ndarray:
+    """Eigenvalues of a covariance: refuse a clearly negative one (< −1e-6 · the largest |λ|, so
+    the matrix is no covariance) and zero the round-off ones (_zero_round_off)."""
+    scale = float(np.abs(eigenvalues).max(initial=0.0))
+    if eigenvalues.min(initial=0.0) < -_PSD_RTOL * scale:
+        raise ValueError(
+            f"{name} is not positive semi-definite (smallest eigenvalue {eigenvalues.min():.3g}); pass a "
+            "covariance matrix (e.g. FeatureStats.covariance())"
+        )
+    return _zero_round_off(eigenvalues, scale)
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((Σ1Σ2)^{1/2}) = Σ_i √λ_i, λ_i the eigenvalues of the symmetric PSD S = A Σ2 A, A = Σ1^{1/2}.
+
+    Σ1Σ2 = A (A Σ2 A) A⁻¹ on the range of A, so Σ1Σ2 and S share their non-zero eigenvalues,
+    and S is symmetric PSD: eigvalsh gives real λ, and those at the round-off level of
+    ‖Σ1‖·‖Σ2‖ (tiny negatives included) are set to 0 before the square root.
+    A = V diag(√w) Vᵀ from Σ1 = V diag(w) Vᵀ (eigh), round-off eigenvalues w set to 0.
+    """
+    w1, v1 = np.linalg.eigh(sigma1)
+    w1 = _checked_psd_eigenvalues(w1, "sigma1")
+    w2 = _checked_psd_eigenvalues(np.linalg.eigvalsh(sigma2), "sigma2")
+    a = (v1 * np.sqrt(w1)) @ v1.T
+    s = a @ sigma2 @ a
+    eigenvalues = _zero_round_off(np.linalg.eigvalsh((s + s.T) / 2), w1.max(initial=0.0) * w2.max(initial=0.0))
+    return float(np.sqrt(eigenvalues).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2) (FID; Heusel et al. 2017, eq. 6):
+
+        d² = ‖μ1 − μ2‖² + Tr(Σ1) + Tr(Σ2) − 2 Tr((Σ1Σ2)^{1/2}),
+
+    computed in float64 from numpy arrays or torch tensors.
+
+    Why not scipy.linalg.sqrtm(Σ1Σ2) (TTUR, pytorch-fid): Σ1Σ2 is not symmetric, and when
+    the covariances are rank-deficient (N ≤ D samples, or dead features) sqrtm returns
+    complex values or NaN, which codes then silently drop with `.real`. Here the trace
+    comes from the eigenvalues of the symmetric PSD A Σ2 A (A = Σ1^{1/2}), which are real;
+    eigenvalues at round-off level (tiny negatives included) are set to 0, and so is a final
+    d² that round-off takes below 0 (d² is a squared Wasserstein-2 distance, ≥ 0). The
+    result is always a finite real float; non-finite, non-square, non-symmetric, non-PSD or mismatched inputs raise ValueError.
+    """
+    mu1, mu2 = _as_float64_array(mu1, "mu1"), _as_float64_array(mu2, "mu2")
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"mu1 and mu2 must be vectors of one length D, got shapes {mu1.shape} and {mu2.shape}")
+    dim = mu1.shape[0]
+    sigma1 = _checked_covariance(_as_float64_array(sigma1, "sigma1"), "sigma1", dim)
+    sigma2 = _checked_covariance(_as_float64_array(sigma2, "sigma2"), "sigma2", dim)
+    diff = mu1 - mu2
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2)
+    return max(float(distance), 0.0)
+
+
+def _as_float64_matrix(x, name: str) -> np.ndarray:
+    """(N, D) features as a finite float64 numpy array."""
+    x = _as_float64_array(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D), got {x.shape}; flatten each sample with .flatten(1)")
+    return x
+
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> np.ndarray:
+    """k(x, y) = (γ x·y + coef0)^degree for all pairs of rows."""
+    return (gamma * (x @ y.T) + coef0) ** degree
+
+
+def _unbiased_mmd2(k_xx: np.ndarray, k_yy: np.ndarray, k_xy: np.ndarray) -> float:
+    """Unbiased MMD² (Gretton et al. 2012, eq. 3) with m samples per side:
+
+    Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(m(m−1)) − 2 Σ_{i,j} k(x_i, y_j)/m².
+    (The cross term keeps its diagonal, as in Bińkowski et al.'s code and torch-fidelity.)
+    """
+    m = k_xx.shape[0]
+    within = (k_xx.sum() - np.trace(k_xx)) + (k_yy.sum() - np.trace(k_yy))
+    return float(within / (m * (m - 1)) - 2 * k_xy.sum() / (m * m))
+
+
+def kernel_inception_distance(features1, features2, *, subsets: int = 100, subset_size: int = 1000,
+                              degree: int = 3, gamma: float | None = None, coef0: float = 1.0,
+                              seed: int = 2020) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018): unbiased MMD² with k(x, y) = (γ x·y + coef0)^degree, γ = 1/D
+    by default, averaged over `subsets` random subsets; returns (mean, std) with std = numpy.std (ddof 0).
+
+    Each subset draws `subset_size` rows of features1 and then of features2 without replacement,
+    from numpy.random.RandomState(seed) — the draw order and the default seed 2020 of torch-fidelity's
+    kid_features_to_metric, so equal seeds give equal subsets. subset_size is capped at the smaller
+    set's size (torch-fidelity refuses instead). Computed in float64 whatever the input dtype.
+    """
+    x = _as_float64_matrix(features1, "features1")
+    y = _as_float64_matrix(features2, "features2")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"features1 and features2 must have one feature length, got {x.shape[1]} and {y.shape[1]}")
+    m = min(subset_size, x.shape[0], y.shape[0])
+    if m < 2 or subsets < 1:
+        raise ValueError(
+            f"KID needs subsets >= 1 and at least 2 samples per subset, got subsets={subsets}, subset size {m} "
+            f"(from subset_size={subset_size}, N1={x.shape[0]}, N2={y.shape[0]}); pass more features"
+        )
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+    rng = np.random.RandomState(seed)
+    mmds = []
+    for _ in range(subsets):
+        xs = x[rng.choice(x.shape[0], m, replace=False)]
+        ys = y[rng.choice(y.shape[0], m, replace=False)]
+        mmds.append(_unbiased_mmd2(_polynomial_kernel(xs, xs, degree, gamma, coef0),
+                                   _polynomial_kernel(ys, ys, degree, gamma, coef0),
+                                   _polynomial_kernel(xs, ys, degree, gamma, coef0)))
+    return float(np.mean(mmds)), float(np.std(mmds))
+
+
+def _split_inception_score(log_p: torch.Tensor) -> float:
+    """exp(E_x KL(p(y|x) ‖ p(y))) on one split, p(y) = mean_x p(y|x), from log p(y|x) (M, C).
+
+    log p(y) = logsumexp_x log p(y|x) − log M, so a class whose probabilities underflow to 0
+    gives 0·(finite) instead of 0·(−log 0) = NaN.
+    """
+    log_marginal = torch.logsumexp(log_p, dim=0) - math.log(log_p.shape[0])
+    kl = (log_p.exp() * (log_p - log_marginal)).sum(dim=1)
+    return math.exp(kl.mean().item())
+
+
+def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int | None = 2020) -> tuple[float, float]:
+    """IS (Salimans et al. 2016) = exp(E_x KL(p(y|x) ‖ p(y))) per split, (mean, std over splits).
+
+    As torch-fidelity's isc_features_to_metric: p(y|x) = softmax(logits) in float64; the rows
+    are first shuffled with numpy.random.RandomState(seed).permutation (seed=None keeps their
+    order, torch-fidelity's shuffle=False); split i is rows [i·N//splits, (i+1)·N//splits);
+    std is numpy.std (ddof 0).
+    """
+    x = torch.from_numpy(_as_float64_matrix(logits, "logits"))
+    n = x.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"inception_score needs 1 <= splits <= N, got splits={splits} for N={n}; lower splits")
+    if seed is not None:
+        x = x[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
+    log_p = torch.log_softmax(x, dim=1)
+    scores = [_split_inception_score(log_p[i * n // splits:(i + 1) * n // splits]) for i in range(splits)]
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _is_floating(images) -> bool:
+    return images.is_floating_point() if isinstance(images, torch.Tensor) else np.issubdtype(images.dtype, np.floating)
+
+
+def _is_uint8(images) -> bool:
+    return images.dtype == (torch.uint8 if isinstance(images, torch.Tensor) else np.uint8)
+
+
+def _is_integer(images) -> bool:
+    if isinstance(images, torch.Tensor):
+        return not (images.is_floating_point() or images.is_complex() or images.dtype == torch.bool)
+    return np.issubdtype(images.dtype, np.integer)
+
+
+def _has_nan(images) -> bool:
+    return bool(torch.isnan(images).any()) if isinstance(images, torch.Tensor) else bool(np.isnan(images).any())
+
+
+def _check_image_dtype(images) -> None:
+    """uint8 passes; floats (NaN first), other integers and other dtypes are refused with the fix."""
+    dtype = images.dtype
+    if _is_floating(images) and _has_nan(images):
+        raise ValueError(
+            f"images contain NaN (dtype {dtype}); float inputs with NaN are refused — fix the sampler run that "
+            "produced them, then convert the [0, 1] floats with hpc_ncsn.data.to_uint8"
+        )
+    if _is_uint8(images):
+        return
+    if _is_floating(images):
+        raise ValueError(
+            f"images have dtype {dtype}, expected uint8 in 0..255; convert with hpc_ncsn.data.to_uint8 "
+            "(model-scale floats in [0, 1]; float inputs with NaN are refused)"
+        )
+    if _is_integer(images) and math.prod(images.shape) > 0:
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"images of dtype {dtype} have values out of range 0..255 (min {low}, max {high}); "
+                "rescale them to 0..255 and cast to uint8"
+            )
+    raise ValueError(
+        f"images have dtype {dtype}, expected uint8 in 0..255; cast with .to(torch.uint8) or .astype(numpy.uint8) "
+        "if the values already are 0..255 integers"
+    )
+
+
+def check_images(images) -> None:
+    """Refuse images a feature extractor would turn into a silently wrong score (ValueError with the fix).
+
+    Accepted: a torch.Tensor or numpy array, dtype uint8, 4-D, with at least 2 images, and
+    1 or 3 channels in dim 1 (NCHW) or dim 3 (NHWC). The layout is decided by which of
+    dim 1 / dim 3 is 1 or 3; when both are (e.g. (N, 3, 8, 3)), NCHW is assumed.
+    NaN is checked before the dtype, so float images with NaN are reported as NaN.
+    """
+    if not isinstance(images, (torch.Tensor, np.ndarray)):
+        raise ValueError(
+            f"images must be a torch.Tensor or numpy.ndarray, got {type(images).__name__}; "
+            "stack them into one (N, C, H, W) uint8 batch with torch.stack"
+        )
+    _check_image_dtype(images)
+    shape = tuple(images.shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"images must be 4-D, (N, C, H, W) or (N, H, W, C), got shape {shape}; stack single images into a "
+            "batch with torch.stack, and give a grayscale (N, H, W) batch its channel axis with images[:, None]"
+        )
+    if shape[1] not in (1, 3) and shape[3] not in (1, 3):
+        raise ValueError(
+            f"images must have 1 or 3 channels in dim 1 (NCHW) or dim 3 (NHWC), got shape {shape}; "
+            "drop an alpha channel (images[:, :3] for NCHW) or convert to RGB/grayscale"
+        )
+    if shape[0] < 2:
+        raise ValueError(f"FID/KID need at least 2 samples, got {shape[0]} image(s); pass a larger batch")
+
+
+def small_sample_warning(n: int, standard: int = 50_000) -> str | None:
+    """A warning when n < standard: FID's estimator is biased upward at small N (Bińkowski et al.
+    2018, sec. 2.3), so scores are comparable only at equal N; None otherwise."""
+    if n >= standard:
+        return None
+    return (f"FID with N={n:,} samples is biased upward; the standard protocol uses {standard:,} "
+            "(compare scores only at equal N)")

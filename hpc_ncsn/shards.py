@@ -1,0 +1,395 @@
+"""HDF5 sample shards: atomic writes, validation that cannot hang, a checksummed manifest.
+
+Layout of one shard (format version 1), `shard-KKKKK.h5`:
+
+    /images    uint8 (N, H, W, C)   NHWC, C = 1 or 3; N = stop - start
+    /indices   int64 (N,)           the sample indices start..stop-1
+    attrs      format_version, start, stop, count (integers) and complete = True,
+               written last; every other attribute (run, checkpoint, sampler, seed,
+               software versions, ...) is stored as a JSON string.
+
+A shard is written under a hidden temporary name in the same folder, flushed and
+fsynced, then renamed over the final name, so a final-named shard is always
+complete. `manifest.json` lists the shards with count and sha256.
+
+Reading a damaged HDF5 file can hang or crash the HDF5 library, so validation runs
+in a child process with a per-file timeout. Files are opened with file locking off:
+on shared filesystems (NFS, Lustre) where HDF5's locks fail, other HDF5 tools need
+HDF5_USE_FILE_LOCKING=FALSE in the environment too.
+
+Only the standard library, numpy and h5py are used here: the child process starts
+this file directly and stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+__all__ = [
+    "MANIFEST",
+    "SHARD_FORMAT_VERSION",
+    "ShardError",
+    "ShardInfo",
+    "ShardSpec",
+    "check_coverage",
+    "file_sha256",
+    "inspect_shard",
+    "plan_shards",
+    "read_manifest",
+    "read_shard",
+    "shard_path",
+    "validate_shard",
+    "validate_shards",
+    "verify_manifest",
+    "write_manifest",
+    "write_shard",
+]
+
+SHARD_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_STRUCTURE = ("format_version", "start", "stop", "count", "complete")
+REGENERATE = "rerun generation to rewrite it"
+
+
+class ShardError(ValueError):
+    """A shard or shard folder that cannot be used: '<path>: <reason>; <fix>'."""
+
+    def __init__(self, path: Path | str, reason: str, fix: str = REGENERATE):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{path}: {reason}; {fix}")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard `index` holds the samples [start, stop)."""
+
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: Path
+    start: int
+    stop: int
+    count: int
+    image_shape: tuple[int, int, int]
+    attrs: dict = field(default_factory=dict)
+
+
+def plan_shards(num_samples: int, shard_size: int) -> list[ShardSpec]:
+    """Shards of `shard_size` consecutive samples covering [0, num_samples); the last may be shorter."""
+    if num_samples < 1 or shard_size < 1:
+        raise ValueError(f"num_samples ({num_samples}) and shard_size ({shard_size}) must be at least 1")
+    return [ShardSpec(k, start, min(start + shard_size, num_samples))
+            for k, start in enumerate(range(0, num_samples, shard_size))]
+
+
+def shard_path(folder: Path, spec: ShardSpec) -> Path:
+    return Path(folder) / f"shard-{spec.index:05d}.h5"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) -> dict:
+    """Write uint8 NHWC `images` of `spec` to `path` atomically; returns its manifest entry.
+
+    The bytes depend only on the inputs (no timestamps), so regenerating a shard
+    reproduces its checksum. Leftover temporaries of this shard from a killed
+    writer are removed.
+    """
+    path = Path(path)
+    images = np.ascontiguousarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, C) with C = 1 or 3, got {images.dtype} "
+                         f"{images.shape}; convert with hpc_ncsn.data.to_uint8 and permute to NHWC")
+    if images.shape[0] != spec.count:
+        raise ValueError(f"{path}: shard {spec.index} holds samples {spec.start}..{spec.stop - 1} "
+                         f"({spec.count} images), got {images.shape[0]}")
+    clash = sorted(set(attrs) & set(_STRUCTURE))
+    if clash:
+        raise ValueError(f"{path}: attribute names {clash} are reserved for the shard format")
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w", libver=("earliest", "v110"), locking=False, track_order=False) as handle:
+            handle.create_dataset("images", data=images, track_times=False)
+            handle.create_dataset("indices", data=np.arange(spec.start, spec.stop, dtype=np.int64),
+                                  track_times=False)
+            for key in sorted(attrs):
+                handle.attrs[key] = json.dumps(attrs[key], sort_keys=True)
+            handle.attrs["format_version"] = SHARD_FORMAT_VERSION
+            handle.attrs["start"], handle.attrs["stop"], handle.attrs["count"] = spec.start, spec.stop, spec.count
+            handle.flush()
+            handle.attrs["complete"] = True
+        with open(tmp, "rb+") as raw:
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return {"file": path.name, "index": spec.index, "start": spec.start, "stop": spec.stop, "count": spec.count,
+            "sha256": file_sha256(path)}
+
+
+def _decode_attrs(raw: h5py.AttributeManager) -> dict:
+    attrs = {}
+    for key, value in raw.items():
+        if key in _STRUCTURE:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode()
+        try:
+            attrs[key] = json.loads(value) if isinstance(value, str) else value
+        except json.JSONDecodeError:
+            attrs[key] = value
+    return attrs
+
+
+def inspect_shard(path: Path, expected: ShardSpec | None = None,
+                  image_shape: tuple[int, int, int] | None = None) -> ShardInfo:
+    """Read and check one shard in this process (may hang on a damaged file: prefer validate_shard).
+
+    Raises ShardError naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ShardError(path, "missing")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ShardError(path, "zero-length file (its writer was killed before writing anything)")
+    try:
+        handle = h5py.File(path, "r", locking=False)
+    except OSError as error:
+        raise ShardError(path, f"not a readable HDF5 file, truncated or corrupt ({error})") from None
+    try:
+        with handle:
+            attrs = handle.attrs
+            if not bool(attrs.get("complete", False)):
+                raise ShardError(path, "no completion mark (its writer did not finish)")
+            version = int(attrs.get("format_version", -1))
+            if version != SHARD_FORMAT_VERSION:
+                raise ShardError(path, f"shard format version {version}, this hpc_ncsn reads "
+                                       f"{SHARD_FORMAT_VERSION}")
+            start, stop, count = (int(attrs[key]) for key in ("start", "stop", "count"))
+            for name in ("images", "indices"):
+                if name not in handle:
+                    raise ShardError(path, f"no '{name}' dataset")
+            images, indices = handle["images"], handle["indices"]
+            if images.dtype != np.uint8:
+                raise ShardError(path, f"images have dtype {images.dtype}, expected uint8")
+            if images.ndim != 4:
+                raise ShardError(path, f"images have shape {images.shape}, expected 4-D (N, H, W, C)")
+            if images.shape[-1] not in (1, 3):
+                raise ShardError(path, f"images have {images.shape[-1]} channels in the last axis, expected 1 or 3 "
+                                       "(NHWC)")
+            if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+                raise ShardError(path, f"images are {tuple(images.shape[1:])} (H, W, C), the run makes "
+                                       f"{tuple(image_shape)}")
+            if not (stop - start == count == images.shape[0] == indices.shape[0]):
+                raise ShardError(path, f"counts disagree: start={start} stop={stop} count={count}, "
+                                       f"{images.shape[0]} images, {indices.shape[0]} indices")
+            if expected is not None and (start, stop) != (expected.start, expected.stop):
+                raise ShardError(path, f"holds samples {start}..{stop - 1}, shard {expected.index} should hold "
+                                       f"{expected.start}..{expected.stop - 1}")
+            if not np.array_equal(indices[()], np.arange(start, stop)):
+                raise ShardError(path, f"indices are not {start}..{stop - 1}")
+            images[()]  # read every byte: a truncated file fails here
+            return ShardInfo(path, start, stop, count, tuple(int(s) for s in images.shape[1:]),
+                             _decode_attrs(attrs))
+    except ShardError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise ShardError(path, f"unreadable ({type(error).__name__}: {error})") from None
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(uint8 NHWC images, int64 indices, attrs) of a shard already validated."""
+    with h5py.File(path, "r", locking=False) as handle:
+        return handle["images"][()], handle["indices"][()], _decode_attrs(handle.attrs)
+
+
+# Validation in a child process -----------------------------------------------------------
+
+def _child_main(requests: list[dict]) -> None:
+    """Child side: inspect each request, print one JSON line per file."""
+    for request in requests:
+        expected = ShardSpec(**request["expected"]) if request["expected"] else None
+        try:
+            info = inspect_shard(Path(request["path"]), expected, request["image_shape"])
+            line = {"ok": True, "start": info.start, "stop": info.stop, "count": info.count,
+                    "image_shape": info.image_shape, "attrs": info.attrs}
+        except ShardError as error:
+            line = {"ok": False, "reason": error.reason}
+        print(json.dumps(line), flush=True)
+
+
+def _inspect_in_children(requests: list[dict], timeout: float) -> list[dict]:
+    """Results per request; a file whose check does not finish within `timeout` s is reported as hung."""
+    results: list[dict] = []
+    while len(results) < len(requests):
+        pending = requests[len(results):]
+        errors = tempfile.TemporaryFile("w+")
+        child = subprocess.Popen([sys.executable, "-I", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=errors, text=True)
+        child.stdin.write(json.dumps(pending))
+        child.stdin.close()
+        selector = selectors.DefaultSelector()
+        selector.register(child.stdout, selectors.EVENT_READ)
+        buffer = ""
+        deadline = time.monotonic() + timeout
+        while len(results) < len(requests):
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                child.kill()
+                results.append({"ok": False, "reason": f"reading it did not finish within {timeout:g} s "
+                                                      "(a damaged HDF5 file can hang the library)"})
+                break
+            chunk = os.read(child.stdout.fileno(), 1 << 16).decode()
+            if not chunk:  # the child died (a crash inside HDF5)
+                child.wait()
+                errors.seek(0)
+                detail = errors.read().strip().splitlines()[-1:]
+                results.append({"ok": False, "reason": f"reading it crashed the HDF5 library "
+                                                      f"(exit {child.returncode}{': ' + detail[0] if detail else ''})"})
+                break
+            buffer += chunk
+            while "\n" in buffer:
+                line, buffer = buffer.split("\n", 1)
+                results.append(json.loads(line))
+                deadline = time.monotonic() + timeout
+        selector.close()
+        child.stdout.close()
+        child.wait()
+        errors.close()
+    return results
+
+
+def validate_shards(folder: Path, specs: list[ShardSpec], image_shape: tuple[int, int, int] | None = None,
+                    timeout: float = 60.0) -> tuple[list[ShardInfo], dict[int, str]]:
+    """Check the shards of `specs` in `folder` without risking a hang.
+
+    Returns (the valid shards' infos in spec order, {shard index: reason} for the others).
+    """
+    folder = Path(folder)
+    requests = [{"path": str(shard_path(folder, spec)), "image_shape": list(image_shape) if image_shape else None,
+                 "expected": {"index": spec.index, "start": spec.start, "stop": spec.stop}} for spec in specs]
+    present = [(spec, request) for spec, request in zip(specs, requests) if Path(request["path"]).exists()]
+    problems = {spec.index: "missing" for spec, request in zip(specs, requests) if not Path(request["path"]).exists()}
+    valid = []
+    results = _inspect_in_children([request for _, request in present], timeout) if present else []
+    for (spec, request), result in zip(present, results):
+        if result["ok"]:
+            valid.append(ShardInfo(Path(request["path"]), result["start"], result["stop"], result["count"],
+                                   tuple(result["image_shape"]), result["attrs"]))
+        else:
+            problems[spec.index] = result["reason"]
+    return valid, dict(sorted(problems.items()))
+
+
+def validate_shard(path: Path, expected: ShardSpec | None = None,
+                   image_shape: tuple[int, int, int] | None = None, timeout: float = 60.0) -> ShardInfo:
+    """One shard checked in a child process; raises ShardError with the reason."""
+    request = {"path": str(path), "image_shape": list(image_shape) if image_shape else None,
+               "expected": vars(expected) if expected else None}
+    result = _inspect_in_children([request], timeout)[0]
+    if not result["ok"]:
+        raise ShardError(path, result["reason"])
+    return ShardInfo(Path(path), result["start"], result["stop"], result["count"], tuple(result["image_shape"]),
+                     result["attrs"])
+
+
+def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:
+    """Raise ShardError unless the shards cover [0, num_samples) exactly once and agree on the image shape."""
+    if not infos:
+        raise ShardError("(no shards)", f"no valid shard for samples 0..{num_samples - 1}")
+    ordered = sorted(infos, key=lambda info: info.start)
+    position = 0
+    for info in ordered:
+        if info.start < position:
+            raise ShardError(info.path, f"samples {info.start}..{min(info.stop, position) - 1} overlap another "
+                                        "shard", "remove the stray file or regenerate into an empty folder")
+        if info.start > position:
+            raise ShardError(info.path.parent, f"samples {position}..{info.start - 1} are in no shard")
+        position = info.stop
+    if position != num_samples:
+        raise ShardError(ordered[-1].path.parent, f"samples {position}..{num_samples - 1} are in no shard"
+                         if position < num_samples else f"shards hold {position} samples, expected {num_samples}")
+    shapes = {info.image_shape for info in ordered}
+    if len(shapes) != 1:
+        raise ShardError(ordered[0].path.parent, f"shards disagree on the image shape: {sorted(shapes)}",
+                         "regenerate into an empty folder")
+
+
+# Manifest --------------------------------------------------------------------------------
+
+def write_manifest(folder: Path, entries: list[dict], meta: dict) -> Path:
+    """Write folder/manifest.json atomically: {'format_version', 'meta', 'shards': entries}."""
+    path = Path(folder) / MANIFEST
+    tmp = path.parent / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"format_version": SHARD_FORMAT_VERSION, "meta": meta, "shards": entries},
+                              indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ShardError(path, "no manifest: generation has not finished in this folder",
+                         "run (or rerun) `hpc-ncsn generate` for it")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ShardError(path, f"not valid JSON ({error})", "rerun generation to rewrite it") from None
+    for key in ("meta", "shards"):
+        if key not in manifest:
+            raise ShardError(path, f"no '{key}' entry", "rerun generation to rewrite it")
+    return manifest
+
+
+def verify_manifest(folder: Path) -> dict[str, str]:
+    """{file: reason} for every shard whose checksum or count differs from the manifest (empty when all match)."""
+    problems = {}
+    for entry in read_manifest(folder)["shards"]:
+        path = Path(folder) / entry["file"]
+        if not path.is_file():
+            problems[entry["file"]] = "missing"
+        elif file_sha256(path) != entry["sha256"]:
+            problems[entry["file"]] = "checksum differs from the manifest (the file changed after generation)"
+    return problems
+
+
+if __name__ == "__main__":
+    _child_main(json.loads(sys.stdin.read()))

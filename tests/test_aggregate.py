@@ -1,0 +1,90 @@
+"""The ablation table from a sweep folder's files: statistics over seeds, failed and missing cells, stable output."""
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpc_ncsn.aggregate import aggregate
+from hpc_ncsn.grid import SweepSpec, TaskStatus, plan, write_status
+from hpc_ncsn.shards import ShardSpec, write_shard
+
+ROOT = Path(__file__).resolve().parent.parent
+FID = {("geometric", 0): 10.0, ("geometric", 1): 12.0, ("geometric", 2): 17.0, ("linear", 0): 30.0,
+       ("linear", 1): 34.0}
+
+
+@pytest.fixture
+def sweep_folder(tmp_path):
+    """A 2-schedule × 3-seed sweep: five cells scored, linear seed 2 failed in training."""
+    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"schedule": ["geometric", "linear"], "seed": [0, 1, 2]})
+    (tmp_path / "sweep.json").write_text(spec.to_json())
+    sweep = plan(spec, tmp_path)
+    for task in sweep.train:
+        failed = task.name == "schedule-linear_seed-2"
+        write_status(tmp_path, TaskStatus("train", task.name, "failed" if failed else "done", started=1.0,
+                                          error="TrainingDiverged: 20 non-finite steps" if failed else None,
+                                          log="logs/7_0_log.err" if failed else None))
+        task.folder.mkdir(parents=True)
+        levels = np.linspace(5.0, 1.0, 6)
+        (task.folder / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "loss_per_level": list(levels / step)}) + "\n" for step in (1, 2, 3)))
+    for task in sweep.sample:
+        key = (dict(task.cell.axes)["schedule"], task.cell.seed)
+        if key not in FID:
+            continue
+        task.folder.mkdir(parents=True)
+        (task.folder / "metrics.json").write_text(json.dumps(
+            {"fid": FID[key], "kid_mean": FID[key] / 1000, "is_mean": 2.0, "n": 500}))
+        write_shard(task.folder / "shard-00000.h5", ShardSpec(0, 0, 4), np.full((4, 8, 8, 1), 9, np.uint8), {})
+        write_status(tmp_path, TaskStatus("sample", task.name, "done", started=1.0))
+    return tmp_path
+
+
+def test_table_statistics_over_seeds(sweep_folder):
+    table = aggregate(sweep_folder)
+    geometric, linear = table["rows"]
+    assert geometric["group"] == {"schedule": "geometric"} and geometric["seeds_done"] == 3
+    assert geometric["fid"]["mean"] == pytest.approx(13.0)
+    std = math.sqrt(((10 - 13) ** 2 + (12 - 13) ** 2 + (17 - 13) ** 2) / 2)
+    assert geometric["fid"]["std"] == pytest.approx(std)
+    assert geometric["fid"]["ci95"] == pytest.approx(4.302653 * std / math.sqrt(3), rel=1e-6)
+    assert linear["fid"]["mean"] == pytest.approx(32.0) and linear["seeds_done"] == 2
+    assert linear["fid"]["ci95"] == pytest.approx(12.706205 * math.sqrt(8) / math.sqrt(2), rel=1e-6)
+    assert geometric["n_per_cell"] == 500 and geometric["kid_mean"]["mean"] == pytest.approx(0.013)
+
+
+def test_failed_and_missing_cells_stay_in_the_table(sweep_folder):
+    (sweep_folder / "status" / "sample" / "schedule-geometric_seed-2.json").unlink()
+    table = aggregate(sweep_folder)
+    geometric, linear = table["rows"]
+    assert geometric["seeds_done"] == 2 and geometric["problems"] == ["seed 2: missing"]
+    assert linear["problems"] == ["seed 2: failed (train: TrainingDiverged: 20 non-finite steps "
+                                  "(log: logs/7_0_log.err))"]
+    states = {cell["name"]: cell["state"] for cell in table["cells"]}
+    assert states["schedule-linear_seed-2"] == "failed" and states["schedule-geometric_seed-2"] == "missing"
+    markdown = (sweep_folder / "table.md").read_text()
+    assert "| schedule-linear_seed-2 | failed |" in markdown and "2/3" in markdown
+
+
+def test_one_seed_has_no_spread(sweep_folder):
+    for seed in (1, 2):
+        (sweep_folder / "status" / "sample" / f"schedule-geometric_seed-{seed}.json").unlink()
+    geometric = aggregate(sweep_folder)["rows"][0]
+    assert geometric["fid"] == {"mean": 10.0, "std": None, "ci95": None}
+
+
+def test_outputs_are_identical_on_rerun_and_parse(sweep_folder):
+    aggregate(sweep_folder)
+    first = {name: (sweep_folder / name).read_bytes() for name in ("table.md", "table.csv", "table.json")}
+    aggregate(sweep_folder)
+    assert first == {name: (sweep_folder / name).read_bytes() for name in first}
+    rows = list(csv.DictReader(io.StringIO(first["table.csv"].decode())))
+    assert [row["schedule"] for row in rows] == ["geometric", "linear"]
+    assert float(rows[1]["fid_mean"]) == 32.0 and rows[1]["seeds_done"] == "2"
+    for plot in ("fid.png", "loss_per_level.png", "samples.png"):
+        assert (sweep_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,208 @@
+"""Generation into shards and evaluation, with real processes, real HDF5 files and torch-fidelity."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_ncsn.config import load_config
+from hpc_ncsn.shards import ShardError, file_sha256, read_shard, validate_shard
+from helpers import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def env(tmp_path: Path) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(tmp_path / "cache")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check(cmd: list[str], environment: dict, timeout: int = 300) -> str:
+    result = subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    out = folder / "run"
+    check([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/debug.yaml"), *TINY,
+           f"train.out_dir={out}"], env(folder))
+    return out
+
+
+def generate_cmd(run: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    args = ["generate", "--run-dir", str(run), "--out", str(out), "--num-samples", "12", "--shard-size", "5",
+            "--batch-size", "4", *extra]
+    return [*launcher, "-m", "hpc_ncsn", *args] if launcher else [sys.executable, "-m", "hpc_ncsn", *args]
+
+
+def shard_digests(folder: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(folder.glob("shard-*.h5"))}
+
+
+def test_generation_writes_valid_shards_and_a_manifest(trained_run, tmp_path):
+    out = tmp_path / "samples"
+    check(generate_cmd(trained_run, out), env(tmp_path))
+    assert sorted(shard_digests(out)) == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
+    images, indices, attrs = read_shard(out / "shard-00002.h5")
+    assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 1)
+    assert indices.tolist() == [10, 11]
+    assert attrs["schedule"] == "geometric" and attrs["checkpoint"] == "step-00000004"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [entry["count"] for entry in manifest["shards"]] == [5, 5, 2]
+    assert {entry["file"]: entry["sha256"] for entry in manifest["shards"]} == shard_digests(out)
+
+
+def test_two_processes_write_byte_identical_shards(trained_run, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    check(generate_cmd(trained_run, one), env(tmp_path))
+    torchrun = (str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()))
+    check(generate_cmd(trained_run, two, launcher=torchrun), env(tmp_path))
+    assert shard_digests(one) == shard_digests(two)
+
+
+def test_rerun_regenerates_only_missing_or_invalid_shards_identically(trained_run, tmp_path):
+    out = tmp_path / "samples"
+    check(generate_cmd(trained_run, out), env(tmp_path))
+    original = shard_digests(out)
+    (out / "shard-00000.h5").unlink()
+    data = (out / "shard-00001.h5").read_bytes()
+    (out / "shard-00001.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="shard-00001.h5"):
+        validate_shard(out / "shard-00001.h5")
+    mtime = (out / "shard-00002.h5").stat().st_mtime_ns
+    report = json.loads(check(generate_cmd(trained_run, out), env(tmp_path)).strip().splitlines()[-1])
+    assert sorted(report["generated"]) == [0, 1] and report["kept"] == [2]
+    assert (out / "shard-00002.h5").stat().st_mtime_ns == mtime
+    assert shard_digests(out) == original
+
+
+def test_changed_sampler_regenerates_everything(trained_run, tmp_path):
+    out = tmp_path / "samples"
+    check(generate_cmd(trained_run, out), env(tmp_path))
+    report = json.loads(check(generate_cmd(trained_run, out, "noise.schedule=snr"), env(tmp_path)).splitlines()[-1])
+    assert sorted(report["generated"]) == [0, 1, 2]
+    assert read_shard(out / "shard-00000.h5")[2]["schedule"] == "snr"
+
+
+def test_killed_generator_leaves_no_bad_final_shard_and_rerun_completes_identically(trained_run, tmp_path):
+    reference = tmp_path / "reference"
+    check(generate_cmd(trained_run, reference), env(tmp_path))
+    out = tmp_path / "killed"
+    process = subprocess.Popen(generate_cmd(trained_run, out), env=env(tmp_path), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if out.is_dir() and any(out.glob("shard-00000.h5")):
+            break
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    for shard in out.glob("shard-*.h5"):
+        validate_shard(shard)  # every final-named shard is complete
+    check(generate_cmd(trained_run, out), env(tmp_path))
+    assert shard_digests(out) == shard_digests(reference)
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def evaluate_cmd(samples: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    args = ["evaluate", "--samples", str(samples), "--batch-size", "5", *extra]
+    return [*launcher, "-m", "hpc_ncsn", *args] if launcher else [sys.executable, "-m", "hpc_ncsn", *args]
+
+
+def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
+    samples = tmp_path / "samples"
+    check(generate_cmd(trained_run, samples), env(tmp_path))
+    check(evaluate_cmd(samples, "--out", str(tmp_path / "one.json")), env(tmp_path))
+    torchrun = (str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()))
+    check(evaluate_cmd(samples, "--out", str(tmp_path / "two.json"), launcher=torchrun), env(tmp_path))
+    one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
+    assert one["n"] == two["n"] == 12 and one["n_reference"] == 1797
+    assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-9)
+    assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-9)
+    assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-9)
+    assert "biased upward" in one["warning"] and one["extractor"] == "digits-classifier"
+
+
+def test_our_fid_matches_torch_fidelity_calculate_metrics(tmp_path, monkeypatch):
+    """Same images, same registered digits extractor: our pipeline vs torch-fidelity's own."""
+    import torch_fidelity
+
+    from hpc_ncsn.data import load_images
+    from hpc_ncsn.features import register_extractors
+    from hpc_ncsn.fid import FeatureStats, frechet_distance, kernel_inception_distance
+    from hpc_ncsn.metrics import extract_features, load_extractor
+
+    monkeypatch.setenv("HPC_NCSN_CACHE", str(tmp_path / "cache"))
+    images = load_images(load_config(None, ["data.image_size=16", "data.channels=3"]).data)
+    first, second = images[:300], images[1000:1300]
+    register_extractors()
+    extractor = load_extractor("digits-classifier", None, torch.device("cpu"))
+    stats = []
+    for part in (first, second):
+        features, _ = extract_features(extractor, part)
+        stats.append(FeatureStats.empty(features.shape[1]).update(features).to_numpy())
+    ours = frechet_distance(*stats[0], *stats[1])
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8Dataset(first), input2=UInt8Dataset(second), fid=True, kid=True, kid_subset_size=100,
+        kid_subsets=10, feature_extractor="digits-classifier", cuda=False, verbose=False, cache=False,
+        save_cpu_ram=True)
+    assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+    f1, _ = extract_features(extractor, first)
+    f2, _ = extract_features(extractor, second)
+    kid, _ = kernel_inception_distance(f1.numpy(), f2.numpy(), subsets=10, subset_size=100)
+    assert kid == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5)
+
+
+class UInt8Dataset(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+def test_evaluator_refuses_bad_images_with_the_reason(tmp_path):
+    from hpc_ncsn.metrics import extract_features, load_extractor
+
+    os.environ.setdefault("HPC_NCSN_CACHE", str(tmp_path / "cache"))
+    extractor = load_extractor("digits-classifier", None, torch.device("cpu"))
+    cases = [
+        (torch.rand(4, 3, 16, 16), "uint8"),
+        (torch.full((4, 3, 16, 16), float("nan")), "NaN"),
+        (torch.zeros(4, 16, 16, dtype=torch.uint8), "4-D"),
+        (torch.zeros(4, 2, 16, 16, dtype=torch.uint8), "channel"),
+        (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), "at least 2"),
+        (torch.full((4, 3, 16, 16), 300, dtype=torch.int16), "0..255"),
+    ]
+    for images, reason in cases:
+        with pytest.raises(ValueError, match=reason):
+            extract_features(extractor, images)
+
+
+def test_evaluator_refuses_incomplete_sample_folders(trained_run, tmp_path):
+    samples = tmp_path / "samples"
+    check(generate_cmd(trained_run, samples), env(tmp_path))
+    (samples / "shard-00001.h5").write_bytes(b"")
+    result = subprocess.run(evaluate_cmd(samples), env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "shard 1" in result.stderr and "rerun generation" in result.stderr

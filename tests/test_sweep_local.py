@@ -1,0 +1,92 @@
+"""launch/sweep.py on this machine (submitit's local executor): the whole line to the table, rerun, failures."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpc_ncsn.shards import read_shard
+from helpers import TINY as BASE
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [*BASE, "eval.num_samples=20", "eval.shard_size=10"]
+
+
+def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_NCSN_CACHE": str(out.parent / "cache")}
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(out), *args, *TINY],
+                            env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def summary(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    return out, sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
+
+
+def test_sweep_runs_every_cell_to_the_table(finished):
+    out, result = finished
+    table = json.loads((out / "table.json").read_text())
+    assert [row["group"]["schedule"] for row in table["rows"]] == ["geometric", "linear", "snr"]
+    assert all(row["seeds_done"] == 2 and row["n_per_cell"] == 20 for row in table["rows"])
+    assert all(row["fid"]["ci95"] is not None and row["fid"]["mean"] > 0 for row in table["rows"])
+    assert "| schedule=snr | 2/2 | 20 |" in result.stdout
+    for plot in ("fid.png", "loss_per_level.png", "samples.png"):
+        assert (out / plot).stat().st_size > 0
+
+
+def test_the_snr_arm_samples_the_geometric_network(finished):
+    out, _ = finished
+    assert sorted(p.name for p in (out / "train").iterdir()) == [
+        "schedule-geometric_seed-0", "schedule-geometric_seed-1", "schedule-linear_seed-0", "schedule-linear_seed-1"]
+    attrs = read_shard(out / "cells" / "schedule-snr_seed-1" / "samples" / "shard-00000.h5")[2]
+    assert attrs["schedule"] == "snr" and attrs["seed"] == 1
+    assert attrs["run"] == str(out / "train" / "schedule-geometric_seed-1")
+
+
+def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
+    out, _ = finished
+    table = (out / "table.json").read_bytes()
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    again = summary(sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1"))
+    assert set(again["seconds"]) == {"train", "sample", "aggregate"} and again["failed"] == {}
+    new_logs = sorted(set(p.name for p in (out / "logs").iterdir()) - set(logs))
+    assert len(new_logs) == 1  # only the aggregation ran again
+    assert (out / "table.json").read_bytes() == table
+
+
+def test_a_different_sweep_in_the_same_folder_is_refused(finished):
+    out, _ = finished
+    result = sweep(out, "--schedules", "geometric", "--seeds", "0,1", check=False)
+    assert result.returncode != 0 and "holds another sweep" in result.stderr
+
+
+def test_status_lists_every_task(finished):
+    out, _ = finished
+    lines = sweep(out, "--status", "--schedules", "geometric,linear,snr", "--seeds", "0,1").stdout.splitlines()
+    assert len(lines) == 1 + 4 + 6 + 1 and all(" done " in line for line in lines[1:])
+
+
+def test_a_failed_training_fails_its_cells_and_spares_the_others(tmp_path):
+    out = tmp_path / "sweep"
+    bad = out / "train" / "schedule-linear_seed-0"
+    bad.mkdir(parents=True)
+    (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
+    result = sweep(out, "--schedules", "geometric,linear", "--seeds", "0", check=False)
+    assert result.returncode == 1
+    assert summary(result)["failed"] == {"sample": ["schedule-linear_seed-0"], "train": ["schedule-linear_seed-0"]}
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows[0]["seeds_done"] == 1 and rows[0]["problems"] == []
+    assert rows[1]["seeds_done"] == 0 and "another config" in rows[1]["problems"][0]
+    status = sweep(out, "--status", "--schedules", "geometric,linear", "--seeds", "0").stdout
+    assert "failed" in status and "log:" in status
