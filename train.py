@@ -6,6 +6,8 @@
 
 A run folder (train.out_dir) that already holds checkpoints is resumed from the
 newest complete one: rerunning the same command continues an interrupted run.
+On SIGUSR2 or SIGTERM (a scheduler's warning) the run saves a checkpoint at the
+next step and exits with status 75 (EX_TEMPFAIL): requeue it (slurm/train.sbatch does).
 """
 
 import argparse
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 from hpc_ncsn.config import ConfigError, config_to_yaml, load_config
+
+PREEMPTED = 75  # EX_TEMPFAIL: stopped at a signal after saving; rerun or requeue to resume
 
 
 def main(argv=None) -> int:
@@ -29,9 +33,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(config_to_yaml(config), end="")
         return 0
+    from hpc_ncsn.preemption import Preempted
     from hpc_ncsn.training import train
 
-    out = train(config)
+    try:
+        out = train(config)
+    except Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        return PREEMPTED
     print(f"run folder: {out}")
     return 0
 

@@ -46,8 +46,8 @@ def _cell_state(root: Path, train: str, name: str) -> tuple[str, str]:
             return "failed", f"{stage}: {status.error}{log}"
     for stage, task in (("sample", name), ("train", train)):
         status = read_status(root, stage, task)
-        if status is not None and status.state == "running":
-            return "running", f"{stage} running since {status.started:.0f}"
+        if status is not None and status.state in ("running", "preempted"):
+            return "running", f"{stage} {status.state} (attempt {status.attempts})"
     return "missing", ""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, config_to_yaml, load_config
+from .preemption import Preempted
 from .toy import ToySettings
 
 __all__ = ["main"]
@@ -264,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"preempted: {stop}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: rerun (or requeue) to resume
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 
 from . import __version__
 from . import checkpoint as ckpt
+from . import preemption
 from .config import Config, config_from_dict, config_to_dict
 from .data import to_uint8
 from .distributed import barrier, process_group
@@ -114,6 +115,7 @@ def generate(
     """Draw samples [0, num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json."""
     from .training import load_ema_model
 
+    preemption.install()
     rank, world, device = process_group()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, config, step = load_ema_model(checkpoint, device)
@@ -135,6 +137,9 @@ def generate(
     for spec in mine:
         if spec.index in kept:
             continue
+        if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
+            raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
+                                       f"{len(generated)} shard(s) written this time; rerun to complete")
         images = _draw(model, config, plan, spec, seed, batch_size, device)
         write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
         generated.append(spec.index)

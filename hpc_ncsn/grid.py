@@ -17,8 +17,6 @@ On disk, under the sweep folder:
     status/<stage>/<task>.json state of every task: running, done or failed (+ error, log)
     logs/                      job logs (submitit)
     table.md/.csv/.json, *.png the aggregated ablation
-
-Only the standard library and the config/schedule modules are used here.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, config_from_dict, config_to_dict, load_config
+from .preemption import Preempted
 
 __all__ = ["AXIS_KEYS", "SAMPLER_KEYS", "Cell", "SweepSpec", "TaskStatus", "plan", "read_status", "write_status"]
 
@@ -203,7 +202,7 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
 class TaskStatus:
     stage: str
     task: str
-    state: str  # running | done | failed
+    state: str  # running | done | failed | preempted (stopped at a signal after saving; resumes when rerun)
     started: float = 0.0
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
@@ -247,6 +246,10 @@ def run_tracked(root: Path, stage: str, task: str, body, *, job_id: str | None =
     write_status(root, status)
     try:
         result = body()
+    except Preempted as error:
+        status.state, status.finished, status.error = "preempted", time.time(), str(error)
+        write_status(root, status)
+        raise
     except BaseException as error:
         status.state, status.finished = "failed", time.time()
         status.error = f"{type(error).__name__}: {error}".strip()

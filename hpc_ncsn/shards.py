@@ -140,6 +140,7 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
     clash = sorted(set(attrs) & set(_STRUCTURE))
     if clash:
         raise ValueError(f"{path}: attribute names {clash} are reserved for the shard format")
+    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         stale.unlink(missing_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import preemption
 from .config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config
 from .data import load_images, to_model_scale, to_uint8, toy_mixture
 from .ema import EMA
@@ -394,6 +395,7 @@ def train(config: Config) -> Path:
     from tqdm.auto import tqdm
 
     cfg = config.train
+    preemption.install()
     run = _prepare(config)
     accelerator, state = run.accelerator, run.state
     due = lambda every: state.step % every == 0 or state.step == cfg.steps  # noqa: E731
@@ -424,6 +426,14 @@ def train(config: Config) -> Path:
             _save_checkpoint(accelerator, run.out, config, state, run.ema, accelerator.unwrap_model(run.model))
         if due(cfg.sample_every) or due(cfg.checkpoint_every):
             started = time.time()
+
+        # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
+        if (accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(accelerator.device):
+            if not due(cfg.checkpoint_every):
+                _save_checkpoint(accelerator, run.out, config, state, run.ema, accelerator.unwrap_model(run.model))
+            progress.close()
+            raise preemption.Preempted(f"stop requested ({preemption.requested() or 'on another rank'}) at step "
+                                       f"{state.step}; checkpoint saved in {run.out / 'checkpoints'}; rerun to resume")
     progress.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Run a sweep (schedule × seed × any other config key): train → sample → evaluate → table.
 
-Stages, each an array of tasks submitted with submitit:
+Stages, each a job array submitted with submitit, each depending on the one before:
   train      one task per distinct network (the snr arm reuses the geometric arm's network)
   sample     one task per cell: shards of samples from the EMA weights, then FID/KID/IS
   aggregate  one task: the ablation table (mean, std and 95% CI over seeds) and plots
 
+--cluster slurm   Slurm job arrays (sbatch through submitit); training may span nodes × GPUs
 --cluster local   submitit's local executor: each task in its own process on this machine
 --cluster debug   everything in this process, one task after the other (breakpoints work;
                   submitit's debug executor opens pdb on a failure)
@@ -16,6 +17,9 @@ valid shards) and rewrites the table.
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
+  python launch/sweep.py --cluster slurm --schedules geometric,linear,snr --seeds 0,1,2,3,4 \
+      --config configs/cifar10.yaml --partition gpu --nodes 2 --gpus-per-node 4 --time-train 2880 \
+      train.mixed_precision=bf16
   python launch/sweep.py --schedules geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis noise.steps_per_level=5,10   # a third axis
   python launch/sweep.py --status --out runs/sweep-debug
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,9 +42,10 @@ if str(ROOT) not in sys.path:  # running from a checkout without `pip install -e
 from hpc_ncsn.config import ConfigError  # noqa: E402
 from hpc_ncsn.grid import Plan, SweepSpec, plan, read_status  # noqa: E402
 from hpc_ncsn.pipeline import describe, format_status, run_task  # noqa: E402
+from hpc_ncsn.preemption import Preempted  # noqa: E402
 from hpc_ncsn.schedules import ARMS  # noqa: E402
 
-CLUSTERS = ("local", "debug")
+CLUSTERS = ("slurm", "local", "debug")
 
 
 def _values(text: str) -> list:
@@ -68,7 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--local-parallel", type=int, default=1,
                        help="--cluster local: tasks running at once (default 1: a small machine's cores are "
                             "better spent on one task's threads)")
-    where.add_argument("--timeout-min", type=int, default=24 * 60, help="per-task time limit in minutes")
+    where.add_argument("--timeout-min", type=int, default=24 * 60,
+                       help="--cluster local: per-task time limit in minutes")
+    slurm = parser.add_argument_group("--cluster slurm (what lands in the sbatch scripts; see --dry-run)")
+    slurm.add_argument("--partition", help="sbatch --partition")
+    slurm.add_argument("--account", help="sbatch --account")
+    slurm.add_argument("--qos", help="sbatch --qos")
+    slurm.add_argument("--constraint", help="sbatch --constraint, e.g. a100|h100")
+    slurm.add_argument("--time-train", type=int, default=24 * 60, help="training time limit, minutes")
+    slurm.add_argument("--time-sample", type=int, default=4 * 60, help="sampling + evaluation time limit, minutes")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes per training task")
+    slurm.add_argument("--sample-nodes", type=int, default=1, help="nodes per sampling task")
+    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (0: CPU-only jobs)")
+    slurm.add_argument("--tasks-per-node", type=int, default=None,
+                       help="processes per node (default: one per GPU, else 1)")
+    slurm.add_argument("--cpus-per-task", type=int, default=None, help="sbatch --cpus-per-task")
+    slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
+    slurm.add_argument("--signal-delay-s", type=int, default=120,
+                       help="seconds before the time limit at which Slurm sends USR2 (save, requeue)")
+    slurm.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
+                            "(repeatable)")
+    slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
+                       help="a line run before each task, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--wait", action="store_true",
+                       help="wait for the aggregation and print the table (otherwise submit and return)")
     actions = parser.add_argument_group("actions")
     actions.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     actions.add_argument("--status", action="store_true", help="print every task's state and exit")
@@ -128,11 +159,25 @@ def print_plan(sweep: Plan) -> None:
 
 
 def _submitted(stage: str, root: str, name: str):
-    """What a submitit job runs: the task, with its job id and log path recorded."""
+    """What a submitit job runs: the task, with its job id and log recorded, requeued when preempted."""
     import submitit
 
     env = submitit.JobEnvironment()
-    return run_task(stage, Path(root), name, job_id=env.job_id, log=str(env.paths.stdout))
+    if env.num_tasks > 1:  # one process per GPU (or CPU slot): torch.distributed's variables for Accelerate
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    try:
+        return run_task(stage, Path(root), name, job_id=env.job_id, log=str(env.paths.stdout))
+    except Preempted as stop:
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        if slurm_job and env.global_rank == 0:
+            target = env.job_id  # ARRAY_TASK for array tasks
+            print(f"{stop}; requeueing {target}", flush=True)
+            done = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True)
+            if done.returncode:  # e.g. already requeued from outside (scontrol requeue sends SIGTERM first)
+                print(f"scontrol requeue {target}: {done.stderr.strip()}", flush=True)
+        if slurm_job:
+            sys.exit(-1)  # no result: submitit waits for the requeued run
+        raise
 
 
 def run_stage_local(root: Path, stage: str, names: list[str], args: argparse.Namespace) -> dict[str, str]:
@@ -155,6 +200,84 @@ def run_stage_local(root: Path, stage: str, names: list[str], args: argparse.Nam
                 failures[name] = str(error).strip().splitlines()[-1] if str(error).strip() else repr(error)
                 print(f"[{stage}] {name}: FAILED ({failures[name]}); log {job.paths.stderr}", flush=True)
     return failures
+
+
+def _sbatch_extra(items: list[str]) -> dict:
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--sbatch {item!r}: write KEY=VALUE (an sbatch long option without the dashes)")
+        extra[key.replace("-", "_")] = True if value.lower() == "true" else value
+    return extra
+
+
+def slurm_parameters(args: argparse.Namespace, stage: str) -> dict:
+    """submitit SlurmExecutor parameters of one stage."""
+    nodes = {"train": args.nodes, "sample": args.sample_nodes, "aggregate": 1}[stage]
+    gpus = args.gpus_per_node if stage != "aggregate" else 0
+    tasks = 1 if stage == "aggregate" else (args.tasks_per_node or max(gpus, 1))
+    minutes = {"train": args.time_train, "sample": args.time_sample, "aggregate": 30}[stage]
+    params = {"job_name": f"ncsn-{stage}", "time": minutes, "nodes": nodes, "ntasks_per_node": tasks,
+              "signal_delay_s": args.signal_delay_s, "array_parallelism": args.array_parallelism,
+              "partition": args.partition, "account": args.account, "qos": args.qos, "constraint": args.constraint,
+              "cpus_per_task": args.cpus_per_task, "mem": f"{args.mem_gb}GB" if args.mem_gb else None,
+              "gpus_per_node": gpus or None, "setup": list(args.setup) or None,
+              "additional_parameters": _sbatch_extra(args.sbatch) or None}
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def submit_slurm(root: Path, sweep: Plan, args: argparse.Namespace) -> dict:
+    """Submit the stages as dependent job arrays; returns {stage: array job id}."""
+    import submitit
+
+    submitted, previous = {}, None
+    for stage in ("train", "sample", "aggregate"):
+        names = todo(sweep, stage) if stage != "aggregate" else ["table"]
+        if not names:
+            continue
+        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j")
+        params = slurm_parameters(args, stage)
+        if previous is not None:  # afterany: a failed task must not block its siblings' later stages
+            params["dependency"] = f"afterany:{previous}"
+        executor.update_parameters(**params)
+        jobs = executor.map_array(_submitted, [stage] * len(names), [str(root)] * len(names), names)
+        previous = jobs[0].job_id.split("_")[0]
+        submitted[stage] = {"array": previous, "tasks": dict(zip(names, (job.job_id for job in jobs)))}
+        print(f"[{stage}] submitted array {previous}: {len(names)} task(s)", flush=True)
+    record = root / "submitted.json"
+    history = json.loads(record.read_text()) if record.is_file() else []
+    history.append({"time": time.time(), "jobs": submitted})
+    record.write_text(json.dumps(history, indent=2) + "\n")
+    return submitted
+
+
+def wait_slurm(root: Path, submitted: dict, poll_s: float = 5.0) -> None:
+    """Wait until the aggregation job has left the queue (squeue no longer lists it)."""
+    final = submitted.get("aggregate", {}).get("array")
+    while final:
+        listed = subprocess.run(["squeue", "-h", "-j", final, "-o", "%i"], capture_output=True, text=True)
+        if listed.returncode == 0 and not listed.stdout.strip():
+            return
+        time.sleep(poll_s)
+
+
+def print_sbatch(root: Path, sweep: Plan, args: argparse.Namespace) -> None:
+    """The sbatch scripts of the stages, as submitit writes them, without submitting (for --dry-run).
+
+    Uses submitit's own script writer (submitit.slurm.slurm._make_sbatch_string) so that no
+    Slurm is needed to look; the dependency on the previous stage is shown as <previous>.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    counts = {"train": len(todo(sweep, "train")), "sample": len(todo(sweep, "sample")), "aggregate": 1}
+    for stage in ("train", "sample", "aggregate"):
+        params = slurm_parameters(args, stage)
+        if stage != "train":
+            params["dependency"] = "afterany:<previous>"
+        text = _make_sbatch_string(command="python -u -m submitit.core._submit " + str(root / "logs" / "%j"),
+                                   folder=root / "logs" / "%j", map_count=counts[stage], **params)
+        print(f"--- {stage} stage: array of {counts[stage]} ---\n{text}")
 
 
 def run_stage_debug(root: Path, stage: str, names: list[str]) -> dict[str, str]:
@@ -183,8 +306,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.dry_run:
         print_plan(sweep)
+        if args.cluster == "slurm":
+            print_sbatch(root, sweep, args)
         return 0
     prepare_folder(root, spec)
+    if args.cluster == "slurm":
+        submitted = submit_slurm(root, sweep, args)
+        if not args.wait:
+            print(f"watch: python {Path(__file__).name} --status --out {root}   (or squeue --me)\n"
+                  f"cancel: scancel {' '.join(job['array'] for job in submitted.values())}\n"
+                  f"rerun the same command to resume what failed or was cancelled")
+            return 0
+        wait_slurm(root, submitted)
+        print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
+        rows = describe(root)
+        failed = sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] == "failed")
+        print(json.dumps({"sweep": str(root), "jobs": {stage: job["array"] for stage, job in submitted.items()},
+                          "failed": failed}))
+        return 1 if failed else 0
     started = time.time()
     timings, failures = {}, {}
     for stage in ("train", "sample", "aggregate"):

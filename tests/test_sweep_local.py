@@ -90,3 +90,12 @@ def test_a_failed_training_fails_its_cells_and_spares_the_others(tmp_path):
     assert rows[1]["seeds_done"] == 0 and "another config" in rows[1]["problems"][0]
     status = sweep(out, "--status", "--schedules", "geometric,linear", "--seeds", "0").stdout
     assert "failed" in status and "log:" in status
+
+
+def test_debug_cluster_runs_everything_in_one_process(tmp_path):
+    out = tmp_path / "sweep"
+    result = sweep(out, "--cluster", "debug", "--schedules", "linear", "--seeds", "3")
+    assert "[train] schedule-linear_seed-3: running in this process" in result.stdout
+    assert not (out / "logs").exists()  # no submitit jobs
+    row = json.loads((out / "table.json").read_text())["rows"][0]
+    assert row["seeds_done"] == 1 and row["seeds"] == [3] and row["fid"]["mean"] > 0

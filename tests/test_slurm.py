@@ -1,0 +1,172 @@
+"""launch/sweep.py --cluster slurm on a real Slurm started on this machine by slurm/local-cluster.sh.
+
+The cluster has two simulated nodes (two slurmd on this host). It is started once
+for this module and stopped at the end, stopping exactly what the script started.
+Needs root (to install and run the daemons) or an already installed Slurm + munge.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "slurm" / "local-cluster.sh"
+SWEEP = [*TINY, "eval.num_samples=20", "eval.shard_size=10"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if os.geteuid() != 0 and shutil.which("slurmctld") is None:
+        pytest.skip("needs root to install Slurm, or an installed slurmctld/slurmd/munge")
+    folder = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "HPC_NCSN_SLURM_DIR": str(folder / "cluster")}
+    started = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", "2"], env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert started.returncode == 0, started.stderr[-3000:]
+    conf = str(folder / "cluster" / "slurm.conf")
+    try:
+        yield {"SLURM_CONF": conf, "HPC_NCSN_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": "1"}
+    finally:
+        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (folder / "cluster" / "started.list").exists()
+
+
+def sweep(cluster: dict, out: Path, *args: str, timeout: int = 900, check: bool = True, wait: bool = True):
+    command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(out),
+               *(["--wait"] if wait else []), *args]
+    result = subprocess.run(command, env={**os.environ, **cluster}, capture_output=True, text=True,
+                            timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def test_sweep_of_three_schedules_and_two_seeds_reaches_the_table(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    start = time.time()
+    result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", *SWEEP)
+    print(f"slurm sweep 3 schedules x 2 seeds: {time.time() - start:.1f} s")
+    table = json.loads((out / "table.json").read_text())
+    assert [(row["group"]["schedule"], row["seeds_done"]) for row in table["rows"]] == [
+        ("geometric", 2), ("linear", 2), ("snr", 2)]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["failed"] == [] and set(summary["jobs"]) == {"train", "sample", "aggregate"}
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
+    assert len(statuses) == 4 + 6 + 1 and all(s["state"] == "done" and s["job_id"] for s in statuses)
+
+
+def running_training(out: Path, name: str, min_step: int, timeout: float = 300) -> dict:
+    """Wait until the training task runs and has logged `min_step`; its status."""
+    deadline = time.time() + timeout
+    status_file = out / "status" / "train" / f"{name}.json"
+    metrics = out / "train" / name / "metrics.jsonl"
+    while time.time() < deadline:
+        if status_file.is_file() and metrics.is_file():
+            lines = metrics.read_text().splitlines()
+            if lines and json.loads(lines[-1])["step"] >= min_step:
+                return json.loads(status_file.read_text())
+        time.sleep(0.2)
+    raise AssertionError(f"training {name} did not reach step {min_step}")
+
+
+def ema_of(run: Path) -> dict:
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return torch.load(latest / "ema.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("interruption", ["USR2 warning", "requeue without warning"])
+def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(cluster, tmp_path,
+                                                                                       interruption):
+    long = [*SWEEP, "train.steps=400", "train.checkpoint_every=100", "train.log_every=10"]
+    out = tmp_path / "sweep"
+    process = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--wait",
+                                "--out", str(out), "--schedules", "geometric", "--seeds", "0", *long],
+                               env={**os.environ, **cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    if interruption == "USR2 warning":  # what Slurm sends --signal-delay-s before the time limit
+        status = running_training(out, "schedule-geometric_seed-0", min_step=30)
+        command = ["scancel", "--signal=USR2", status["job_id"]]
+    else:  # a requeue from outside, e.g. an admin or a node failure: SIGTERM, then SIGKILL
+        status = running_training(out, "schedule-geometric_seed-0", min_step=120)
+        command = ["scontrol", "requeue", status["job_id"]]
+    subprocess.run(command, env={**os.environ, **cluster}, check=True)
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    assert final["state"] == "done" and final["attempts"] == 2
+    log = Path(status["log"]).read_text()
+    assert "resumed from" in log
+    if interruption == "USR2 warning":
+        assert "stop requested (SIGUSR2)" in log and "requeueing" in log
+
+    # The same training, uninterrupted, outside Slurm.
+    spec = json.loads((out / "sweep.json").read_text())
+    reference = tmp_path / "reference"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(spec["base"]))
+    check = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.training import train; "
+        "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
+        str(config), "noise.schedule=geometric", "train.seed=0", f"train.out_dir={reference}"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+    assert check.returncode == 0, check.stderr[-3000:]
+    interrupted, uninterrupted = ema_of(out / "train" / "schedule-geometric_seed-0"), ema_of(reference)
+    assert interrupted["step"] == uninterrupted["step"] == 400
+    for key, value in uninterrupted["ema"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(interrupted["ema"][key], value), key
+
+
+def test_a_failing_task_is_reported_while_its_siblings_finish(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    bad = out / "train" / "schedule-linear_seed-0"
+    bad.mkdir(parents=True)
+    (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
+    result = sweep(cluster, out, "--schedules", "geometric,linear", "--seeds", "0", *SWEEP, check=False)
+    assert result.returncode == 1
+    assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == [
+        "sample/schedule-linear_seed-0", "train/schedule-linear_seed-0"]
+    failed = json.loads((out / "status" / "train" / "schedule-linear_seed-0.json").read_text())
+    assert "another config" in failed["error"] and Path(failed["log"]).is_file()
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows[0]["seeds_done"] == 1 and rows[1]["problems"][0].startswith("seed 0: failed")
+
+
+def test_training_spans_two_nodes(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    sweep(cluster, out, "--schedules", "geometric", "--seeds", "0", "--nodes", "2", "--tasks-per-node", "1", *SWEEP)
+    run = out / "train" / "schedule-geometric_seed-0"
+    meta = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
+    assert meta["world_size"] == 2
+    status = json.loads((out / "status" / "sample" / "schedule-geometric_seed-0.json").read_text())
+    assert status["state"] == "done"
+
+
+def test_plain_sbatch_templates_train_on_two_nodes_then_sample_and_evaluate(cluster, tmp_path):
+    env = {**os.environ, **cluster, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run, samples = tmp_path / "run", tmp_path / "samples"
+
+    def sbatch(*args: str) -> None:
+        result = subprocess.run(["sbatch", "--wait", f"--output={tmp_path}/%x-%j.out", *args], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=900)
+        logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.out"))
+        assert result.returncode == 0, result.stderr + logs
+
+    sbatch("--nodes=2", "--ntasks-per-node=1", str(ROOT / "slurm" / "train.sbatch"), "--config",
+           str(ROOT / "configs" / "debug.yaml"), *TINY, f"train.out_dir={run}")
+    meta = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    sbatch("--ntasks-per-node=2", str(ROOT / "slurm" / "sample.sbatch"), str(run), str(samples), "20",
+           "--shard-size", "10")
+    report = json.loads((samples / "metrics.json").read_text())
+    assert report["n"] == 20 and report["fid"] > 0
