@@ -302,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     if args.status:
+        if not (root / "sweep.json").is_file():
+            print(f"{root} holds no sweep (no sweep.json); pass the --out of a launched sweep", file=sys.stderr)
+            return 2
         print(format_status(describe(root)))  # the saved sweep, whatever the other options say
         return 0
     if args.dry_run:

@@ -206,3 +206,27 @@ def test_evaluator_refuses_incomplete_sample_folders(trained_run, tmp_path):
     result = subprocess.run(evaluate_cmd(samples), env=env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "shard 1" in result.stderr and "rerun generation" in result.stderr
+
+
+def test_stop_signal_ends_generation_between_shards_and_a_rerun_completes_identically(trained_run, tmp_path):
+    slow = ("--num-samples", "30", "--shard-size", "1", "noise.steps_per_level=40")
+    command = lambda out: [sys.executable, "-m", "hpc_ncsn", "generate", "--run-dir", str(trained_run),  # noqa: E731
+                           "--out", str(out), "--batch-size", "4", *slow]
+    out = tmp_path / "stopped"
+    process = subprocess.Popen(command(out), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "shard-00000.h5").exists():
+        time.sleep(0.005)
+    process.send_signal(signal.SIGUSR2)  # Slurm's warning before a time limit or preemption
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-2000:]
+    assert "stop requested (SIGUSR2)" in stderr
+    written = sorted(out.glob("shard-*.h5"))
+    assert 1 <= len(written) < 30 and not (out / "manifest.json").exists()
+    for shard in written:
+        validate_shard(shard)
+    check(command(out), env(tmp_path))
+    reference = tmp_path / "reference"
+    check(command(reference), env(tmp_path))
+    assert shard_digests(out) == shard_digests(reference) and len(shard_digests(out)) == 30
