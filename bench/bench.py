@@ -1,10 +1,20 @@
 #!/usr/bin/env python
-"""Benchmarks that print a table (and write JSON): the evaluator's throughput.
+"""Benchmarks that print a table (and write JSON): training, sampling and the evaluator.
 
-    python bench/bench.py                         # CPU, small sizes
-    python bench/bench.py --device cuda --images 50000 --inception-weights weights-inception-2015-12-05.pth
+    python bench/bench.py                         # CPU, small sizes (configs/debug.yaml)
+    python bench/bench.py --device cuda --config configs/cifar10.yaml --images 50000 \
+        --inception-weights weights-inception-2015-12-05.pth --peak-tflops 989
+
+Training and sampling rows run the product's own code (train.py's step through
+Accelerate, hpc_ncsn.sampling.annealed_langevin) on random data of the config's
+shape. FLOPs come from torch.utils.flop_counter on one forward pass (training
+counts 3 × forward per image); MFU = achieved FLOP/s / --peak-tflops (left empty
+without a peak). Each measured setting is printed beside a plain fp32 baseline of
+the same code, so the ratio holds on a noisy machine.
 
 Rows:
+  train       images/s and MFU of one optimizer step, per batch size, for the config's precision and fp32
+  sample      network evaluations × images per second of the annealed Langevin sampler, per arm
   shards      write / validate / read of uint8 32×32×3 shards (HDF5), images/s
   features    torch-fidelity extractor throughput, images/s, per extractor and batch size
   statistics  float64 Σx, Σxxᵀ accumulation (s per 10k features), FID from statistics (s), KID, IS
@@ -112,6 +122,87 @@ def bench_statistics(dim: int, count: int, device: torch.device) -> list[dict]:
             {"group": "statistics", "what": "IS, 10 splits", "images": count, "seconds": is_s, "images_per_s": None}]
 
 
+def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device) -> float:
+    """FLOPs of one forward pass per image, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(4, *shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.ones(4, device=device))
+    return counter.get_total_flops() / 4
+
+
+def _rate_row(group: str, what: str, images: int, seconds: float, flops_per_image: float, peak: float | None):
+    achieved = images * flops_per_image / seconds
+    return {"group": group, "what": what, "images": images, "seconds": seconds, "images_per_s": images / seconds,
+            "tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None}
+
+
+def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device: torch.device,
+                   peak: float | None) -> list[dict]:
+    """train.py's step (Accelerate, EMA, clipping) at the config's precision and in fp32, per batch size."""
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.model import build_score_model
+    from accelerate.state import AcceleratorState
+
+    from hpc_ncsn.training import _prepare
+
+    base = load_config(config_path)
+    shape = (base.data.channels, base.data.image_size, base.data.image_size)
+    flops = 3 * forward_flops(build_score_model(base.model, base.data).to(device), shape, device)
+    measured = base.train.mixed_precision if base.train.mixed_precision != "no" else "bf16"
+    if device.type == "cpu" and measured == "fp16":
+        measured = "bf16"
+    precisions = [measured, "no"]
+    # The data's content does not change the speed: use the offline digits at the config's shape.
+    data = ["data.name=digits", f"data.image_size={base.data.image_size}", f"data.channels={base.data.channels}"]
+    rows = []
+    for batch in batch_sizes:
+        for precision in precisions:
+            with tempfile.TemporaryDirectory() as out:
+                config = load_config(config_path, [*data, f"train.batch_size={batch}", "train.grad_accum=1",
+                                                   f"train.mixed_precision={precision}", f"train.out_dir={out}"])
+                AcceleratorState._reset_state(reset_partial_state=True)  # a new precision in this process
+                run = _prepare(config)
+                run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8)
+                run.train_step()  # warm-up
+                _sync(device)
+                start = time.perf_counter()
+                for _ in range(steps):
+                    run.state.step += 1
+                    run.train_step()
+                _sync(device)
+                seconds = time.perf_counter() - start
+            label = "baseline fp32" if precision == "no" else f"mixed_precision={precision}"
+            rows.append(_rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak))
+    return rows
+
+
+def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.device, peak: float | None) -> list[dict]:
+    """Annealed Langevin, `steps` network evaluations per arm (a slice of the full ladder), fp32 eager."""
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.model import build_score_model
+    from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
+
+    rows = []
+    for arm in ("geometric", "linear", "snr"):
+        config = load_config(config_path, [f"noise.schedule={arm}", "noise.final_denoise=false"])
+        shape = (config.data.channels, config.data.image_size, config.data.image_size)
+        model = build_score_model(config.model, config.data).to(device).eval()
+        flops = forward_flops(model, shape, device)
+        full = SamplerPlan.from_config(config.noise)
+        levels = max(1, steps // full.steps_per_level)
+        plan = SamplerPlan(full.sigmas[:levels], full.step_rule, full.steps_per_level, full.step_lr, full.snr, False)
+        indices = torch.arange(batch, device=device)
+        x = initial_state(0, indices, shape, init=config.noise.init, sigma_max=config.noise.sigma_max).to(device)
+        with torch.no_grad():
+            seconds = timed(lambda: annealed_langevin(model, x, plan, seed=0, indices=indices), device)
+        evaluations = plan.network_evaluations * batch
+        rows.append(_rate_row("sample", f"{arm}, batch {batch}, {plan.network_evaluations} evaluations",
+                              evaluations, seconds, flops, peak))
+    return rows
+
+
 def projected(rows: list[dict]) -> dict:
     """Seconds for 50,000 images from shards to FID, from the measured rates (best batch size)."""
     read = next(r for r in rows if r["what"] == "read")["images_per_s"]
@@ -125,28 +216,19 @@ def projected(rows: list[dict]) -> dict:
 
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print(f"| {'group':10} | {'what':48} | {'images':>7} | {'seconds':>9} | {'images/s':>10} |")
-    print(f"|{'-' * 12}|{'-' * 50}|{'-' * 9}|{'-' * 11}|{'-' * 12}|")
+    print(f"| {'group':10} | {'what':52} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
+          f"| {'MFU':>6} |")
+    print(f"|{'-' * 12}|{'-' * 54}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|")
     for r in rows:
         images = "" if r["images"] is None else f"{r['images']}"
         rate = "" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}"
-        print(f"| {r['group']:10} | {r['what']:48} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} |")
+        tflops = "" if r.get("tflops") is None else f"{r['tflops']:.4f}"
+        mfu = "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        print(f"| {r['group']:10} | {r['what']:52} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
+              f"| {mfu:>6} |")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images per measurement (default: 2000 on CPU, 50000 on GPU; Inception on CPU "
-                             "uses at most 64)")
-    parser.add_argument("--batch-sizes", default=None, help="extractor batch sizes (default: 32,128 on CPU; "
-                                                             "250,500,1000 on GPU)")
-    parser.add_argument("--inception-weights", type=Path, default=None,
-                        help="torch-fidelity's Inception .pth; random weights of the same shape when absent")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    gpu = device.type == "cuda"
+def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -> list[dict]:
     count = args.images or (FULL if gpu else 2000)
     batches = [int(b) for b in (args.batch_sizes or ("250,500,1000" if gpu else "32,128")).split(",")]
     rng = torch.Generator().manual_seed(0)
@@ -167,10 +249,51 @@ def main(argv: list[str] | None = None) -> int:
                                [b for b in batches if b <= inception_count] or [inception_count], device)
         rows += bench_statistics(2048, min(count, 10_000), device)
         rows.append(projected(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--what", default="train,sample,eval", help="sections to run (default: all)")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "debug.yaml",
+                        help="run config for the training and sampling rows")
+    parser.add_argument("--train-batch-sizes", default=None, help="default: 32,64 on CPU; 128,256,512 on GPU")
+    parser.add_argument("--train-steps", type=int, default=None, help="timed steps per setting (default 5 CPU, 30 GPU)")
+    parser.add_argument("--sample-batch", type=int, default=None, help="default 64 on CPU, 1000 on GPU")
+    parser.add_argument("--sample-evaluations", type=int, default=10,
+                        help="network evaluations timed per arm (a slice of the ladder)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense peak for the precision used, for MFU (H100 bf16: 989)")
+    parser.add_argument("--images", type=int, default=None,
+                        help="images per measurement (default: 2000 on CPU, 50000 on GPU; Inception on CPU "
+                             "uses at most 64)")
+    parser.add_argument("--batch-sizes", default=None, help="extractor batch sizes (default: 32,128 on CPU; "
+                                                             "250,500,1000 on GPU)")
+    parser.add_argument("--inception-weights", type=Path, default=None,
+                        help="torch-fidelity's Inception .pth; random weights of the same shape when absent")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    what = set(args.what.split(","))
+    unknown = what - {"train", "sample", "eval"}
+    if unknown:
+        parser.error(f"--what: unknown section(s) {sorted(unknown)}; choose from train, sample, eval")
+    rows = []
+    if "train" in what:
+        sizes = [int(b) for b in (args.train_batch_sizes or ("128,256,512" if gpu else "32,64")).split(",")]
+        rows += bench_training(args.config, sizes, args.train_steps or (30 if gpu else 5), device, args.peak_tflops)
+    if "sample" in what:
+        rows += bench_sampling(args.config, args.sample_batch or (1000 if gpu else 64), args.sample_evaluations,
+                               device, args.peak_tflops)
+    if "eval" in what:
+        rows += bench_evaluator(args, device, gpu)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}, " \
                                                           f"{torch.get_num_threads()} threads)"
-    header = (f"evaluator benchmark, {time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}, "
-              f"Inception weights: {'given' if args.inception_weights else 'random (speed only)'}")
+    header = (f"hpc_ncsn benchmark, {time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}, "
+              f"config {args.config.name}, Inception weights: "
+              f"{'given' if args.inception_weights else 'random (speed only)'}")
     print_table(rows, header)
     if args.json:
         args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
