@@ -16,8 +16,6 @@ from pathlib import Path
 
 from hpc_ncsn.config import ConfigError, config_to_yaml, load_config
 
-PREEMPTED = 75  # EX_TEMPFAIL: stopped at a signal after saving; rerun or requeue to resume
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,14 +31,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(config_to_yaml(config), end="")
         return 0
-    from hpc_ncsn.preemption import Preempted
+    from hpc_ncsn.preemption import EXIT_CODE, Preempted
     from hpc_ncsn.training import train
 
     try:
         out = train(config)
     except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
-        return PREEMPTED
+        return EXIT_CODE
     print(f"run folder: {out}")
     return 0
 

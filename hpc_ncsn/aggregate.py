@@ -38,14 +38,13 @@ class CellResult:
     samples: Path
 
 
-def _cell_state(root: Path, train: str, name: str) -> tuple[str, str]:
-    for stage, task in (("sample", name), ("train", train)):
-        status = read_status(root, stage, task)
+def _cell_state(statuses: dict) -> tuple[str, str]:
+    """(state, detail) of a cell without a result, from its {stage: TaskStatus or None}: a failure wins."""
+    for stage, status in statuses.items():
         if status is not None and status.state == "failed":
             log = f" (log: {status.log})" if status.log else ""
             return "failed", f"{stage}: {status.error}{log}"
-    for stage, task in (("sample", name), ("train", train)):
-        status = read_status(root, stage, task)
+    for stage, status in statuses.items():
         if status is not None and status.state in ("running", "preempted"):
             return "running", f"{stage} {status.state} (attempt {status.attempts})"
     return "missing", ""
@@ -56,14 +55,15 @@ def collect(sweep: Plan) -> list[CellResult]:
     results = []
     for task in sweep.sample:
         report_path = task.folder / "metrics.json"
-        status = read_status(sweep.root, "sample", task.name)
-        if report_path.is_file() and status is not None and status.state == "done":
+        statuses = {"sample": read_status(sweep.root, "sample", task.name),
+                    "train": read_status(sweep.root, "train", task.train)}
+        if report_path.is_file() and statuses["sample"] is not None and statuses["sample"].state == "done":
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
             state, detail = "done", ""
         else:
             metrics = {}
-            state, detail = _cell_state(sweep.root, task.train, task.name)
+            state, detail = _cell_state(statuses)
         results.append(CellResult(task.name, task.cell.group(), task.cell.seed, state, detail, metrics, task.train,
                                   task.folder))
     return results

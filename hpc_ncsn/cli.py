@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, config_to_yaml, load_config
-from .preemption import Preempted
+from .preemption import EXIT_CODE, Preempted
 from .toy import ToySettings
 
 __all__ = ["main"]
@@ -124,12 +124,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import DEFAULT_EXTRACTOR, evaluate
+    from .metrics import evaluate, extractor_for
     from .shards import read_manifest
 
     run = Path(read_manifest(args.samples)["meta"]["run"])
     config = load_config(args.config or run / "config.yaml")
-    extractor = args.extractor or DEFAULT_EXTRACTOR.get(config.data.name, "inception-v3-compat")
+    extractor = extractor_for(config.data.name, args.extractor)
     out = args.out or args.samples / "metrics.json"
     if args.dry_run:
         print(json.dumps({"samples": str(args.samples), "data": asdict(config.data), "extractor": extractor,
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
-        return 75  # EX_TEMPFAIL: rerun (or requeue) to resume
+        return EXIT_CODE
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ so this command says --run-dir.)
 
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from .sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
     ShardSpec,
     check_coverage,
-    file_sha256,
+    manifest_entry,
     plan_shards,
     shard_path,
     validate_shards,
@@ -152,8 +151,7 @@ def generate(
         if problems:
             raise RuntimeError(f"shards still invalid after generation: {problems}")
         check_coverage(infos, num_samples)
-        entries = [{"file": info.path.name, "index": spec.index, "start": info.start, "stop": info.stop,
-                    "count": info.count, "sha256": file_sha256(info.path)} for spec, info in zip(specs, infos)]
+        entries = [manifest_entry(info.path, spec) for spec, info in zip(specs, infos)]
         write_manifest(out, entries, attrs)
     barrier()
     return GenerationResult(out, generated, kept)
@@ -161,13 +159,7 @@ def generate(
 
 def _same_origin(found: dict, wanted: dict) -> bool:
     keys = ("run", "checkpoint", "checkpoint_step", "schedule", "sampler", "seed")
-    return all(_plain(found.get(key)) == _plain(wanted[key]) for key in keys)
-
-
-def _plain(value):
-    if isinstance(value, str) and value[:1] in "{[":
-        return json.loads(value)
-    return value
+    return all(found.get(key) == wanted[key] for key in keys)
 
 
 def _with_noise_overrides(config: Config, overrides: tuple[str, ...]) -> Config:

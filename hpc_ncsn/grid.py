@@ -34,6 +34,7 @@ from typing import Any
 
 from .config import Config, config_from_dict, config_to_dict, load_config
 from .preemption import Preempted
+from .schedules import ARMS
 
 __all__ = ["AXIS_KEYS", "SAMPLER_KEYS", "Cell", "SweepSpec", "TaskStatus", "plan", "read_status", "write_status"]
 
@@ -138,8 +139,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def training_identity(config: Config) -> str:
     """What determines the trained weights: the config without sampler keys, with the arm mapped to its ladder."""
-    from .schedules import ARMS
-
     tree = config_to_dict(config)
     tree["noise"]["schedule"] = ARMS[tree["noise"]["schedule"]].ladder
     for key in SAMPLER_KEYS:
@@ -183,10 +182,9 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
         identity = training_identity(config)
         if identity not in trainings:
             training_overrides = list(cell.overrides())
-            if config.noise.schedule == "snr":  # train the ladder the arm samples with
-                from .schedules import ARMS
-
-                training_overrides.append(f"noise.schedule={ARMS['snr'].ladder}")
+            ladder = ARMS[config.noise.schedule].ladder
+            if ladder != config.noise.schedule:  # e.g. snr: train the ladder the arm samples with
+                training_overrides.append(f"noise.schedule={ladder}")
             folder = root / "train" / cell.name
             trainings[identity] = TrainTask(cell.name, (*training_overrides, f"train.out_dir={folder}"), folder)
         noise = config_to_dict(config)["noise"]

@@ -35,11 +35,17 @@ from .fid import (
 )
 from .shards import check_coverage, plan_shards, read_manifest, read_shard, validate_shards
 
-__all__ = ["DEFAULT_EXTRACTOR", "EXTRACTORS", "Extractor", "evaluate", "extract_features", "load_extractor", "reference_statistics"]
+__all__ = ["DEFAULT_EXTRACTOR", "EXTRACTORS", "Extractor", "evaluate", "extract_features", "extractor_for", "load_extractor",
+           "reference_statistics"]
 
 INCEPTION = "inception-v3-compat"
 EXTRACTORS = (INCEPTION, DIGITS_EXTRACTOR)
 DEFAULT_EXTRACTOR = {"digits": DIGITS_EXTRACTOR, "cifar10": INCEPTION}
+
+
+def extractor_for(data_name: str, requested: str | None = None) -> str:
+    """The extractor to use: the requested one, else the data set's default (Inception for anything else)."""
+    return requested or DEFAULT_EXTRACTOR.get(data_name, INCEPTION)
 
 
 @dataclass

@@ -39,11 +39,10 @@ def train_task(root: Path, name: str) -> Path:
 
 def sample_task(root: Path, name: str) -> dict:
     """Draw the cell's samples into shards (resumable) and score them; returns the metrics report."""
-    from .config import load_config
     from .distributed import process_group
     from .features import cache_dir
     from .generate import generate
-    from .metrics import DEFAULT_EXTRACTOR, evaluate
+    from .metrics import evaluate, extractor_for
 
     sweep = _plan(root)
     task: SampleTask = _find(sweep.sample, name, "sample")
@@ -54,12 +53,11 @@ def sample_task(root: Path, name: str) -> dict:
         raise RuntimeError(f"cell {name} samples the network of training task {task.train}, which {state}; "
                            "rerun the sweep to train it first")
     train_folder = _find(sweep.train, task.train, "train").folder
-    settings = sweep.spec.cell_config(task.cell).eval
+    config = sweep.spec.cell_config(task.cell)  # same data as its training run (part of the training identity)
+    settings = config.eval
     generate(train_folder, task.folder, num_samples=settings.num_samples, shard_size=settings.shard_size,
              batch_size=settings.sample_batch_size, seed=task.cell.seed, noise_overrides=task.noise_overrides)
-    config = load_config(train_folder / "config.yaml")
-    extractor = settings.extractor or DEFAULT_EXTRACTOR.get(config.data.name, "inception-v3-compat")
-    report = evaluate(task.folder, config.data, extractor_name=extractor,
+    report = evaluate(task.folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
                       weights_path=Path(settings.weights) if settings.weights else None,
                       cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
                       out=task.folder / "metrics.json")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["Preempted", "agreed", "install", "requested", "reset"]
+__all__ = ["EXIT_CODE", "Preempted", "agreed", "install", "requested", "reset"]
 
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+EXIT_CODE = 75  # EX_TEMPFAIL: a command stopped by Preempted exits with it; rerun or requeue to resume
 _state = {"signal": None}
 
 

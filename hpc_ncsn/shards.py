@@ -46,6 +46,7 @@ __all__ = [
     "check_coverage",
     "file_sha256",
     "inspect_shard",
+    "manifest_entry",
     "plan_shards",
     "read_manifest",
     "read_shard",
@@ -161,8 +162,13 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    return {"file": path.name, "index": spec.index, "start": spec.start, "stop": spec.stop, "count": spec.count,
-            "sha256": file_sha256(path)}
+    return manifest_entry(path, spec)
+
+
+def manifest_entry(path: Path, spec: ShardSpec) -> dict:
+    """The manifest's line for a shard file: its name, index, sample range, count and sha256."""
+    return {"file": Path(path).name, "index": spec.index, "start": spec.start, "stop": spec.stop,
+            "count": spec.count, "sha256": file_sha256(path)}
 
 
 def _decode_attrs(raw: h5py.AttributeManager) -> dict:
@@ -296,38 +302,41 @@ def _inspect_in_children(requests: list[dict], timeout: float) -> list[dict]:
     return results
 
 
+def _check(items: list[tuple[Path, ShardSpec | None]], image_shape: tuple[int, int, int] | None,
+           timeout: float) -> list[ShardInfo | str]:
+    """Per (file, expected spec): its ShardInfo, or the reason it is refused; read in child processes."""
+    requests = [{"path": str(path), "image_shape": list(image_shape) if image_shape else None,
+                 "expected": vars(spec) if spec else None} for path, spec in items]
+    results = _inspect_in_children(requests, timeout) if requests else []
+    return [ShardInfo(Path(path), r["start"], r["stop"], r["count"], tuple(r["image_shape"]), r["attrs"])
+            if r["ok"] else r["reason"] for (path, _), r in zip(items, results)]
+
+
 def validate_shards(folder: Path, specs: list[ShardSpec], image_shape: tuple[int, int, int] | None = None,
                     timeout: float = 60.0) -> tuple[list[ShardInfo], dict[int, str]]:
     """Check the shards of `specs` in `folder` without risking a hang.
 
     Returns (the valid shards' infos in spec order, {shard index: reason} for the others).
     """
-    folder = Path(folder)
-    requests = [{"path": str(shard_path(folder, spec)), "image_shape": list(image_shape) if image_shape else None,
-                 "expected": {"index": spec.index, "start": spec.start, "stop": spec.stop}} for spec in specs]
-    present = [(spec, request) for spec, request in zip(specs, requests) if Path(request["path"]).exists()]
-    problems = {spec.index: "missing" for spec, request in zip(specs, requests) if not Path(request["path"]).exists()}
+    present = [spec for spec in specs if shard_path(folder, spec).exists()]
+    problems = {spec.index: "missing" for spec in specs if spec not in present}
     valid = []
-    results = _inspect_in_children([request for _, request in present], timeout) if present else []
-    for (spec, request), result in zip(present, results):
-        if result["ok"]:
-            valid.append(ShardInfo(Path(request["path"]), result["start"], result["stop"], result["count"],
-                                   tuple(result["image_shape"]), result["attrs"]))
+    outcomes = _check([(shard_path(folder, spec), spec) for spec in present], image_shape, timeout)
+    for spec, outcome in zip(present, outcomes):
+        if isinstance(outcome, ShardInfo):
+            valid.append(outcome)
         else:
-            problems[spec.index] = result["reason"]
+            problems[spec.index] = outcome
     return valid, dict(sorted(problems.items()))
 
 
 def validate_shard(path: Path, expected: ShardSpec | None = None,
                    image_shape: tuple[int, int, int] | None = None, timeout: float = 60.0) -> ShardInfo:
     """One shard checked in a child process; raises ShardError with the reason."""
-    request = {"path": str(path), "image_shape": list(image_shape) if image_shape else None,
-               "expected": vars(expected) if expected else None}
-    result = _inspect_in_children([request], timeout)[0]
-    if not result["ok"]:
-        raise ShardError(path, result["reason"])
-    return ShardInfo(Path(path), result["start"], result["stop"], result["count"], tuple(result["image_shape"]),
-                     result["attrs"])
+    outcome = _check([(Path(path), expected)], image_shape, timeout)[0]
+    if isinstance(outcome, str):
+        raise ShardError(path, outcome)
+    return outcome
 
 
 def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:

@@ -138,6 +138,9 @@ def prepare_folder(root: Path, spec: SweepSpec) -> None:
 
 
 def todo(sweep: Plan, stage: str) -> list[str]:
+    """The tasks of a stage that are not done yet (the table is always rewritten)."""
+    if stage == "aggregate":
+        return ["table"]
     tasks = sweep.train if stage == "train" else sweep.sample
     names = []
     for task in tasks:
@@ -186,9 +189,9 @@ def run_stage_local(root: Path, stage: str, names: list[str], args: argparse.Nam
 
     executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
     executor.update_parameters(timeout_min=args.timeout_min)
-    failures = {}
-    for start in range(0, len(names), max(args.local_parallel, 1)):
-        wave = names[start : start + max(args.local_parallel, 1)]
+    failures, parallel = {}, max(args.local_parallel, 1)
+    for start in range(0, len(names), parallel):
+        wave = names[start : start + parallel]
         jobs = executor.map_array(_submitted, [stage] * len(wave), [str(root)] * len(wave), wave)
         for name, job in zip(wave, jobs):
             print(f"[{stage}] {name}: job {job.job_id}, log {job.paths.stdout}", flush=True)
@@ -233,7 +236,7 @@ def submit_slurm(root: Path, sweep: Plan, args: argparse.Namespace) -> dict:
 
     submitted, previous = {}, None
     for stage in ("train", "sample", "aggregate"):
-        names = todo(sweep, stage) if stage != "aggregate" else ["table"]
+        names = todo(sweep, stage)
         if not names:
             continue
         executor = submitit.SlurmExecutor(folder=root / "logs" / "%j")
@@ -248,11 +251,13 @@ def submit_slurm(root: Path, sweep: Plan, args: argparse.Namespace) -> dict:
     record = root / "submitted.json"
     history = json.loads(record.read_text()) if record.is_file() else []
     history.append({"time": time.time(), "jobs": submitted})
-    record.write_text(json.dumps(history, indent=2) + "\n")
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(history, indent=2) + "\n")
+    os.replace(tmp, record)
     return submitted
 
 
-def wait_slurm(root: Path, submitted: dict, poll_s: float = 5.0) -> None:
+def wait_slurm(submitted: dict, poll_s: float = 5.0) -> None:
     """Wait until the aggregation job has left the queue (squeue no longer lists it)."""
     final = submitted.get("aggregate", {}).get("array")
     while final:
@@ -270,14 +275,14 @@ def print_sbatch(root: Path, sweep: Plan, args: argparse.Namespace) -> None:
     """
     from submitit.slurm.slurm import _make_sbatch_string
 
-    counts = {"train": len(todo(sweep, "train")), "sample": len(todo(sweep, "sample")), "aggregate": 1}
     for stage in ("train", "sample", "aggregate"):
+        count = len(todo(sweep, stage))
         params = slurm_parameters(args, stage)
         if stage != "train":
             params["dependency"] = "afterany:<previous>"
         text = _make_sbatch_string(command="python -u -m submitit.core._submit " + str(root / "logs" / "%j"),
-                                   folder=root / "logs" / "%j", map_count=counts[stage], **params)
-        print(f"--- {stage} stage: array of {counts[stage]} ---\n{text}")
+                                   folder=root / "logs" / "%j", map_count=count, **params)
+        print(f"--- {stage} stage: array of {count} ---\n{text}")
 
 
 def run_stage_debug(root: Path, stage: str, names: list[str]) -> dict[str, str]:
@@ -320,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"cancel: scancel {' '.join(job['array'] for job in submitted.values())}\n"
                   f"rerun the same command to resume what failed or was cancelled")
             return 0
-        wait_slurm(root, submitted)
+        wait_slurm(submitted)
         print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
         rows = describe(root)
         failed = sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] == "failed")
@@ -330,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     timings, failures = {}, {}
     for stage in ("train", "sample", "aggregate"):
-        names = todo(sweep, stage) if stage != "aggregate" else ["table"]
+        names = todo(sweep, stage)
         t0 = time.time()
         if names:
             if args.cluster == "local":
