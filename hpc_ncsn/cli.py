@@ -111,14 +111,17 @@ def _cmd_toy(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate, resolve_checkpoint
+    from .speed import NetworkSpeed
 
+    speed = NetworkSpeed(args.precision, args.channels_last, args.compile)
     if args.dry_run:
         print(json.dumps({"checkpoint": str(resolve_checkpoint(args.run_dir)), "out": str(args.out),
                           "num_samples": args.num_samples, "shard_size": args.shard_size,
-                          "batch_size": args.batch_size, "seed": args.seed, "overrides": args.overrides}, indent=2))
+                          "batch_size": args.batch_size, "seed": args.seed, "overrides": args.overrides,
+                          "speed": asdict(speed)}, indent=2))
         return 0
     result = generate(args.run_dir, args.out, num_samples=args.num_samples, shard_size=args.shard_size,
-                      batch_size=args.batch_size, seed=args.seed, noise_overrides=tuple(args.overrides))
+                      batch_size=args.batch_size, seed=args.seed, noise_overrides=tuple(args.overrides), speed=speed)
     print(json.dumps({"folder": str(result.folder), "generated": result.generated, "kept": result.kept}))
     return 0
 
@@ -218,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--shard-size", type=int, default=1000, help="samples per shard (the unit of resumption)")
     gen.add_argument("--batch-size", type=int, default=250, help="samples per network evaluation batch")
     gen.add_argument("--seed", type=int, default=0, help="sample i's noise depends on (seed, i) only")
+    gen.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="the network's precision (bf16 autocast; the Langevin state stays float32)")
+    gen.add_argument("--channels-last", action="store_true", help="run the network in channels_last layout")
+    gen.add_argument("--compile", action="store_true",
+                     help="torch.compile the network (falls back to eager with a warning if compiling fails)")
     gen.add_argument("overrides", nargs="*", metavar="noise.KEY=VALUE",
                      help="sampler settings different from the run's, e.g. noise.schedule=snr")
     gen.add_argument("--dry-run", action="store_true", help="print what would be generated and exit")

@@ -123,7 +123,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training loop; `batch_size` is the global batch of one optimizer step."""
+    """The training loop; `batch_size` is the global batch of one optimizer step.
+
+    Speed switches (same model, same checkpoints): `fused_optimizer` uses the fused
+    Adam/AdamW kernels and decides on the device whether a step had non-finite
+    values, so a step never waits for the GPU (false: the plain optimizer with
+    host-side checks; DeepSpeed and fp16 always use those). `channels_last` stores
+    activations NHWC; `compile` runs the network through torch.compile, falling
+    back to eager with a warning when compiling fails.
+    """
 
     seed: int = 0
     steps: int = 2000
@@ -136,6 +144,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_rate: float = 0.999
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    fused_optimizer: bool = True
+    channels_last: bool = False
+    compile: bool = False
     random_flip: bool = False
     log_every: int = 20
     sample_every: int = 500
@@ -166,6 +177,9 @@ class EvalConfig:
     `extractor`: a torch-fidelity feature extractor name, '' for the data set's default
     (digits-classifier for digits, inception-v3-compat otherwise); `weights`: a local
     weights file for it, '' to let torch-fidelity download (needs the internet).
+    `precision`, `channels_last`, `compile`: how the sampler runs the score network
+    (bf16 autocast moves the samples within bf16 round-off, so shards record it;
+    the Langevin state and its noise stay float32).
     """
 
     num_samples: int = 50_000
@@ -174,6 +188,9 @@ class EvalConfig:
     batch_size: int = 200
     extractor: str = ""
     weights: str = ""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
 
     def validate(self) -> None:
         _require(self.num_samples >= 2, "num_samples", "must be at least 2 (FID needs a covariance)")

@@ -41,6 +41,7 @@ from .shards import (
     write_manifest,
     write_shard,
 )
+from .speed import NetworkSpeed, score_function
 
 __all__ = ["GenerationResult", "generate", "resolve_checkpoint", "sampler_attrs"]
 
@@ -86,15 +87,15 @@ def _versions() -> dict:
 
 
 @torch.no_grad()
-def _draw(model: torch.nn.Module, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, batch_size: int,
+def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, batch_size: int,
           device: torch.device) -> np.ndarray:
-    """The uint8 NHWC images of one shard's sample range."""
+    """The uint8 NHWC images of one shard's sample range (`score`: the network as the sampler calls it)."""
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     pieces = []
     for start in range(spec.start, spec.stop, batch_size):
         indices = torch.arange(start, min(start + batch_size, spec.stop), device=device)
         x = initial_state(seed, indices, shape, init=config.noise.init, sigma_max=config.noise.sigma_max)
-        x = annealed_langevin(model, x.to(device), plan, seed=seed, indices=indices)
+        x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices)
         pieces.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(pieces)
 
@@ -108,10 +109,15 @@ def generate(
     batch_size: int = 250,
     seed: int = 0,
     noise_overrides: tuple[str, ...] = (),
+    speed: NetworkSpeed = NetworkSpeed(),
     validate_timeout: float = 120.0,
     progress: Callable[[str], None] = print,
 ) -> GenerationResult:
-    """Draw samples [0, num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json."""
+    """Draw samples [0, num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json.
+
+    `speed` says how the network runs (precision, channels_last, torch.compile); the
+    precision is recorded in the shards, so a rerun with another one redraws them.
+    """
     from .training import load_ema_model
 
     preemption.install()
@@ -123,7 +129,9 @@ def generate(
     plan = SamplerPlan.from_config(config.noise)
     specs = plan_shards(num_samples, shard_size)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    attrs = {**sampler_attrs(config, checkpoint, step, seed), "num_samples": num_samples, "shard_size": shard_size}
+    attrs = {**sampler_attrs(config, checkpoint, step, seed), **speed.attrs(), "num_samples": num_samples,
+             "shard_size": shard_size}
+    score = score_function(model, speed)
     out.mkdir(parents=True, exist_ok=True)
 
     # Keep this rank's valid shards made the same way; draw the others.
@@ -139,7 +147,7 @@ def generate(
         if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
             raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
                                        f"{len(generated)} shard(s) written this time; rerun to complete")
-        images = _draw(model, config, plan, spec, seed, batch_size, device)
+        images = _draw(score, config, plan, spec, seed, batch_size, device)
         write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
         generated.append(spec.index)
         progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
@@ -158,7 +166,7 @@ def generate(
 
 
 def _same_origin(found: dict, wanted: dict) -> bool:
-    keys = ("run", "checkpoint", "checkpoint_step", "schedule", "sampler", "seed")
+    keys = ("run", "checkpoint", "checkpoint_step", "schedule", "sampler", "seed", "network_precision")
     return all(found.get(key) == wanted[key] for key in keys)
 
 

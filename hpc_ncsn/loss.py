@@ -55,5 +55,6 @@ def per_level_loss(per_example: torch.Tensor, levels: torch.Tensor, num_levels: 
     """
     sums = torch.zeros(num_levels, dtype=torch.float64, device=per_example.device)
     sums.index_add_(0, levels, per_example.to(torch.float64))
-    counts = torch.bincount(levels, minlength=num_levels)
+    counts = torch.zeros(num_levels, dtype=torch.int64, device=levels.device)
+    counts.index_add_(0, levels, torch.ones_like(levels))  # bincount would wait for the GPU to size its output
     return sums, counts

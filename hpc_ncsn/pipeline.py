@@ -43,6 +43,7 @@ def sample_task(root: Path, name: str) -> dict:
     from .features import cache_dir
     from .generate import generate
     from .metrics import evaluate, extractor_for
+    from .speed import NetworkSpeed
 
     sweep = _plan(root)
     task: SampleTask = _find(sweep.sample, name, "sample")
@@ -56,7 +57,8 @@ def sample_task(root: Path, name: str) -> dict:
     config = sweep.spec.cell_config(task.cell)  # same data as its training run (part of the training identity)
     settings = config.eval
     generate(train_folder, task.folder, num_samples=settings.num_samples, shard_size=settings.shard_size,
-             batch_size=settings.sample_batch_size, seed=task.cell.seed, noise_overrides=task.noise_overrides)
+             batch_size=settings.sample_batch_size, seed=task.cell.seed, noise_overrides=task.noise_overrides,
+             speed=NetworkSpeed.from_eval(settings))
     report = evaluate(task.folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
                       weights_path=Path(settings.weights) if settings.weights else None,
                       cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,

@@ -16,6 +16,7 @@ Run folder (`train.out_dir`):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from .loss import dsm_loss, per_level_loss
 from .model import build_score_model, count_parameters
 from .sampling import SamplerPlan, annealed_langevin, initial_state
 from .schedules import ladder
+from .speed import network_call
 
 __all__ = ["TrainingDiverged", "load_ema_model", "train"]
 
@@ -58,16 +60,23 @@ def _stream_seed(seed: int, stream: int, counter: int) -> int:
     return (value ^ (value >> 32)) % 2**63
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the data that epoch `epoch` reads (drawn once, then reused by its steps)."""
+    return torch.randperm(num_items, generator=torch.Generator().manual_seed(_stream_seed(seed, 1, epoch)))
+
+
 def batch_indices(num_items: int, global_batch: int, step: int, seed: int) -> torch.Tensor:
     """Data indices of the global batch of `step`: epochs of fresh permutations, read in order."""
     positions = torch.arange(step * global_batch, (step + 1) * global_batch)
     epochs, offsets = positions // num_items, positions % num_items
+    first, last = step * global_batch // num_items, ((step + 1) * global_batch - 1) // num_items
+    if first == last:
+        return _epoch_order(num_items, seed, first)[offsets]
     out = torch.empty(global_batch, dtype=torch.int64)
-    for epoch in epochs.unique().tolist():
-        generator = torch.Generator().manual_seed(_stream_seed(seed, 1, epoch))
-        order = torch.randperm(num_items, generator=generator)
+    for epoch in range(first, last + 1):
         mask = epochs == epoch
-        out[mask] = order[offsets[mask]]
+        out[mask] = _epoch_order(num_items, seed, epoch)[offsets[mask]]
     return out
 
 
@@ -78,20 +87,28 @@ def _load_training_data(config: Config) -> torch.Tensor:
     return load_images(config.data)
 
 
-def _global_batch(data: torch.Tensor, config: Config, num_levels: int, step: int, device: torch.device):
-    """(x, levels, noise) of the whole global batch of `step`, on `device`, model scale."""
+def _global_batch(data: torch.Tensor, config: Config, num_levels: int, step: int):
+    """(x, levels, noise) of the whole global batch of `step`, model scale, on the device `data` lives on.
+
+    The data stay there as uint8; indices go over in one small copy, and the flips,
+    levels and noise are drawn there by a generator seeded from (seed, step): on a
+    GPU nothing waits for it, and a given device type gives the same batch every time.
+    """
     train = config.train
+    device = data.device
     index = batch_indices(data.shape[0], train.batch_size, step, train.seed)
-    generator = torch.Generator().manual_seed(_stream_seed(train.seed, 2, step))
+    if device.type == "cuda":
+        index = index.pin_memory().to(device, non_blocking=True)
+    generator = torch.Generator(device=device).manual_seed(_stream_seed(train.seed, 2, step))
     x = data[index]
     if x.dtype == torch.uint8:
         x = to_model_scale(x)
     if train.random_flip and x.ndim == 4:
-        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        flip = torch.rand(x.shape[0], generator=generator, device=device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    levels = torch.randint(0, num_levels, (x.shape[0],), generator=generator)
-    noise = torch.randn(x.shape, generator=generator)
-    return x.to(device), levels.to(device), noise.to(device)
+    levels = torch.randint(0, num_levels, (x.shape[0],), generator=generator, device=device)
+    noise = torch.randn(x.shape, generator=generator, device=device)
+    return x, levels, noise
 
 
 def _finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
@@ -266,6 +283,7 @@ class _Run:
     out: Path
     accelerator: object
     model: torch.nn.Module
+    network: object  # model(x, σ) as the step calls it: channels_last and compiled when configured
     optimizer: torch.optim.Optimizer
     ema: EMA
     data: torch.Tensor
@@ -274,6 +292,8 @@ class _Run:
     state: TrainState
     level_sums: torch.Tensor
     level_counts: torch.Tensor
+    on_device: bool  # skips decided on the device (fused optimizer), see train_step
+    skips: torch.Tensor  # (skipped, consecutive) counted on the device when on_device
 
     @property
     def deepspeed(self) -> bool:
@@ -285,18 +305,24 @@ class _Run:
             group["lr"] = lr
         return lr
 
-    def train_step(self) -> float:
-        """One optimizer step over this rank's micro-batches; returns the gradient norm (NaN if skipped)."""
+    def train_step(self) -> float | torch.Tensor:
+        """One optimizer step over this rank's micro-batches; returns the gradient norm (NaN if skipped).
+
+        With the fused optimizer the norm comes back as a device tensor and nothing in
+        the step waits for the device; otherwise as a float, after host-side checks.
+        """
+        if self.on_device:
+            return self._train_step_on_device()
         cfg, accelerator, model = self.config.train, self.accelerator, self.model
         rank, world = accelerator.process_index, accelerator.num_processes
-        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step,
-                                                     accelerator.device)
+        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step)
         poisoned, grad_norm = False, float("nan")
         for k in range(cfg.grad_accum):
             part = slice((k * world + rank) * self.micro, (k * world + rank + 1) * self.micro)
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    out = dsm_loss(model, x_all[part], self.sigmas, levels=levels_all[part], noise=noise_all[part])
+                    out = dsm_loss(self.network, x_all[part], self.sigmas, levels=levels_all[part],
+                                   noise=noise_all[part])
                 finite = _finite_everywhere(accelerator, out.loss)
                 poisoned |= not finite
                 if finite:
@@ -310,6 +336,52 @@ class _Run:
                 if accelerator.sync_gradients:
                     grad_norm = self._step_if_finite(poisoned)
         return grad_norm
+
+    def _train_step_on_device(self) -> torch.Tensor:
+        """train_step with every decision taken on the device: no host synchronization.
+
+        Backward runs on every micro-batch; a non-finite loss (on any rank: an all-reduce
+        of the flag) or gradient norm sets `found_inf`, which the fused Adam kernel reads
+        to leave weights, moments and step count as they were (the protocol of
+        torch.amp.GradScaler); the EMA and the skip counters read the same flag.
+        """
+        cfg, accelerator = self.config.train, self.accelerator
+        rank, world = accelerator.process_index, accelerator.num_processes
+        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step)
+        bad = torch.zeros((), device=accelerator.device)
+        for k in range(cfg.grad_accum):
+            part = slice((k * world + rank) * self.micro, (k * world + rank + 1) * self.micro)
+            with accelerator.accumulate(self.model):
+                with accelerator.autocast():
+                    out = dsm_loss(self.network, x_all[part], self.sigmas, levels=levels_all[part],
+                                   noise=noise_all[part])
+                bad_here = (~torch.isfinite(out.loss.detach())).to(torch.float32)
+                if world > 1:
+                    bad_here = accelerator.reduce(bad_here, "sum")
+                sums, counts = per_level_loss(out.per_example, out.levels, len(self.sigmas))
+                self.level_sums += torch.where(bad_here > 0, 0.0, sums)
+                self.level_counts += torch.where(bad_here > 0, 0, counts)
+                bad = bad + bad_here
+                accelerator.backward(out.loss)
+        norm = accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
+        found_inf = ((bad > 0) | ~torch.isfinite(norm)).to(torch.float32)
+        self.optimizer.optimizer.found_inf = found_inf
+        self.optimizer.step()
+        self.ema.update(accelerator.unwrap_model(self.model), skip=found_inf)
+        self.optimizer.zero_grad(set_to_none=True)
+        skipped = found_inf.to(torch.int64)
+        self.skips[0] += skipped
+        self.skips[1] = (self.skips[1] + 1) * skipped
+        return torch.where(found_inf > 0, torch.nan, norm.detach().float())
+
+    def read_skips(self) -> None:
+        """Bring the device's skip counters into `state` (waits for the device); stop a diverged run."""
+        if not self.on_device:
+            return
+        state, limit = self.state, self.config.train.max_consecutive_skips
+        state.skipped, state.consecutive_skips = self.skips.tolist()
+        if state.consecutive_skips >= limit:
+            raise _diverged(limit, state.step - (state.consecutive_skips - limit))
 
     def _step_if_finite(self, poisoned: bool) -> float:
         """Step the optimizer and the EMA on finite losses and gradients; otherwise count a skip."""
@@ -327,14 +399,12 @@ class _Run:
             state.consecutive_skips += 1
         self.optimizer.zero_grad(set_to_none=True)
         if state.consecutive_skips >= self.config.train.max_consecutive_skips:
-            raise TrainingDiverged(
-                f"{state.consecutive_skips} consecutive steps had a non-finite loss or gradient "
-                f"(step {state.step + 1}); lower train.lr, raise train.warmup_steps or check the data"
-            )
+            raise _diverged(state.consecutive_skips, state.step + 1)
         return grad_norm
 
-    def log(self, lr: float, grad_norm: float, images_per_s: float) -> dict | None:
+    def log(self, lr: float, grad_norm: float | torch.Tensor, images_per_s: float) -> dict | None:
         """Reduce the per-level loss over ranks and append one line to metrics.jsonl (main process)."""
+        self.read_skips()
         sums = self.accelerator.reduce(self.level_sums, "sum")
         counts = self.accelerator.reduce(self.level_counts, "sum")
         self.level_sums.zero_()
@@ -346,7 +416,7 @@ class _Run:
             "step": self.state.step,
             "loss": float(sums.sum()) / seen if seen else None,
             "loss_per_level": [(s / c) if c else None for s, c in zip(sums.tolist(), counts.tolist())],
-            "grad_norm": grad_norm,
+            "grad_norm": float(grad_norm),
             "lr": lr,
             "images_per_s": images_per_s,
             "skipped_steps": self.state.skipped,
@@ -354,6 +424,11 @@ class _Run:
         with (self.out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
+
+
+def _diverged(count: int, step: int) -> TrainingDiverged:
+    return TrainingDiverged(f"{count} consecutive steps had a non-finite loss or gradient (step {step}); "
+                            "lower train.lr, raise train.warmup_steps or check the data")
 
 
 def _prepare(config: Config) -> _Run:
@@ -373,21 +448,33 @@ def _prepare(config: Config) -> _Run:
         (out / "config.yaml").write_text(config_to_yaml(config))
     accelerator.wait_for_everyone()
 
-    data = _load_training_data(config)
+    device = accelerator.device
+    data = _load_training_data(config).to(device)  # resident: uint8 images cost 150 MB for CIFAR-10
     sigmas = ladder(config.noise.schedule, config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
     torch.manual_seed(cfg.seed)
     model = build_score_model(config.model, config.data)
+    deepspeed = accelerator.state.deepspeed_plugin is not None
+    channels_last = cfg.channels_last and config.model.kind == "unet"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    # Skips decided on the device need the fused kernels' found_inf; DeepSpeed and fp16's scaler decide their own.
+    on_device = cfg.fused_optimizer and not deepspeed and cfg.mixed_precision != "fp16"
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = EMA(model, rate=cfg.ema_rate).to(accelerator.device)
+    optimizer = optimizer_cls(model.to(device).parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              **({"fused": True} if on_device else {}))
+    ema = EMA(model, rate=cfg.ema_rate).to(device)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.compile and deepspeed:
+        accelerator.print("train.compile: not applied under DeepSpeed (its engine wraps the model); running eagerly")
+    network = network_call(model, channels_last=channels_last, compile=cfg.compile and not deepspeed,
+                           label="score network (training)")
     state = _resume(accelerator, out, ema, out / "metrics.jsonl")
     accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "
                       f"global batch {cfg.batch_size} = {accelerator.num_processes} × {cfg.grad_accum} × {micro}")
-    zeros = dict(device=accelerator.device)
-    return _Run(config, out, accelerator, model, optimizer, ema, data, sigmas.to(accelerator.device), micro, state,
-                torch.zeros(len(sigmas), dtype=torch.float64, **zeros),
-                torch.zeros(len(sigmas), dtype=torch.int64, **zeros))
+    return _Run(config, out, accelerator, model, network, optimizer, ema, data, sigmas.to(device), micro, state,
+                torch.zeros(len(sigmas), dtype=torch.float64, device=device),
+                torch.zeros(len(sigmas), dtype=torch.int64, device=device), on_device,
+                torch.tensor([state.skipped, state.consecutive_skips], dtype=torch.int64, device=device))
 
 
 def train(config: Config) -> Path:
@@ -423,6 +510,7 @@ def train(config: Config) -> Path:
             _sample_grid(config, run.ema, accelerator.device,
                          run.out / "samples" / f"{ckpt.checkpoint_name(state.step)}.png")
         if due(cfg.checkpoint_every):
+            run.read_skips()
             _save_checkpoint(accelerator, run.out, config, state, run.ema, accelerator.unwrap_model(run.model))
         if due(cfg.sample_every) or due(cfg.checkpoint_every):
             started = time.time()
@@ -430,11 +518,13 @@ def train(config: Config) -> Path:
         # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
         if (accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(accelerator.device):
             if not due(cfg.checkpoint_every):
+                run.read_skips()
                 _save_checkpoint(accelerator, run.out, config, state, run.ema, accelerator.unwrap_model(run.model))
             progress.close()
             raise preemption.Preempted(f"stop requested ({preemption.requested() or 'on another rank'}) at step "
                                        f"{state.step}; checkpoint saved in {run.out / 'checkpoints'}; rerun to resume")
     progress.close()
+    run.read_skips()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run.out

@@ -163,7 +163,9 @@ def test_our_fid_matches_torch_fidelity_calculate_metrics(tmp_path, monkeypatch)
         input1=UInt8Dataset(first), input2=UInt8Dataset(second), fid=True, kid=True, kid_subset_size=100,
         kid_subsets=10, feature_extractor="digits-classifier", cuda=False, verbose=False, cache=False,
         save_cpu_ram=True)
-    assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+    # torch-fidelity takes the trace term from eigvals of the non-symmetric Σ1Σ2, ours from a symmetric
+    # eigendecomposition: with numpy 2.4's OpenBLAS the two differ by 1.1e-6 relative here.
+    assert ours == pytest.approx(theirs["frechet_inception_distance"], rel=5e-6)
     f1, _ = extract_features(extractor, first)
     f2, _ = extract_features(extractor, second)
     kid, _ = kernel_inception_distance(f1.numpy(), f2.numpy(), subsets=10, subset_size=100)
