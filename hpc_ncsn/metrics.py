@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -92,19 +93,26 @@ def load_extractor(name: str, weights_path: Path | None, device: torch.device) -
 @torch.no_grad()
 def extract_features(extractor: Extractor, images: torch.Tensor | np.ndarray, batch_size: int = 200,
                      layout: str = "NCHW") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) as float64 CPU tensors for uint8 images; refuses bad input with the reason."""
+    """(features, logits) as float64 tensors on the extractor's device, for uint8 images.
+
+    Refuses bad input with the reason. The uint8 images go to the device whole (pinned,
+    without waiting), the extractor resizes there, and nothing comes back to the host
+    between batches.
+    """
     check_images(images)
     images = torch.as_tensor(images)
     if layout == "NHWC":
         images = images.permute(0, 3, 1, 2)
+    if extractor.device.type == "cuda":
+        images = images.contiguous().pin_memory().to(extractor.device, non_blocking=True)
     features, logits = [], []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].to(extractor.device)
         if batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)
         feature, logit = extractor.module(batch.contiguous())
-        features.append(feature.double().cpu())
-        logits.append(logit.double().cpu())
+        features.append(feature.double())
+        logits.append(logit.double())
     return torch.cat(features), torch.cat(logits)
 
 
@@ -130,6 +138,7 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     if rank == 0 and not path.exists():
         features, _ = extract_features(extractor, images, batch_size)
+        features = features.cpu()
         stats = FeatureStats.empty(features.shape[1])
         stats.update(features)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +150,16 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {"stats": FeatureStats.from_dict(payload["stats"]), "features": payload["features"], "key": key,
             "path": path}
+
+
+def _read_ahead(paths: list[Path]):
+    """read_shard of each path in order; the next shard is read in a thread while the caller uses this one."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(read_shard, paths[0]) if paths else None
+        for position in range(len(paths)):
+            current = upcoming.result()
+            upcoming = reader.submit(read_shard, paths[position + 1]) if position + 1 < len(paths) else None
+            yield current
 
 
 def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
@@ -160,14 +179,14 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     check_coverage(infos, meta["num_samples"])
     reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size)
 
-    # Accumulate this rank's shards in float64, then sum over ranks.
-    stats = FeatureStats.empty(reference["stats"].total.shape[0])
+    # Accumulate this rank's shards in float64 on its device, then sum over ranks. The next
+    # shard is read from disk while the extractor works on this one.
+    stats = FeatureStats.empty(reference["stats"].total.shape[0], device)
     mine = []
-    for info in infos[rank::world]:
-        images, _, _ = read_shard(info.path)
+    for info, (images, _, _) in zip(infos[rank::world], _read_ahead([info.path for info in infos[rank::world]])):
         features, logits = extract_features(extractor, images, batch_size, layout="NHWC")
         stats.update(features)
-        mine.append((info.start, features.float(), logits))
+        mine.append((info.start, features.float().cpu(), logits.cpu()))
     stats.all_reduce()
 
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.
@@ -180,7 +199,7 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     mu, sigma = stats.to_numpy()
     mu_ref, sigma_ref = reference["stats"].to_numpy()
     kid_mean, kid_std = kernel_inception_distance(features.double().numpy(), reference["features"].double().numpy(),
-                                                  subsets=kid_subsets, subset_size=kid_subset_size)
+                                                  subsets=kid_subsets, subset_size=kid_subset_size, device=device)
     is_mean, is_std = inception_score(logits, splits=is_splits)
     report = {
         "fid": frechet_distance(mu, sigma, mu_ref, sigma_ref),
