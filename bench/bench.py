@@ -6,19 +6,22 @@
         --inception-weights weights-inception-2015-12-05.pth --peak-tflops 989
 
 Training and sampling rows run the product's own code (train.py's step through
-Accelerate, hpc_ncsn.sampling.annealed_langevin) on random data of the config's
-shape. FLOPs come from torch.utils.flop_counter on one forward pass (training
-counts 3 × forward per image); MFU = achieved FLOP/s / --peak-tflops (left empty
-without a peak). Each measured setting is printed beside a plain fp32 baseline of
-the same code, so the ratio holds on a noisy machine.
+Accelerate, hpc_ncsn.sampling.annealed_langevin with hpc_ncsn.speed's network
+wrapper) on random data of the config's shape. FLOPs come from
+torch.utils.flop_counter on one forward pass (training counts 3 × forward per
+image); MFU = achieved FLOP/s / --peak-tflops (left empty without a peak). Each
+fast setting is timed in the same run right after a plain baseline (fp32, eager,
+NCHW, the unfused optimizer with host-side checks, a per-parameter EMA loop), and
+the "vs base" column is the ratio of the two, which holds on a noisy machine.
 
 Rows:
-  train       images/s and MFU of one optimizer step, per batch size, for the config's precision and fp32
-  sample      network evaluations × images per second of the annealed Langevin sampler, per arm
+  train       images/s and MFU of one optimizer step per batch size: baseline, (--ablate: each switch), fast
+  sample      network evaluations × images per second of the annealed Langevin sampler, per arm: baseline, fast
   shards      write / validate / read of uint8 32×32×3 shards (HDF5), images/s
-  features    torch-fidelity extractor throughput, images/s, per extractor and batch size
-  statistics  float64 Σx, Σxxᵀ accumulation (s per 10k features), FID from statistics (s), KID, IS
-  projected   seconds from shards to FID for 50,000 images: read + features + statistics
+  features    torch-fidelity extractor throughput per extractor and batch size: per-batch host copies, on device
+  statistics  float64 Σx, Σxxᵀ accumulation, FID from statistics, KID (on the CPU and on the device), IS
+  projected   seconds from shards to FID+KID+IS for 50,000 images from the rates above
+  evaluate    hpc_ncsn.metrics.evaluate itself, shards → FID+KID+IS, reference statistics cached
 
 Without --inception-weights the Inception rows use random weights of the same
 architecture (bench/random_inception.py): the same arithmetic, so the same speed,
@@ -89,14 +92,28 @@ def bench_shards(count: int, folder: Path) -> list[dict]:
             {"group": "shards", "what": "read", "images": count, "seconds": read_s, "images_per_s": count / read_s}]
 
 
+@torch.no_grad()
+def features_to_host_per_batch(extractor, images: torch.Tensor, batch_size: int):
+    """The plain baseline of extract_features: each batch copied over and its features copied back."""
+    features, logits = [], []
+    for start in range(0, images.shape[0], batch_size):
+        feature, logit = extractor.module(images[start:start + batch_size].to(extractor.device))
+        features.append(feature.double().cpu())
+        logits.append(logit.double().cpu())
+    return torch.cat(features), torch.cat(logits)
+
+
 def bench_features(name: str, weights: Path | None, images: torch.Tensor, batch_sizes: list[int],
                    device: torch.device) -> list[dict]:
     extractor = load_extractor(name, weights, device)
     rows = []
     for batch in batch_sizes:
+        baseline = timed(lambda: features_to_host_per_batch(extractor, images, batch), device)
         seconds = timed(lambda: extract_features(extractor, images, batch_size=batch), device)
-        rows.append({"group": "features", "what": f"{name}, batch {batch}", "images": len(images),
-                     "seconds": seconds, "images_per_s": len(images) / seconds})
+        rows.append({"group": "features", "what": f"{name}, baseline per-batch host copies, batch {batch}",
+                     "images": len(images), "seconds": baseline, "images_per_s": len(images) / baseline})
+        rows.append({"group": "features", "what": f"{name}, on device, batch {batch}", "images": len(images),
+                     "seconds": seconds, "images_per_s": len(images) / seconds, "speedup": baseline / seconds})
     return rows
 
 
@@ -109,16 +126,17 @@ def bench_statistics(dim: int, count: int, device: torch.device) -> list[dict]:
     stats = [FeatureStats.empty(dim).update(f).to_numpy() for f in (features, other)]
     fid_s = timed(lambda: frechet_distance(*stats[0], *stats[1]), device)
     subset = min(1000, count)
-    kid_s = timed(lambda: kernel_inception_distance(features.numpy(), other.numpy(), subsets=100,
-                                                    subset_size=subset), device)
+    kid = {where: timed(lambda: kernel_inception_distance(features.numpy(), other.numpy(), subsets=100,
+                                                          subset_size=subset, device=where), device)
+           for where in dict.fromkeys(["cpu", device.type])}
     logits = torch.randn(count, 1008, generator=generator, dtype=torch.float64)
     is_s = timed(lambda: inception_score(logits, splits=10), device)
     return [{"group": "statistics", "what": f"Σx, Σxxᵀ update, {count}×{dim}", "images": count, "seconds": update_s,
              "images_per_s": count / update_s},
             {"group": "statistics", "what": f"FID from statistics, D={dim}", "images": None, "seconds": fid_s,
              "images_per_s": None},
-            {"group": "statistics", "what": f"KID, 100 subsets of {subset}", "images": None, "seconds": kid_s,
-             "images_per_s": None},
+            *({"group": "statistics", "what": f"KID on {where}, 100 subsets of {subset}", "images": None,
+               "seconds": seconds, "images_per_s": None} for where, seconds in kid.items()),
             {"group": "statistics", "what": "IS, 10 splits", "images": count, "seconds": is_s, "images_per_s": None}]
 
 
@@ -132,100 +150,159 @@ def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.
     return counter.get_total_flops() / 4
 
 
-def _rate_row(group: str, what: str, images: int, seconds: float, flops_per_image: float, peak: float | None):
+def _rate_row(group: str, what: str, images: int, seconds: float, flops_per_image: float, peak: float | None,
+              baseline: dict | None = None):
     achieved = images * flops_per_image / seconds
-    return {"group": group, "what": what, "images": images, "seconds": seconds, "images_per_s": images / seconds,
-            "tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None}
+    row = {"group": group, "what": what, "images": images, "seconds": seconds, "images_per_s": images / seconds,
+           "tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None}
+    if baseline is not None:
+        row["speedup"] = row["images_per_s"] / baseline["images_per_s"]
+    return row
+
+
+# The plain baseline and the product's fast settings, as train.* overrides. The baseline also updates
+# the EMA parameter by parameter (EMA(foreach=False)); the fast one with foreach ops.
+TRAIN_BASELINE = {"mixed_precision": "no", "fused_optimizer": False, "channels_last": False, "compile": False}
+
+
+def train_settings(compile_network: bool, ablate: bool) -> list[tuple[str, dict]]:
+    fast = {"mixed_precision": "bf16", "fused_optimizer": True, "channels_last": True, "compile": compile_network}
+    settings = [("baseline fp32 eager", TRAIN_BASELINE)]
+    if ablate:
+        settings += [(f"baseline + {key}={value}", {**TRAIN_BASELINE, key: value})
+                     for key, value in fast.items() if value != TRAIN_BASELINE[key]]
+    label = "bf16, channels_last, fused, no sync" + (", compiled" if compile_network else "")
+    return settings + [(label, fast)]
 
 
 def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device: torch.device,
-                   peak: float | None) -> list[dict]:
-    """train.py's step (Accelerate, EMA, clipping) at the config's precision and in fp32, per batch size."""
-    from hpc_ncsn.config import load_config
-    from hpc_ncsn.model import build_score_model
+                   peak: float | None, compile_network: bool, ablate: bool) -> list[dict]:
+    """train.py's step (Accelerate, EMA, clipping, skip logic) per batch size: the baseline, then the fast settings."""
     from accelerate.state import AcceleratorState
 
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.model import build_score_model
     from hpc_ncsn.training import _prepare
 
     base = load_config(config_path)
     shape = (base.data.channels, base.data.image_size, base.data.image_size)
     flops = 3 * forward_flops(build_score_model(base.model, base.data).to(device), shape, device)
-    measured = base.train.mixed_precision if base.train.mixed_precision != "no" else "bf16"
-    if device.type == "cpu" and measured == "fp16":
-        measured = "bf16"
-    precisions = [measured, "no"]
-    # The data's content does not change the speed: use the offline digits at the config's shape.
+    # The data's content does not change the speed: the offline digits at the config's shape (CIFAR-10 size).
     data = ["data.name=digits", f"data.image_size={base.data.image_size}", f"data.channels={base.data.channels}"]
     rows = []
     for batch in batch_sizes:
-        for precision in precisions:
+        baseline = None
+        for label, setting in train_settings(compile_network, ablate):
             with tempfile.TemporaryDirectory() as out:
                 config = load_config(config_path, [*data, f"train.batch_size={batch}", "train.grad_accum=1",
-                                                   f"train.mixed_precision={precision}", f"train.out_dir={out}"])
+                                                   f"train.out_dir={out}",
+                                                   *(f"train.{key}={str(value).lower()}" for key, value in
+                                                     setting.items())])
                 AcceleratorState._reset_state(reset_partial_state=True)  # a new precision in this process
                 run = _prepare(config)
-                run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8)
-                run.train_step()  # warm-up
+                if not setting["fused_optimizer"]:
+                    run.ema.foreach = False
+                run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8, device=device)
+                for _ in range(3):  # warm-up: compilation, allocator, cuDNN algorithm choice
+                    run.train_step()
+                    run.state.step += 1
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(steps):
-                    run.state.step += 1
                     run.train_step()
+                    run.state.step += 1
                 _sync(device)
                 seconds = time.perf_counter() - start
-            label = "baseline fp32" if precision == "no" else f"mixed_precision={precision}"
-            rows.append(_rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak))
+            row = _rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak, baseline)
+            baseline = baseline or row
+            rows.append(row)
     return rows
 
 
-def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.device, peak: float | None) -> list[dict]:
-    """Annealed Langevin, `steps` network evaluations per arm (a slice of the full ladder), fp32 eager."""
+def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.device, peak: float | None,
+                   compile_network: bool) -> list[dict]:
+    """Annealed Langevin, `steps` network evaluations per arm (a slice of the full ladder): fp32 eager, then fast."""
     from hpc_ncsn.config import load_config
     from hpc_ncsn.model import build_score_model
     from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
+    from hpc_ncsn.speed import NetworkSpeed, score_function
 
+    fast = NetworkSpeed("bf16", channels_last=True, compile=compile_network)
     rows = []
     for arm in ("geometric", "linear", "snr"):
         config = load_config(config_path, [f"noise.schedule={arm}", "noise.final_denoise=false"])
         shape = (config.data.channels, config.data.image_size, config.data.image_size)
-        model = build_score_model(config.model, config.data).to(device).eval()
-        flops = forward_flops(model, shape, device)
+        flops = forward_flops(build_score_model(config.model, config.data).to(device), shape, device)
         full = SamplerPlan.from_config(config.noise)
         levels = max(1, steps // full.steps_per_level)
         plan = SamplerPlan(full.sigmas[:levels], full.step_rule, full.steps_per_level, full.step_lr, full.snr, False)
         indices = torch.arange(batch, device=device)
         x = initial_state(0, indices, shape, init=config.noise.init, sigma_max=config.noise.sigma_max).to(device)
-        with torch.no_grad():
-            seconds = timed(lambda: annealed_langevin(model, x, plan, seed=0, indices=indices), device)
-        evaluations = plan.network_evaluations * batch
-        rows.append(_rate_row("sample", f"{arm}, batch {batch}, {plan.network_evaluations} evaluations",
-                              evaluations, seconds, flops, peak))
+        baseline = None
+        for label, speed in (("baseline fp32 eager", NetworkSpeed()),
+                             ("bf16, channels_last" + (", compiled" if compile_network else ""), fast)):
+            torch.manual_seed(0)
+            score = score_function(build_score_model(config.model, config.data).to(device).eval(), speed)
+            with torch.no_grad():
+                seconds = timed(lambda: annealed_langevin(score, x, plan, seed=0, indices=indices), device)
+            row = _rate_row("sample", f"{arm}, {label}, batch {batch}, {plan.network_evaluations} evaluations",
+                            plan.network_evaluations * batch, seconds, flops, peak, baseline)
+            baseline = baseline or row
+            rows.append(row)
     return rows
 
 
-def projected(rows: list[dict]) -> dict:
+def projected(rows: list[dict], device: torch.device) -> dict:
     """Seconds for 50,000 images from shards to FID, from the measured rates (best batch size)."""
     read = next(r for r in rows if r["what"] == "read")["images_per_s"]
-    features = max(r["images_per_s"] for r in rows if r["what"].startswith(INCEPTION))
+    features = max(r["images_per_s"] for r in rows if r["what"].startswith(f"{INCEPTION}, on device"))
     update = next(r for r in rows if r["what"].startswith("Σx"))["images_per_s"]
-    fixed = sum(r["seconds"] for r in rows if r["what"].startswith(("FID from", "KID", "IS")))
+    fixed = sum(r["seconds"] for r in rows if r["what"].startswith(("FID from", f"KID on {device.type}", "IS")))
     total = FULL / read + FULL / features + FULL / update + fixed
     return {"group": "projected", "what": f"shards → FID+KID+IS, {FULL} images, Inception", "images": FULL,
             "seconds": total, "images_per_s": FULL / total}
 
 
+def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: int, scratch: Path) -> dict:
+    """hpc_ncsn.metrics.evaluate on `count` images in shards of 1,000, reference statistics cached (a first,
+    untimed call computes them): shards → validation → features → FID, KID and IS."""
+    from hpc_ncsn.config import DataConfig
+    from hpc_ncsn.metrics import evaluate
+    from hpc_ncsn.shards import write_manifest
+
+    folder = scratch / "end-to-end"
+    images = np.random.default_rng(1).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    specs = plan_shards(count, min(1000, count))
+    entries = [write_shard(shard_path(folder, spec), spec, images[spec.start:spec.stop], {"bench": True})
+               for spec in specs]
+    write_manifest(folder, entries, {"num_samples": count, "shard_size": specs[0].count})
+    # The reference set: the offline digits at CIFAR-10's shape (1,797 images).
+    data = DataConfig(name="digits", image_size=32, channels=3)
+    run = lambda: evaluate(folder, data, extractor_name=extractor, weights_path=weights,  # noqa: E731
+                           cache_dir=scratch / "reference", batch_size=batch,
+                           kid_subset_size=min(1000, count))
+    run()
+    start = time.perf_counter()
+    report = run()
+    seconds = time.perf_counter() - start
+    assert report["n"] == count, report
+    return {"group": "evaluate", "what": f"shards → FID+KID+IS, {extractor}, batch {batch}", "images": count,
+            "seconds": seconds, "images_per_s": count / seconds}
+
+
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print(f"| {'group':10} | {'what':52} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
-          f"| {'MFU':>6} |")
-    print(f"|{'-' * 12}|{'-' * 54}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|")
+    print(f"| {'group':10} | {'what':66} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
+          f"| {'MFU':>6} | {'vs base':>7} |")
+    print(f"|{'-' * 12}|{'-' * 68}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
     for r in rows:
         images = "" if r["images"] is None else f"{r['images']}"
-        rate = "" if r["images_per_s"] is None else f"{r['images_per_s']:.1f}"
+        rate = "" if r["images_per_s"] is None else f"{r['images_per_s']:,.1f}"
         tflops = "" if r.get("tflops") is None else f"{r['tflops']:.4f}"
         mfu = "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
-        print(f"| {r['group']:10} | {r['what']:52} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
-              f"| {mfu:>6} |")
+        speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
+        print(f"| {r['group']:10} | {r['what']:66} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
+              f"| {mfu:>6} | {speedup:>7} |")
 
 
 def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -> list[dict]:
@@ -248,7 +325,12 @@ def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -
                                torch.randint(0, 256, (inception_count, 3, 32, 32), dtype=torch.uint8, generator=rng),
                                [b for b in batches if b <= inception_count] or [inception_count], device)
         rows += bench_statistics(2048, min(count, 10_000), device)
-        rows.append(projected(rows))
+        rows.append(projected(rows, device))
+        if args.end_to_end:
+            # A GPU runs the real thing; on a CPU Inception would take hours, so the digits classifier shows
+            # what the evaluator adds around the extractor.
+            extractor, extractor_weights = (INCEPTION, weights) if gpu else ("digits-classifier", None)
+            rows.append(bench_end_to_end(count, extractor, extractor_weights, max(batches), scratch))
     return rows
 
 
@@ -272,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
                                                              "250,500,1000 on GPU)")
     parser.add_argument("--inception-weights", type=Path, default=None,
                         help="torch-fidelity's Inception .pth; random weights of the same shape when absent")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="leave torch.compile out of the fast training and sampling settings (its first "
+                             "compilation takes a minute or more on a CPU)")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also time each fast training switch alone on top of the baseline")
+    parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
+                        help="time hpc_ncsn.metrics.evaluate from shards to FID (Inception on a GPU, the digits "
+                             "classifier on a CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -283,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if "train" in what:
         sizes = [int(b) for b in (args.train_batch_sizes or ("128,256,512" if gpu else "32,64")).split(",")]
-        rows += bench_training(args.config, sizes, args.train_steps or (30 if gpu else 5), device, args.peak_tflops)
+        rows += bench_training(args.config, sizes, args.train_steps or (30 if gpu else 5), device, args.peak_tflops,
+                               args.compile, args.ablate)
     if "sample" in what:
         rows += bench_sampling(args.config, args.sample_batch or (1000 if gpu else 64), args.sample_evaluations,
-                               device, args.peak_tflops)
+                               device, args.peak_tflops, args.compile)
     if "eval" in what:
         rows += bench_evaluator(args, device, gpu)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}, " \

@@ -14,20 +14,32 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--train-batch-sizes", "8", "--train-steps", "1",
          "--sample-batch", "4", "--sample-evaluations", "5", "--images", "16", "--batch-sizes", "8",
-         "--peak-tflops", "1", "--json", str(out)],
+         "--peak-tflops", "1", "--no-compile", "--ablate", "--json", str(out)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "OMP_NUM_THREADS": "1", "HPC_NCSN_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     groups = {row["group"] for row in rows}
-    assert groups == {"train", "sample", "shards", "features", "statistics", "projected"}
+    assert groups == {"train", "sample", "shards", "features", "statistics", "projected", "evaluate"}
     train = [row for row in rows if row["group"] == "train"]
     sample = [row for row in rows if row["group"] == "sample"]
-    assert [row["what"] for row in train] == ["mixed_precision=bf16, batch 8", "baseline fp32, batch 8"]
-    assert [row["what"].split(",")[0] for row in sample] == ["geometric", "linear", "snr"]
+    assert [row["what"] for row in train] == [
+        "baseline fp32 eager, batch 8", "baseline + mixed_precision=bf16, batch 8",
+        "baseline + fused_optimizer=True, batch 8", "baseline + channels_last=True, batch 8",
+        "bf16, channels_last, fused, no sync, batch 8"]
+    assert [row["what"].split(",")[:2] for row in sample] == [
+        [arm, setting] for arm in ("geometric", "linear", "snr") for setting in (" baseline fp32 eager", " bf16")]
     for row in train + sample:
         assert row["images_per_s"] > 0 and 0 < row["mfu"] < 1
+    # Every fast row carries its ratio to the baseline timed just before it.
+    for rows_of_kind in (train, sample[0:2], sample[2:4], sample[4:6]):
+        base = rows_of_kind[0]
+        assert "speedup" not in base
+        for row in rows_of_kind[1:]:
+            assert abs(row["speedup"] - row["images_per_s"] / base["images_per_s"]) < 1e-9
     # A training image costs three forward passes of the same network.
     per_image = lambda row: row["tflops"] / row["images_per_s"]  # noqa: E731
     assert abs(per_image(train[0]) / per_image(sample[0]) - 3.0) < 1e-6
-    assert "| train      | baseline fp32, batch 8" in result.stdout
+    evaluate = next(row for row in rows if row["group"] == "evaluate")
+    assert evaluate["images"] == 16 and evaluate["seconds"] > 0
+    assert "| train      | baseline fp32 eager, batch 8" in result.stdout
