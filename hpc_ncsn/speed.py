@@ -66,8 +66,9 @@ class CompiledOrEager:
             return self.compiled(*args, **kwargs)
         except torch._dynamo.exc.TorchDynamoException as error:
             self.compiled = None
-            first_line = (str(error).strip().splitlines() or [""])[0][:300]
-            self.fallback_reason = f"{type(error).__name__}: {first_line}"
+            cause = getattr(error, "inner_exception", None) or error  # a backend's own error, when it raised one
+            first_line = (str(cause).strip().splitlines() or [""])[0][:300]
+            self.fallback_reason = f"{type(cause).__name__}: {first_line}"
             warnings.warn(f"torch.compile of the {self.label} failed ({self.fallback_reason}); running it eagerly "
                           "from now on (set compile=false to skip the attempt)", RuntimeWarning, stacklevel=2)
             return self.module(*args, **kwargs)

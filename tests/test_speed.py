@@ -1,0 +1,134 @@
+"""The fast paths hold to the plain fp32 eager baseline: training step, EMA, sampler, compile fallback."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hpc_ncsn.config import load_config
+from hpc_ncsn.ema import EMA
+from hpc_ncsn.model import build_score_model
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
+from hpc_ncsn.speed import CompiledOrEager, NetworkSpeed, score_function
+from helpers import TINY
+
+
+def tiny_config(*extra: str):
+    return load_config("configs/debug.yaml", [*TINY, "model.dropout=0.0", *extra])
+
+
+def failing_backend(graph_module, example_inputs):
+    raise RuntimeError("no working compiler on this machine")
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning():
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = build_score_model(config.model, config.data).eval()
+    x, sigma = torch.rand(3, 1, 8, 8), torch.full((3,), 0.5)
+    network = CompiledOrEager(model, backend=failing_backend)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the score network failed .*no working compiler"):
+        out = network(x, sigma)
+    assert not network.is_compiled and "no working compiler" in network.fallback_reason
+    assert torch.equal(out, model(x, sigma))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; from now on plain eager calls
+        assert torch.equal(network(x, sigma), model(x, sigma))
+
+
+def test_errors_of_the_model_itself_are_raised_not_taken_for_compile_failures():
+    config = tiny_config()
+    network = CompiledOrEager(build_score_model(config.model, config.data), backend="eager")
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 1, 8, 8\)"):
+        network(torch.rand(2, 3, 8, 8), torch.ones(2))
+    assert network.is_compiled and network.fallback_reason is None
+
+
+def test_ema_skip_flag_leaves_average_and_count_unchanged_and_loop_equals_foreach():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.SiLU(), nn.Linear(4, 2))
+    fast, loop = EMA(model, rate=0.99), EMA(model, rate=0.99, foreach=False)
+    for step in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        before = [s.clone() for s in fast.shadow]
+        skip = torch.tensor(float(step in (2, 3)))
+        fast.update(model, skip=skip)
+        loop.update(model, skip=skip)
+        if step in (2, 3):
+            assert all(torch.equal(a, b) for a, b in zip(before, fast.shadow))
+        else:
+            assert any(not torch.equal(a, b) for a, b in zip(before, fast.shadow))
+        for a, b in zip(fast.shadow, loop.shadow):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert fast.num_updates == loop.num_updates == 4
+
+
+def _steps(config, steps: int):
+    """Run `steps` of train.py's step from the same initialization; per-step losses, final weights, EMA."""
+    from accelerate.state import AcceleratorState
+
+    from hpc_ncsn.training import _prepare
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run = _prepare(config)
+    losses = []
+    for _ in range(steps):
+        run.level_sums.zero_()
+        run.level_counts.zero_()
+        run.set_learning_rate()
+        norm = run.train_step()
+        run.state.step += 1
+        assert float(norm) == float(norm), "a step of the fast path was skipped"
+        losses.append(float(run.level_sums.sum()) / int(run.level_counts.sum()))
+    weights = [p.detach().float().clone() for p in run.accelerator.unwrap_model(run.model).parameters()]
+    return losses, weights, [s.clone() for s in run.ema.shadow], run
+
+
+def test_optimized_training_step_matches_the_fp32_eager_baseline_within_bf16_tolerance(tmp_path):
+    common = ("train.lr=1e-3", "train.warmup_steps=1")
+    baseline = tiny_config(*common, f"train.out_dir={tmp_path / 'base'}", "train.mixed_precision=no",
+                           "train.fused_optimizer=false", "train.channels_last=false", "train.compile=false")
+    fast = tiny_config(*common, f"train.out_dir={tmp_path / 'fast'}", "train.mixed_precision=bf16",
+                       "train.fused_optimizer=true", "train.channels_last=true", "train.compile=true")
+    base_losses, base_weights, base_ema, _ = _steps(baseline, 3)
+    fast_losses, fast_weights, fast_ema, run = _steps(fast, 3)
+    assert run.on_device and run.network.network.is_compiled, run.network.network.fallback_reason
+    conv = next(p for p in run.accelerator.unwrap_model(run.model).parameters() if p.ndim == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    # Same batches, noise and initialization: the losses differ by bf16 rounding only.
+    assert fast_losses == pytest.approx(base_losses, rel=2e-2)
+    assert base_losses[0] != base_losses[1]
+    # After three Adam steps of size ~1e-3 the weights agree far closer than they moved.
+    initial = [p.detach().float() for p in build_score_model(baseline.model, baseline.data).parameters()]
+    moved = sum(float((w - i).square().sum()) for w, i in zip(base_weights, initial)) ** 0.5
+    apart = sum(float((a - b).square().sum()) for a, b in zip(base_weights, fast_weights)) ** 0.5
+    ema_apart = sum(float((a - b).square().sum()) for a, b in zip(base_ema, fast_ema)) ** 0.5
+    assert moved > 0.01 and apart < 0.1 * moved and ema_apart < 0.1 * moved
+
+
+@pytest.mark.parametrize("arm", ["geometric", "snr"])
+def test_sampler_with_bf16_channels_last_network_matches_fp32_eager(arm):
+    config = tiny_config(f"noise.schedule={arm}", "noise.num_levels=6")
+    torch.manual_seed(0)
+    model = build_score_model(config.model, config.data).eval()
+    plan = SamplerPlan.from_config(config.noise)
+    indices = torch.arange(6)
+    x0 = initial_state(0, indices, (1, 8, 8), init="gaussian", sigma_max=config.noise.sigma_max)
+
+    def draw(speed):
+        replica = build_score_model(config.model, config.data).eval()
+        replica.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return annealed_langevin(score_function(replica, speed), x0.clone(), plan, seed=0, indices=indices)
+
+    base = draw(NetworkSpeed())
+    layout_only = draw(NetworkSpeed("fp32", channels_last=True))
+    fast = draw(NetworkSpeed("bf16", channels_last=True))
+    scale = float(base.abs().max())
+    # The layout changes the order of float sums only; bf16 moves the result by its rounding.
+    torch.testing.assert_close(layout_only, base, rtol=0, atol=1e-5 * scale)
+    assert float((fast - base).abs().max()) < 2e-2 * scale
+    assert not torch.equal(fast, base)
