@@ -13,6 +13,8 @@ image); MFU = achieved FLOP/s / --peak-tflops (left empty without a peak). Each
 fast setting is timed in the same run right after a plain baseline (fp32, eager,
 NCHW, the unfused optimizer with host-side checks, a per-parameter EMA loop), and
 the "vs base" column is the ratio of the two, which holds on a noisy machine.
+On a GPU the "syncs" column counts the times one training step or one sampler
+call made the host wait for the device (torch.cuda.set_sync_debug_mode).
 
 Rows:
   train       images/s and MFU of one optimizer step per batch size: baseline, (--ablate: each switch), fast
@@ -36,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +71,21 @@ def timed(fn, device: torch.device, repeat: int = 1) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def host_syncs(fn, device: torch.device) -> int | None:
+    """How many times `fn` made the host wait for the GPU (torch.cuda's sync debug mode); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+            _sync(device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
 
 
 def bench_shards(count: int, folder: Path) -> list[dict]:
@@ -206,6 +224,8 @@ def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device
                 for _ in range(3):  # warm-up: compilation, allocator, cuDNN algorithm choice
                     run.train_step()
                     run.state.step += 1
+                syncs = host_syncs(run.train_step, device)
+                run.state.step += 1
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(steps):
@@ -214,6 +234,7 @@ def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device
                 _sync(device)
                 seconds = time.perf_counter() - start
             row = _rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak, baseline)
+            row["host_syncs"] = syncs
             baseline = baseline or row
             rows.append(row)
     return rows
@@ -244,9 +265,12 @@ def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.devi
             torch.manual_seed(0)
             score = score_function(build_score_model(config.model, config.data).to(device).eval(), speed)
             with torch.no_grad():
-                seconds = timed(lambda: annealed_langevin(score, x, plan, seed=0, indices=indices), device)
+                sample = lambda: annealed_langevin(score, x, plan, seed=0, indices=indices)  # noqa: E731
+                seconds = timed(sample, device)
+                syncs = host_syncs(sample, device)
             row = _rate_row("sample", f"{arm}, {label}, batch {batch}, {plan.network_evaluations} evaluations",
                             plan.network_evaluations * batch, seconds, flops, peak, baseline)
+            row["host_syncs"] = syncs
             baseline = baseline or row
             rows.append(row)
     return rows
@@ -293,16 +317,17 @@ def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: in
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
     print(f"| {'group':10} | {'what':66} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
-          f"| {'MFU':>6} | {'vs base':>7} |")
-    print(f"|{'-' * 12}|{'-' * 68}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
+          f"| {'MFU':>6} | {'vs base':>7} | {'syncs':>5} |")
+    print(f"|{'-' * 12}|{'-' * 68}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 9}|{'-' * 7}|")
     for r in rows:
         images = "" if r["images"] is None else f"{r['images']}"
         rate = "" if r["images_per_s"] is None else f"{r['images_per_s']:,.1f}"
         tflops = "" if r.get("tflops") is None else f"{r['tflops']:.4f}"
         mfu = "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
         speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
+        syncs = "" if r.get("host_syncs") is None else f"{r['host_syncs']}"
         print(f"| {r['group']:10} | {r['what']:66} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
-              f"| {mfu:>6} | {speedup:>7} |")
+              f"| {mfu:>6} | {speedup:>7} | {syncs:>5} |")
 
 
 def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -> list[dict]:

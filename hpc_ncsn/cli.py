@@ -276,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
         return EXIT_CODE
+    finally:
+        if "torch.distributed" in sys.modules:  # generate/evaluate under torchrun: leave no gloo thread behind
+            from .distributed import release
+
+            release()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["barrier", "gather_to_main", "process_group"]
+__all__ = ["barrier", "gather_to_main", "process_group", "release"]
 
 
 def process_group() -> tuple[int, int, torch.device]:
@@ -28,6 +28,12 @@ def process_group() -> tuple[int, int, torch.device]:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world, device
+
+
+def release() -> None:
+    """Destroy the default process group, if any: a process that exits with gloo's threads alive aborts."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def barrier() -> None:

@@ -152,14 +152,14 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
             "path": path}
 
 
-def _read_ahead(paths: list[Path]):
-    """read_shard of each path in order; the next shard is read in a thread while the caller uses this one."""
+def _read_ahead(infos: list):
+    """(info, read_shard(info.path)) in order; the next shard is read in a thread while the caller uses this one."""
     with ThreadPoolExecutor(max_workers=1) as reader:
-        upcoming = reader.submit(read_shard, paths[0]) if paths else None
-        for position in range(len(paths)):
+        upcoming = reader.submit(read_shard, infos[0].path) if infos else None
+        for position, info in enumerate(infos):
             current = upcoming.result()
-            upcoming = reader.submit(read_shard, paths[position + 1]) if position + 1 < len(paths) else None
-            yield current
+            upcoming = reader.submit(read_shard, infos[position + 1].path) if position + 1 < len(infos) else None
+            yield info, current
 
 
 def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
@@ -183,7 +183,7 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     # shard is read from disk while the extractor works on this one.
     stats = FeatureStats.empty(reference["stats"].total.shape[0], device)
     mine = []
-    for info, (images, _, _) in zip(infos[rank::world], _read_ahead([info.path for info in infos[rank::world]])):
+    for info, (images, _, _) in _read_ahead(infos[rank::world]):
         features, logits = extract_features(extractor, images, batch_size, layout="NHWC")
         stats.update(features)
         mine.append((info.start, features.float().cpu(), logits.cpu()))
@@ -191,6 +191,7 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
 
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.
     gathered = gather_to_main(mine)
+    barrier()  # no rank leaves (and exits) while its vectors may still be on their way to rank 0
     if rank != 0:
         return None
     pieces = sorted((piece for rank_pieces in gathered for piece in rank_pieces), key=lambda piece: piece[0])
