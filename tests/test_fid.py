@@ -321,3 +321,16 @@ def test_small_sample_warning():
     assert small_sample_warning(50_000) is None
     message = small_sample_warning(10_000)
     assert "N=10,000" in message and "biased upward" in message and "50,000" in message
+
+
+def test_kid_kernels_agree_on_torch_tensors_and_numpy_arrays():
+    """KID runs its kernel matrices in torch on a GPU and in numpy on the CPU: one formula, both types."""
+    from hpc_ncsn.fid import _polynomial_kernel, _unbiased_mmd2
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(50, 16)), rng.normal(size=(50, 16)) + 0.2
+    kernels = lambda a, b: [_polynomial_kernel(p, q, 3, 1 / 16, 1.0) for p, q in ((a, a), (b, b), (a, b))]  # noqa: E731
+    with_numpy = _unbiased_mmd2(*kernels(x, y))
+    with_torch = _unbiased_mmd2(*kernels(torch.from_numpy(x), torch.from_numpy(y)))
+    assert isinstance(with_torch, torch.Tensor) and with_torch.dtype == torch.float64
+    assert float(with_torch) == pytest.approx(float(with_numpy), rel=1e-12) and float(with_numpy) > 0
