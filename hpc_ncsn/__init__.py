@@ -26,6 +26,7 @@ from .model import MLPScore, UNet, build_score_model, count_parameters
 from .planning import NoisePlan, max_pairwise_distance, plan_noise
 from .sampling import SamplerPlan, annealed_langevin, initial_state, langevin, sample_normal, sample_uniform
 from .schedules import ARMS, geometric_sigmas, ladder, linear_sigmas, ncsn_step_sizes, snr_step_size
+from .speed import CompiledOrEager, NetworkSpeed, score_function
 from .training import TrainingDiverged, load_ema_model, train
 from .shards import ShardError, read_manifest, read_shard, validate_shard, validate_shards, write_shard
 from .generate import generate
@@ -37,6 +38,7 @@ from .aggregate import aggregate
 
 __all__ = [
     "ARMS",
+    "CompiledOrEager",
     "Config",
     "ConfigError",
     "DSMLoss",
@@ -47,6 +49,7 @@ __all__ = [
     "GaussianMixture",
     "MLPScore",
     "ModelConfig",
+    "NetworkSpeed",
     "NoiseConfig",
     "NoisePlan",
     "SamplerPlan",
@@ -87,6 +90,7 @@ __all__ = [
     "run_task",
     "sample_normal",
     "sample_uniform",
+    "score_function",
     "snr_step_size",
     "to_model_scale",
     "to_uint8",
