@@ -1,5 +1,6 @@
 """The fast paths hold to the plain fp32 eager baseline: training step, EMA, sampler, compile fallback."""
 
+import contextlib
 import warnings
 
 import pytest
@@ -132,3 +133,64 @@ def test_sampler_with_bf16_channels_last_network_matches_fp32_eager(arm):
     torch.testing.assert_close(layout_only, base, rtol=0, atol=1e-5 * scale)
     assert float((fast - base).abs().max()) < 2e-2 * scale
     assert not torch.equal(fast, base)
+
+
+class HostRead(AssertionError):
+    """A tensor's value was read on the host: on a GPU, the host would wait for the device there."""
+
+
+@contextlib.contextmanager
+def no_host_reads(watched=lambda tensor: True):
+    """Fail on any Tensor.item/tolist/bool/float/int of a `watched` tensor (on a GPU each one is a sync)."""
+    names = ("item", "tolist", "__bool__", "__float__", "__int__")
+    saved = {name: getattr(torch.Tensor, name) for name in names}
+
+    def trap(name):
+        def read(self, *args, **kwargs):
+            if watched(self):
+                raise HostRead(f"Tensor.{name} of a {tuple(self.shape)} tensor")
+            return saved[name](self, *args, **kwargs)
+        return read
+
+    for name in names:
+        setattr(torch.Tensor, name, trap(name))
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.mark.parametrize("fused", ["true", "false"])
+def test_the_fused_training_step_reads_nothing_on_the_host_and_the_plain_one_does(tmp_path, fused):
+    from accelerate.state import AcceleratorState
+
+    from hpc_ncsn.training import _prepare
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    run = _prepare(tiny_config(f"train.out_dir={tmp_path}", f"train.fused_optimizer={fused}",
+                               "train.mixed_precision=bf16", "train.channels_last=true", "train.grad_accum=2"))
+    run.train_step()
+    run.state.step += 1
+    if fused == "true":
+        with no_host_reads():
+            norm = run.train_step()
+        assert isinstance(norm, torch.Tensor) and float(norm) > 0
+    else:  # the guard catches the host-side finite check of the plain path
+        with pytest.raises(HostRead), no_host_reads():
+            run.train_step()
+
+
+@pytest.mark.parametrize("arm", ["geometric", "linear", "snr"])
+def test_the_sampling_loop_reads_no_chain_value_on_the_host(arm):
+    config = tiny_config(f"noise.schedule={arm}", "noise.num_levels=6")
+    model = build_score_model(config.model, config.data).eval()
+    plan = SamplerPlan.from_config(config.noise)
+    batch = 5  # not the ladder's length, so the ladder's own (host) values stay readable
+    indices = torch.arange(batch)
+    x = initial_state(0, indices, (1, 8, 8), init="gaussian", sigma_max=config.noise.sigma_max)
+    score = score_function(model, NetworkSpeed("bf16", channels_last=True))
+    chains = lambda tensor: tensor.ndim == 0 or tensor.shape[0] == batch  # noqa: E731
+    with torch.no_grad(), no_host_reads(chains):
+        out = annealed_langevin(score, x, plan, seed=0, indices=indices)
+    assert out.shape == x.shape and torch.isfinite(out).all()
