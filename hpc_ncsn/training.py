@@ -313,29 +313,38 @@ class _Run:
         """
         if self.on_device:
             return self._train_step_on_device()
-        cfg, accelerator, model = self.config.train, self.accelerator, self.model
-        rank, world = accelerator.process_index, accelerator.num_processes
-        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step)
+        accelerator, model = self.accelerator, self.model
         poisoned, grad_norm = False, float("nan")
-        for k in range(cfg.grad_accum):
+        for out in self._micro_batch_losses():
+            finite = _finite_everywhere(accelerator, out.loss)
+            poisoned |= not finite
+            if finite:
+                sums, counts = per_level_loss(out.per_example, out.levels, len(self.sigmas))
+                self.level_sums += sums
+                self.level_counts += counts
+            if poisoned and accelerator.sync_gradients and self.deepspeed:
+                for group in self.optimizer.param_groups:  # DeepSpeed steps inside backward: freeze it.
+                    group["lr"] = 0.0
+            accelerator.backward(out.loss if finite else _zero_gradient_loss(model))
+            if accelerator.sync_gradients:
+                grad_norm = self._step_if_finite(poisoned)
+        return grad_norm
+
+    def _micro_batch_losses(self):
+        """The DSM loss of each of this rank's micro-batches of the step's global batch.
+
+        Each is yielded inside Accelerate's accumulate context (the caller's backward
+        belongs to it), after the forward pass under autocast.
+        """
+        accelerator, rank, world = self.accelerator, self.accelerator.process_index, self.accelerator.num_processes
+        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step)
+        for k in range(self.config.train.grad_accum):
             part = slice((k * world + rank) * self.micro, (k * world + rank + 1) * self.micro)
-            with accelerator.accumulate(model):
+            with accelerator.accumulate(self.model):
                 with accelerator.autocast():
                     out = dsm_loss(self.network, x_all[part], self.sigmas, levels=levels_all[part],
                                    noise=noise_all[part])
-                finite = _finite_everywhere(accelerator, out.loss)
-                poisoned |= not finite
-                if finite:
-                    sums, counts = per_level_loss(out.per_example, out.levels, len(self.sigmas))
-                    self.level_sums += sums
-                    self.level_counts += counts
-                if poisoned and accelerator.sync_gradients and self.deepspeed:
-                    for group in self.optimizer.param_groups:  # DeepSpeed steps inside backward: freeze it.
-                        group["lr"] = 0.0
-                accelerator.backward(out.loss if finite else _zero_gradient_loss(model))
-                if accelerator.sync_gradients:
-                    grad_norm = self._step_if_finite(poisoned)
-        return grad_norm
+                yield out
 
     def _train_step_on_device(self) -> torch.Tensor:
         """train_step with every decision taken on the device: no host synchronization.
@@ -345,25 +354,18 @@ class _Run:
         to leave weights, moments and step count as they were (the protocol of
         torch.amp.GradScaler); the EMA and the skip counters read the same flag.
         """
-        cfg, accelerator = self.config.train, self.accelerator
-        rank, world = accelerator.process_index, accelerator.num_processes
-        x_all, levels_all, noise_all = _global_batch(self.data, self.config, len(self.sigmas), self.state.step)
+        accelerator = self.accelerator
         bad = torch.zeros((), device=accelerator.device)
-        for k in range(cfg.grad_accum):
-            part = slice((k * world + rank) * self.micro, (k * world + rank + 1) * self.micro)
-            with accelerator.accumulate(self.model):
-                with accelerator.autocast():
-                    out = dsm_loss(self.network, x_all[part], self.sigmas, levels=levels_all[part],
-                                   noise=noise_all[part])
-                bad_here = (~torch.isfinite(out.loss.detach())).to(torch.float32)
-                if world > 1:
-                    bad_here = accelerator.reduce(bad_here, "sum")
-                sums, counts = per_level_loss(out.per_example, out.levels, len(self.sigmas))
-                self.level_sums += torch.where(bad_here > 0, 0.0, sums)
-                self.level_counts += torch.where(bad_here > 0, 0, counts)
-                bad = bad + bad_here
-                accelerator.backward(out.loss)
-        norm = accelerator.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
+        for out in self._micro_batch_losses():
+            bad_here = (~torch.isfinite(out.loss.detach())).to(torch.float32)
+            if accelerator.num_processes > 1:
+                bad_here = accelerator.reduce(bad_here, "sum")
+            sums, counts = per_level_loss(out.per_example, out.levels, len(self.sigmas))
+            self.level_sums += torch.where(bad_here > 0, 0.0, sums)
+            self.level_counts += torch.where(bad_here > 0, 0, counts)
+            bad = bad + bad_here
+            accelerator.backward(out.loss)
+        norm = accelerator.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip or math.inf)
         found_inf = ((bad > 0) | ~torch.isfinite(norm)).to(torch.float32)
         self.optimizer.optimizer.found_inf = found_inf
         self.optimizer.step()
