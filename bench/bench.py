@@ -6,8 +6,8 @@
         --inception-weights weights-inception-2015-12-05.pth --peak-tflops 989
 
 Training and sampling rows run the product's own code (train.py's step through
-Accelerate, hpc_ncsn.sampling.annealed_langevin with hpc_ncsn.speed's network
-wrapper) on random data of the config's shape. FLOPs come from
+Accelerate, hpc_ncsn.train.Training; hpc_ncsn.sampling.annealed_langevin with
+hpc_ncsn.network's score function) on random data of the config's shape. FLOPs come from
 torch.utils.flop_counter on one forward pass (training counts 3 × forward per
 image); MFU = achieved FLOP/s / --peak-tflops (left empty without a peak). Each
 fast setting is timed in the same run right after a plain baseline (fp32, eager,
@@ -23,7 +23,7 @@ Rows:
   features    torch-fidelity extractor throughput per extractor and batch size: per-batch host copies, on device
   statistics  float64 Σx, Σxxᵀ accumulation, FID from statistics, KID (on the CPU and on the device), IS
   projected   seconds from shards to FID+KID+IS for 50,000 images from the rates above
-  evaluate    hpc_ncsn.metrics.evaluate itself, shards → FID+KID+IS, reference statistics cached
+  evaluate    hpc_ncsn.evaluate.evaluator.evaluate itself, shards → FID+KID+IS, reference statistics cached
 
 Without --inception-weights the Inception rows use random weights of the same
 architecture (bench/random_inception.py): the same arithmetic, so the same speed,
@@ -48,9 +48,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hpc_ncsn.fid import FeatureStats, frechet_distance, inception_score, kernel_inception_distance  # noqa: E402
-from hpc_ncsn.metrics import INCEPTION, extract_features, load_extractor  # noqa: E402
-from hpc_ncsn.shards import plan_shards, read_shard, shard_path, validate_shards, write_shard  # noqa: E402
+from hpc_ncsn.evaluate.extractors import INCEPTION, extract_features, load_extractor  # noqa: E402
+from hpc_ncsn.evaluate.scores import (  # noqa: E402
+    FeatureStats,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+)
+from hpc_ncsn.samples.shards import plan_shards, read_shard, shard_path, write_shard  # noqa: E402
+from hpc_ncsn.samples.validation import validate_shards  # noqa: E402
 
 FULL = 50_000
 
@@ -196,11 +202,9 @@ def train_settings(compile_network: bool, ablate: bool) -> list[tuple[str, dict]
 def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device: torch.device,
                    peak: float | None, compile_network: bool, ablate: bool) -> list[dict]:
     """train.py's step (Accelerate, EMA, clipping, skip logic) per batch size: the baseline, then the fast settings."""
-    from accelerate.state import AcceleratorState
-
     from hpc_ncsn.config import load_config
     from hpc_ncsn.model import build_score_model
-    from hpc_ncsn.training import _prepare
+    from hpc_ncsn.train import Training
 
     base = load_config(config_path)
     shape = (base.data.channels, base.data.image_size, base.data.image_size)
@@ -216,21 +220,17 @@ def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device
                                                    f"train.out_dir={out}",
                                                    *(f"train.{key}={str(value).lower()}" for key, value in
                                                      setting.items())])
-                AcceleratorState._reset_state(reset_partial_state=True)  # a new precision in this process
-                run = _prepare(config)
+                run = Training.start(config)
                 if not setting["fused_optimizer"]:
                     run.ema.foreach = False
                 run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8, device=device)
                 for _ in range(3):  # warm-up: compilation, allocator, cuDNN algorithm choice
-                    run.train_step()
-                    run.state.step += 1
-                syncs = host_syncs(run.train_step, device)
-                run.state.step += 1
+                    run.step()
+                syncs = host_syncs(run.step, device)
                 _sync(device)
                 start = time.perf_counter()
                 for _ in range(steps):
-                    run.train_step()
-                    run.state.step += 1
+                    run.step()
                 _sync(device)
                 seconds = time.perf_counter() - start
             row = _rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak, baseline)
@@ -243,22 +243,22 @@ def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device
 def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.device, peak: float | None,
                    compile_network: bool) -> list[dict]:
     """Annealed Langevin, `steps` network evaluations per arm (a slice of the full ladder): fp32 eager, then fast."""
-    from hpc_ncsn.config import load_config
+    from hpc_ncsn.config import arm_overrides, load_config
     from hpc_ncsn.model import build_score_model
+    from hpc_ncsn.network import NetworkSpeed, score_function
     from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
-    from hpc_ncsn.speed import NetworkSpeed, score_function
 
     fast = NetworkSpeed("bf16", channels_last=True, compile=compile_network)
     rows = []
     for arm in ("geometric", "linear", "snr"):
-        config = load_config(config_path, [f"noise.schedule={arm}", "noise.final_denoise=false"])
+        config = load_config(config_path, [*arm_overrides(arm), "sampler.final_denoise=false"])
         shape = (config.data.channels, config.data.image_size, config.data.image_size)
         flops = forward_flops(build_score_model(config.model, config.data).to(device), shape, device)
-        full = SamplerPlan.from_config(config.noise)
+        full = SamplerPlan.from_config(config.noise, config.sampler)
         levels = max(1, steps // full.steps_per_level)
         plan = SamplerPlan(full.sigmas[:levels], full.step_rule, full.steps_per_level, full.step_lr, full.snr, False)
         indices = torch.arange(batch, device=device)
-        x = initial_state(0, indices, shape, init=config.noise.init, sigma_max=config.noise.sigma_max).to(device)
+        x = initial_state(0, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max).to(device)
         baseline = None
         for label, speed in (("baseline fp32 eager", NetworkSpeed()),
                              ("bf16, channels_last" + (", compiled" if compile_network else ""), fast)):
@@ -288,11 +288,11 @@ def projected(rows: list[dict], device: torch.device) -> dict:
 
 
 def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: int, scratch: Path) -> dict:
-    """hpc_ncsn.metrics.evaluate on `count` images in shards of 1,000, reference statistics cached (a first,
+    """hpc_ncsn's evaluate on `count` images in shards of 1,000, reference statistics cached (a first,
     untimed call computes them): shards → validation → features → FID, KID and IS."""
     from hpc_ncsn.config import DataConfig
-    from hpc_ncsn.metrics import evaluate
-    from hpc_ncsn.shards import write_manifest
+    from hpc_ncsn.evaluate.evaluator import evaluate
+    from hpc_ncsn.samples.shards import write_manifest
 
     folder = scratch / "end-to-end"
     images = np.random.default_rng(1).integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate", action="store_true",
                         help="also time each fast training switch alone on top of the baseline")
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
-                        help="time hpc_ncsn.metrics.evaluate from shards to FID (Inception on a GPU, the digits "
+                        help="time hpc_ncsn's evaluate from shards to FID (Inception on a GPU, the digits "
                              "classifier on a CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)

@@ -1,102 +1,60 @@
 """hpc_ncsn: score-based generative modeling (NCSN, NCSNv2) experiments on HPC clusters.
 
-The public API, in pipeline order: config → data → schedules/planning → model →
-loss → sampling → training → shards → generate → metrics → aggregate, and the sweep
-(grid, pipeline) that launch/sweep.py drives. Heavy optional pieces (torchvision,
-scikit-learn, matplotlib, torch-fidelity) are imported where they are used.
+The pipeline, stage by stage (README, Architecture):
+
+    config  data → schedules, planning → model → loss → sampling        the science, pure functions
+            train/      Accelerate/DeepSpeed loop, EMA, checkpoints      (checkpoint.py: read a checkpoint back)
+            samples/    generation into HDF5 shards                      (h5py only in samples/shards.py)
+            evaluate/   FID/KID/IS from shards                           (torch-fidelity only here)
+            sweep/      schedule × seed grids on Slurm or locally, the table (submitit only here)
+    cli.py  every command; train.py and launch/sweep.py call it
+
+The names below are resolved lazily (PEP 562): `import hpc_ncsn` or
+`import hpc_ncsn.config` does not import torch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .config import (
-    Config,
-    ConfigError,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    NoiseConfig,
-    TrainConfig,
-    config_to_yaml,
-    load_config,
-)
-from .data import GaussianMixture, load_images, to_model_scale, to_uint8, toy_mixture
-from .ema import EMA
-from .loss import DSMLoss, dsm_loss, per_level_loss
-from .model import MLPScore, UNet, build_score_model, count_parameters
-from .planning import NoisePlan, max_pairwise_distance, plan_noise
-from .sampling import SamplerPlan, annealed_langevin, initial_state, langevin, sample_normal, sample_uniform
-from .schedules import ARMS, geometric_sigmas, ladder, linear_sigmas, ncsn_step_sizes, snr_step_size
-from .speed import CompiledOrEager, NetworkSpeed, score_function
-from .training import TrainingDiverged, load_ema_model, train
-from .shards import ShardError, read_manifest, read_shard, validate_shard, validate_shards, write_shard
-from .generate import generate
-from .fid import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
-from .metrics import evaluate, extract_features, load_extractor, reference_statistics
-from .grid import SweepSpec, plan
-from .pipeline import run_task
-from .aggregate import aggregate
+# Public name → the module that defines it.
+_PUBLIC = {
+    "config": ["ARMS", "Config", "ConfigError", "DataConfig", "EvaluateConfig", "GenerateConfig", "ModelConfig",
+               "NoiseConfig", "SamplerConfig", "TrainConfig", "config_from_dict", "config_to_yaml", "load_config"],
+    "data": ["GaussianMixture", "load_images", "to_model_scale", "to_uint8", "toy_mixture"],
+    "schedules": ["geometric_sigmas", "ladder", "linear_sigmas", "ncsn_step_sizes", "snr_step_size"],
+    "planning": ["NoisePlan", "max_pairwise_distance", "plan_noise"],
+    "model": ["MLPScore", "UNet", "build_score_model", "count_parameters"],
+    "loss": ["DSMLoss", "dsm_loss", "per_level_loss"],
+    "ema": ["EMA"],
+    "rng": ["sample_normal", "sample_uniform"],
+    "sampling": ["SamplerPlan", "annealed_langevin", "initial_state", "langevin"],
+    "network": ["CompiledOrEager", "NetworkSpeed", "score_function"],
+    "checkpoint": ["load_ema_model", "resolve_checkpoint"],
+    "train": ["Training", "TrainingDiverged", "train"],
+    "samples.shards": ["ShardError", "read_manifest", "read_shard", "verify_manifest", "write_shard"],
+    "samples.validation": ["validate_shard", "validate_shards"],
+    "samples.generate": ["generate"],
+    "evaluate.scores": ["FeatureStats", "frechet_distance", "inception_score", "kernel_inception_distance"],
+    "evaluate.extractors": ["extract_features", "load_extractor"],
+    "evaluate.evaluator": ["evaluate", "reference_statistics"],
+    "sweep.plan": ["SweepSpec", "plan"],
+    "sweep.aggregate": ["aggregate"],
+}
+_WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 
-__all__ = [
-    "ARMS",
-    "CompiledOrEager",
-    "Config",
-    "ConfigError",
-    "DSMLoss",
-    "DataConfig",
-    "EMA",
-    "EvalConfig",
-    "FeatureStats",
-    "GaussianMixture",
-    "MLPScore",
-    "ModelConfig",
-    "NetworkSpeed",
-    "NoiseConfig",
-    "NoisePlan",
-    "SamplerPlan",
-    "ShardError",
-    "SweepSpec",
-    "TrainConfig",
-    "TrainingDiverged",
-    "UNet",
-    "aggregate",
-    "annealed_langevin",
-    "build_score_model",
-    "config_to_yaml",
-    "count_parameters",
-    "dsm_loss",
-    "evaluate",
-    "extract_features",
-    "frechet_distance",
-    "generate",
-    "geometric_sigmas",
-    "inception_score",
-    "initial_state",
-    "kernel_inception_distance",
-    "ladder",
-    "langevin",
-    "linear_sigmas",
-    "load_config",
-    "load_ema_model",
-    "load_extractor",
-    "load_images",
-    "max_pairwise_distance",
-    "ncsn_step_sizes",
-    "per_level_loss",
-    "plan",
-    "plan_noise",
-    "read_manifest",
-    "read_shard",
-    "reference_statistics",
-    "run_task",
-    "sample_normal",
-    "sample_uniform",
-    "score_function",
-    "snr_step_size",
-    "to_model_scale",
-    "to_uint8",
-    "toy_mixture",
-    "train",
-    "validate_shard",
-    "validate_shards",
-    "write_shard",
-]
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hpc_ncsn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

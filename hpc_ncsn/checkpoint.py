@@ -1,24 +1,32 @@
-"""Checkpoint folders that are written atomically, rotated safely and found on restart.
+"""Checkpoint folders: written atomically, rotated safely, found on restart, read for sampling.
 
-A checkpoint is a folder `step-XXXXXXXX` under `<run>/checkpoints/`. It is written
-under a temporary name (`.tmp-step-XXXXXXXX`), every file is fsynced, and only
-then renamed: a folder with the final name is always complete, and an
-interrupted save leaves only a temporary folder, which the next save removes.
-Old checkpoints are deleted only after the new one has its final name.
+A checkpoint is a folder `step-XXXXXXXX` under `<run>/checkpoints/`, holding
+Accelerate's state (model, optimizer, scaler, every process's RNG), `ema.pt` (the
+EMA weights as whole float32 tensors, with the resolved config and the step) and
+`meta.json` (written last: the completion mark). It is written under a temporary
+name (`.tmp-step-XXXXXXXX`) and published with `hpc_ncsn.files.publish_dir`: a
+folder with the final name is always complete, and an interrupted save leaves only
+a temporary folder, which the next save removes. Old checkpoints are deleted only
+after the new one has its final name.
+
+`load_ema_model` turns any checkpoint (DeepSpeed's included) into a plain model for
+sampling; it needs neither Accelerate nor DeepSpeed.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_PATTERN", "checkpoint_name", "fsync_tree", "latest_checkpoint", "publish", "rotate",
-           "scratch_dir"]
+from .files import publish_dir
+
+__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "checkpoint_name", "latest_checkpoint",
+           "load_ema_model", "publish", "resolve_checkpoint", "rotate", "scratch_dir"]
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")
 COMPLETE_MARK = "meta.json"
+EMA_FILE = "ema.pt"
 
 
 def checkpoint_name(step: int) -> str:
@@ -35,32 +43,11 @@ def scratch_dir(root: Path, step: int) -> Path:
     return scratch
 
 
-def fsync_tree(folder: Path) -> None:
-    """fsync every file and folder under `folder` (so a rename after it survives a node crash)."""
-    for path in sorted(folder.rglob("*")) + [folder]:
-        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-        descriptor = os.open(path, flags)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
 def publish(scratch: Path, step: int) -> Path:
     """Give a fully written temporary checkpoint its final name, atomically."""
     if not (scratch / COMPLETE_MARK).is_file():
         raise AssertionError(f"checkpoint {scratch} has no {COMPLETE_MARK}; write it last, before publishing")
-    fsync_tree(scratch)
-    final = scratch.parent / checkpoint_name(step)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(scratch, final)
-    descriptor = os.open(scratch.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return final
+    return publish_dir(scratch, scratch.parent / checkpoint_name(step))
 
 
 def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -87,3 +74,37 @@ def rotate(root: Path, keep: int) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path)
     return doomed
+
+
+def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
+    """A checkpoint folder: the given one, or the newest complete one of a run folder."""
+    path = Path(run_or_checkpoint)
+    if (path / EMA_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path / "checkpoints")
+    if latest is None:
+        raise FileNotFoundError(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
+                                "train first, or pass a checkpoint folder")
+    return latest
+
+
+def load_ema_model(checkpoint: Path, device="cpu"):
+    """(model, config, step): the EMA weights of a checkpoint folder (or its ema.pt) as a plain fp32 model.
+
+    Works for any run, DeepSpeed included: ema.pt holds whole float32 tensors.
+    """
+    import torch
+
+    from .config import config_from_dict
+    from .ema import EMA
+    from .model import build_score_model
+
+    path = Path(checkpoint)
+    path = path / EMA_FILE if path.is_dir() else path
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    config = config_from_dict(payload["config"], source=str(path))
+    model = build_score_model(config.model, config.data)
+    ema = EMA(model, rate=payload["ema"]["rate"])
+    ema.load_state_dict(payload["ema"])
+    ema.copy_to(model)
+    return model.to(device).eval(), config, payload["step"]

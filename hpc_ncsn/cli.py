@@ -1,9 +1,16 @@
-"""`hpc-ncsn` (or `python -m hpc_ncsn`): the project's small commands.
+"""`hpc-ncsn` (or `python -m hpc_ncsn`): every command of the pipeline.
 
-    hpc-ncsn config --config configs/debug.yaml noise.schedule=linear   # resolved config
+    hpc-ncsn train --config configs/debug.yaml                          # = python train.py (accelerate launch)
+    hpc-ncsn sweep --schedules geometric,linear,snr                     # = python launch/sweep.py
+    hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
+    hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
+    hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table and plots
     hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
-    hpc-ncsn plan --config configs/debug.yaml                           # σ_1 from the data
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
+    hpc-ncsn config --config configs/debug.yaml noise.ladder=linear     # the resolved config
+
+Parsing and --help import neither torch nor the heavy libraries; each command imports
+what it runs. A mistake a user can make ends in one line naming the thing and the fix.
 """
 
 from __future__ import annotations
@@ -11,24 +18,68 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import typing
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, config_to_yaml, load_config
+from .config import ConfigError, EvaluateConfig, GenerateConfig, config_to_yaml, load_config
 from .preemption import EXIT_CODE, Preempted
 from .toy import ToySettings
 
-__all__ = ["main"]
+__all__ = ["main", "sweep_main", "train_main"]
+
+RAW = argparse.RawDescriptionHelpFormatter
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def _add_config_args(parser: argparse.ArgumentParser, example: str = "noise.sigma_max=50 data.image_size=16") -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="YAML config file (default: built-in defaults), e.g. configs/debug.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="overrides such as noise.sigma_max=50 data.image_size=16")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"overrides such as {example}")
 
+
+# train ---------------------------------------------------------------------------------------
+
+TRAIN_HELP = """Train a noise-conditional score network with denoising score matching.
+
+    python train.py --config configs/debug.yaml                       # one process
+    accelerate launch --num_processes 4 train.py --config configs/cifar10.yaml train.mixed_precision=bf16
+    python train.py --config configs/debug.yaml --dry-run              # print the resolved config
+
+A run folder (train.out_dir) that already holds checkpoints is resumed from the
+newest complete one: rerunning the same command continues an interrupted run.
+On SIGUSR2 or SIGTERM (a scheduler's warning) the run saves a checkpoint at the
+next step and exits with status 75 (EX_TEMPFAIL): requeue it (slurm/train.sbatch does).
+"""
+
+
+def _add_train_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser, "train.steps=500 train.lr=2e-4")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(config_to_yaml(config), end="")
+        return 0
+    from .train import train
+
+    print(f"run folder: {train(config)}")
+    return 0
+
+
+# sweep ---------------------------------------------------------------------------------------
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep.launch import main as sweep
+
+    return sweep(args, script=args.script)
+
+
+# config, plan, toy ---------------------------------------------------------------------------
 
 def _cmd_config(args: argparse.Namespace) -> int:
     print(config_to_yaml(load_config(args.config, args.overrides)), end="")
@@ -36,8 +87,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .planning import max_pairwise_distance, plan_noise
-
     config = None
     if args.dim is None:
         config = load_config(args.config, args.overrides)
@@ -52,6 +101,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps({"dim": args.dim, "data": config and asdict(config.data), "sigma_max": args.sigma_max,
                           "sigma_min": sigma_min, "steps": args.steps, "num_levels": args.num_levels}, indent=2))
         return 0
+    from .planning import max_pairwise_distance, plan_noise
+
     dim, sigma_max, method = args.dim, args.sigma_max, "given"
     if config is not None:
         points = _dataset_points(config.data)
@@ -65,8 +116,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _dataset_points(data_cfg):
-    from .data import load_images, to_model_scale, toy_mixture
     import torch
+
+    from .data import load_images, to_model_scale, toy_mixture
 
     if data_cfg.name == "toy2d":
         mixture = toy_mixture(data_cfg.toy_means, data_cfg.toy_weights, data_cfg.toy_std)
@@ -86,6 +138,7 @@ def _parse_json_list(text: str, what: str) -> list:
 
 def _cmd_toy(args: argparse.Namespace) -> int:
     from .data import toy_mixture
+    from .files import atomic_write
     from .toy import run_toy, save_toy_figure
 
     means = _parse_json_list(args.means, "--means")
@@ -103,45 +156,59 @@ def _cmd_toy(args: argparse.Namespace) -> int:
     figure = args.out / "toy_langevin.png"
     save_toy_figure(samples, mixture, report, figure)
     report["figure"] = str(figure)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "toy_langevin.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write(args.out / "toy_langevin.json", json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .generate import generate, resolve_checkpoint
-    from .speed import NetworkSpeed
+# generate, evaluate, aggregate ---------------------------------------------------------------
 
-    speed = NetworkSpeed(args.precision, args.channels_last, args.compile)
+# Flags of `generate` that are shorthands for config keys; their defaults come from the run's config.
+GENERATE_FLAGS = {"num_samples": "generate.num_samples", "shard_size": "generate.shard_size",
+                  "batch_size": "generate.batch_size", "precision": "sampler.precision",
+                  "channels_last": "sampler.channels_last", "compile": "sampler.compile"}
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    flags = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
+             for name, key in GENERATE_FLAGS.items() if (value := getattr(args, name)) is not None]
+    overrides = (*flags, *args.overrides)
     if args.dry_run:
-        print(json.dumps({"checkpoint": str(resolve_checkpoint(args.run_dir)), "out": str(args.out),
-                          "num_samples": args.num_samples, "shard_size": args.shard_size,
-                          "batch_size": args.batch_size, "seed": args.seed, "overrides": args.overrides,
-                          "speed": asdict(speed)}, indent=2))
+        from .checkpoint import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(args.run_dir)
+        config = load_config(checkpoint.parent.parent / "config.yaml", overrides)
+        print(json.dumps({"checkpoint": str(checkpoint), "out": str(args.out), "seed": args.seed,
+                          "overrides": list(overrides), "generate": asdict(config.generate),
+                          "sampler": asdict(config.sampler)}, indent=2))
         return 0
-    result = generate(args.run_dir, args.out, num_samples=args.num_samples, shard_size=args.shard_size,
-                      batch_size=args.batch_size, seed=args.seed, noise_overrides=tuple(args.overrides), speed=speed)
+    from .samples.generate import generate
+
+    result = generate(args.run_dir, args.out, overrides=overrides, seed=args.seed)
     print(json.dumps({"folder": str(result.folder), "generated": result.generated, "kept": result.kept}))
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .metrics import evaluate, extractor_for
-    from .shards import read_manifest
+    from .samples.shards import read_manifest
 
     run = Path(read_manifest(args.samples)["meta"]["run"])
     config = load_config(args.config or run / "config.yaml")
-    extractor = extractor_for(config.data.name, args.extractor)
+    from .evaluate.extractors import cache_dir, extractor_for
+
+    extractor = extractor_for(config.data.name, args.extractor or config.evaluate.extractor)
+    weights = args.weights or (Path(config.evaluate.weights) if config.evaluate.weights else None)
+    batch_size = args.batch_size or config.evaluate.batch_size
     out = args.out or args.samples / "metrics.json"
     if args.dry_run:
         print(json.dumps({"samples": str(args.samples), "data": asdict(config.data), "extractor": extractor,
-                          "weights": str(args.weights) if args.weights else None, "out": str(out)}, indent=2))
+                          "weights": str(weights) if weights else None, "batch_size": batch_size,
+                          "out": str(out)}, indent=2))
         return 0
-    from .features import cache_dir
+    from .evaluate.evaluator import evaluate
 
-    report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=args.weights,
-                      cache_dir=args.cache or cache_dir() / "reference", batch_size=args.batch_size, out=out)
+    report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,
+                      cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out)
     if report is not None:
         print(json.dumps(report, indent=2))
         if report["warning"]:
@@ -150,8 +217,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from .aggregate import aggregate
-    from .grid import SweepSpec, plan
+    from .sweep.aggregate import aggregate
+    from .sweep.plan import SweepSpec, plan
 
     if args.dry_run:
         sweep = plan(SweepSpec.load(args.sweep), args.sweep)
@@ -164,114 +231,149 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    formatter = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="hpc-ncsn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+# Parsers -------------------------------------------------------------------------------------
 
-    config = commands.add_parser("config", formatter_class=formatter,
-                                 help="print the resolved config (YAML)",
-                                 epilog="example: hpc-ncsn config --config configs/debug.yaml noise.schedule=linear")
-    _add_config_args(config)
-    config.set_defaults(handler=_cmd_config)
+def _add_generate_args(gen: argparse.ArgumentParser) -> None:
+    defaults, sampler = GenerateConfig(), "the run's"
+    gen.add_argument("--run-dir", type=Path, required=True, help="run folder (newest checkpoint) or a checkpoint folder")
+    gen.add_argument("--out", type=Path, required=True, help="folder for shard-*.h5 and manifest.json")
+    gen.add_argument("--num-samples", type=int, default=None,
+                     help=f"samples 0..N-1 (generate.num_samples; default: {sampler}, built-in {defaults.num_samples})")
+    gen.add_argument("--shard-size", type=int, default=None,
+                     help=f"samples per shard, the unit of resumption (generate.shard_size; default: {sampler})")
+    gen.add_argument("--batch-size", type=int, default=None,
+                     help=f"samples per network evaluation batch (generate.batch_size; default: {sampler})")
+    gen.add_argument("--seed", type=int, default=0, help="sample i's noise depends on (seed, i) only (default: 0)")
+    gen.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                     help="the network's precision, bf16 autocast; the Langevin state stays float32 "
+                          f"(sampler.precision; default: {sampler})")
+    gen.add_argument("--channels-last", action="store_const", const=True, default=None,
+                     help="run the network in channels_last layout (sampler.channels_last)")
+    gen.add_argument("--compile", action="store_const", const=True, default=None,
+                     help="torch.compile the network, eager with a warning if compiling fails (sampler.compile)")
+    gen.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="sampler.*, noise.* or generate.* settings that differ from the run's, "
+                          "e.g. sampler.step_rule=snr sampler.steps_per_level=10")
+    gen.add_argument("--dry-run", action="store_true", help="print what would be generated and exit")
 
-    plan = commands.add_parser(
-        "plan", formatter_class=formatter,
-        help="NCSNv2 noise plan (σ_1, γ, L, ε) as JSON",
-        epilog="examples: hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232\n"
-               "          hpc-ncsn plan --config configs/debug.yaml",
-    )
+
+def _add_evaluate_args(ev: argparse.ArgumentParser) -> None:
+    ev.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
+    ev.add_argument("--config", type=Path, default=None,
+                    help="config whose data set is the reference and whose evaluate.* section applies "
+                         "(default: the run's config.yaml)")
+    ev.add_argument("--extractor", default=None,
+                    help="torch-fidelity feature extractor (default: evaluate.extractor, else digits-classifier "
+                         "for digits and inception-v3-compat otherwise)")
+    ev.add_argument("--weights", type=Path, default=None,
+                    help="local extractor weights (offline clusters: torch-fidelity's Inception .pth; "
+                         "default: evaluate.weights)")
+    ev.add_argument("--cache", type=Path, default=None,
+                    help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
+                         "else ~/.cache/hpc_ncsn/reference)")
+    ev.add_argument("--batch-size", type=int, default=None,
+                    help=f"images per extractor batch (default: evaluate.batch_size, built-in "
+                         f"{EvaluateConfig().batch_size})")
+    ev.add_argument("--out", type=Path, default=None, help="report JSON (default: SAMPLES/metrics.json)")
+    ev.add_argument("--dry-run", action="store_true", help="print what would be evaluated and exit")
+
+
+def _add_toy_args(toy: argparse.ArgumentParser) -> None:
+    toy.add_argument("--means", default="[[-5,-5],[5,5]]", help="mixture means, a list of [x, y]")
+    toy.add_argument("--weights", default="[0.2,0.8]", help="mixture weights (normalized)")
+    toy.add_argument("--std", type=float, default=1.0, help="component standard deviation")
+    types = typing.get_type_hints(ToySettings)
+    for setting in fields(ToySettings):
+        toy.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name, type=types[setting.name],
+                         default=setting.default, help=setting.metadata["help"])
+    toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="folder for the JSON and the figure")
+    toy.add_argument("--dry-run", action="store_true", help="print the settings and exit")
+
+
+def _add_plan_args(plan: argparse.ArgumentParser) -> None:
     _add_config_args(plan)
     plan.add_argument("--dim", type=int, default=None, help="data dimension D (instead of a data set)")
     plan.add_argument("--sigma-max", type=float, default=None,
                       help="σ_1; default: the largest pairwise distance in the config's data set")
     plan.add_argument("--sigma-min", type=float, default=None, help="σ_L; default: the config's noise.sigma_min")
     plan.add_argument("--steps", type=int, default=5, help="Langevin steps per level T")
-    plan.add_argument("--num-levels", type=int, default=None,
-                      help="fix L instead of choosing it by technique 2")
+    plan.add_argument("--num-levels", type=int, default=None, help="fix L instead of choosing it by technique 2")
     plan.add_argument("--dry-run", action="store_true", help="print the inputs and exit")
-    plan.set_defaults(handler=_cmd_plan)
 
-    toy = commands.add_parser(
-        "toy", formatter_class=formatter,
-        help="NCSN's 2-D mixture toy: mode weights from Langevin vs annealed Langevin",
-        epilog="example: hpc-ncsn toy --means '[[-5,-5],[5,5]]' --weights '[0.2,0.8]' --std 1 --out runs/toy",
-    )
-    toy.add_argument("--means", default="[[-5,-5],[5,5]]", help="mixture means, a list of [x, y]")
-    toy.add_argument("--weights", default="[0.2,0.8]", help="mixture weights (normalized)")
-    toy.add_argument("--std", type=float, default=1.0, help="component standard deviation")
-    for setting in fields(ToySettings):
-        toy.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name, type=setting.type,
-                         default=setting.default, help=setting.metadata["help"])
-    toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="folder for the JSON and the figure")
-    toy.add_argument("--dry-run", action="store_true", help="print the settings and exit")
-    toy.set_defaults(handler=_cmd_toy)
 
-    gen = commands.add_parser(
-        "generate", formatter_class=formatter,
-        help="draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)",
-        epilog="examples: hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples --num-samples 1000\n"
-               "          torchrun --nproc_per_node 4 -m hpc_ncsn generate --run-dir runs/cifar10 "
-               "--out runs/cifar10/samples --num-samples 50000",
-    )
-    gen.add_argument("--run-dir", type=Path, required=True, help="run folder (newest checkpoint) or a checkpoint folder")
-    gen.add_argument("--out", type=Path, required=True, help="folder for shard-*.h5 and manifest.json")
-    gen.add_argument("--num-samples", type=int, default=50_000, help="samples 0..N-1")
-    gen.add_argument("--shard-size", type=int, default=1000, help="samples per shard (the unit of resumption)")
-    gen.add_argument("--batch-size", type=int, default=250, help="samples per network evaluation batch")
-    gen.add_argument("--seed", type=int, default=0, help="sample i's noise depends on (seed, i) only")
-    gen.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                     help="the network's precision (bf16 autocast; the Langevin state stays float32)")
-    gen.add_argument("--channels-last", action="store_true", help="run the network in channels_last layout")
-    gen.add_argument("--compile", action="store_true",
-                     help="torch.compile the network (falls back to eager with a warning if compiling fails)")
-    gen.add_argument("overrides", nargs="*", metavar="noise.KEY=VALUE",
-                     help="sampler settings different from the run's, e.g. noise.schedule=snr")
-    gen.add_argument("--dry-run", action="store_true", help="print what would be generated and exit")
-    gen.set_defaults(handler=_cmd_generate)
-
-    ev = commands.add_parser(
-        "evaluate", formatter_class=formatter,
-        help="FID/KID/IS of sample shards against the training set (multi-process with torchrun)",
-        epilog="examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
-               "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
-               "--weights weights-inception-2015-12-05.pth",
-    )
-    ev.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
-    ev.add_argument("--config", type=Path, default=None,
-                    help="config whose data set is the reference (default: the run's config.yaml)")
-    ev.add_argument("--extractor", default=None,
-                    help="torch-fidelity feature extractor (default: digits-classifier for digits, "
-                         "inception-v3-compat otherwise)")
-    ev.add_argument("--weights", type=Path, default=None,
-                    help="local extractor weights (offline clusters: torch-fidelity's Inception .pth)")
-    ev.add_argument("--cache", type=Path, default=None,
-                    help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
-                         "else ~/.cache/hpc_ncsn/reference)")
-    ev.add_argument("--batch-size", type=int, default=200, help="images per extractor batch")
-    ev.add_argument("--out", type=Path, default=None, help="report JSON (default: SAMPLES/metrics.json)")
-    ev.add_argument("--dry-run", action="store_true", help="print what would be evaluated and exit")
-    ev.set_defaults(handler=_cmd_evaluate)
-
-    agg = commands.add_parser(
-        "aggregate", formatter_class=formatter,
-        help="a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots",
-        epilog="example: hpc-ncsn aggregate --sweep runs/sweep-debug",
-    )
+def _add_aggregate_args(agg: argparse.ArgumentParser) -> None:
     agg.add_argument("--sweep", type=Path, required=True, help="sweep folder (holds sweep.json)")
     agg.add_argument("--no-plots", action="store_true", help="write the tables only")
     agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")
-    agg.set_defaults(handler=_cmd_aggregate)
+
+
+def _sweep_parser(parser: argparse.ArgumentParser, script: str) -> None:
+    from .sweep.launch import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(handler=_cmd_sweep, script=script)
+
+
+def _sweep_description() -> str:
+    from .sweep import launch
+
+    return launch.__doc__
+
+
+# (name, help, formatter, add arguments, handler, epilog)
+COMMANDS = [
+    ("train", "train a score network (same as train.py; run it under accelerate launch for several processes)",
+     RAW, _add_train_args, _cmd_train, TRAIN_HELP),
+    ("sweep", "run a sweep: schedule × seed (× any key) → train → sample → evaluate → table (= launch/sweep.py)",
+     RAW, None, None, None),
+    ("generate", "draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)", DEFAULTS,
+     _add_generate_args, _cmd_generate,
+     "examples: hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples --num-samples 1000\n"
+     "          torchrun --nproc_per_node 4 -m hpc_ncsn generate --run-dir runs/cifar10 "
+     "--out runs/cifar10/samples --num-samples 50000"),
+    ("evaluate", "FID/KID/IS of sample shards against the training set (multi-process with torchrun)", DEFAULTS,
+     _add_evaluate_args, _cmd_evaluate,
+     "examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
+     "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
+     "--weights weights-inception-2015-12-05.pth"),
+    ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots", DEFAULTS,
+     _add_aggregate_args, _cmd_aggregate, "example: hpc-ncsn aggregate --sweep runs/sweep-debug"),
+    ("plan", "NCSNv2 noise plan (σ_1, γ, L, ε) as JSON", DEFAULTS, _add_plan_args, _cmd_plan,
+     "examples: hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232\n"
+     "          hpc-ncsn plan --config configs/debug.yaml"),
+    ("toy", "NCSN's 2-D mixture toy: mode weights from Langevin vs annealed Langevin", DEFAULTS, _add_toy_args,
+     _cmd_toy, "example: hpc-ncsn toy --means '[[-5,-5],[5,5]]' --weights '[0.2,0.8]' --std 1 --out runs/toy"),
+    ("config", "print the resolved config (YAML)", DEFAULTS, _add_config_args, _cmd_config,
+     "example: hpc-ncsn config --config configs/debug.yaml noise.ladder=linear"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpc-ncsn", description=__doc__, formatter_class=RAW)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, formatter, add, handler, epilog in COMMANDS:
+        if name == "sweep":
+            sub = commands.add_parser(name, help=help_text, description=_sweep_description(), formatter_class=RAW)
+            _sweep_parser(sub, "hpc-ncsn sweep")
+            continue
+        sub = commands.add_parser(name, help=help_text, formatter_class=formatter, epilog=epilog,
+                                  description=TRAIN_HELP if name == "train" else help_text)
+        add(sub)
+        sub.set_defaults(handler=handler)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    """Run a parsed command; user mistakes end in one line on stderr."""
+    from .sweep.launch import SweepMismatch
+
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except SweepMismatch as error:
+        print(f"sweep: {error}", file=sys.stderr)
         return 2
     except Preempted as stop:
         print(f"preempted: {stop}", file=sys.stderr)
@@ -281,6 +383,25 @@ def main(argv: list[str] | None = None) -> int:
             from .distributed import release
 
             release()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _run(build_parser().parse_args(argv))
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """`python train.py …` (also under `accelerate launch` and torchrun)."""
+    parser = argparse.ArgumentParser(prog="train.py", description=TRAIN_HELP, formatter_class=RAW)
+    _add_train_args(parser)
+    parser.set_defaults(handler=_cmd_train)
+    return _run(parser.parse_args(argv))
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    """`python launch/sweep.py …`."""
+    parser = argparse.ArgumentParser(prog="launch/sweep.py", description=_sweep_description(), formatter_class=RAW)
+    _sweep_parser(parser, "python launch/sweep.py")
+    return _run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,45 +1,126 @@
-"""Typed, frozen experiment configuration: YAML files plus `key.sub=value` overrides.
+"""Typed, frozen experiment configuration: YAML files plus `section.key=value` overrides.
 
-A config is a tree of frozen dataclasses. `load_config` reads a YAML file, applies
-command-line overrides, checks every key and type, and validates ranges; any
-mistake raises `ConfigError` naming the key and what would be valid.
+A config is a tree of frozen dataclasses, one per pipeline stage:
+
+    data       the training images (or the 2-D toy)
+    noise      the σ ladder: its shape (geometric | linear), σ_1, σ_L and L (what the network is trained on)
+    sampler    annealed Langevin: the step rule (ncsn | snr) and its constants, and how the network runs
+    model      the score network
+    train      the training loop
+    generate   how many samples, in which shards, in which batches
+    evaluate   the feature extractor that scores them
+
+The ablation's arms are named presets of (noise.ladder, sampler.step_rule), see `ARMS`.
+Only `data`, `noise`, `model` and `train` change the trained weights; a sweep shares a
+training between cells that differ elsewhere.
+
+`load_config` reads a YAML file, applies overrides and checks every key, type and
+range; a mistake raises `ConfigError` naming the key and the fix. Building a section
+in Python (`TrainConfig(steps=-1)`) is checked the same way. Files written before the
+ladder and the sampler were separate sections (`noise.schedule`, `eval.*`) still load,
+with a warning that says how to rewrite them.
+
+This module imports only the standard library and PyYAML, so that reading a config
+(and every `--help`) stays fast.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
 
 __all__ = [
+    "ARMS",
+    "Arm",
     "Config",
     "ConfigError",
     "DataConfig",
+    "EvaluateConfig",
+    "GenerateConfig",
+    "LegacyConfigWarning",
     "ModelConfig",
     "NoiseConfig",
+    "SamplerConfig",
     "TrainConfig",
+    "arm_of",
+    "arm_overrides",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
     "load_config",
 ]
 
-SCHEDULES = ("geometric", "linear", "snr")
-DATASETS = ("cifar10", "digits", "toy2d")
-
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong; the message names the key and the fix."""
 
 
+class LegacyConfigWarning(UserWarning):
+    """A config uses a key of the old layout (noise.schedule, eval.*); it was translated."""
+
+
 @dataclass(frozen=True)
-class DataConfig:
+class Arm:
+    """One arm of the noise-schedule ablation: a σ ladder and a Langevin step-size rule."""
+
+    ladder: str
+    step_rule: str
+
+
+# The ablation's arms. The snr arm samples the geometric ladder's network with another step rule.
+ARMS = {
+    "geometric": Arm(ladder="geometric", step_rule="ncsn"),
+    "linear": Arm(ladder="linear", step_rule="ncsn"),
+    "snr": Arm(ladder="geometric", step_rule="snr"),
+}
+
+
+def arm_overrides(arm: str) -> list[str]:
+    """The overrides that select an arm: noise.ladder and sampler.step_rule."""
+    if arm not in ARMS:
+        raise ConfigError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
+    return [f"noise.ladder={ARMS[arm].ladder}", f"sampler.step_rule={ARMS[arm].step_rule}"]
+
+
+def arm_of(config: "Config") -> str | None:
+    """The name of the arm a config runs, or None when its (ladder, step rule) is no named arm."""
+    found = Arm(config.noise.ladder, config.sampler.step_rule)
+    return next((name for name, arm in ARMS.items() if arm == found), None)
+
+
+class _Section:
+    """A config section: fields are type-checked and validated when the dataclass is built."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            coerced = _coerce(value, hints[item.name], f"{self.SECTION}.{item.name}")
+            if coerced is not value:
+                object.__setattr__(self, item.name, coerced)
+        try:
+            self.validate()
+        except _Invalid as error:
+            raise ConfigError(f"{self.SECTION}.{error.key}: {error}") from None
+
+    def validate(self) -> None:
+        """Range checks; raise through `_require`."""
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    SECTION: ClassVar[str] = "data"
     name: Literal["cifar10", "digits", "toy2d"] = "digits"
     data_root: str = "data"
     download: bool = False
@@ -67,23 +148,14 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class NoiseConfig:
-    """The σ ladder and the Langevin sampler: one ablation arm (see schedules.ARMS).
+class NoiseConfig(_Section):
+    """The σ ladder σ_1 > … > σ_L the network is trained on (and sampled along)."""
 
-    `init`: 'gaussian' starts the chains from N(1/2, σ_1²I), the level-1 prior;
-    'uniform' from U(0, 1) as NCSN/NCSNv2 did. The SNR arm needs 'gaussian' when
-    σ_1 dwarfs the data spread: from U(0, 1) its first steps overshoot.
-    """
-
-    schedule: Literal["geometric", "linear", "snr"] = "geometric"
+    SECTION: ClassVar[str] = "noise"
+    ladder: Literal["geometric", "linear"] = "geometric"
     sigma_max: float = 50.0
     sigma_min: float = 0.01
     num_levels: int = 232
-    steps_per_level: int = 5
-    step_lr: float = 6.2e-6
-    snr: float = 0.16
-    init: Literal["uniform", "gaussian"] = "gaussian"
-    final_denoise: bool = True
 
     def validate(self) -> None:
         _require(self.sigma_min > 0, "sigma_min", "must be > 0")
@@ -94,13 +166,40 @@ class NoiseConfig:
             f"must be smaller than sigma_max ({self.sigma_min} >= {self.sigma_max})",
         )
         _require(self.num_levels >= 2, "num_levels", "must be at least 2 (L >= 2)")
+
+
+@dataclass(frozen=True)
+class SamplerConfig(_Section):
+    """Annealed Langevin along the ladder: the step rule, its constants, and how the network runs.
+
+    `step_rule`: 'ncsn' uses α_i = step_lr·σ_i²/σ_L²; 'snr' a per-sample step from the
+    signal-to-noise ratio `snr`. `init`: 'gaussian' starts the chains from N(1/2, σ_1²I),
+    the level-1 prior; 'uniform' from U(0, 1) as NCSN/NCSNv2 did (the SNR rule overshoots
+    from there when σ_1 dwarfs the data spread). `precision`, `channels_last`, `compile`:
+    how the network is evaluated (bf16 moves samples within its rounding, so shards
+    record it; the Langevin state and its noise stay float32).
+    """
+
+    SECTION: ClassVar[str] = "sampler"
+    step_rule: Literal["ncsn", "snr"] = "ncsn"
+    steps_per_level: int = 5
+    step_lr: float = 6.2e-6
+    snr: float = 0.16
+    init: Literal["uniform", "gaussian"] = "gaussian"
+    final_denoise: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def validate(self) -> None:
         _require(self.steps_per_level >= 1, "steps_per_level", "must be at least 1")
         _require(self.step_lr > 0, "step_lr", "must be > 0")
         _require(self.snr > 0, "snr", "must be > 0")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    SECTION: ClassVar[str] = "model"
     kind: Literal["unet", "mlp"] = "unet"
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2)
@@ -122,17 +221,17 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """The training loop; `batch_size` is the global batch of one optimizer step.
 
     Speed switches (same model, same checkpoints): `fused_optimizer` uses the fused
-    Adam/AdamW kernels and decides on the device whether a step had non-finite
-    values, so a step never waits for the GPU (false: the plain optimizer with
-    host-side checks; DeepSpeed and fp16 always use those). `channels_last` stores
-    activations NHWC; `compile` runs the network through torch.compile, falling
-    back to eager with a warning when compiling fails.
+    Adam/AdamW kernels, which read the step's skip flag on the device, so a step never
+    waits for the GPU (false: the plain optimizer, which reads the flag on the host).
+    `channels_last` stores activations NHWC; `compile` runs the network through
+    torch.compile, falling back to eager with a warning when compiling fails.
     """
 
+    SECTION: ClassVar[str] = "train"
     seed: int = 0
     steps: int = 2000
     batch_size: int = 128
@@ -171,46 +270,58 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """Sample generation and scoring in a sweep: how many samples, in which shards, scored how.
+class GenerateConfig(_Section):
+    """Samples 0..num_samples-1 in shards of `shard_size` (the unit of resumption), `batch_size` per network call."""
 
-    `extractor`: a torch-fidelity feature extractor name, '' for the data set's default
-    (digits-classifier for digits, inception-v3-compat otherwise); `weights`: a local
-    weights file for it, '' to let torch-fidelity download (needs the internet).
-    `precision`, `channels_last`, `compile`: how the sampler runs the score network
-    (bf16 autocast moves the samples within bf16 round-off, so shards record it;
-    the Langevin state and its noise stay float32).
-    """
-
+    SECTION: ClassVar[str] = "generate"
     num_samples: int = 50_000
     shard_size: int = 1000
-    sample_batch_size: int = 250
-    batch_size: int = 200
-    extractor: str = ""
-    weights: str = ""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    batch_size: int = 250
 
     def validate(self) -> None:
         _require(self.num_samples >= 2, "num_samples", "must be at least 2 (FID needs a covariance)")
-        for key in ("shard_size", "sample_batch_size", "batch_size"):
-            _require(getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self.shard_size >= 1, "shard_size", "must be >= 1")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_Section):
+    """How samples are scored. `extractor`: a torch-fidelity feature extractor name, '' for the
+    data set's default (digits-classifier for digits, inception-v3-compat otherwise); `weights`:
+    a local weights file for it, '' to let torch-fidelity download (needs the internet)."""
+
+    SECTION: ClassVar[str] = "evaluate"
+    extractor: str = ""
+    weights: str = ""
+    batch_size: int = 200
+
+    def validate(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
-    def validate(self) -> None:
-        if self.model.kind == "mlp":
-            _require(self.data.name == "toy2d", "model.kind", "'mlp' works on data.name=toy2d only; use 'unet'")
-        if self.data.name == "toy2d":
-            _require(self.model.kind == "mlp", "model.kind", "data.name=toy2d needs model.kind=mlp")
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not isinstance(value, item.default_factory):
+                raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {value!r}")
+        if self.model.kind == "mlp" and self.data.name != "toy2d":
+            raise ConfigError("model.kind: 'mlp' works on data.name=toy2d only; use 'unet'")
+        if self.data.name == "toy2d" and self.model.kind != "mlp":
+            raise ConfigError("model.kind: data.name=toy2d needs model.kind=mlp")
+
+    @property
+    def arm(self) -> str | None:
+        return arm_of(self)
 
 
 class _Invalid(Exception):
@@ -224,44 +335,136 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise _Invalid(key, message)
 
 
-def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """A Config from a nested dict (e.g. `config_to_dict` output saved in a checkpoint), plus overrides."""
+# Loading -------------------------------------------------------------------------------------
+
+def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), *, source: str = "") -> Config:
+    """A Config from a nested dict (a checkpoint's, a sweep's), plus `section.key=value` overrides."""
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source or 'the config'} must hold a mapping of sections, got {type(tree).__name__}")
     tree = {section: dict(values) if isinstance(values, Mapping) else values for section, values in tree.items()}
+    tree = _migrate(tree, source)
     for item in overrides:
         _apply_override(tree, item)
     return _build(Config, tree, prefix="")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
-    tree: dict[str, Any] = {}
+    """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides."""
+    tree: Any = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/debug.yaml")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
-        tree = loaded
-    for item in overrides:
-        _apply_override(tree, item)
-    return _build(Config, tree, prefix="")
+        try:
+            tree = yaml.load(path.read_text(), Loader=_StrictLoader)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"config file {path}{where}: {problem}; fix the YAML there") from None
+        if tree is None:
+            tree = {}
+    return config_from_dict(tree, overrides, source=str(path) if path else "")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the second would silently win)."""
+
+
+def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicate_keys)
+
+
+# The layout before the ladder and the sampler were separate sections: old key → new key.
+_LEGACY_KEYS = {
+    **{f"noise.{key}": f"sampler.{key}" for key in ("steps_per_level", "step_lr", "snr", "init", "final_denoise")},
+    "eval.num_samples": "generate.num_samples",
+    "eval.shard_size": "generate.shard_size",
+    "eval.sample_batch_size": "generate.batch_size",
+    "eval.batch_size": "evaluate.batch_size",
+    "eval.extractor": "evaluate.extractor",
+    "eval.weights": "evaluate.weights",
+    "eval.precision": "sampler.precision",
+    "eval.channels_last": "sampler.channels_last",
+    "eval.compile": "sampler.compile",
+}
+
+
+def _legacy_assignments(key: str, value: Any) -> list[tuple[str, Any]] | None:
+    """The new (key, value) pairs of an old key, or None when `key` is not an old one."""
+    if key == "noise.schedule":
+        arm = ARMS.get(value)
+        if arm is None:
+            raise ConfigError(f"noise.schedule: {value!r} is not a valid choice; choose one of {', '.join(ARMS)} "
+                              "(the arms now set noise.ladder and sampler.step_rule)")
+        return [("noise.ladder", arm.ladder), ("sampler.step_rule", arm.step_rule)]
+    if key in _LEGACY_KEYS:
+        return [(_LEGACY_KEYS[key], value)]
+    if key.startswith("eval."):
+        return None  # an unknown eval.* key: _build names it
+    return None
+
+
+def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """Translate old-layout keys of a config tree into the new sections (with a warning)."""
+    moved = []
+    for section in ("noise", "eval"):
+        values = tree.get(section)
+        if not isinstance(values, dict):
+            continue
+        for key in list(values):
+            assignments = _legacy_assignments(f"{section}.{key}", values[key])
+            if assignments is None:
+                continue
+            value = values.pop(key)
+            for new_key, new_value in assignments:
+                new_section, name = new_key.split(".")
+                target = tree.setdefault(new_section, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"{new_section} must be a mapping of keys, got {target!r}")
+                if name in target and target[name] != new_value:
+                    raise ConfigError(f"{source or 'the config'} sets both {section}.{key} (old layout) and "
+                                      f"{new_key}; keep only {new_key}")
+                target[name] = new_value
+            moved.append(f"{section}.{key} → {', '.join(k for k, _ in assignments)}")
+        if section == "eval" and not values:
+            tree.pop("eval")
+    if moved:
+        fix = (f"rewrite it with: hpc-ncsn config --config {source} > NEW.yaml" if source.endswith((".yaml", ".yml"))
+               else "use the new keys")
+        warnings.warn(f"{source or 'config'} uses the old layout ({'; '.join(moved)}); read as the new keys, "
+                      f"{fix}", LegacyConfigWarning, stacklevel=3)
+    return tree
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
+    key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. noise.sigma_max=50")
-    node = tree
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    assignments = _legacy_assignments(key, value)
+    if assignments is not None:
+        warnings.warn(f"override {key} is of the old layout; read as "
+                      f"{', '.join(f'{k}={v}' for k, v in assignments)}", LegacyConfigWarning, stacklevel=3)
+    for key, value in assignments or [(key, value)]:
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
@@ -273,20 +476,9 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     for key in values:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), str(key), list(fields)))
-    kwargs = {}
-    for name, value in values.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix + name + ".")
-        else:
-            kwargs[name] = _coerce(value, hint, prefix + name)
-    config = cls(**kwargs)
-    try:
-        config.validate()
-    except _Invalid as error:
-        key = prefix + error.key
-        raise ConfigError(f"{key}: {error}") from None
-    return config
+    kwargs = {name: _build(hints[name], value, prefix + name + ".") if dataclasses.is_dataclass(hints[name])
+              else _coerce(value, hints[name], prefix + name) for name, value in values.items()}
+    return cls(**kwargs)
 
 
 def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
@@ -301,6 +493,7 @@ _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """`value` as the field type `hint` (int → float, list → tuple), or ConfigError naming `key`."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Literal:
@@ -313,10 +506,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
+            items = tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        elif len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        else:
+            items = tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return value if isinstance(value, tuple) and all(a is b for a, b in zip(items, value)) else items
     if origin in (typing.Union, types.UnionType):
         raise AssertionError(f"config field {key} uses a Union type, which the loader does not support")
     if hint is bool:
@@ -328,13 +523,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
         if isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return value if type(value) is float else float(number)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

@@ -8,14 +8,17 @@ steps (all ranks agree through an all-reduce), saves a checkpoint and raises
 submitit wrapper) then requeues the job, and the rerun resumes from the checkpoint
 or the valid shards. A job killed without warning resumes from its last periodic
 checkpoint the same way.
+
+`requeue(job_id)` is the one place that asks Slurm to requeue a job.
 """
 
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 
-__all__ = ["EXIT_CODE", "Preempted", "agreed", "install", "requested", "reset"]
+__all__ = ["EXIT_CODE", "Preempted", "agreed", "install", "requeue", "requested"]
 
 SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 EXIT_CODE = 75  # EX_TEMPFAIL: a command stopped by Preempted exits with it; rerun or requeue to resume
@@ -42,10 +45,6 @@ def requested() -> str | None:
     return _state["signal"]
 
 
-def reset() -> None:
-    _state["signal"] = None
-
-
 def agreed(device) -> bool:
     """Whether any rank was asked to stop (a collective: every rank must call it at the same point)."""
     import torch
@@ -56,3 +55,11 @@ def agreed(device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
+
+
+def requeue(job_id: str) -> str | None:
+    """Ask Slurm to put `job_id` (JOB or ARRAY_TASK form) back in the queue; None on success, else why not."""
+    done = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if done.returncode:  # e.g. already requeued from outside (scontrol requeue sends SIGTERM first)
+        return done.stderr.strip() or f"scontrol exited with {done.returncode}"
+    return None

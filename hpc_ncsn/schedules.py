@@ -15,13 +15,12 @@ change every experiment that names it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 __all__ = [
-    "ARMS",
-    "Arm",
+    "LADDERS",
+    "STEP_RULES",
     "geometric_sigmas",
     "ladder",
     "linear_sigmas",
@@ -76,28 +75,15 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> torch
     return 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One arm of the ablation: a σ ladder and a step-size rule ('ncsn' or 'snr')."""
-
-    ladder: str
-    step_rule: str
-
-
 LADDERS = {"geometric": geometric_sigmas, "linear": linear_sigmas}
-
-ARMS = {
-    "geometric": Arm(ladder="geometric", step_rule="ncsn"),
-    "linear": Arm(ladder="linear", step_rule="ncsn"),
-    "snr": Arm(ladder="geometric", step_rule="snr"),
-}
+STEP_RULES = ("ncsn", "snr")  # ncsn_step_sizes (per level) and snr_step_size (per sample and step)
 
 
-def ladder(schedule: str, sigma_max: float, sigma_min: float, num_levels: int) -> torch.Tensor:
-    """The σ ladder of an ablation arm named in `ARMS`."""
-    if schedule not in ARMS:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(ARMS)}")
-    return LADDERS[ARMS[schedule].ladder](sigma_max, sigma_min, num_levels)
+def ladder(name: str, sigma_max: float, sigma_min: float, num_levels: int) -> torch.Tensor:
+    """The σ ladder named `name` in `LADDERS` (noise.ladder); the ablation's arms are in hpc_ncsn.config.ARMS."""
+    if name not in LADDERS:
+        raise ValueError(f"unknown ladder {name!r}; choose one of {', '.join(LADDERS)}")
+    return LADDERS[name](sigma_max, sigma_min, num_levels)
 
 
 def _check_ladder(sigma_max: float, sigma_min: float, num_levels: int) -> None:

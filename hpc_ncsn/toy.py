@@ -6,16 +6,20 @@ uniformly over a box covering the modes, and compare the recovered mode weights
 with the true ones. Plain Langevin keeps the chains in the basin they start in, so
 it returns the basins' share of the box, not the mixture weights; annealing
 through large σ first recovers them.
+
+`ToySettings` is importable without torch (it feeds `hpc-ncsn toy --help`).
 """
 
+from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from .data import GaussianMixture
-from .sampling import SamplerPlan, annealed_langevin, initial_state, langevin
+    from .data import GaussianMixture
 
 __all__ = ["ToySettings", "run_toy", "save_toy_figure"]
 
@@ -34,17 +38,22 @@ class ToySettings:
     steps_per_level: int = field(default=100, metadata={"help": "annealed: T steps per level"})
     step_lr: float = field(default=0.05, metadata={"help": "annealed: ε in α_i = ε·σ_i²/σ_L²"})
 
+
 def run_toy(mixture: GaussianMixture, settings: ToySettings) -> tuple[dict, dict[str, torch.Tensor]]:
     """Run both samplers; returns (JSON-ready report, {'data', 'langevin', 'annealed'} samples)."""
+    import torch
+
+    from .sampling import SamplerPlan, annealed_langevin, initial_state, langevin
+    from .schedules import geometric_sigmas
+
     indices = torch.arange(settings.num_samples)
     low, high = mixture.bounding_box()
     start = initial_state(settings.seed, indices, (mixture.means.shape[1],), init="uniform",
                           sigma_max=settings.sigma_max, low=low, high=high, dtype=torch.float64)
     plain = langevin(mixture.score, start, sigma=0.0, step_size=settings.plain_step_size,
                      steps=settings.plain_steps, seed=settings.seed, indices=indices)
-    plan = SamplerPlan.for_arm("geometric", sigma_max=settings.sigma_max, sigma_min=settings.sigma_min,
-                               num_levels=settings.num_levels, steps_per_level=settings.steps_per_level,
-                               step_lr=settings.step_lr, snr=1.0, final_denoise=False)
+    plan = SamplerPlan(geometric_sigmas(settings.sigma_max, settings.sigma_min, settings.num_levels), "ncsn",
+                       settings.steps_per_level, step_lr=settings.step_lr, final_denoise=False)
     annealed = annealed_langevin(mixture.score, start, plan, seed=settings.seed, indices=indices)
     data = mixture.sample(settings.num_samples, torch.Generator().manual_seed(settings.seed))
     true = mixture.weights

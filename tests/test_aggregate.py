@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpc_ncsn.aggregate import aggregate
-from hpc_ncsn.grid import SweepSpec, TaskStatus, plan, write_status
-from hpc_ncsn.shards import ShardSpec, write_shard
+from hpc_ncsn.samples.shards import ShardSpec, write_shard
+from hpc_ncsn.sweep.aggregate import aggregate
+from hpc_ncsn.sweep.plan import SweepSpec, plan
+from hpc_ncsn.sweep.status import TaskStatus, write_status
 
 ROOT = Path(__file__).resolve().parent.parent
 FID = {("geometric", 0): 10.0, ("geometric", 1): 12.0, ("geometric", 2): 17.0, ("linear", 0): 30.0,
@@ -34,7 +35,7 @@ def sweep_folder(tmp_path):
         (task.folder / "metrics.jsonl").write_text("".join(
             json.dumps({"step": step, "loss_per_level": list(levels / step)}) + "\n" for step in (1, 2, 3)))
     for task in sweep.sample:
-        key = (dict(task.cell.axes)["schedule"], task.cell.seed)
+        key = (dict(task.group)["schedule"], task.seed)
         if key not in FID:
             continue
         task.folder.mkdir(parents=True)

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # runs bench/bench.py in a real process
 
 
 def test_benchmark_prints_and_writes_every_section(tmp_path):

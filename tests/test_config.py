@@ -1,10 +1,22 @@
 import dataclasses
+import sys
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hpc_ncsn.config import Config, ConfigError, config_to_dict, config_to_yaml, load_config
+from hpc_ncsn.config import (
+    Config,
+    ConfigError,
+    LegacyConfigWarning,
+    NoiseConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+)
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -27,20 +39,20 @@ def test_shipped_configs_load_and_round_trip(path, tmp_path):
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"noise": {"sigma_max": 10, "num_levels": 20}, "data": {"name": "digits"}}))
-    config = load_config(path, ["noise.num_levels=30", "noise.schedule=snr", "model.channel_mults=[1,2,4]",
-                                "noise.step_lr=2e-5", "noise.final_denoise=false"])
+    config = load_config(path, ["noise.num_levels=30", "sampler.step_rule=snr", "model.channel_mults=[1,2,4]",
+                                "sampler.step_lr=2e-5", "sampler.final_denoise=false"])
     assert config.noise.sigma_max == 10.0 and isinstance(config.noise.sigma_max, float)
-    assert config.noise.num_levels == 30 and config.noise.schedule == "snr"
+    assert config.noise.num_levels == 30 and config.sampler.step_rule == "snr" and config.arm == "snr"
     assert config.model.channel_mults == (1, 2, 4)
-    assert config.noise.step_lr == 2e-5 and config.noise.final_denoise is False
+    assert config.sampler.step_lr == 2e-5 and config.sampler.final_denoise is False
     assert config_to_dict(config)["model"]["channel_mults"] == [1, 2, 4]
 
 
 @pytest.mark.parametrize(
     "override, pattern",
     [
-        ("noise.sigma_mx=3", r"unknown config key 'noise.sigma_mx' \(did you mean 'sigma_max'\?\); valid keys in 'noise': schedule, sigma_max"),
-        ("nois.sigma_max=3", r"unknown config key 'nois' \(did you mean 'noise'\?\); valid sections: data, noise, model, train"),
+        ("noise.sigma_mx=3", r"unknown config key 'noise.sigma_mx' \(did you mean 'sigma_max'\?\); valid keys in 'noise': ladder, sigma_max"),
+        ("nois.sigma_max=3", r"unknown config key 'nois' \(did you mean 'noise'\?\); valid sections: data, noise, sampler, model, train, generate, evaluate"),
         ("noise.sigma_max=-1", r"noise.sigma_max: must be > 0"),
         ("noise.sigma_min=0", r"noise.sigma_min: must be > 0"),
         ("noise.sigma_min=60", r"noise.sigma_min: must be smaller than sigma_max"),
@@ -48,8 +60,14 @@ def test_yaml_then_overrides(tmp_path):
         ("noise.num_levels=2.5", r"noise.num_levels: expected an integer, got 2.5"),
         ("noise.num_levels=true", r"noise.num_levels: expected an integer"),
         ("noise.sigma_max=big", r"noise.sigma_max: expected a number, got 'big'"),
+        ("noise.ladder=cosine", r"noise.ladder: 'cosine' is not a valid choice; choose one of geometric, linear"),
+        ("sampler.step_rule=adaptive", r"sampler.step_rule: 'adaptive' is not a valid choice; choose one of ncsn, snr"),
         ("noise.schedule=cosine", r"noise.schedule: 'cosine' is not a valid choice; choose one of geometric, linear, snr"),
-        ("noise.final_denoise=1", r"noise.final_denoise: expected true or false"),
+        ("sampler.final_denoise=1", r"sampler.final_denoise: expected true or false"),
+        ("noise.sigma_max=inf", r"noise.sigma_max: expected a finite number, got .inf"),
+        ("train.lr=.nan", r"train.lr: expected a finite number"),
+        ("sampler.step_lr=-1e-5", r"sampler.step_lr: must be > 0"),
+        ("generate.num_samples=1", r"generate.num_samples: must be at least 2"),
         ("model.channel_mults=3", r"model.channel_mults: expected a list"),
         ("model.channel_mults=[1,a]", r"model.channel_mults\[1\]: expected an integer"),
         ("data.toy_weights=[1]", r"data.toy_weights: needs one weight per mean"),
@@ -59,9 +77,84 @@ def test_yaml_then_overrides(tmp_path):
         ("model.kind=mlp", r"model.kind: 'mlp' works on data.name=toy2d only"),
     ],
 )
+@pytest.mark.filterwarnings("ignore::hpc_ncsn.config.LegacyConfigWarning")
 def test_bad_values_name_the_key(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(None, [override])
+
+
+def test_sections_built_in_python_are_checked_like_loaded_ones():
+    with pytest.raises(ConfigError, match="train.steps: must be >= 1"):
+        TrainConfig(steps=-1)
+    with pytest.raises(ConfigError, match="train.mixed_precision: 'fp8' is not a valid choice"):
+        TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="noise.sigma_max: expected a finite number"):
+        NoiseConfig(sigma_max=float("inf"))
+    with pytest.raises(ConfigError, match="noise must be a NoiseConfig"):
+        Config(noise={"ladder": "linear"})
+    assert NoiseConfig(sigma_max=3).sigma_max == 3.0 and isinstance(NoiseConfig(sigma_max=3).sigma_max, float)
+
+
+OLD_LAYOUT = """
+noise:
+  schedule: snr
+  sigma_max: 8.54
+  steps_per_level: 3
+  step_lr: 1.61e-5
+eval:
+  num_samples: 250
+  sample_batch_size: 50
+  batch_size: 100
+  precision: bf16
+"""
+
+
+def test_a_config_of_the_old_layout_loads_as_the_new_keys_with_a_warning(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(OLD_LAYOUT)
+    with pytest.warns(LegacyConfigWarning, match=r"noise.schedule → noise.ladder, sampler.step_rule.*"
+                                                  r"hpc-ncsn config --config .*old.yaml > NEW.yaml"):
+        config = load_config(path)
+    assert (config.noise.ladder, config.sampler.step_rule, config.arm) == ("geometric", "snr", "snr")
+    assert config.sampler.steps_per_level == 3 and config.sampler.step_lr == 1.61e-5
+    assert config.sampler.precision == "bf16" and config.evaluate.batch_size == 100
+    assert (config.generate.num_samples, config.generate.batch_size) == (250, 50)
+    rewritten = tmp_path / "new.yaml"
+    rewritten.write_text(config_to_yaml(config))
+    assert load_config(rewritten) == config
+    with pytest.warns(LegacyConfigWarning, match="override noise.schedule"):
+        assert load_config(rewritten, ["noise.schedule=linear"]).arm == "linear"
+
+
+def test_old_and_new_keys_that_disagree_are_refused(tmp_path):
+    path = tmp_path / "both.yaml"
+    path.write_text("noise:\n  steps_per_level: 3\nsampler:\n  steps_per_level: 7\n")
+    with pytest.raises(ConfigError, match="sets both noise.steps_per_level"):
+        load_config(path)
+
+
+def test_checkpoint_configs_of_the_old_layout_still_load():
+    old = {"noise": {"schedule": "linear", "sigma_max": 5.0, "steps_per_level": 2}, "eval": {"num_samples": 10}}
+    with pytest.warns(LegacyConfigWarning):
+        config = config_from_dict(old)
+    assert config.noise.ladder == "linear" and config.sampler.steps_per_level == 2
+    assert config.generate.num_samples == 10
+
+
+def test_yaml_mistakes_name_the_file_and_line(tmp_path):
+    duplicate = tmp_path / "dup.yaml"
+    duplicate.write_text("noise:\n  sigma_max: 5\n  sigma_max: 50\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml line 3, column 3: key 'sigma_max' is given twice"):
+        load_config(duplicate)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("noise: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml line \d+, column \d+: .*fix the YAML"):
+        load_config(broken)
+
+
+def test_importing_the_config_does_not_import_torch():
+    code = "import hpc_ncsn.config, hpc_ncsn, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cifar10_needs_rgb():

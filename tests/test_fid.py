@@ -12,13 +12,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hpc_ncsn.fid import (
+from hpc_ncsn.evaluate.extractors import check_images
+from hpc_ncsn.evaluate.scores import (
     FeatureStats,
-    check_images,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
+    polynomial_kernel,
     small_sample_warning,
+    unbiased_mmd2,
 )
 
 
@@ -265,6 +267,7 @@ def _gloo_rank(rank: int, world_size: int, port: int, x: torch.Tensor, out: str)
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_single_process_statistics(tmp_path):
     x, y = features(301, 32, seed=16), features(256, 32, seed=17, shift=0.1)  # 301: unequal shares 151 + 150
     out = tmp_path / "rank0.pt"
@@ -325,12 +328,10 @@ def test_small_sample_warning():
 
 def test_kid_kernels_agree_on_torch_tensors_and_numpy_arrays():
     """KID runs its kernel matrices in torch on a GPU and in numpy on the CPU: one formula, both types."""
-    from hpc_ncsn.fid import _polynomial_kernel, _unbiased_mmd2
-
     rng = np.random.default_rng(3)
     x, y = rng.normal(size=(50, 16)), rng.normal(size=(50, 16)) + 0.2
-    kernels = lambda a, b: [_polynomial_kernel(p, q, 3, 1 / 16, 1.0) for p, q in ((a, a), (b, b), (a, b))]  # noqa: E731
-    with_numpy = _unbiased_mmd2(*kernels(x, y))
-    with_torch = _unbiased_mmd2(*kernels(torch.from_numpy(x), torch.from_numpy(y)))
+    kernels = lambda a, b: [polynomial_kernel(p, q, 3, 1 / 16, 1.0) for p, q in ((a, a), (b, b), (a, b))]  # noqa: E731
+    with_numpy = unbiased_mmd2(*kernels(x, y))
+    with_torch = unbiased_mmd2(*kernels(torch.from_numpy(x), torch.from_numpy(y)))
     assert isinstance(with_torch, torch.Tensor) and with_torch.dtype == torch.float64
     assert float(with_torch) == pytest.approx(float(with_numpy), rel=1e-12) and float(with_numpy) > 0

@@ -14,8 +14,11 @@ import pytest
 import torch
 
 from hpc_ncsn.config import load_config
-from hpc_ncsn.shards import ShardError, file_sha256, read_shard, validate_shard
+from hpc_ncsn.samples.shards import ShardError, file_sha256, read_shard
+from hpc_ncsn.samples.validation import validate_shard
 from helpers import TINY
+
+pytestmark = pytest.mark.slow  # real processes: train.py, hpc-ncsn generate/evaluate, torchrun
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -63,7 +66,8 @@ def test_generation_writes_valid_shards_and_a_manifest(trained_run, tmp_path):
     images, indices, attrs = read_shard(out / "shard-00002.h5")
     assert images.dtype == np.uint8 and images.shape == (2, 8, 8, 1)
     assert indices.tolist() == [10, 11]
-    assert attrs["schedule"] == "geometric" and attrs["checkpoint"] == "step-00000004"
+    assert attrs["arm"] == "geometric" and attrs["checkpoint"] == "step-00000004"
+    assert attrs["sampler"]["step_rule"] == "ncsn" and attrs["noise"]["ladder"] == "geometric"
     manifest = json.loads((out / "manifest.json").read_text())
     assert [entry["count"] for entry in manifest["shards"]] == [5, 5, 2]
     assert {entry["file"]: entry["sha256"] for entry in manifest["shards"]} == shard_digests(out)
@@ -96,9 +100,9 @@ def test_rerun_regenerates_only_missing_or_invalid_shards_identically(trained_ru
 def test_changed_sampler_regenerates_everything(trained_run, tmp_path):
     out = tmp_path / "samples"
     check(generate_cmd(trained_run, out), env(tmp_path))
-    report = json.loads(check(generate_cmd(trained_run, out, "noise.schedule=snr"), env(tmp_path)).splitlines()[-1])
+    report = json.loads(check(generate_cmd(trained_run, out, "sampler.step_rule=snr"), env(tmp_path)).splitlines()[-1])
     assert sorted(report["generated"]) == [0, 1, 2]
-    assert read_shard(out / "shard-00000.h5")[2]["schedule"] == "snr"
+    assert read_shard(out / "shard-00000.h5")[2]["arm"] == "snr"
 
 
 def test_bf16_network_precision_is_recorded_redraws_the_shards_and_stays_close(trained_run, tmp_path):
@@ -115,6 +119,22 @@ def test_bf16_network_precision_is_recorded_redraws_the_shards_and_stays_close(t
         difference = np.abs(fast.astype(int) - images.astype(int))
         # Measured: mean 0.07–0.15 levels, largest 8–14 (of 255) over the three shards.
         assert 0 < difference.mean() < 1 and difference.max() <= 64, (difference.mean(), difference.max())
+
+
+def test_settings_that_change_only_the_speed_keep_the_shards(trained_run, tmp_path):
+    out = tmp_path / "samples"
+    check(generate_cmd(trained_run, out), env(tmp_path))
+    report = json.loads(check(generate_cmd(trained_run, out, "--channels-last"), env(tmp_path)).splitlines()[-1])
+    assert report["generated"] == [] and report["kept"] == [0, 1, 2]
+
+
+def test_the_run_config_supplies_what_the_command_line_leaves_out(trained_run, tmp_path):
+    out = tmp_path / "samples"
+    command = [sys.executable, "-m", "hpc_ncsn", "generate", "--run-dir", str(trained_run), "--out", str(out),
+               "generate.num_samples=7", "generate.shard_size=4"]  # batch size: the run's generate.batch_size
+    check(command, env(tmp_path))
+    assert sorted(shard_digests(out)) == ["shard-00000.h5", "shard-00001.h5"]
+    assert json.loads((out / "manifest.json").read_text())["meta"]["num_samples"] == 7
 
 
 def test_killed_generator_leaves_no_bad_final_shard_and_rerun_completes_identically(trained_run, tmp_path):
@@ -161,9 +181,8 @@ def test_our_fid_matches_torch_fidelity_calculate_metrics(tmp_path, monkeypatch)
     import torch_fidelity
 
     from hpc_ncsn.data import load_images
-    from hpc_ncsn.features import register_extractors
-    from hpc_ncsn.fid import FeatureStats, frechet_distance, kernel_inception_distance
-    from hpc_ncsn.metrics import extract_features, load_extractor
+    from hpc_ncsn.evaluate.extractors import extract_features, load_extractor, register_extractors
+    from hpc_ncsn.evaluate.scores import FeatureStats, frechet_distance, kernel_inception_distance
 
     monkeypatch.setenv("HPC_NCSN_CACHE", str(tmp_path / "cache"))
     images = load_images(load_config(None, ["data.image_size=16", "data.channels=3"]).data)
@@ -200,7 +219,7 @@ class UInt8Dataset(torch.utils.data.Dataset):
 
 
 def test_evaluator_refuses_bad_images_with_the_reason(tmp_path):
-    from hpc_ncsn.metrics import extract_features, load_extractor
+    from hpc_ncsn.evaluate.extractors import extract_features, load_extractor
 
     os.environ.setdefault("HPC_NCSN_CACHE", str(tmp_path / "cache"))
     extractor = load_extractor("digits-classifier", None, torch.device("cpu"))
@@ -227,7 +246,7 @@ def test_evaluator_refuses_incomplete_sample_folders(trained_run, tmp_path):
 
 
 def test_stop_signal_ends_generation_between_shards_and_a_rerun_completes_identically(trained_run, tmp_path):
-    slow = ("--num-samples", "30", "--shard-size", "1", "noise.steps_per_level=40")
+    slow = ("--num-samples", "30", "--shard-size", "1", "sampler.steps_per_level=40")
     command = lambda out: [sys.executable, "-m", "hpc_ncsn", "generate", "--run-dir", str(trained_run),  # noqa: E731
                            "--out", str(out), "--batch-size", "4", *slow]
     out = tmp_path / "stopped"

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpc_ncsn.fid import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
-from hpc_ncsn.metrics import INCEPTION, extract_features, load_extractor
+from hpc_ncsn.evaluate.extractors import INCEPTION, extract_features, load_extractor
+from hpc_ncsn.evaluate.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from random_inception import write_random_inception  # noqa: E402
 
 N = 24
+pytestmark = pytest.mark.slow  # Inception at 299×299 on a CPU
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state, philox4x32, sample_normal, sample_uniform
+from hpc_ncsn.config import ARMS, NoiseConfig, SamplerConfig
+from hpc_ncsn.rng import philox4x32, sample_normal, sample_uniform
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
 
 
 @pytest.mark.parametrize(
@@ -55,12 +57,21 @@ def gaussian_score(mean: torch.Tensor, std: float):
     return lambda x, sigma: (mean - x) / (std**2 + sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2)
 
 
+def arm_plan(arm: str, *, sigma_max: float, sigma_min: float, num_levels: int, steps_per_level: int,
+             step_lr: float, snr: float, final_denoise: bool = True) -> SamplerPlan:
+    """The sampler plan of an ablation arm, through the config sections that name it."""
+    noise = NoiseConfig(ladder=ARMS[arm].ladder, sigma_max=sigma_max, sigma_min=sigma_min, num_levels=num_levels)
+    sampler = SamplerConfig(step_rule=ARMS[arm].step_rule, steps_per_level=steps_per_level, step_lr=step_lr, snr=snr,
+                            final_denoise=final_denoise)
+    return SamplerPlan.from_config(noise, sampler)
+
+
 DIM, STD = 64, 0.1
 MEAN = torch.linspace(0.2, 0.8, DIM, dtype=torch.float64)
 
 
 def sample_gaussian(schedule: str, init: str) -> torch.Tensor:
-    plan = SamplerPlan.for_arm(schedule, sigma_max=3.0, sigma_min=0.01, num_levels=30, steps_per_level=20,
+    plan = arm_plan(schedule, sigma_max=3.0, sigma_min=0.01, num_levels=30, steps_per_level=20,
                                step_lr=3e-5, snr=0.16, final_denoise=False)
     indices = torch.arange(2000)
     x0 = initial_state(0, indices, (DIM,), init=init, sigma_max=3.0, dtype=torch.float64)
@@ -96,9 +107,9 @@ def test_final_denoising_step_applies_tweedie():
     base = dict(sigma_max=2.0, sigma_min=0.5, num_levels=3, steps_per_level=2, step_lr=0.01, snr=0.16)
     indices = torch.arange(8)
     x0 = initial_state(1, indices, (2,), init="gaussian", sigma_max=2.0, dtype=torch.float64)
-    plain = annealed_langevin(score, x0, SamplerPlan.for_arm("geometric", **base, final_denoise=False),
+    plain = annealed_langevin(score, x0, arm_plan("geometric", **base, final_denoise=False),
                               seed=1, indices=indices)
-    denoised = annealed_langevin(score, x0, SamplerPlan.for_arm("geometric", **base, final_denoise=True),
+    denoised = annealed_langevin(score, x0, arm_plan("geometric", **base, final_denoise=True),
                                  seed=1, indices=indices)
     sigma_l = torch.full((8,), 0.5, dtype=torch.float64)
     assert torch.allclose(denoised, plain + 0.25 * score(plain, sigma_l))
@@ -106,7 +117,7 @@ def test_final_denoising_step_applies_tweedie():
 
 def test_samples_do_not_depend_on_batch_size():
     mean = torch.tensor([0.2, 0.8], dtype=torch.float64)
-    plan = SamplerPlan.for_arm("snr", sigma_max=1.0, sigma_min=0.01, num_levels=5, steps_per_level=3,
+    plan = arm_plan("snr", sigma_max=1.0, sigma_min=0.01, num_levels=5, steps_per_level=3,
                                step_lr=1e-5, snr=0.16)
 
     def draw(indices):
@@ -120,7 +131,7 @@ def test_samples_do_not_depend_on_batch_size():
 
 
 def test_progress_callback_sees_every_level_and_plan_counts_evaluations():
-    plan = SamplerPlan.for_arm("geometric", sigma_max=1.0, sigma_min=0.1, num_levels=4, steps_per_level=3,
+    plan = arm_plan("geometric", sigma_max=1.0, sigma_min=0.1, num_levels=4, steps_per_level=3,
                                step_lr=1e-3, snr=0.16)
     calls = []
     evaluations = []
@@ -151,7 +162,7 @@ def test_unet_samples_do_not_depend_on_batch_size():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    plan = SamplerPlan.for_arm("geometric", sigma_max=2.0, sigma_min=0.05, num_levels=4, steps_per_level=2,
+    plan = arm_plan("geometric", sigma_max=2.0, sigma_min=0.05, num_levels=4, steps_per_level=2,
                                step_lr=1e-4, snr=0.16)
 
     def draw(indices):

@@ -4,8 +4,8 @@ import typing
 import pytest
 import torch
 
-from hpc_ncsn.config import NoiseConfig
-from hpc_ncsn.schedules import ARMS, geometric_sigmas, ladder, linear_sigmas, ncsn_step_sizes, snr_step_size
+from hpc_ncsn.config import ARMS, NoiseConfig, SamplerConfig, arm_overrides, load_config
+from hpc_ncsn.schedules import LADDERS, STEP_RULES, geometric_sigmas, ladder, linear_sigmas, ncsn_step_sizes, snr_step_size
 
 
 def test_geometric_ladder_has_constant_ratio_and_exact_ends():
@@ -61,12 +61,18 @@ def test_snr_step_size_sets_the_update_signal_to_noise_ratio():
     assert torch.allclose(signal / injected, torch.full((5,), 0.16), rtol=1e-5)
 
 
-def test_arms_are_the_configurable_schedules():
-    assert set(ARMS) == set(typing.get_args(typing.get_type_hints(NoiseConfig)["schedule"]))
-    assert ARMS["snr"].step_rule == "snr" and ARMS["geometric"].step_rule == "ncsn"
-    assert torch.equal(ladder("snr", 50.0, 0.01, 20), geometric_sigmas(50.0, 0.01, 20))
+def test_arms_are_presets_of_the_configurable_ladders_and_step_rules():
+    assert set(LADDERS) == set(typing.get_args(typing.get_type_hints(NoiseConfig)["ladder"]))
+    assert set(STEP_RULES) == set(typing.get_args(typing.get_type_hints(SamplerConfig)["step_rule"]))
+    assert {(arm.ladder, arm.step_rule) for arm in ARMS.values()} == {
+        ("geometric", "ncsn"), ("linear", "ncsn"), ("geometric", "snr")}
+    snr = load_config(None, arm_overrides("snr"))
+    assert (snr.noise.ladder, snr.sampler.step_rule, snr.arm) == ("geometric", "snr", "snr")
+    assert load_config(None, ["noise.ladder=linear"]).arm == "linear"
+    assert load_config(None, ["noise.ladder=linear", "sampler.step_rule=snr"]).arm is None
+    assert torch.equal(ladder("geometric", 50.0, 0.01, 20), geometric_sigmas(50.0, 0.01, 20))
     assert torch.equal(ladder("linear", 50.0, 0.01, 20), linear_sigmas(50.0, 0.01, 20))
-    with pytest.raises(ValueError, match="geometric, linear, snr"):
+    with pytest.raises(ValueError, match="geometric, linear"):
         ladder("cosine", 50.0, 0.01, 20)
 
 

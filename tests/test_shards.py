@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpc_ncsn.shards import (
+from hpc_ncsn.samples.shards import (
     ShardError,
     ShardSpec,
     check_coverage,
@@ -16,12 +16,11 @@ from hpc_ncsn.shards import (
     read_manifest,
     read_shard,
     shard_path,
-    validate_shard,
-    validate_shards,
     verify_manifest,
     write_manifest,
     write_shard,
 )
+from hpc_ncsn.samples.validation import validate_shard, validate_shards
 
 ATTRS = {"schedule": "geometric", "sampler": {"steps_per_level": 5, "step_lr": 6.2e-6}, "seed": 3, "note": "x"}
 

@@ -18,9 +18,11 @@ import torch
 
 from helpers import TINY
 
+pytestmark = pytest.mark.slow  # a real Slurm on this machine, real jobs
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "slurm" / "local-cluster.sh"
-SWEEP = [*TINY, "eval.num_samples=20", "eval.shard_size=10"]
+SWEEP = [*TINY, "generate.num_samples=20", "generate.shard_size=10"]
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +117,9 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
     config = tmp_path / "config.json"
     config.write_text(json.dumps(spec["base"]))
     check = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.training import train; "
+        "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.train import train; "
         "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
-        str(config), "noise.schedule=geometric", "train.seed=0", f"train.out_dir={reference}"],
+        str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={reference}"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stderr[-3000:]
     interrupted, uninterrupted = ema_of(out / "train" / "schedule-geometric_seed-0"), ema_of(reference)

@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from hpc_ncsn.config import load_config
+from hpc_ncsn.config import arm_overrides, load_config
 from hpc_ncsn.ema import EMA
 from hpc_ncsn.model import build_score_model
+from hpc_ncsn.network import CompiledOrEager, NetworkSpeed, score_function
 from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
-from hpc_ncsn.speed import CompiledOrEager, NetworkSpeed, score_function
+from hpc_ncsn.train import Training
 from helpers import TINY
 
 
@@ -69,21 +70,13 @@ def test_ema_skip_flag_leaves_average_and_count_unchanged_and_loop_equals_foreac
 
 def _steps(config, steps: int):
     """Run `steps` of train.py's step from the same initialization; per-step losses, final weights, EMA."""
-    from accelerate.state import AcceleratorState
-
-    from hpc_ncsn.training import _prepare
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    run = _prepare(config)
+    run = Training.start(config)
     losses = []
     for _ in range(steps):
-        run.level_sums.zero_()
-        run.level_counts.zero_()
-        run.set_learning_rate()
-        norm = run.train_step()
-        run.state.step += 1
+        run.levels.take(run.accelerator)
+        norm = run.step()
         assert float(norm) == float(norm), "a step of the fast path was skipped"
-        losses.append(float(run.level_sums.sum()) / int(run.level_counts.sum()))
+        losses.append(run.levels.mean())
     weights = [p.detach().float().clone() for p in run.accelerator.unwrap_model(run.model).parameters()]
     return losses, weights, [s.clone() for s in run.ema.shadow], run
 
@@ -96,7 +89,7 @@ def test_optimized_training_step_matches_the_fp32_eager_baseline_within_bf16_tol
                        "train.fused_optimizer=true", "train.channels_last=true", "train.compile=true")
     base_losses, base_weights, base_ema, _ = _steps(baseline, 3)
     fast_losses, fast_weights, fast_ema, run = _steps(fast, 3)
-    assert run.on_device and run.network.network.is_compiled, run.network.network.fallback_reason
+    assert run.run_step.apply == "fused" and run.network.network.is_compiled, run.network.network.fallback_reason
     conv = next(p for p in run.accelerator.unwrap_model(run.model).parameters() if p.ndim == 4)
     assert conv.is_contiguous(memory_format=torch.channels_last)
     # Same batches, noise and initialization: the losses differ by bf16 rounding only.
@@ -112,10 +105,10 @@ def test_optimized_training_step_matches_the_fp32_eager_baseline_within_bf16_tol
 
 @pytest.mark.parametrize("arm", ["geometric", "snr"])
 def test_sampler_with_bf16_channels_last_network_matches_fp32_eager(arm):
-    config = tiny_config(f"noise.schedule={arm}", "noise.num_levels=6")
+    config = tiny_config(*arm_overrides(arm), "noise.num_levels=6")
     torch.manual_seed(0)
     model = build_score_model(config.model, config.data).eval()
-    plan = SamplerPlan.from_config(config.noise)
+    plan = SamplerPlan.from_config(config.noise, config.sampler)
     indices = torch.arange(6)
     x0 = initial_state(0, indices, (1, 8, 8), init="gaussian", sigma_max=config.noise.sigma_max)
 
@@ -163,29 +156,23 @@ def no_host_reads(watched=lambda tensor: True):
 
 @pytest.mark.parametrize("fused", ["true", "false"])
 def test_the_fused_training_step_reads_nothing_on_the_host_and_the_plain_one_does(tmp_path, fused):
-    from accelerate.state import AcceleratorState
-
-    from hpc_ncsn.training import _prepare
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    run = _prepare(tiny_config(f"train.out_dir={tmp_path}", f"train.fused_optimizer={fused}",
-                               "train.mixed_precision=bf16", "train.channels_last=true", "train.grad_accum=2"))
-    run.train_step()
-    run.state.step += 1
+    run = Training.start(tiny_config(f"train.out_dir={tmp_path}", f"train.fused_optimizer={fused}",
+                                     "train.mixed_precision=bf16", "train.channels_last=true", "train.grad_accum=2"))
+    run.step()
     if fused == "true":
         with no_host_reads():
-            norm = run.train_step()
+            norm = run.step()
         assert isinstance(norm, torch.Tensor) and float(norm) > 0
-    else:  # the guard catches the host-side finite check of the plain path
+    else:  # the guard catches the host-side read of the skip flag on the plain path
         with pytest.raises(HostRead), no_host_reads():
-            run.train_step()
+            run.step()
 
 
 @pytest.mark.parametrize("arm", ["geometric", "linear", "snr"])
 def test_the_sampling_loop_reads_no_chain_value_on_the_host(arm):
-    config = tiny_config(f"noise.schedule={arm}", "noise.num_levels=6")
+    config = tiny_config(*arm_overrides(arm), "noise.num_levels=6")
     model = build_score_model(config.model, config.data).eval()
-    plan = SamplerPlan.from_config(config.noise)
+    plan = SamplerPlan.from_config(config.noise, config.sampler)
     batch = 5  # not the ladder's length, so the ladder's own (host) values stay readable
     indices = torch.arange(batch)
     x = initial_state(0, indices, (1, 8, 8), init="gaussian", sigma_max=config.noise.sigma_max)

@@ -8,17 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from hpc_ncsn.shards import read_shard
+from hpc_ncsn.samples.shards import read_shard
 from helpers import TINY as BASE
 
+pytestmark = pytest.mark.slow  # real processes: launch/sweep.py and submitit's local jobs
+
 ROOT = Path(__file__).resolve().parent.parent
-TINY = [*BASE, "eval.num_samples=20", "eval.shard_size=10"]
+TINY = [*BASE, "generate.num_samples=20", "generate.shard_size=10"]
 
 
 def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_NCSN_CACHE": str(out.parent / "cache")}
     result = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(out), *args, *TINY],
-                            env=env, capture_output=True, text=True, timeout=900)
+                            env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -50,7 +52,7 @@ def test_the_snr_arm_samples_the_geometric_network(finished):
     assert sorted(p.name for p in (out / "train").iterdir()) == [
         "schedule-geometric_seed-0", "schedule-geometric_seed-1", "schedule-linear_seed-0", "schedule-linear_seed-1"]
     attrs = read_shard(out / "cells" / "schedule-snr_seed-1" / "samples" / "shard-00000.h5")[2]
-    assert attrs["schedule"] == "snr" and attrs["seed"] == 1
+    assert attrs["arm"] == "snr" and attrs["seed"] == 1
     assert attrs["run"] == str(out / "train" / "schedule-geometric_seed-1")
 
 
@@ -95,7 +97,41 @@ def test_a_failed_training_fails_its_cells_and_spares_the_others(tmp_path):
 def test_debug_cluster_runs_everything_in_one_process(tmp_path):
     out = tmp_path / "sweep"
     result = sweep(out, "--cluster", "debug", "--schedules", "linear", "--seeds", "3")
-    assert "[train] schedule-linear_seed-3: running in this process" in result.stdout
-    assert not (out / "logs").exists()  # no submitit jobs
+    assert "[train] schedule-linear_seed-3: done" in result.stdout
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
+    assert len(statuses) == 3 and all(s["state"] == "done" for s in statuses)
+    assert len({s["pid"] for s in statuses}) == 1  # submitit's DebugExecutor: all in the sweep's own process
     row = json.loads((out / "table.json").read_text())["rows"][0]
     assert row["seeds_done"] == 1 and row["seeds"] == [3] and row["fid"]["mean"] > 0
+
+
+def test_local_cluster_runs_each_task_in_its_own_process(finished):
+    out, _ = finished
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
+    assert len({s["pid"] for s in statuses}) == len(statuses) == 4 + 6 + 1
+
+
+def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go_on(tmp_path):
+    out = tmp_path / "sweep"
+    bad = out / "train" / "schedule-linear_seed-0"
+    bad.mkdir(parents=True)
+    (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
+    result = sweep(out, "--cluster", "debug", "--schedules", "geometric,linear", "--seeds", "0", check=False)
+    assert result.returncode == 1
+    assert summary(result)["failed"] == {"sample": ["schedule-linear_seed-0"], "train": ["schedule-linear_seed-0"]}
+    assert json.loads((out / "table.json").read_text())["rows"][0]["seeds_done"] == 1
+
+
+def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
+    out = tmp_path / "sweep"
+    args = ("--schedules", "geometric", "--seeds", "0", "--axis", "sampler.steps_per_level=1,2",
+            "--axis", "data.channels=1")
+    first = sweep(out, *args)
+    assert summary(first)["failed"] == {}
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [row["group"] for row in rows] == [
+        {"schedule": "geometric", "sampler.steps_per_level": 1, "data.channels": 1},
+        {"schedule": "geometric", "sampler.steps_per_level": 2, "data.channels": 1}]
+    assert all(row["seeds_done"] == 1 for row in rows)
+    assert len(list((out / "train").iterdir())) == 1  # the sampler axis shares one training
+    assert summary(sweep(out, *args))["failed"] == {}

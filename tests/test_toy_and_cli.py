@@ -43,8 +43,9 @@ def test_plan_command_measures_sigma_max_on_a_data_set(capsys):
 
 
 def test_config_command_prints_resolved_yaml_and_reports_errors(capsys):
-    assert main(["config", "noise.schedule=linear"]) == 0
-    assert "schedule: linear" in capsys.readouterr().out
+    assert main(["config", "noise.ladder=linear", "sampler.step_rule=snr"]) == 0
+    out = capsys.readouterr().out
+    assert "ladder: linear" in out and "step_rule: snr" in out
     assert main(["config", "noise.sigma_mx=3"]) == 2
     assert "did you mean 'sigma_max'" in capsys.readouterr().err
 

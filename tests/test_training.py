@@ -14,14 +14,18 @@ import torch
 from safetensors.torch import load_file
 
 from hpc_ncsn.config import load_config
-from hpc_ncsn.training import _check_run_folder, batch_indices
+from hpc_ncsn.train import train
+from hpc_ncsn.train.batches import batch_indices
+from hpc_ncsn.train.run_folder import RunFolder
+
+slow = pytest.mark.slow  # real processes (subprocess, gloo, DeepSpeed)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TINY = [
     "data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]",
-    "model.dropout=0.1", "noise.sigma_max=8.5", "noise.num_levels=10", "noise.steps_per_level=2",
-    "noise.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
+    "model.dropout=0.1", "noise.sigma_max=8.5", "noise.num_levels=10", "sampler.steps_per_level=2",
+    "sampler.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
     "train.warmup_steps=3", "train.lr=2e-3", "train.sample_every=1000",
 ]
 
@@ -73,6 +77,7 @@ def assert_same(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
+@slow
 def test_short_training_on_digits_lowers_the_loss(tmp_path):
     out = tmp_path / "run"
     run(train_cmd(out, "train.steps=40", "train.checkpoint_every=40", "train.sample_every=40"))
@@ -86,6 +91,7 @@ def test_short_training_on_digits_lowers_the_loss(tmp_path):
     assert load_config(out / "config.yaml").train.steps == 40
 
 
+@slow
 def test_one_and_two_processes_train_the_same_model(tmp_path):
     common = ["train.steps=6", "train.checkpoint_every=3", "model.dropout=0.0"]
     run(train_cmd(tmp_path / "one", *common))
@@ -111,6 +117,7 @@ def l2(tensors: dict) -> float:
     return float(sum(t.double().square().sum() for t in tensors.values()).sqrt())
 
 
+@slow
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     common = ["train.steps=4", "train.checkpoint_every=2", "model.dropout=0.0"]
     run(train_cmd(tmp_path / "whole", *common))
@@ -123,6 +130,7 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     assert l2({k: whole[k] - accumulated[k] for k in whole}) < 0.05 * l2({k: whole[k] - earlier[k] for k in whole})
 
 
+@slow
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     run(train_cmd(tmp_path / "bf16", "train.steps=4", "train.mixed_precision=bf16"))
     records = metrics(tmp_path / "bf16")
@@ -145,6 +153,7 @@ def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> boo
     raise TimeoutError("condition never held")
 
 
+@slow
 def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
     steps = ["train.steps=14", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.log_every=1"]
     reference = tmp_path / "reference"
@@ -182,10 +191,11 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
 
 NAN_SCRIPT = """
 import sys, torch
-import hpc_ncsn.training as training
+import hpc_ncsn.train.step as step
 from hpc_ncsn.config import load_config
+from hpc_ncsn.train import train
 
-real, calls, bad = training.dsm_loss, [0], {bad}
+real, calls, bad = step.dsm_loss, [0], {bad}
 
 def poisoned(*args, **kwargs):
     out = real(*args, **kwargs)
@@ -194,8 +204,8 @@ def poisoned(*args, **kwargs):
         return type(out)(out.loss * float("nan"), out.per_example, out.levels)
     return out
 
-training.dsm_loss = poisoned
-training.train(load_config(sys.argv[1], sys.argv[2:]))
+step.dsm_loss = poisoned
+train(load_config(sys.argv[1], sys.argv[2:]))
 """
 
 
@@ -207,6 +217,7 @@ def nan_run(tmp_path: Path, bad: str, *extra: str) -> subprocess.CompletedProces
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
 
 
+@slow
 def test_non_finite_steps_are_skipped_without_touching_weights_or_ema(tmp_path):
     result = nan_run(tmp_path, "{5, 6}", "train.steps=8", "train.checkpoint_every=1", "train.keep_checkpoints=10",
                      "train.log_every=1")
@@ -227,6 +238,7 @@ def test_non_finite_steps_are_skipped_without_touching_weights_or_ema(tmp_path):
     assert all(r["grad_norm"] != r["grad_norm"] for r in records[4:6])
 
 
+@slow
 def test_too_many_consecutive_skips_stop_the_run_with_a_clear_error(tmp_path):
     result = nan_run(tmp_path, "range(1, 10**6)", "train.steps=50", "train.max_consecutive_skips=3")
     assert result.returncode != 0
@@ -244,11 +256,15 @@ def test_batches_cover_each_epoch_exactly_once():
 
 def test_resuming_with_another_experiment_config_is_refused(tmp_path):
     (tmp_path / "config.yaml").write_text((ROOT / "configs/debug.yaml").read_text())
-    _check_run_folder(tmp_path, load_config(ROOT / "configs/debug.yaml", ["train.steps=9999"]))
+    folder = RunFolder(tmp_path)
+    folder.check(load_config(ROOT / "configs/debug.yaml", ["train.steps=9999", "sampler.steps_per_level=9"]))
     with pytest.raises(ValueError, match=r"noise.sigma_max: 8.54 → 20.0.*pick a new train.out_dir"):
-        _check_run_folder(tmp_path, load_config(ROOT / "configs/debug.yaml", ["noise.sigma_max=20"]))
+        folder.check(load_config(ROOT / "configs/debug.yaml", ["noise.sigma_max=20"]))
+    with pytest.raises(ValueError, match=r"train.seed: 0 → 1"):
+        folder.check(load_config(ROOT / "configs/debug.yaml", ["train.seed=1"]))
 
 
+@slow
 def test_batch_size_must_split_over_processes_and_accumulation(tmp_path):
     result = subprocess.run(train_cmd(tmp_path / "r", "train.batch_size=10", "train.grad_accum=3", "train.steps=1"),
                             env=env(), capture_output=True, text=True, timeout=120)
@@ -261,8 +277,9 @@ def deepspeed_env(tmp_path: Path) -> dict:
     return {**env(), "TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions")}
 
 
+@slow
 def test_deepspeed_zero2_on_cpu_trains_resumes_and_exports_plain_weights(tmp_path):
-    from hpc_ncsn.training import load_ema_model
+    from hpc_ncsn.checkpoint import load_ema_model
 
     out = tmp_path / "ds"
     launcher = accelerate(2, "--config_file", str(ROOT / "configs/accelerate/zero2.yaml"))
@@ -281,6 +298,7 @@ def test_deepspeed_zero2_on_cpu_trains_resumes_and_exports_plain_weights(tmp_pat
     assert torch.isfinite(model(x, torch.tensor([0.1, 1.0]))).all()
 
 
+@slow
 def test_deepspeed_zero3_is_refused_with_the_reason(tmp_path):
     zero3 = tmp_path / "zero3.yaml"
     zero3.write_text((ROOT / "configs/accelerate/zero2.yaml").read_text().replace("zero_stage: 2", "zero_stage: 3"))
@@ -291,6 +309,7 @@ def test_deepspeed_zero3_is_refused_with_the_reason(tmp_path):
     assert "ZeRO-3 shards the parameters" in result.stderr and "zero2.yaml" in result.stderr
 
 
+@slow
 def test_two_simulated_nodes_on_loopback_train_together(tmp_path):
     out = tmp_path / "nodes"
     port = free_port()
@@ -306,3 +325,16 @@ def test_two_simulated_nodes_on_loopback_train_together(tmp_path):
         assert node.returncode == 0, stderr[-5000:]
     meta = json.loads((out / "checkpoints/step-00000004/meta.json").read_text())
     assert meta["world_size"] == 2 and meta["step"] == 4
+
+
+def test_trainings_of_another_precision_run_one_after_the_other_in_one_process(tmp_path):
+    """What a sweep with --cluster debug does: Accelerate's per-process state is renewed for the new precision."""
+    common = [*TINY, "train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
+    for precision in ("no", "bf16", "no"):
+        out = tmp_path / precision
+        train(load_config(ROOT / "configs/debug.yaml", [*common, f"train.mixed_precision={precision}",
+                                                        f"train.out_dir={out}"]))
+        assert [m["step"] for m in metrics(out)] == [1, 2]
+    bf16, _ = final_state(tmp_path / "bf16")
+    fp32, _ = final_state(tmp_path / "no")
+    assert any(not torch.equal(bf16[key], fp32[key]) for key in fp32)  # bf16 autocast really ran

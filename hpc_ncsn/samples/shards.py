@@ -8,34 +8,30 @@ Layout of one shard (format version 1), `shard-KKKKK.h5`:
                written last; every other attribute (run, checkpoint, sampler, seed,
                software versions, ...) is stored as a JSON string.
 
-A shard is written under a hidden temporary name in the same folder, flushed and
-fsynced, then renamed over the final name, so a final-named shard is always
-complete. `manifest.json` lists the shards with count and sha256.
+A shard is published with hpc_ncsn.files.atomic_path (a hidden temporary name in the
+same folder, fsynced, renamed), so a final-named shard is always complete.
+`manifest.json` lists the shards with count and sha256.
 
-Reading a damaged HDF5 file can hang or crash the HDF5 library, so validation runs
-in a child process with a per-file timeout. Files are opened with file locking off:
-on shared filesystems (NFS, Lustre) where HDF5's locks fail, other HDF5 tools need
-HDF5_USE_FILE_LOCKING=FALSE in the environment too.
+Reading a damaged HDF5 file can hang or crash the HDF5 library, so `inspect_shard`
+is meant to run in a child process (hpc_ncsn.samples.validation). Files are opened
+with file locking off: on shared filesystems (NFS, Lustre) where HDF5's locks fail,
+other HDF5 tools need HDF5_USE_FILE_LOCKING=FALSE in the environment too.
 
-Only the standard library, numpy and h5py are used here: the child process starts
-this file directly and stays light.
+This is the only module that imports h5py; it and the modules it imports stay free
+of torch, so the validating child process starts fast.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import selectors
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from ..files import atomic_path, atomic_write, file_sha256
 
 __all__ = [
     "MANIFEST",
@@ -51,14 +47,13 @@ __all__ = [
     "read_manifest",
     "read_shard",
     "shard_path",
-    "validate_shard",
-    "validate_shards",
     "verify_manifest",
     "write_manifest",
     "write_shard",
 ]
 
 SHARD_FORMAT_VERSION = 1
+H5PY_VERSION = h5py.__version__  # recorded in every shard (hpc_ncsn.samples.generate)
 MANIFEST = "manifest.json"
 _STRUCTURE = ("format_version", "start", "stop", "count", "complete")
 REGENERATE = "rerun generation to rewrite it"
@@ -107,22 +102,6 @@ def shard_path(folder: Path, spec: ShardSpec) -> Path:
     return Path(folder) / f"shard-{spec.index:05d}.h5"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) -> dict:
     """Write uint8 NHWC `images` of `spec` to `path` atomically; returns its manifest entry.
 
@@ -141,11 +120,7 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
     clash = sorted(set(attrs) & set(_STRUCTURE))
     if clash:
         raise ValueError(f"{path}: attribute names {clash} are reserved for the shard format")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", libver=("earliest", "v110"), locking=False, track_order=False) as handle:
             handle.create_dataset("images", data=images, track_times=False)
             handle.create_dataset("indices", data=np.arange(spec.start, spec.stop, dtype=np.int64),
@@ -156,12 +131,6 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
             handle.attrs["start"], handle.attrs["stop"], handle.attrs["count"] = spec.start, spec.stop, spec.count
             handle.flush()
             handle.attrs["complete"] = True
-        with open(tmp, "rb+") as raw:
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
     return manifest_entry(path, spec)
 
 
@@ -247,98 +216,6 @@ def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return handle["images"][()], handle["indices"][()], _decode_attrs(handle.attrs)
 
 
-# Validation in a child process -----------------------------------------------------------
-
-def _child_main(requests: list[dict]) -> None:
-    """Child side: inspect each request, print one JSON line per file."""
-    for request in requests:
-        expected = ShardSpec(**request["expected"]) if request["expected"] else None
-        try:
-            info = inspect_shard(Path(request["path"]), expected, request["image_shape"])
-            line = {"ok": True, "start": info.start, "stop": info.stop, "count": info.count,
-                    "image_shape": info.image_shape, "attrs": info.attrs}
-        except ShardError as error:
-            line = {"ok": False, "reason": error.reason}
-        print(json.dumps(line), flush=True)
-
-
-def _inspect_in_children(requests: list[dict], timeout: float) -> list[dict]:
-    """Results per request; a file whose check does not finish within `timeout` s is reported as hung."""
-    results: list[dict] = []
-    while len(results) < len(requests):
-        pending = requests[len(results):]
-        errors = tempfile.TemporaryFile("w+")
-        child = subprocess.Popen([sys.executable, "-I", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=errors, text=True)
-        child.stdin.write(json.dumps(pending))
-        child.stdin.close()
-        selector = selectors.DefaultSelector()
-        selector.register(child.stdout, selectors.EVENT_READ)
-        buffer = ""
-        deadline = time.monotonic() + timeout
-        while len(results) < len(requests):
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                child.kill()
-                results.append({"ok": False, "reason": f"reading it did not finish within {timeout:g} s "
-                                                      "(a damaged HDF5 file can hang the library)"})
-                break
-            chunk = os.read(child.stdout.fileno(), 1 << 16).decode()
-            if not chunk:  # the child died (a crash inside HDF5)
-                child.wait()
-                errors.seek(0)
-                detail = errors.read().strip().splitlines()[-1:]
-                results.append({"ok": False, "reason": f"reading it crashed the HDF5 library "
-                                                      f"(exit {child.returncode}{': ' + detail[0] if detail else ''})"})
-                break
-            buffer += chunk
-            while "\n" in buffer:
-                line, buffer = buffer.split("\n", 1)
-                results.append(json.loads(line))
-                deadline = time.monotonic() + timeout
-        selector.close()
-        child.stdout.close()
-        child.wait()
-        errors.close()
-    return results
-
-
-def _check(items: list[tuple[Path, ShardSpec | None]], image_shape: tuple[int, int, int] | None,
-           timeout: float) -> list[ShardInfo | str]:
-    """Per (file, expected spec): its ShardInfo, or the reason it is refused; read in child processes."""
-    requests = [{"path": str(path), "image_shape": list(image_shape) if image_shape else None,
-                 "expected": vars(spec) if spec else None} for path, spec in items]
-    results = _inspect_in_children(requests, timeout) if requests else []
-    return [ShardInfo(Path(path), r["start"], r["stop"], r["count"], tuple(r["image_shape"]), r["attrs"])
-            if r["ok"] else r["reason"] for (path, _), r in zip(items, results)]
-
-
-def validate_shards(folder: Path, specs: list[ShardSpec], image_shape: tuple[int, int, int] | None = None,
-                    timeout: float = 60.0) -> tuple[list[ShardInfo], dict[int, str]]:
-    """Check the shards of `specs` in `folder` without risking a hang.
-
-    Returns (the valid shards' infos in spec order, {shard index: reason} for the others).
-    """
-    present = [spec for spec in specs if shard_path(folder, spec).exists()]
-    problems = {spec.index: "missing" for spec in specs if spec not in present}
-    valid = []
-    outcomes = _check([(shard_path(folder, spec), spec) for spec in present], image_shape, timeout)
-    for spec, outcome in zip(present, outcomes):
-        if isinstance(outcome, ShardInfo):
-            valid.append(outcome)
-        else:
-            problems[spec.index] = outcome
-    return valid, dict(sorted(problems.items()))
-
-
-def validate_shard(path: Path, expected: ShardSpec | None = None,
-                   image_shape: tuple[int, int, int] | None = None, timeout: float = 60.0) -> ShardInfo:
-    """One shard checked in a child process; raises ShardError with the reason."""
-    outcome = _check([(Path(path), expected)], image_shape, timeout)[0]
-    if isinstance(outcome, str):
-        raise ShardError(path, outcome)
-    return outcome
-
-
 def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:
     """Raise ShardError unless the shards cover [0, num_samples) exactly once and agree on the image shape."""
     if not infos:
@@ -365,13 +242,8 @@ def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:
 
 def write_manifest(folder: Path, entries: list[dict], meta: dict) -> Path:
     """Write folder/manifest.json atomically: {'format_version', 'meta', 'shards': entries}."""
-    path = Path(folder) / MANIFEST
-    tmp = path.parent / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"format_version": SHARD_FORMAT_VERSION, "meta": meta, "shards": entries},
-                              indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    return atomic_write(Path(folder) / MANIFEST, json.dumps(
+        {"format_version": SHARD_FORMAT_VERSION, "meta": meta, "shards": entries}, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(folder: Path) -> dict:
@@ -401,5 +273,17 @@ def verify_manifest(folder: Path) -> dict[str, str]:
     return problems
 
 
-if __name__ == "__main__":
-    _child_main(json.loads(sys.stdin.read()))
+# The validating child process (hpc_ncsn.samples.validation starts it) --------------------------
+
+def inspect_requests_from_stdin() -> None:
+    """Child side: read a JSON list of requests from stdin, inspect each, print one JSON line per file."""
+    for request in json.loads(sys.stdin.read()):
+        expected = ShardSpec(**request["expected"]) if request["expected"] else None
+        try:
+            info = inspect_shard(Path(request["path"]), expected, request["image_shape"])
+            line = {"ok": True, "start": info.start, "stop": info.stop, "count": info.count,
+                    "image_shape": info.image_shape, "attrs": info.attrs}
+        except ShardError as error:
+            line = {"ok": False, "reason": error.reason}
+        print(json.dumps(line), flush=True)
+

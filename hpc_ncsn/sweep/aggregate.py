@@ -13,13 +13,14 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .grid import Plan, SweepSpec, plan, read_status
+from ..files import atomic_path, atomic_write
+from .plan import Plan, SweepSpec, plan
+from .status import read_status
 
 __all__ = ["CellResult", "aggregate", "collect", "summarize"]
 
@@ -55,16 +56,15 @@ def collect(sweep: Plan) -> list[CellResult]:
     results = []
     for task in sweep.sample:
         report_path = task.folder / "metrics.json"
-        statuses = {"sample": read_status(sweep.root, "sample", task.name),
-                    "train": read_status(sweep.root, "train", task.train)}
-        if report_path.is_file() and statuses["sample"] is not None and statuses["sample"].state == "done":
+        statuses = {task.stage: read_status(sweep.root, task), task.train.stage: read_status(sweep.root, task.train)}
+        if report_path.is_file() and statuses[task.stage] is not None and statuses[task.stage].state == "done":
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
             state, detail = "done", ""
         else:
             metrics = {}
             state, detail = _cell_state(statuses)
-        results.append(CellResult(task.name, task.cell.group(), task.cell.seed, state, detail, metrics, task.train,
+        results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics, task.train.name,
                                   task.folder))
     return results
 
@@ -149,12 +149,6 @@ def csv_text(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def aggregate(root: Path, plots: bool = True) -> dict:
     """Write table.md/.csv/.json (and fid.png, loss_per_level.png, samples.png) in the sweep folder."""
     root = Path(root)
@@ -164,9 +158,9 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train}
                                      for c in cells]}
-    _write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
-    _write(root / "table.csv", csv_text(rows))
-    _write(root / "table.md", markdown(rows, cells))
+    atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+    atomic_write(root / "table.csv", csv_text(rows))
+    atomic_write(root / "table.md", markdown(rows, cells))
     if plots:
         _plot_fid(rows, cells, root / "fid.png")
         _plot_losses(sweep, cells, root / "loss_per_level.png")
@@ -186,10 +180,9 @@ def _figure(columns: int, width: float = 3.2, height: float = 3.0):
 
 
 def _save(plt, figure, path: Path) -> None:
-    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
-    figure.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix[1:], dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def _plot_fid(rows: list[dict], cells: list[CellResult], path: Path) -> None:
@@ -246,7 +239,7 @@ def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
 
 
 def _plot_samples(cells: list[CellResult], path: Path, count: int = 36) -> None:
-    from .shards import read_shard
+    from ..samples.shards import read_shard
 
     firsts: dict[tuple, CellResult | None] = {}
     for cell in cells:

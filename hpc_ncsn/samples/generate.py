@@ -1,8 +1,8 @@
 """Distributed, resumable sample generation into HDF5 shards.
 
-Loads a run's EMA weights and draws N samples with a sampler arm. Shard k holds
+Loads a run's EMA weights and draws N samples with the config's sampler. Shard k holds
 the fixed sample range [k·S, (k+1)·S), and sample i's noise depends only on
-(seed, i) (see hpc_ncsn.sampling), so the shards are the same whatever the number
+(seed, i) (see hpc_ncsn.rng), so the shards are the same whatever the number
 of processes that drew them. Process r draws the shards k with k % world == r.
 A rerun keeps every valid shard that was made by the same checkpoint and sampler
 and regenerates the rest; a killed job loses at most the shards it was writing.
@@ -24,26 +24,30 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import __version__
-from . import checkpoint as ckpt
-from . import preemption
-from .config import Config, config_from_dict, config_to_dict
-from .data import to_uint8
-from .distributed import barrier, process_group
-from .sampling import SamplerPlan, annealed_langevin, initial_state
+from .. import __version__, preemption
+from ..checkpoint import load_ema_model, resolve_checkpoint
+from ..config import Config, arm_of, config_from_dict, config_to_dict
+from ..data import to_uint8
+from ..distributed import barrier, process_group
+from ..network import NetworkSpeed, score_function
+from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
+    H5PY_VERSION,
     ShardSpec,
     check_coverage,
     manifest_entry,
     plan_shards,
     shard_path,
-    validate_shards,
     write_manifest,
     write_shard,
 )
-from .speed import NetworkSpeed, score_function
+from .validation import validate_shards
 
-__all__ = ["GenerationResult", "generate", "resolve_checkpoint", "sampler_attrs"]
+__all__ = ["GenerationResult", "generate", "sampler_attrs", "sampling_config"]
+
+# What identifies how a shard was made: a valid shard that differs in one of these is drawn again.
+ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed")
+NETWORK_KEYS = ("precision", "channels_last", "compile")
 
 
 @dataclass(frozen=True)
@@ -53,48 +57,45 @@ class GenerationResult:
     kept: list[int]
 
 
-def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
-    """A checkpoint folder: the given one, or the newest complete one of a run folder."""
-    path = Path(run_or_checkpoint)
-    if (path / "ema.pt").is_file():
-        return path
-    latest = ckpt.latest_checkpoint(path / "checkpoints")
-    if latest is None:
-        raise FileNotFoundError(f"{path} holds no complete checkpoint (no checkpoints/step-*/ema.pt); "
-                                "train first, or pass a checkpoint folder")
-    return latest
-
-
 def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int) -> dict:
-    """What a shard records about how it was made; shards with other values are regenerated."""
-    noise = config_to_dict(config)["noise"]
+    """What a shard records about how it was made (`ORIGIN_KEYS` and the image layout)."""
+    tree = config_to_dict(config)
     return {
         "run": str(checkpoint.parent.parent.resolve()),
         "checkpoint": checkpoint.name,
         "checkpoint_step": step,
-        "schedule": config.noise.schedule,
-        "sampler": noise,
+        "arm": arm_of(config),
+        "noise": tree["noise"],
+        # How the network runs is not part of it, except its precision (NetworkSpeed.attrs records that).
+        "sampler": {key: value for key, value in tree["sampler"].items() if key not in NETWORK_KEYS},
         "seed": seed,
         "image_layout": "NHWC",
     }
 
 
-def _versions() -> dict:
-    import h5py
+def sampling_config(run_config: Config, overrides: tuple[str, ...] = ()) -> Config:
+    """The run's config with sampling overrides (sampler.*, noise.*, generate.*) applied."""
+    for item in overrides:
+        if not item.startswith(("sampler.", "noise.", "generate.")):
+            raise ValueError(f"sampling override {item!r}: only sampler.*, noise.* and generate.* keys change "
+                             "sampling, e.g. sampler.steps_per_level=10 or sampler.step_rule=snr")
+    return config_from_dict(config_to_dict(run_config), overrides) if overrides else run_config
 
-    return {"hpc_ncsn": __version__, "torch": torch.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+
+def _versions() -> dict:
+    return {"hpc_ncsn": __version__, "torch": torch.__version__, "numpy": np.__version__, "h5py": H5PY_VERSION,
             "python": platform.python_version()}
 
 
 @torch.no_grad()
-def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, batch_size: int,
-          device: torch.device) -> np.ndarray:
+def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, device: torch.device) -> np.ndarray:
     """The uint8 NHWC images of one shard's sample range (`score`: the network as the sampler calls it)."""
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    batch_size = config.generate.batch_size
     pieces = []
     for start in range(spec.start, spec.stop, batch_size):
         indices = torch.arange(start, min(start + batch_size, spec.stop), device=device)
-        x = initial_state(seed, indices, shape, init=config.noise.init, sigma_max=config.noise.sigma_max)
+        x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
         x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices)
         pieces.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(pieces)
@@ -104,33 +105,29 @@ def generate(
     run_or_checkpoint: Path,
     out: Path,
     *,
-    num_samples: int,
-    shard_size: int = 1000,
-    batch_size: int = 250,
+    overrides: tuple[str, ...] = (),
     seed: int = 0,
-    noise_overrides: tuple[str, ...] = (),
-    speed: NetworkSpeed = NetworkSpeed(),
     validate_timeout: float = 120.0,
     progress: Callable[[str], None] = print,
 ) -> GenerationResult:
-    """Draw samples [0, num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json.
+    """Draw samples [0, generate.num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json.
 
-    `speed` says how the network runs (precision, channels_last, torch.compile); the
-    precision is recorded in the shards, so a rerun with another one redraws them.
+    The run's config says how (its sampler.*, noise.* and generate.* sections), with
+    `overrides` of those keys applied. The network's precision is recorded in the
+    shards, so a rerun with another one redraws them.
     """
-    from .training import load_ema_model
-
     preemption.install()
     rank, world, device = process_group()
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, config, step = load_ema_model(checkpoint, device)
-    if noise_overrides:
-        config = _with_noise_overrides(config, noise_overrides)
-    plan = SamplerPlan.from_config(config.noise)
-    specs = plan_shards(num_samples, shard_size)
+    config = sampling_config(config, overrides)
+    plan = SamplerPlan.from_config(config.noise, config.sampler)
+    settings = config.generate
+    specs = plan_shards(settings.num_samples, settings.shard_size)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    attrs = {**sampler_attrs(config, checkpoint, step, seed), **speed.attrs(), "num_samples": num_samples,
-             "shard_size": shard_size}
+    speed = NetworkSpeed.from_sampler(config.sampler)
+    attrs = {**sampler_attrs(config, checkpoint, step, seed), **speed.attrs(), "num_samples": settings.num_samples,
+             "shard_size": settings.shard_size}
     score = score_function(model, speed)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -147,7 +144,7 @@ def generate(
         if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
             raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
                                        f"{len(generated)} shard(s) written this time; rerun to complete")
-        images = _draw(score, config, plan, spec, seed, batch_size, device)
+        images = _draw(score, config, plan, spec, seed, device)
         write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
         generated.append(spec.index)
         progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
@@ -158,7 +155,7 @@ def generate(
         infos, problems = validate_shards(out, specs, image_shape=image_shape, timeout=validate_timeout)
         if problems:
             raise RuntimeError(f"shards still invalid after generation: {problems}")
-        check_coverage(infos, num_samples)
+        check_coverage(infos, settings.num_samples)
         entries = [manifest_entry(info.path, spec) for spec, info in zip(specs, infos)]
         write_manifest(out, entries, attrs)
     barrier()
@@ -166,13 +163,4 @@ def generate(
 
 
 def _same_origin(found: dict, wanted: dict) -> bool:
-    keys = ("run", "checkpoint", "checkpoint_step", "schedule", "sampler", "seed", "network_precision")
-    return all(found.get(key) == wanted[key] for key in keys)
-
-
-def _with_noise_overrides(config: Config, overrides: tuple[str, ...]) -> Config:
-    for item in overrides:
-        if not item.startswith("noise."):
-            raise ValueError(f"sampler override {item!r}: only noise.* keys change sampling, "
-                             "e.g. noise.steps_per_level=10")
-    return config_from_dict(config_to_dict(config), overrides)
+    return all(found.get(key) == wanted[key] for key in (*ORIGIN_KEYS, *NetworkSpeed().attrs()))

@@ -1,9 +1,9 @@
-"""How the score network runs fast: torch.compile with a safe fallback, channels_last, bf16 autocast.
+"""How the score network is called: torch.compile with a safe fallback, channels_last, bf16 autocast.
 
 These switches change speed, not the model: the weights, their names and their
 checkpoints are the same with or without them (torch.compile wraps the module
 without renaming its parameters). Numbers move only within the precision asked
-for; tests/test_speed.py holds the optimized paths to the fp32 eager baseline.
+for; tests/test_network_speed.py holds the optimized paths to the fp32 eager baseline.
 
 - `CompiledOrEager(module)`: calls torch.compile's wrapper of `module`; when
   compiling fails (no C++ compiler or Triton, an unsupported op, a backend error)
@@ -64,6 +64,8 @@ class CompiledOrEager:
             return self.module(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
+        # torch has no public base class for compile errors; torch._dynamo.exc's is the one every backend
+        # failure (Inductor, Triton, a custom backend) is wrapped in. tests/test_network_speed.py checks both sides.
         except torch._dynamo.exc.TorchDynamoException as error:
             self.compiled = None
             cause = getattr(error, "inner_exception", None) or error  # a backend's own error, when it raised one
@@ -86,8 +88,9 @@ class NetworkSpeed:
         autocast_dtype(self.precision)
 
     @classmethod
-    def from_eval(cls, eval_cfg) -> "NetworkSpeed":
-        return cls(eval_cfg.precision, eval_cfg.channels_last, eval_cfg.compile)
+    def from_sampler(cls, sampler) -> "NetworkSpeed":
+        """The network settings of a `SamplerConfig` (sampler.precision, channels_last, compile)."""
+        return cls(sampler.precision, sampler.channels_last, sampler.compile)
 
     def attrs(self) -> dict:
         """What shards record: the precision changes the samples, the other two only the speed."""

@@ -12,8 +12,7 @@ from its outputs and must be right to the last printed digit:
 * `kernel_inception_distance` (Bińkowski et al. 2018) and `inception_score` (Salimans
   et al. 2016) use the same definitions and the same seeded subset/shuffle draws as
   torch-fidelity, so that with the same seed they give the same numbers.
-* `check_images` refuses inputs that would silently give a wrong score; `small_sample_warning`
-  says when N is below the 50,000 of the standard protocol.
+* `small_sample_warning` says when N is below the 50,000 of the standard protocol.
 """
 
 from __future__ import annotations
@@ -25,11 +24,12 @@ import torch
 
 __all__ = [
     "FeatureStats",
-    "check_images",
     "frechet_distance",
     "inception_score",
     "kernel_inception_distance",
+    "polynomial_kernel",
     "small_sample_warning",
+    "unbiased_mmd2",
 ]
 
 # Relative tolerances for covariances given to frechet_distance (_checked_covariance, _checked_psd_eigenvalues).
@@ -264,12 +264,12 @@ def _as_float64_matrix(x, name: str) -> np.ndarray:
     return x
 
 
-def _polynomial_kernel(x, y, degree: int, gamma: float, coef0: float):
+def polynomial_kernel(x, y, degree: int, gamma: float, coef0: float):
     """k(x, y) = (γ x·y + coef0)^degree for all pairs of rows (numpy arrays or torch tensors)."""
     return (gamma * (x @ y.T) + coef0) ** degree
 
 
-def _unbiased_mmd2(k_xx, k_yy, k_xy):
+def unbiased_mmd2(k_xx, k_yy, k_xy):
     """Unbiased MMD² (Gretton et al. 2012, eq. 3) with m samples per side (numpy or torch scalar):
 
     Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(m(m−1)) − 2 Σ_{i,j} k(x_i, y_j)/m².
@@ -311,9 +311,9 @@ def kernel_inception_distance(features1, features2, *, subsets: int = 100, subse
     for _ in range(subsets):
         xs = x_all[rows(rng.choice(x.shape[0], m, replace=False))]
         ys = y_all[rows(rng.choice(y.shape[0], m, replace=False))]
-        mmds.append(_unbiased_mmd2(_polynomial_kernel(xs, xs, degree, gamma, coef0),
-                                   _polynomial_kernel(ys, ys, degree, gamma, coef0),
-                                   _polynomial_kernel(xs, ys, degree, gamma, coef0)))
+        mmds.append(unbiased_mmd2(polynomial_kernel(xs, xs, degree, gamma, coef0),
+                                   polynomial_kernel(ys, ys, degree, gamma, coef0),
+                                   polynomial_kernel(xs, ys, degree, gamma, coef0)))
     values = np.array(mmds, dtype=np.float64) if on_host else torch.stack(mmds).cpu().numpy()
     return float(np.mean(values)), float(np.std(values))
 
@@ -346,81 +346,6 @@ def inception_score(logits: torch.Tensor, *, splits: int = 10, seed: int | None 
     log_p = torch.log_softmax(x, dim=1)
     scores = [_split_inception_score(log_p[i * n // splits:(i + 1) * n // splits]) for i in range(splits)]
     return float(np.mean(scores)), float(np.std(scores))
-
-
-def _is_floating(images) -> bool:
-    return images.is_floating_point() if isinstance(images, torch.Tensor) else np.issubdtype(images.dtype, np.floating)
-
-
-def _is_uint8(images) -> bool:
-    return images.dtype == (torch.uint8 if isinstance(images, torch.Tensor) else np.uint8)
-
-
-def _is_integer(images) -> bool:
-    if isinstance(images, torch.Tensor):
-        return not (images.is_floating_point() or images.is_complex() or images.dtype == torch.bool)
-    return np.issubdtype(images.dtype, np.integer)
-
-
-def _has_nan(images) -> bool:
-    return bool(torch.isnan(images).any()) if isinstance(images, torch.Tensor) else bool(np.isnan(images).any())
-
-
-def _check_image_dtype(images) -> None:
-    """uint8 passes; floats (NaN first), other integers and other dtypes are refused with the fix."""
-    dtype = images.dtype
-    if _is_floating(images) and _has_nan(images):
-        raise ValueError(
-            f"images contain NaN (dtype {dtype}); float inputs with NaN are refused — fix the sampler run that "
-            "produced them, then convert the [0, 1] floats with hpc_ncsn.data.to_uint8"
-        )
-    if _is_uint8(images):
-        return
-    if _is_floating(images):
-        raise ValueError(
-            f"images have dtype {dtype}, expected uint8 in 0..255; convert with hpc_ncsn.data.to_uint8 "
-            "(model-scale floats in [0, 1]; float inputs with NaN are refused)"
-        )
-    if _is_integer(images) and math.prod(images.shape) > 0:
-        low, high = int(images.min()), int(images.max())
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"images of dtype {dtype} have values out of range 0..255 (min {low}, max {high}); "
-                "rescale them to 0..255 and cast to uint8"
-            )
-    raise ValueError(
-        f"images have dtype {dtype}, expected uint8 in 0..255; cast with .to(torch.uint8) or .astype(numpy.uint8) "
-        "if the values already are 0..255 integers"
-    )
-
-
-def check_images(images) -> None:
-    """Refuse images a feature extractor would turn into a silently wrong score (ValueError with the fix).
-
-    Accepted: a torch.Tensor or numpy array, dtype uint8, 4-D, with at least 2 images, and
-    1 or 3 channels in dim 1 (NCHW) or dim 3 (NHWC). The layout is decided by which of
-    dim 1 / dim 3 is 1 or 3; when both are (e.g. (N, 3, 8, 3)), NCHW is assumed.
-    NaN is checked before the dtype, so float images with NaN are reported as NaN.
-    """
-    if not isinstance(images, (torch.Tensor, np.ndarray)):
-        raise ValueError(
-            f"images must be a torch.Tensor or numpy.ndarray, got {type(images).__name__}; "
-            "stack them into one (N, C, H, W) uint8 batch with torch.stack"
-        )
-    _check_image_dtype(images)
-    shape = tuple(images.shape)
-    if len(shape) != 4:
-        raise ValueError(
-            f"images must be 4-D, (N, C, H, W) or (N, H, W, C), got shape {shape}; stack single images into a "
-            "batch with torch.stack, and give a grayscale (N, H, W) batch its channel axis with images[:, None]"
-        )
-    if shape[1] not in (1, 3) and shape[3] not in (1, 3):
-        raise ValueError(
-            f"images must have 1 or 3 channels in dim 1 (NCHW) or dim 3 (NHWC), got shape {shape}; "
-            "drop an alpha channel (images[:, :3] for NCHW) or convert to RGB/grayscale"
-        )
-    if shape[0] < 2:
-        raise ValueError(f"FID/KID need at least 2 samples, got {shape[0]} image(s); pass a larger batch")
 
 
 def small_sample_warning(n: int, standard: int = 50_000) -> str | None:

@@ -15,105 +15,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .config import DataConfig
-from .distributed import barrier, gather_to_main, process_group
-from .features import DIGITS_EXTRACTOR, file_digest, register_extractors
-from .fid import (
-    FeatureStats,
-    check_images,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    small_sample_warning,
-)
-from .shards import check_coverage, plan_shards, read_manifest, read_shard, validate_shards
+from ..config import DataConfig
+from ..distributed import barrier, gather_to_main, is_main_process, process_group
+from ..files import atomic_path, atomic_write
+from ..samples.shards import check_coverage, plan_shards, read_manifest, read_shard
+from ..samples.validation import validate_shards
+from .extractors import Extractor, extract_features, load_extractor
+from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["DEFAULT_EXTRACTOR", "EXTRACTORS", "Extractor", "evaluate", "extract_features", "extractor_for", "load_extractor",
-           "reference_statistics"]
-
-INCEPTION = "inception-v3-compat"
-EXTRACTORS = (INCEPTION, DIGITS_EXTRACTOR)
-DEFAULT_EXTRACTOR = {"digits": DIGITS_EXTRACTOR, "cifar10": INCEPTION}
-
-
-def extractor_for(data_name: str, requested: str | None = None) -> str:
-    """The extractor to use: the requested one, else the data set's default (Inception for anything else)."""
-    return requested or DEFAULT_EXTRACTOR.get(data_name, INCEPTION)
-
-
-@dataclass
-class Extractor:
-    """A loaded torch-fidelity extractor and the layers used for FID/KID and for IS."""
-
-    name: str
-    module: torch.nn.Module
-    feature_layer: str
-    logits_layer: str
-    weights_digest: str
-    device: torch.device
-
-
-def load_extractor(name: str, weights_path: Path | None, device: torch.device) -> Extractor:
-    """Build a registered extractor; `weights_path` points at local weights (needed offline for Inception)."""
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    register_extractors()
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
-    cls = FEATURE_EXTRACTORS_REGISTRY[name]
-    feature_layer = cls.get_default_feature_layer_for_metric("fid")
-    logits_layer = cls.get_default_feature_layer_for_metric("isc")
-    if weights_path is not None and not Path(weights_path).is_file():
-        raise FileNotFoundError(f"feature extractor weights {weights_path} not found; pass an existing file "
-                                "(for Inception: torch-fidelity's pt_inception-2015-12-05 weights)")
-    if name == INCEPTION and weights_path is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError("Inception weights would be downloaded but the machine is offline; "
-                                "pass --weights PATH to a local copy")
-    module = cls(name, [feature_layer, logits_layer], feature_extractor_weights_path=str(weights_path)
-                 if weights_path else None).to(device).eval()
-    if weights_path is not None:
-        digest = file_digest(Path(weights_path))
-    elif name == DIGITS_EXTRACTOR:
-        from .features import digits_classifier_weights
-
-        digest = file_digest(digits_classifier_weights())
-    else:
-        digest = "torch-fidelity-default-weights"
-    return Extractor(name, module, feature_layer, logits_layer, digest, device)
-
-
-@torch.no_grad()
-def extract_features(extractor: Extractor, images: torch.Tensor | np.ndarray, batch_size: int = 200,
-                     layout: str = "NCHW") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) as float64 tensors on the extractor's device, for uint8 images.
-
-    Refuses bad input with the reason. The uint8 images go to the device whole (pinned,
-    without waiting), the extractor resizes there, and nothing comes back to the host
-    between batches.
-    """
-    check_images(images)
-    images = torch.as_tensor(images)
-    if layout == "NHWC":
-        images = images.permute(0, 3, 1, 2)
-    if extractor.device.type == "cuda":
-        images = images.contiguous().pin_memory().to(extractor.device, non_blocking=True)
-    features, logits = [], []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start : start + batch_size].to(extractor.device)
-        if batch.shape[1] == 1:
-            batch = batch.expand(-1, 3, -1, -1)
-        feature, logit = extractor.module(batch.contiguous())
-        features.append(feature.double())
-        logits.append(logit.double())
-    return torch.cat(features), torch.cat(logits)
+__all__ = ["evaluate", "reference_statistics"]
 
 
 def _data_key(images: torch.Tensor, extractor: Extractor) -> str:
@@ -130,22 +46,19 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
     Returns {'stats': FeatureStats, 'features': float32 (N, D), 'key', 'data'}; computed on rank 0
     when missing (others wait) and written atomically.
     """
-    from .data import load_images
+    from ..data import load_images
 
     images = load_images(data_cfg)
     key = _data_key(images, extractor)
     path = Path(cache_dir) / f"reference-{extractor.name}-{key[:20]}.pt"
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    if rank == 0 and not path.exists():
+    if is_main_process() and not path.exists():
         features, _ = extract_features(extractor, images, batch_size)
         features = features.cpu()
         stats = FeatureStats.empty(features.shape[1])
         stats.update(features)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        torch.save({"key": key, "stats": stats.to_dict(), "features": features.float(),
-                    "data": asdict(data_cfg)}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, "stats": stats.to_dict(), "features": features.float(),
+                        "data": asdict(data_cfg)}, tmp)
     barrier()
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {"stats": FeatureStats.from_dict(payload["stats"]), "features": payload["features"], "key": key,
@@ -220,8 +133,6 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
         "warning": small_sample_warning(stats.n),
     }
     if out is not None:
-        tmp = out.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, out)
+        atomic_write(out, json.dumps(report, indent=2) + "\n")
     return report
 

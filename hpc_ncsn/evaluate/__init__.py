@@ -1,0 +1,8 @@
+"""Scoring samples: FID, KID and IS from sample shards, in float64, over any number of processes.
+
+    scores.py      the metric maths on feature vectors (FeatureStats, FID, KID, IS), torch-fidelity's definitions
+    extractors.py  feature extractors (torch-fidelity's Inception, a digits classifier) and the input checks
+    evaluator.py   shards → features → statistics all-reduced over ranks → the report; cached reference statistics
+
+torch-fidelity is imported only in this package.
+"""

@@ -1,0 +1,194 @@
+"""A sweep as data: its grid of cells, the tasks that compute them, and where everything lands.
+
+A sweep is a base config plus axes: `schedule` (an arm of hpc_ncsn.config.ARMS, which
+sets noise.ladder and sampler.step_rule) and `seed` (train.seed) first, then any other
+config key (`sampler.steps_per_level`, `train.lr`, ...). A cell is one point of the
+grid, named after its axis values in axis order.
+
+Cells that differ only in how they sample share one training: the `snr` arm samples
+the `geometric` arm's network (same ladder), and the sampler, generate and evaluate
+sections never change the weights. The plan trains each distinct network once.
+
+On disk, under the sweep folder:
+
+    sweep.json                 the spec (written once; a rerun must match it)
+    train/<cell>/              a training run folder (train.out_dir), named after its first cell
+    cells/<cell>/samples/      shards, manifest.json and metrics.json of one cell
+    status/<stage>/<task>.json state of every task: running, done or failed (+ error, log)
+    logs/                      job logs (submitit)
+    table.md/.csv/.json, *.png the aggregated ablation
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, arm_overrides, config_from_dict, config_to_dict, load_config
+from ..files import atomic_write
+from .tasks import AggregateTask, SampleTask, Task, TrainTask
+
+__all__ = ["ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "plan", "training_identity"]
+
+ARM_AXIS, SEED_AXIS = "schedule", "seed"
+SPEC_FILE = "sweep.json"
+# Sections that never change the trained weights.
+SAMPLING_SECTIONS = ("sampler", "generate", "evaluate")
+
+
+def _yaml_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: an ordered tuple of (axis, value)."""
+
+    axes: tuple[tuple[str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        parts = [f"{key}-{value}" for key, value in self.axes]
+        return re.sub(r"[^A-Za-z0-9.,=+_-]", "", "_".join(parts))
+
+    @property
+    def seed(self) -> int:
+        return int(dict(self.axes).get(SEED_AXIS, 0))
+
+    def overrides(self) -> list[str]:
+        items = []
+        for key, value in self.axes:
+            if key == ARM_AXIS:
+                items += arm_overrides(value)
+            else:
+                items.append(f"{'train.seed' if key == SEED_AXIS else key}={_yaml_value(value)}")
+        return items
+
+    def group(self) -> tuple[tuple[str, Any], ...]:
+        """The cell's axes without the seed: the row of the ablation table it belongs to."""
+        return tuple((key, value) for key, value in self.axes if key != SEED_AXIS)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """What a sweep computes (not where or how it runs).
+
+    `base` is the resolved config (the YAML file plus the sweep-wide overrides) as a
+    plain dict, stored in sweep.json: the sweep folder does not depend on the config
+    file staying unchanged, and a rerun after editing it is recognized as another sweep.
+    `axes` keeps its order (it names the cells), in sweep.json too.
+    """
+
+    config: str  # where `base` was read from (for the record)
+    base: dict
+    axes: dict[str, list]
+    overrides: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.axes or any(not values for values in self.axes.values()):
+            raise ConfigError(f"every sweep axis needs at least one value, got {self.axes}")
+        for key, values in self.axes.items():
+            if len(set(map(json.dumps, values))) != len(values):
+                raise ConfigError(f"axis {key!r} repeats a value: {values}; list each value once")
+
+    @classmethod
+    def from_config(cls, path: Path, axes: dict[str, list], overrides: tuple[str, ...] = ()) -> "SweepSpec":
+        """Resolve the config file and the sweep-wide overrides (ConfigError names a bad key)."""
+        base = config_to_dict(load_config(path, overrides))
+        return cls(config=str(path), base=base, axes=axes, overrides=tuple(overrides))
+
+    def cells(self) -> list[Cell]:
+        keys = list(self.axes)
+        return [Cell(tuple(zip(keys, values))) for values in itertools.product(*self.axes.values())]
+
+    def cell_config(self, cell: Cell, *extra: str) -> dict:
+        """The cell's resolved config as a plain dict (ConfigError names a bad axis key or value)."""
+        return config_to_dict(config_from_dict(self.base, [*cell.overrides(), *extra]))
+
+    def _record(self) -> dict:
+        return {"config": self.config, "base": self.base, "axes": [[key, list(values)] for key, values in
+                                                                      self.axes.items()],
+                "overrides": list(self.overrides)}
+
+    def differences(self, other: "SweepSpec") -> list[str]:
+        """Human-readable differences from another spec (empty when they describe the same sweep)."""
+        mine, theirs = _flatten(self._record()), _flatten(other._record())
+        return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
+                for key in sorted(set(mine) | set(theirs)) if key != "config" and mine.get(key) != theirs.get(key)]
+
+    def to_json(self) -> str:
+        return json.dumps(self._record(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "SweepSpec":
+        data = json.loads(text)
+        axes = data["axes"]
+        return cls(config=data["config"], base=data["base"],
+                   axes=dict(axes) if isinstance(axes, list) else axes, overrides=tuple(data.get("overrides", ())))
+
+    @classmethod
+    def load(cls, root: Path) -> "SweepSpec":
+        path = Path(root) / SPEC_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {root} is not a sweep folder (launch/sweep.py writes it)")
+        return cls.from_json(path.read_text())
+
+    def save(self, root: Path) -> None:
+        atomic_write(Path(root) / SPEC_FILE, self.to_json())
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tree}
+
+
+def training_identity(config: dict) -> str:
+    """What determines the trained weights: the config without its sampling sections and output folder."""
+    tree = {section: dict(values) for section, values in config.items() if section not in SAMPLING_SECTIONS}
+    tree["train"].pop("out_dir")
+    return json.dumps(tree, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    root: Path
+    spec: SweepSpec
+    train: list[TrainTask]
+    sample: list[SampleTask]
+    aggregate: AggregateTask
+
+    def stages(self) -> list[tuple[str, list[Task]]]:
+        """(stage, its tasks) in the order they run."""
+        return [(TrainTask.stage, list(self.train)), (SampleTask.stage, list(self.sample)),
+                (AggregateTask.stage, [self.aggregate])]
+
+
+def plan(spec: SweepSpec, root: Path) -> Plan:
+    """The training tasks (one per distinct network) and sampling tasks (one per cell) of a sweep."""
+    root = Path(root)
+    trainings: dict[str, TrainTask] = {}
+    samples: list[SampleTask] = []
+    names: dict[str, Cell] = {}
+    for cell in spec.cells():
+        if cell.name in names:
+            raise ConfigError(f"cells {dict(names[cell.name].axes)} and {dict(cell.axes)} would share the folder "
+                              f"{cell.name!r} (a cell's name keeps only letters, digits and .,=+_-); "
+                              "give the axis values that differ in those characters")
+        names[cell.name] = cell
+        config = spec.cell_config(cell)
+        identity = training_identity(config)
+        if identity not in trainings:
+            folder = root / "train" / cell.name
+            run_config = spec.cell_config(cell, f"train.out_dir={folder}")
+            trainings[identity] = TrainTask(cell.name, folder, run_config)
+        samples.append(SampleTask(cell.name, root / "cells" / cell.name / "samples", config, trainings[identity],
+                                  cell.seed, cell.group()))
+    return Plan(root, spec, list(trainings.values()), samples, AggregateTask())

@@ -1,0 +1,94 @@
+"""The sweep's tasks: train one network, sample and score one cell, aggregate the table.
+
+A task is a small frozen object that carries everything its job needs (its resolved
+config, its folders, the training it depends on); a submitted job receives the object
+itself and never re-plans the sweep. `run(root)` does the work and is safe to run
+again: a training resumes from its newest checkpoint, a sampling keeps its valid
+shards, the table is rewritten. The stage names live here only (`STAGES`).
+
+Importing this module does not import torch; the bodies import what they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+__all__ = ["STAGES", "AggregateTask", "SampleTask", "Task", "TrainTask"]
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    """Train (or resume) one network in `folder`; `config` is its resolved config (train.out_dir = folder)."""
+
+    stage: ClassVar[str] = "train"
+    name: str
+    folder: Path
+    config: dict
+
+    def run(self, root: Path) -> Path:
+        from ..config import config_from_dict
+        from ..train import train
+
+        return train(config_from_dict(self.config))
+
+
+@dataclass(frozen=True)
+class SampleTask:
+    """Draw one cell's samples from its training's EMA weights into shards (resumable), then score them."""
+
+    stage: ClassVar[str] = "sample"
+    name: str
+    folder: Path
+    config: dict  # the cell's resolved config: its sampler, generate and evaluate sections are used here
+    train: TrainTask
+    seed: int
+    group: tuple[tuple[str, Any], ...]  # the cell's axes without the seed: its row of the table
+
+    def sampling_overrides(self) -> tuple[str, ...]:
+        """The cell's sampler and generate sections, as overrides of its training run's config."""
+        import json
+
+        return tuple(f"{section}.{key}={value if isinstance(value, str) else json.dumps(value)}"
+                     for section in ("sampler", "generate") for key, value in self.config[section].items())
+
+    def run(self, root: Path) -> dict:
+        from ..config import config_from_dict
+        from ..distributed import is_main_process
+        from ..evaluate.evaluator import evaluate
+        from ..evaluate.extractors import cache_dir, extractor_for
+        from ..samples.generate import generate
+        from .status import read_status
+
+        training = read_status(root, self.train)
+        if training is None or training.state != "done":
+            state = "never ran" if training is None else f"is {training.state}" + (
+                f": {training.error}" if training.error else "")
+            raise RuntimeError(f"cell {self.name} samples the network of training task {self.train.name}, which "
+                               f"{state}; rerun the sweep to train it first")
+        config = config_from_dict(self.config)
+        generate(self.train.folder, self.folder, overrides=self.sampling_overrides(), seed=self.seed)
+        settings = config.evaluate
+        report = evaluate(self.folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
+                          weights_path=Path(settings.weights) if settings.weights else None,
+                          cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
+                          out=self.folder / "metrics.json")
+        return report if is_main_process() else {}
+
+
+@dataclass(frozen=True)
+class AggregateTask:
+    """Write the ablation table and plots of the whole sweep."""
+
+    stage: ClassVar[str] = "aggregate"
+    name: str = "table"
+
+    def run(self, root: Path) -> dict:
+        from .aggregate import aggregate
+
+        return aggregate(Path(root))
+
+
+Task = Union[TrainTask, SampleTask, AggregateTask]
+STAGES = (TrainTask.stage, SampleTask.stage, AggregateTask.stage)

@@ -1,0 +1,15 @@
+"""Training: denoising score matching under Accelerate and DeepSpeed, with EMA, checkpoints and exact resume.
+
+    batches.py     the data on the device, each step's global batch and this rank's slices
+    step.py        one optimizer step (one code path; how the optimizer is told to skip differs)
+    run_folder.py  config.yaml, metrics.jsonl, checkpoints and sample grids of a run folder
+    session.py     what a training process holds: `Training.start(config)`
+    loop.py        `train(config)`: the loop
+
+Accelerate and DeepSpeed are imported only in this package.
+"""
+
+from .loop import sample_grid, train
+from .session import Training, TrainingDiverged, make_accelerator
+
+__all__ = ["Training", "TrainingDiverged", "make_accelerator", "sample_grid", "train"]

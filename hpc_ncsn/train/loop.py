@@ -1,0 +1,92 @@
+"""The training loop: denoising score matching under Accelerate (and DeepSpeed ZeRO-1/2).
+
+One code path for 1 process, N processes and N processes over M nodes; see
+hpc_ncsn.train.session for what a process holds and hpc_ncsn.train.step for one step.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import preemption
+from ..config import Config
+from ..data import to_uint8
+from ..distributed import is_main_process
+from ..ema import EMA
+from ..model import build_score_model
+from ..sampling import SamplerPlan, annealed_langevin, initial_state
+from .session import Training
+
+__all__ = ["sample_grid", "train"]
+
+
+@torch.no_grad()
+def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> None:
+    """Draw `train.sample_images` images with the EMA weights and the config's sampler; save a PNG grid."""
+    from torchvision.utils import save_image
+
+    from ..files import atomic_path
+
+    model = build_score_model(config.model, config.data).to(device).eval()
+    ema.copy_to(model)
+    count, seed = config.train.sample_images, config.train.seed
+    indices = torch.arange(count, device=device)
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
+    x = annealed_langevin(model, x.to(device), SamplerPlan.from_config(config.noise, config.sampler), seed=seed,
+                          indices=indices)
+    with atomic_path(path) as tmp:
+        save_image(to_uint8(x).float() / 255.0, tmp, format="png", nrow=int(math.ceil(math.sqrt(count))), padding=1)
+
+
+def train(config: Config) -> Path:
+    """Train (or resume) the run in `config.train.out_dir`; returns the run folder."""
+    from tqdm.auto import tqdm
+
+    cfg = config.train
+    preemption.install()
+    run = Training.start(config)
+    state = run.state
+    due = lambda every: state.step % every == 0 or state.step == cfg.steps  # noqa: E731
+    progress = tqdm(total=cfg.steps, initial=state.step, disable=not is_main_process(), desc="train",
+                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    run.model.train()
+    started, window_start = time.time(), state.step
+    while state.step < cfg.steps:
+        # Accumulate gradients and step on finite ones.
+        grad_norm = run.step()
+        progress.update(1)
+
+        # Log the loss per noise level, summed over ranks.
+        if due(cfg.log_every):
+            now = time.time()
+            record = run.log(grad_norm, (state.step - window_start) * cfg.batch_size / max(now - started, 1e-9))
+            if record is not None:
+                progress.set_postfix(loss=record["loss"], img_s=f"{record['images_per_s']:.0f}")
+            started, window_start = now, state.step
+
+        # Sample with the EMA weights; save a checkpoint.
+        if due(cfg.sample_every) and is_main_process():
+            sample_grid(config, run.ema, run.accelerator.device, run.folder.sample_grid(state.step))
+        if due(cfg.checkpoint_every):
+            run.save()
+        if due(cfg.sample_every) or due(cfg.checkpoint_every):
+            started = time.time()
+
+        # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
+        if (run.accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(run.accelerator.device):
+            if not due(cfg.checkpoint_every):
+                run.save()
+            progress.close()
+            raise preemption.Preempted(f"stop requested ({preemption.requested() or 'on another rank'}) at step "
+                                       f"{state.step}; checkpoint saved in {run.folder.checkpoints}; rerun to resume")
+    progress.close()
+    run.read_skips()
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return run.folder.path

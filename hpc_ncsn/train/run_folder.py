@@ -1,0 +1,116 @@
+"""A training run folder: the resolved config, the metrics log, checkpoints, sample grids.
+
+    config.yaml            the resolved config (refuses a restart with another experiment)
+    metrics.jsonl          one JSON line per log interval
+    samples/step-*.png     EMA sample grids
+    checkpoints/step-*/    Accelerate state (model, optimizer, scaler, RNG), ema.pt, meta.json
+
+Only the main process writes here; the others wait at the callers' barriers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from ..config import Config, config_to_dict, config_to_yaml, load_config
+from ..distributed import is_main_process
+from ..ema import EMA
+from ..files import atomic_write
+
+__all__ = ["RunFolder", "TrainState"]
+
+# What a restarted run must share with the folder's run: everything that shapes the weights.
+_SAME_SECTIONS = ("data", "noise", "model")
+_SAME_TRAIN_KEYS = ("seed", "batch_size")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    skipped: int = 0
+    consecutive_skips: int = 0
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+
+    def check(self, config: Config) -> None:
+        """Refuse to resume a run folder that was started with a different experiment."""
+        if not self.config_path.exists():
+            return
+        saved = config_to_dict(load_config(self.config_path))
+        current = config_to_dict(config)
+        changed = [f"{section}.{key}: {saved[section][key]!r} → {current[section][key]!r}"
+                   for section in _SAME_SECTIONS for key in current[section]
+                   if saved[section][key] != current[section][key]]
+        changed += [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
+                    for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
+        if changed:
+            raise ValueError(f"run folder {self.path} holds a run with another config ({'; '.join(changed)}); "
+                             "resume it with its own config or pick a new train.out_dir")
+
+    def start(self, config: Config) -> None:
+        """Check the folder against `config`, then record `config` in it."""
+        self.check(config)
+        atomic_write(self.config_path, config_to_yaml(config))
+
+    def append_metrics(self, record: dict) -> None:
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines written after the checkpoint a run resumes from (they will be written again)."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= step]
+        atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    def sample_grid(self, step: int) -> Path:
+        return self.path / "samples" / f"{ckpt.checkpoint_name(step)}.png"
+
+    def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA) -> Path | None:
+        """Every rank writes its part of Accelerate's state into a scratch folder; the main process then
+        adds ema.pt and meta.json, publishes it and rotates old ones. Returns the folder (main process)."""
+        main = is_main_process()
+        scratch = self.checkpoints / f".tmp-{ckpt.checkpoint_name(state.step)}"
+        if main:
+            ckpt.scratch_dir(self.checkpoints, state.step)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(scratch))
+        accelerator.wait_for_everyone()
+        final = None
+        if main:
+            torch.save({"step": state.step, "config": config_to_dict(config), "ema": ema.state_dict()},
+                       scratch / ckpt.EMA_FILE)
+            meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
+                    "world_size": accelerator.num_processes, "time": time.time()}
+            (scratch / ckpt.COMPLETE_MARK).write_text(json.dumps(meta))
+            final = ckpt.publish(scratch, state.step)
+            ckpt.rotate(self.checkpoints, config.train.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return final
+
+    def resume(self, accelerator, ema: EMA) -> TrainState:
+        """Restore the newest complete checkpoint, if any; drop log lines written after it."""
+        latest = ckpt.latest_checkpoint(self.checkpoints)
+        state = TrainState()
+        if latest is not None:
+            accelerator.load_state(str(latest))
+            ema.load_state_dict(torch.load(latest / ckpt.EMA_FILE, map_location="cpu", weights_only=True)["ema"])
+            meta = json.loads((latest / ckpt.COMPLETE_MARK).read_text())
+            state = TrainState(step=meta["step"], skipped=meta["skipped"], consecutive_skips=meta["consecutive_skips"])
+            accelerator.print(f"resumed from {latest} at step {state.step}")
+        if is_main_process():
+            self.truncate_metrics(state.step)
+        return state

@@ -1,0 +1,117 @@
+"""The sweep as data, in this process: cells, shared trainings, task objects, sweep.json, the sbatch text."""
+
+import argparse
+import pickle
+from pathlib import Path
+
+import pytest
+
+from hpc_ncsn.config import ConfigError, load_config
+from hpc_ncsn.sweep.launch import add_arguments, sbatch_text, slurm_parameters
+from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
+from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
+
+ROOT = Path(__file__).resolve().parent.parent
+DEBUG = ROOT / "configs" / "debug.yaml"
+
+
+def spec(**axes) -> SweepSpec:
+    return SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear", "snr"], "seed": [0, 1], **axes})
+
+
+def test_the_snr_arm_and_sampler_axes_share_the_trainings_they_do_not_change(tmp_path):
+    sweep = plan(spec(**{"sampler.steps_per_level": [3, 5]}), tmp_path)
+    assert len(sweep.sample) == 12 and len(sweep.train) == 4  # (geometric, linear) × 2 seeds
+    by_name = {task.name: task for task in sweep.sample}
+    snr = by_name["schedule-snr_seed-1_sampler.steps_per_level-5"]
+    assert snr.train.name == "schedule-geometric_seed-1_sampler.steps_per_level-3"
+    assert snr.config["sampler"]["step_rule"] == "snr" and snr.config["sampler"]["steps_per_level"] == 5
+    assert snr.train.config["train"]["out_dir"] == str(tmp_path / "train" / snr.train.name)
+    assert snr.seed == 1 and snr.group == (("schedule", "snr"), ("sampler.steps_per_level", 5))
+    assert "sampler.steps_per_level=5" in snr.sampling_overrides()
+
+
+def test_keys_that_change_the_weights_get_their_own_training(tmp_path):
+    sweep = plan(spec(**{"train.lr": [1e-3, 2e-3]}), tmp_path)
+    assert len(sweep.train) == 8 and len(sweep.sample) == 12
+
+
+def test_training_identity_ignores_sampling_sections_and_the_output_folder():
+    from hpc_ncsn.config import config_to_dict
+
+    base = config_to_dict(load_config(DEBUG))
+    other = config_to_dict(load_config(DEBUG, ["sampler.step_rule=snr", "generate.num_samples=9",
+                                               "evaluate.batch_size=3", "train.out_dir=elsewhere"]))
+    assert training_identity(base) == training_identity(other)
+    assert training_identity(base) != training_identity(config_to_dict(load_config(DEBUG, ["noise.ladder=linear"])))
+
+
+def test_a_plan_read_back_from_sweep_json_names_every_task_as_the_launcher_did(tmp_path):
+    # Axes whose keys sort before the built-in ones: sweep.json must keep the launcher's order.
+    original = spec(**{"data.image_size": [8, 16], "model.base_channels": [8]})
+    original.save(tmp_path)
+    again = plan(SweepSpec.load(tmp_path), tmp_path)
+    first = plan(original, tmp_path)
+    assert [t.name for t in again.train] == [t.name for t in first.train]
+    assert [t.name for t in again.sample] == [t.name for t in first.sample]
+    assert first.sample[0].name == "schedule-geometric_seed-0_data.image_size-8_model.base_channels-8"
+    assert SweepSpec.load(tmp_path).differences(original) == []
+    reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "schedule": ["geometric", "linear", "snr"],
+                                              "data.image_size": [8, 16], "model.base_channels": [8]})
+    assert reordered.differences(original)
+
+
+def test_tasks_travel_to_jobs_as_objects():
+    sweep = plan(spec(), Path("/sweeps/x"))
+    for _, tasks in sweep.stages():
+        for task in tasks:
+            copy = pickle.loads(pickle.dumps(task))
+            assert copy == task and copy.stage in STAGES
+    assert [stage for stage, _ in sweep.stages()] == list(STAGES) == ["train", "sample", "aggregate"]
+    assert isinstance(sweep.train[0], TrainTask) and isinstance(sweep.sample[0], SampleTask)
+
+
+def test_cells_that_would_share_a_folder_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"would share the folder .*give the axis values that differ"):
+        plan(spec(**{"data.data_root": ["a/b", "ab"]}), tmp_path)
+
+
+def test_a_repeated_axis_value_is_refused():
+    with pytest.raises(ConfigError, match=r"axis 'seed' repeats a value: \[0, 0\]"):
+        SweepSpec.from_config(DEBUG, {"schedule": ["geometric"], "seed": [0, 0]})
+
+
+GOLDEN_TRAIN_SBATCH = """#!/bin/bash
+
+# Parameters
+#SBATCH --array=0-3%4
+#SBATCH --error=/sweeps/x/logs/%A_%a/%A_%a_0_log.err
+#SBATCH --exclusive
+#SBATCH --gpus-per-node=4
+#SBATCH --job-name=ncsn-train
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=4
+#SBATCH --open-mode=append
+#SBATCH --output=/sweeps/x/logs/%A_%a/%A_%a_0_log.out
+#SBATCH --partition=gpu
+#SBATCH --signal=USR2@120
+#SBATCH --time=2880
+#SBATCH --wckey=submitit
+
+# setup
+module load cuda
+
+# command
+export SUBMITIT_EXECUTOR=slurm
+srun --unbuffered --output /sweeps/x/logs/%A_%a/%A_%a_%t_log.out --error /sweeps/x/logs/%A_%a/%A_%a_%t_log.err \
+python -u -m submitit.core._submit /sweeps/x/logs/%j
+"""
+
+
+def test_the_training_array_sbatch_script_is_what_submitit_submits():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--partition", "gpu", "--gpus-per-node", "4", "--nodes", "2", "--time-train", "2880",
+                              "--setup", "module load cuda", "--sbatch", "exclusive=true"])
+    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train"), 4)
+    assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")
