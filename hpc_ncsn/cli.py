@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, EvaluateConfig, GenerateConfig, config_to_yaml, load_config
-from .preemption import EXIT_CODE, Preempted
+from .distributed import match_threads
+from .preemption import Preempted
 from .toy import ToySettings
 
 __all__ = ["main", "sweep_main", "train_main"]
@@ -50,8 +51,9 @@ TRAIN_HELP = """Train a noise-conditional score network with denoising score mat
 
 A run folder (train.out_dir) that already holds checkpoints is resumed from the
 newest complete one: rerunning the same command continues an interrupted run.
-On SIGUSR2 or SIGTERM (a scheduler's warning) the run saves a checkpoint at the
-next step and exits with status 75 (EX_TEMPFAIL): requeue it (slurm/train.sbatch does).
+On SIGUSR2 (a scheduler's time-limit warning) the run saves a checkpoint at the next
+step and exits with status 75 (EX_TEMPFAIL): requeue it (slurm/train.sbatch does).
+On SIGTERM (scancel) it saves the same way and exits with 143; nothing requeues it.
 """
 
 
@@ -65,6 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(config_to_yaml(config), end="")
         return 0
+    match_threads()
     from .train import train
 
     print(f"run folder: {train(config)}")
@@ -182,6 +185,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                           "overrides": list(overrides), "generate": asdict(config.generate),
                           "sampler": asdict(config.sampler)}, indent=2))
         return 0
+    match_threads()
     from .samples.generate import generate
 
     result = generate(args.run_dir, args.out, overrides=overrides, seed=args.seed)
@@ -190,9 +194,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .samples.generate import run_folder
     from .samples.shards import read_manifest
 
-    run = Path(read_manifest(args.samples)["meta"]["run"])
+    run = run_folder(args.samples, read_manifest(args.samples)["meta"])
     config = load_config(args.config or run / "config.yaml")
     from .evaluate.extractors import cache_dir, extractor_for
 
@@ -205,6 +210,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           "weights": str(weights) if weights else None, "batch_size": batch_size,
                           "out": str(out)}, indent=2))
         return 0
+    match_threads()
     from .evaluate.evaluator import evaluate
 
     report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,
@@ -365,19 +371,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     """Run a parsed command; user mistakes end in one line on stderr."""
+    from .locks import Locked
     from .sweep.launch import SweepMismatch
+    from .sweep.scheduler import Refused
 
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    except SweepMismatch as error:
-        print(f"sweep: {error}", file=sys.stderr)
+    except (SweepMismatch, Locked, Refused) as error:
+        print(f"{getattr(args, 'command', None) or 'error'}: {error}", file=sys.stderr)
         return 2
     except Preempted as stop:
-        print(f"preempted: {stop}", file=sys.stderr)
-        return EXIT_CODE
+        print(f"{'preempted' if stop.requeue else 'stopped'}: {stop}", file=sys.stderr)
+        return stop.exit_code
     finally:
         if "torch.distributed" in sys.modules:  # generate/evaluate under torchrun: leave no gloo thread behind
             from .distributed import release

@@ -4,6 +4,10 @@
 initialized torch.distributed group, else the RANK variable a launcher (torchrun,
 Accelerate, submitit, slurm/rank-env.sh) exported, else 0. They do not import torch.
 
+`match_threads()` gives each process as many intra-op threads as CPUs its allocation
+holds for it (see its docstring): a process that starts one thread per core of a
+shared node makes every process on it several times slower.
+
 Training goes through Accelerate; generation and evaluation, launched by torchrun or
 a sweep job, use `process_group()` (gloo on CPU, NCCL on GPU) with a barrier and a
 gather.
@@ -15,7 +19,10 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["barrier", "gather_to_main", "is_main_process", "process_group", "rank", "release"]
+__all__ = ["barrier", "cpus_for_this_process", "gather_to_main", "is_main_process", "match_threads", "process_group",
+           "rank", "release"]
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _initialized():
@@ -71,3 +78,41 @@ def gather_to_main(value: Any) -> list[Any] | None:
     gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(value, gathered, dst=0)
     return gathered
+
+
+def _int(name: str) -> int | None:
+    value = os.environ.get(name, "").split("(")[0]  # SLURM_TASKS_PER_NODE may read "2(x3)"
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def cpus_for_this_process(cpus: int | None = None) -> tuple[int, str]:
+    """(CPUs this process may use, where that number came from).
+
+    In order: `cpus` (a launcher's share, e.g. --local-parallel); OMP_NUM_THREADS when
+    the user set it; Slurm's --cpus-per-task (SLURM_CPUS_PER_TASK); the job's CPUs on
+    this node (SLURM_CPUS_ON_NODE) split among its tasks here; else the CPUs this
+    process may run on (os.sched_getaffinity) split among the processes a launcher
+    started on this machine (LOCAL_WORLD_SIZE).
+    """
+    if cpus is not None:
+        return max(1, cpus), "the launcher's share"
+    if _int("OMP_NUM_THREADS"):
+        return _int("OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+    if _int("SLURM_CPUS_PER_TASK"):
+        return _int("SLURM_CPUS_PER_TASK"), "SLURM_CPUS_PER_TASK"
+    local = _int("SLURM_NTASKS_PER_NODE") or _int("SLURM_TASKS_PER_NODE") or _int("LOCAL_WORLD_SIZE") or 1
+    if _int("SLURM_CPUS_ON_NODE"):
+        return max(1, _int("SLURM_CPUS_ON_NODE") // local), f"SLURM_CPUS_ON_NODE / {local} task(s)"
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = _int("LOCAL_WORLD_SIZE") or 1
+    return max(1, visible // local), f"{visible} visible CPU(s) / {local} process(es)"
+
+
+def match_threads(cpus: int | None = None) -> int:
+    """Set torch's intra-op threads (and OMP/MKL/OpenBLAS for child processes) to this process's CPUs."""
+    count, _ = cpus_for_this_process(cpus)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(count)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+    return count

@@ -4,8 +4,10 @@ Every file a reader may see (checkpoints, shards, manifests, status files, table
 plots, run configs, cached statistics) is written under a hidden temporary name in
 its final folder, flushed and fsynced, then renamed over the final name, and the
 folder is fsynced so the rename survives a node crash. A final name therefore always
-holds a complete file; a killed writer leaves at most a `.NAME.tmp-PID` file, which
-the next writer of NAME removes.
+holds a complete file; a killed writer leaves at most a `.NAME.tmp-PID` file. Where
+a file has one writer at a time (a shard: the generation holds the folder's lock),
+that writer removes such leftovers (`remove_stale=True`); where several processes
+may write the same file at once (a cache), each only ever touches its own temporary.
 
 Standard library only.
 """
@@ -57,15 +59,18 @@ def fsync_tree(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, *, remove_stale: bool = False) -> Iterator[Path]:
     """A temporary path to write `path`'s content to; on success it is fsynced and renamed to `path`.
 
     For writers that want a file name (h5py, torch.save, matplotlib). On an error the
     temporary file is removed and `path` keeps its old content (or stays absent).
+    `remove_stale`: first delete other writers' leftover temporaries of `path` (only
+    where nobody else may be writing it now).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path)
+    if remove_stale:
+        _remove_stale(path)
     tmp = temporary_name(path)
     try:
         yield tmp

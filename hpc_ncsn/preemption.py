@@ -1,15 +1,20 @@
 """Stop requests from the scheduler: a signal sets a flag, the loops stop at a safe point.
 
-Slurm warns a job before its time limit or a preemption with a signal (submitit
-asks for USR2, `--signal=USR2@90`). `install()` makes USR2 and SIGTERM set a flag
-instead of killing the process. The training loop looks at the flag between
-steps (all ranks agree through an all-reduce), saves a checkpoint and raises
-`Preempted`; generation looks between shards. Whoever runs the task (the sweep's
-submitit wrapper) then requeues the job, and the rerun resumes from the checkpoint
-or the valid shards. A job killed without warning resumes from its last periodic
-checkpoint the same way.
+Two signals, two meanings (Slurm's own):
 
-`requeue(job_id)` is the one place that asks Slurm to requeue a job.
+- **USR2** is the warning `--signal=USR2@<s>` sends before a time limit (or a
+  preemption, as submitit asks for it): save, then come back. The training loop
+  saves a checkpoint at the next step boundary (all ranks agree through an
+  all-reduce), generation stops between shards, and the task is requeued; the rerun
+  resumes from the checkpoint or the valid shards.
+- **SIGTERM** is what `scancel` (and the end of a job, and a preemption that
+  requeues by itself) sends: save if there is time, then stop. Nothing requeues.
+
+`Preempted` carries which one it was; `requeue_wanted()` says whether the task
+should come back. A command stopped by USR2 exits with `EXIT_REQUEUE` (75,
+EX_TEMPFAIL), one stopped by SIGTERM with `EXIT_STOPPED` (143, 128 + SIGTERM), so
+an sbatch script requeues on 75 only (slurm/common.sh). `requeue(job_id)` is the one
+place that asks Slurm to requeue a job.
 """
 
 from __future__ import annotations
@@ -18,25 +23,41 @@ import signal
 import subprocess
 import threading
 
-__all__ = ["EXIT_CODE", "Preempted", "agreed", "install", "requeue", "requested"]
+__all__ = ["EXIT_REQUEUE", "EXIT_STOPPED", "Preempted", "agreed", "install", "requeue", "requested",
+           "requeue_wanted"]
 
-SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-EXIT_CODE = 75  # EX_TEMPFAIL: a command stopped by Preempted exits with it; rerun or requeue to resume
+REQUEUE_SIGNAL, STOP_SIGNAL = signal.SIGUSR2, signal.SIGTERM
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped at USR2 after saving; requeue (or rerun) to resume
+EXIT_STOPPED = 128 + signal.SIGTERM  # stopped at SIGTERM after saving; a rerun resumes, nothing requeues
 _state = {"signal": None}
 
 
 class Preempted(Exception):
-    """The task stopped at a stop request after saving its work; rerun (or requeue) it to resume."""
+    """The task stopped at a stop request after saving its work; `requeue` says whether it should come back."""
+
+    def __init__(self, message: str, signal_name: str | None = None):
+        super().__init__(message)
+        self.signal_name = signal_name or requested()
+
+    @property
+    def requeue(self) -> bool:
+        return self.signal_name == REQUEUE_SIGNAL.name
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_REQUEUE if self.requeue else EXIT_STOPPED
 
 
 def _handler(signum, frame) -> None:
-    _state["signal"] = signal.Signals(signum).name
+    name = signal.Signals(signum).name
+    if _state["signal"] != STOP_SIGNAL.name:  # a cancel outranks a time-limit warning
+        _state["signal"] = name
 
 
 def install() -> None:
     """Turn USR2 and SIGTERM into a stop request (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is threading.main_thread():
-        for sig in SIGNALS:
+        for sig in (REQUEUE_SIGNAL, STOP_SIGNAL):
             signal.signal(sig, _handler)
 
 
@@ -45,16 +66,23 @@ def requested() -> str | None:
     return _state["signal"]
 
 
-def agreed(device) -> bool:
-    """Whether any rank was asked to stop (a collective: every rank must call it at the same point)."""
+def requeue_wanted() -> bool:
+    return requested() == REQUEUE_SIGNAL.name
+
+
+_RANKED = (None, REQUEUE_SIGNAL.name, STOP_SIGNAL.name)  # a later one outranks an earlier one
+
+
+def agreed(device) -> str | None:
+    """The stop request of any rank (SIGTERM outranks USR2), or None: a collective, every rank calls it at once."""
     import torch
 
-    flag = requested() is not None
+    mine = _RANKED.index(requested())
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+        return _RANKED[mine]
+    value = torch.tensor([float(mine)], device=device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+    return _RANKED[int(value.item())]
 
 
 def requeue(job_id: str) -> str | None:

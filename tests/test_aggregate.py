@@ -63,11 +63,11 @@ def test_failed_and_missing_cells_stay_in_the_table(sweep_folder):
     (sweep_folder / "status" / "sample" / "schedule-geometric_seed-2.json").unlink()
     table = aggregate(sweep_folder)
     geometric, linear = table["rows"]
-    assert geometric["seeds_done"] == 2 and geometric["problems"] == ["seed 2: missing"]
+    assert geometric["seeds_done"] == 2 and geometric["problems"] == ["seed 2: pending"]
     assert linear["problems"] == ["seed 2: failed (train: TrainingDiverged: 20 non-finite steps "
                                   "(log: logs/7_0_log.err))"]
     states = {cell["name"]: cell["state"] for cell in table["cells"]}
-    assert states["schedule-linear_seed-2"] == "failed" and states["schedule-geometric_seed-2"] == "missing"
+    assert states["schedule-linear_seed-2"] == "failed" and states["schedule-geometric_seed-2"] == "pending"
     markdown = (sweep_folder / "table.md").read_text()
     assert "| schedule-linear_seed-2 | failed |" in markdown and "2/3" in markdown
 
@@ -89,3 +89,17 @@ def test_outputs_are_identical_on_rerun_and_parse(sweep_folder):
     assert float(rows[1]["fid_mean"]) == 32.0 and rows[1]["seeds_done"] == "2"
     for plot in ("fid.png", "loss_per_level.png", "samples.png"):
         assert (sweep_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cell_whose_process_died_without_a_word_is_lost_not_running(sweep_folder):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_status(sweep_folder, TaskStatus("sample", "schedule-geometric_seed-2", "running", started=1.0,
+                                          pid=int(dead.stdout), heartbeat=1.0, log="logs/9_0_log.err"))
+    (sweep_folder / "cells" / "schedule-geometric_seed-2" / "samples" / "metrics.json").unlink()
+    geometric = aggregate(sweep_folder)["rows"][0]
+    assert geometric["seeds_done"] == 2
+    assert geometric["problems"] == [f"seed 2: lost (sample: its process {dead.stdout.strip()} is gone without a "
+                                     "final state; rerun the sweep to resume it (log: logs/9_0_log.err))"]

@@ -256,7 +256,12 @@ def free_port() -> int:
 
 def _gloo_rank(rank: int, world_size: int, port: int, x: torch.Tensor, out: str) -> None:
     """One rank of the 2-process test: statistics of its share of x, all-reduced; rank 0 saves them."""
-    torch.set_num_threads(1)
+    import os
+
+    from hpc_ncsn.distributed import match_threads
+
+    os.environ["LOCAL_WORLD_SIZE"] = str(world_size)  # what torchrun exports; the product splits the CPUs by it
+    match_threads()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=60))
     try:

@@ -25,7 +25,7 @@ BIN = Path(sys.executable).parent
 
 
 def env(tmp_path: Path) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(tmp_path / "cache")}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(tmp_path / "cache")}
 
 
 def free_port() -> int:
@@ -170,9 +170,12 @@ def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
     check(evaluate_cmd(samples, "--out", str(tmp_path / "two.json"), launcher=torchrun), env(tmp_path))
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
     assert one["n"] == two["n"] == 12 and one["n_reference"] == 1797
-    assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-9)
-    assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-9)
-    assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-9)
+    # The float64 sums do not depend on the process count (test_fid: 1e-12). The float32 extractor does depend on
+    # the threads each process gets (here 2 for one process, 1 each for two): measured 1.3e-8 (FID) and 2.7e-8
+    # (KID) relative, against 2e-15 and 0 between 1 and 2 processes of one thread each.
+    assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-7)
+    assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-7)
+    assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-7)
     assert "biased upward" in one["warning"] and one["extractor"] == "digits-classifier"
 
 

@@ -7,7 +7,9 @@ Needs root (to install and run the daemons) or an already installed Slurm + mung
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,11 +38,26 @@ def cluster(tmp_path_factory):
     assert started.returncode == 0, started.stderr[-3000:]
     conf = str(folder / "cluster" / "slurm.conf")
     try:
-        yield {"SLURM_CONF": conf, "HPC_NCSN_CACHE": str(folder / "cache"), "OMP_NUM_THREADS": "1"}
+        yield {"SLURM_CONF": conf, "HPC_NCSN_CACHE": str(folder / "cache"), "HPC_NCSN_SLURM_DIR": str(folder / "cluster")}
     finally:
         stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
         assert not (folder / "cluster" / "started.list").exists()
+        assert not leftovers(conf), "stop left processes of its cluster running"
+
+
+def leftovers(conf: str) -> list[str]:
+    """Live processes started by the cluster of `conf` (daemons, job steps, job processes)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if f"SLURM_CONF={conf}".encode() in environ and state != "Z" and int(proc.name) != os.getpid():
+            found.append((proc / "cmdline").read_text().replace("\0", " "))
+    return found
 
 
 def sweep(cluster: dict, out: Path, *args: str, timeout: int = 900, check: bool = True, wait: bool = True):
@@ -89,7 +106,7 @@ def ema_of(run: Path) -> dict:
 @pytest.mark.parametrize("interruption", ["USR2 warning", "requeue without warning"])
 def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(cluster, tmp_path,
                                                                                        interruption):
-    long = [*SWEEP, "train.steps=400", "train.checkpoint_every=100", "train.log_every=10"]
+    long = [*SWEEP, "train.steps=2000", "train.checkpoint_every=100", "train.log_every=10"]
     out = tmp_path / "sweep"
     process = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--wait",
                                 "--out", str(out), "--schedules", "geometric", "--seeds", "0", *long],
@@ -106,7 +123,7 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
     assert final["state"] == "done" and final["attempts"] == 2
-    log = Path(status["log"]).read_text()
+    log = Path(status["log"]).with_suffix(".out").read_text()  # prints; status["log"] is the .err (progress bars)
     assert "resumed from" in log
     if interruption == "USR2 warning":
         assert "stop requested (SIGUSR2)" in log and "requeueing" in log
@@ -120,10 +137,10 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
         "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.train import train; "
         "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
         str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={reference}"],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
+        capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stderr[-3000:]
     interrupted, uninterrupted = ema_of(out / "train" / "schedule-geometric_seed-0"), ema_of(reference)
-    assert interrupted["step"] == uninterrupted["step"] == 400
+    assert interrupted["step"] == uninterrupted["step"] == 2000
     for key, value in uninterrupted["ema"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(interrupted["ema"][key], value), key
@@ -172,3 +189,156 @@ def test_plain_sbatch_templates_train_on_two_nodes_then_sample_and_evaluate(clus
            "--shard-size", "10")
     report = json.loads((samples / "metrics.json").read_text())
     assert report["n"] == 20 and report["fid"] > 0
+
+
+# The control plane on a real cluster -----------------------------------------------------------
+
+LONG = [*SWEEP, "train.steps=4000", "train.checkpoint_every=200", "train.log_every=10"]
+ONE = ["--schedules", "geometric", "--seeds", "0"]
+
+
+def launch(cluster: dict, out: Path, *args: str) -> subprocess.Popen:
+    command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(out), *args]
+    return subprocess.Popen(command, env={**os.environ, **cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def squeue(cluster: dict) -> list[str]:
+    listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], env={**os.environ, **cluster}, capture_output=True,
+                            text=True, check=True)
+    return listed.stdout.split()
+
+
+def status_of(out: Path, stage: str = "train", name: str = "schedule-geometric_seed-0") -> dict:
+    return json.loads((out / "status" / stage / f"{name}.json").read_text())
+
+
+def wait_for(condition, timeout: float = 300, what: str = "the condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, tmp_path_factory) -> dict:
+    """The one-cell LONG sweep, run on the cluster without interruption: the table a disturbed run must give."""
+    out = tmp_path_factory.mktemp("undisturbed") / "sweep"
+    sweep(cluster, out, *ONE, *LONG)
+    return json.loads((out / "table.json").read_text())
+
+
+def test_extra_axes_run_to_the_table(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", "--axis",
+                   "data.image_size=8,16", *SWEEP)
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [(row["group"]["schedule"], row["group"]["data.image_size"], row["seeds_done"]) for row in rows] == [
+        (arm, size, 2) for arm in ("geometric", "linear", "snr") for size in (8, 16)]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == []
+    assert len(list((out / "train").iterdir())) == 8  # snr shares the geometric networks
+
+
+def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, undisturbed, tmp_path):
+    out = tmp_path / "sweep"
+    first = launch(cluster, out, *ONE, *LONG)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    running = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+                       and status_of(out)["progress"] is not None and status_of(out), what="the training start")
+    names = subprocess.run(["squeue", "-h", "-o", "%j"], env={**os.environ, **cluster}, capture_output=True,
+                           text=True).stdout.split()
+    assert "ncsn:sweep:train:schedule-geometric_seed-0" in names  # each task names its cell in squeue
+    # While the jobs are live, the same command attaches instead of submitting again.
+    again = sweep(cluster, out, *ONE, *LONG, wait=False)
+    assert "attaching to them instead of submitting again" in again.stdout
+    assert len(json.loads((out / "submitted.json").read_text())) == 1
+    # Plain scancel of the printed arrays: the training saves and stops; nothing comes back.
+    subprocess.run(["scancel", *[job["array"] for job in
+                                 json.loads((out / "submitted.json").read_text())[-1]["jobs"].values()]],
+                   env={**os.environ, **cluster}, check=True)
+    wait_for(lambda: status_of(out)["state"] == "cancelled", what="the cancelled state")
+    time.sleep(15)  # long enough for a requeued job to come back (cred_expire=10)
+    assert not squeue(cluster), "a cancelled job came back"
+    stopped = status_of(out)
+    assert "SIGTERM" in stopped["error"] and stopped["job_id"] == running["job_id"]
+    status = sweep(cluster, out, "--status").stdout
+    assert "cancelled" in status.splitlines()[1]
+    # A rerun resumes from the checkpoint saved at the cancel; --cancel stops it again.
+    resumed = launch(cluster, out, *ONE, *LONG)
+    assert resumed.wait(timeout=120) == 0
+    wait_for(lambda: status_of(out)["attempts"] == 2 and status_of(out)["state"] == "running",
+             what="the resumed training")
+    cancel = sweep(cluster, out, "--cancel")
+    assert "cancelled" in cancel.stdout and "2 waiting task(s) recorded 'cancelled'" in cancel.stdout
+    wait_for(lambda: status_of(out)["state"] == "cancelled", what="the second cancel")
+    assert status_of(out, "sample")["state"] == "cancelled"
+    # The last rerun finishes, with the numbers of an undisturbed sweep.
+    final = sweep(cluster, out, *ONE, *LONG)
+    assert json.loads(final.stdout.strip().splitlines()[-1])["failed"] == []
+    assert status_of(out)["attempts"] == 3
+    assert "resumed from" in Path(status_of(out)["log"]).with_suffix(".out").read_text()
+    assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
+
+
+def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, undisturbed, tmp_path):
+    out = tmp_path / "sweep"
+    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
+    running = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+                       and status_of(out)["state"] == "running" and status_of(out), what="the training start")
+    os.kill(running["pid"], signal.SIGKILL)  # an OOM kill: nothing is written
+    stdout, stderr = waiting.communicate(timeout=300)
+    assert waiting.returncode == 1, stdout[-2000:] + stderr[-2000:]
+    assert "train/schedule-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["failed"]
+    assert re.search(r"^\d\d:\d\d:\d\d train: 1 \w+; sample: 1 \w+; aggregate: 1 \w+; \d job\(s\) live; cancel: ",
+                     stdout, re.M)  # --wait's one-line progress
+    lines = sweep(cluster, out, "--status").stdout.splitlines()
+    assert lines[1].split()[2] == "lost" and "left the queue without a final state" in lines[1]
+    final = sweep(cluster, out, *ONE, *LONG)
+    assert json.loads(final.stdout.strip().splitlines()[-1])["failed"] == []
+    assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
+
+
+def test_a_failed_node_requeues_its_job_which_resumes_elsewhere(cluster, undisturbed, tmp_path):
+    out = tmp_path / "sweep"
+    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
+    wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+             and status_of(out)["state"] == "running" and (status_of(out)["progress"] or {}).get("done", 0) >= 200,
+             what="the first checkpoint")
+    nodes = subprocess.run(["squeue", "-h", "-o", "%N", "-t", "running"], env={**os.environ, **cluster},
+                           capture_output=True, text=True).stdout.split()
+    node = 1 if nodes[0].endswith("n1") else 2
+    env = {**os.environ, **cluster}
+    subprocess.run(["bash", str(SCRIPT), "kill-node", str(node)], env=env, check=True, capture_output=True)
+    try:
+        stdout, stderr = waiting.communicate(timeout=600)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "restart-node", str(node)], env=env, check=True, capture_output=True)
+    assert waiting.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    final = status_of(out)
+    assert final["state"] == "done" and final["attempts"] == 2
+    assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
+
+
+def test_requeues_beyond_the_cap_fail_the_task_with_the_reason(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    assert launch(cluster, out, *ONE, "--max-requeues", "1", *LONG).wait(timeout=120) == 0
+    env = {**os.environ, **cluster}
+    for attempt in (1, 2):  # the time-limit warning, twice
+        job = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+                       and status_of(out)["state"] == "running" and status_of(out)["attempts"] == attempt
+                       and status_of(out)["job_id"], what=f"attempt {attempt}")
+        subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
+    wait_for(lambda: status_of(out)["state"] == "failed", what="the failure")
+    assert "requeued 1 times without finishing (--max-requeues 1)" in status_of(out)["error"]
+    wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")
+
+
+def test_a_bad_partition_is_one_line_and_writes_nothing(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    result = sweep(cluster, out, *ONE, "--partition", "nope", *SWEEP, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Slurm refuses the train jobs: invalid partition" in result.stderr and "--partition" in result.stderr
+    assert not out.exists()

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,20 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = [*BASE, "generate.num_samples=20", "generate.shard_size=10"]
 
 
+def command(out: Path, *args: str) -> list[str]:
+    """launch/sweep.py on `out` with `args`: options first, then KEY=VALUE overrides, which win over TINY's."""
+    options = [arg for arg in args if "=" not in arg or arg.startswith("--")]
+    overrides = [arg for arg in args if "=" in arg and not arg.startswith("--")]
+    return [sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(out), *options, *TINY, *overrides]
+
+
+def environment(out: Path) -> dict:
+    return {**os.environ, "HPC_NCSN_CACHE": str(out.parent / "cache")}  # threads: the product's own setting
+
+
 def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HPC_NCSN_CACHE": str(out.parent / "cache")}
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(out), *args, *TINY],
-                            env=env, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    result = subprocess.run(command(out, *args), env=environment(out), capture_output=True, text=True, timeout=900,
+                            stdin=subprocess.DEVNULL)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -53,7 +65,7 @@ def test_the_snr_arm_samples_the_geometric_network(finished):
         "schedule-geometric_seed-0", "schedule-geometric_seed-1", "schedule-linear_seed-0", "schedule-linear_seed-1"]
     attrs = read_shard(out / "cells" / "schedule-snr_seed-1" / "samples" / "shard-00000.h5")[2]
     assert attrs["arm"] == "snr" and attrs["seed"] == 1
-    assert attrs["run"] == str(out / "train" / "schedule-geometric_seed-1")
+    assert attrs["run"] == "../../../train/schedule-geometric_seed-1"  # relative: the folder may move
 
 
 def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
@@ -124,8 +136,7 @@ def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go
 
 def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
     out = tmp_path / "sweep"
-    args = ("--schedules", "geometric", "--seeds", "0", "--axis", "sampler.steps_per_level=1,2",
-            "--axis", "data.channels=1")
+    args = ("--schedules", "geometric", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
     first = sweep(out, *args)
     assert summary(first)["failed"] == {}
     rows = json.loads((out / "table.json").read_text())["rows"]
@@ -135,3 +146,99 @@ def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
     assert all(row["seeds_done"] == 1 for row in rows)
     assert len(list((out / "train").iterdir())) == 1  # the sampler axis shares one training
     assert summary(sweep(out, *args))["failed"] == {}
+
+
+LONG = ("--schedules", "geometric", "--seeds", "0", "train.steps=300", "train.checkpoint_every=20",
+        "train.log_every=10")
+
+
+def start(out: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(command(out, *args), env=environment(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+
+
+def training_status(out: Path, min_step: int, timeout: float = 300) -> dict:
+    """The training task's status once it runs and has logged `min_step`."""
+    status, metrics = out / "status" / "train" / "schedule-geometric_seed-0.json", \
+        out / "train" / "schedule-geometric_seed-0" / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if status.is_file() and metrics.is_file():
+            lines = [line for line in metrics.read_text().splitlines() if line.endswith("}")]
+            if lines and json.loads(lines[-1])["step"] >= min_step:
+                return json.loads(status.read_text())
+        time.sleep(0.2)
+    raise AssertionError(f"the training did not reach step {min_step}")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("undisturbed") / "sweep"
+    sweep(out, *LONG)
+    return json.loads((out / "table.json").read_text())
+
+
+def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_first(undisturbed, tmp_path):
+    out = tmp_path / "sweep"
+    first = start(out, *LONG)
+    try:
+        status = training_status(out, min_step=30)
+        second = sweep(out, *LONG, check=False)
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1
+        assert f"is in use by launch/sweep.py --cluster local (host" in second.stderr
+        assert f"pid {first.pid}" in second.stderr and "--cancel --out" in second.stderr
+        cancelled = sweep(out, "--cancel", check=False)
+        assert cancelled.returncode == 0 and f"pid {first.pid}" in cancelled.stdout
+        stdout, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 1
+    final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    assert final["state"] == "cancelled" and "SIGTERM" in final["error"] and final["pid"] == status["pid"]
+    assert json.loads((out / "status" / "sample" / "schedule-geometric_seed-0.json").read_text())["state"] == \
+        "cancelled"
+    lines = sweep(out, "--status").stdout.splitlines()
+    assert lines[1].split()[:3] == ["train", "schedule-geometric_seed-0", "cancelled"]
+    # A rerun resumes from the checkpoint saved at the cancel and ends with the undisturbed numbers.
+    again = sweep(out, *LONG)
+    assert summary(again)["failed"] == {}
+    resumed = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    log = Path(resumed["log"])  # the .err file, where the progress bar is; prints go to the .out beside it
+    assert log.suffix == ".err" and "train:" in log.read_text()
+    assert resumed["state"] == "done" and resumed["attempts"] == 2 and "resumed from" in log.with_suffix(".out").read_text()
+    assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
+
+
+def test_a_training_killed_without_a_word_is_lost_and_a_rerun_finishes_it(undisturbed, tmp_path):
+    out = tmp_path / "sweep"
+    first = start(out, *LONG)
+    try:
+        status = training_status(out, min_step=30)
+        os.kill(status["pid"], signal.SIGKILL)  # an OOM kill or kill -9: no status written
+        stdout, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 1
+    lines = sweep(out, *LONG[:4], "--status").stdout.splitlines()
+    train_line = next(line for line in lines if line.startswith("train"))
+    assert train_line.split()[2] == "lost" and "gone without a final state" in train_line
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert rows[0]["seeds_done"] == 0 and "lost" in rows[0]["problems"][0]
+    assert summary(sweep(out, *LONG))["failed"] == {}
+    assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
+
+
+def test_a_moved_sweep_folder_resumes_without_redrawing_its_shards(finished, tmp_path):
+    import shutil
+
+    out, _ = finished
+    moved = tmp_path / "elsewhere" / "sweep"
+    shutil.copytree(out, moved)
+    cell = moved / "cells" / "schedule-snr_seed-0" / "samples"
+    (moved / "status" / "sample" / "schedule-snr_seed-0.json").unlink()  # this cell's sampling runs again
+    (cell / "metrics.json").unlink()
+    shards = {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")}
+    again = sweep(moved, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
+    assert summary(again)["failed"] == {} and "[sample] schedule-snr_seed-0: done" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")} == shards  # kept, not redrawn
+    assert json.loads((moved / "table.json").read_text())["rows"] == json.loads((out / "table.json").read_text())["rows"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from hpc_ncsn.config import ConfigError, load_config
-from hpc_ncsn.sweep.launch import add_arguments, sbatch_text, slurm_parameters
+from hpc_ncsn.sweep.jobs import sbatch_text, slurm_parameters
+from hpc_ncsn.sweep.launch import add_arguments
 from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
 from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
 
@@ -88,7 +89,7 @@ GOLDEN_TRAIN_SBATCH = """#!/bin/bash
 #SBATCH --error=/sweeps/x/logs/%A_%a/%A_%a_0_log.err
 #SBATCH --exclusive
 #SBATCH --gpus-per-node=4
-#SBATCH --job-name=ncsn-train
+#SBATCH --job-name=ncsn:x:train
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=4
 #SBATCH --open-mode=append
@@ -113,5 +114,5 @@ def test_the_training_array_sbatch_script_is_what_submitit_submits():
     add_arguments(parser)
     args = parser.parse_args(["--partition", "gpu", "--gpus-per-node", "4", "--nodes", "2", "--time-train", "2880",
                               "--setup", "module load cuda", "--sbatch", "exclusive=true"])
-    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train"), 4)
+    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4)
     assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")

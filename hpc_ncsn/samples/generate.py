@@ -16,6 +16,7 @@ so this command says --run-dir.)
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..checkpoint import load_ema_model, resolve_checkpoint
 from ..config import Config, arm_of, config_from_dict, config_to_dict
 from ..data import to_uint8
 from ..distributed import barrier, process_group
+from ..locks import FolderLock
 from ..network import NetworkSpeed, score_function
 from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
@@ -43,7 +45,7 @@ from .shards import (
 )
 from .validation import validate_shards
 
-__all__ = ["GenerationResult", "generate", "sampler_attrs", "sampling_config"]
+__all__ = ["GenerationResult", "generate", "run_folder", "sampler_attrs", "sampling_config"]
 
 # What identifies how a shard was made: a valid shard that differs in one of these is drawn again.
 ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed")
@@ -57,11 +59,15 @@ class GenerationResult:
     kept: list[int]
 
 
-def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int) -> dict:
-    """What a shard records about how it was made (`ORIGIN_KEYS` and the image layout)."""
+def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: Path) -> dict:
+    """What a shard records about how it was made (`ORIGIN_KEYS` and the image layout).
+
+    The run folder is recorded relative to the shards' folder, so that a sweep folder
+    that moves with its runs keeps its shards (`run_folder` reads it back).
+    """
     tree = config_to_dict(config)
     return {
-        "run": str(checkpoint.parent.parent.resolve()),
+        "run": os.path.relpath(checkpoint.parent.parent.resolve(), Path(out).resolve()),
         "checkpoint": checkpoint.name,
         "checkpoint_step": step,
         "arm": arm_of(config),
@@ -71,6 +77,11 @@ def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int) -> dic
         "seed": seed,
         "image_layout": "NHWC",
     }
+
+
+def run_folder(samples: Path, meta: dict) -> Path:
+    """The run folder a manifest's (or shard's) attributes name, as a path."""
+    return (Path(samples) / meta["run"]).resolve()
 
 
 def sampling_config(run_config: Config, overrides: tuple[str, ...] = ()) -> Config:
@@ -114,7 +125,8 @@ def generate(
 
     The run's config says how (its sampler.*, noise.* and generate.* sections), with
     `overrides` of those keys applied. The network's precision is recorded in the
-    shards, so a rerun with another one redraws them.
+    shards, so a rerun with another one redraws them. One generation at a time may
+    write into `out` (a lock file, hpc_ncsn.locks).
     """
     preemption.install()
     rank, world, device = process_group()
@@ -126,39 +138,46 @@ def generate(
     specs = plan_shards(settings.num_samples, settings.shard_size)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     speed = NetworkSpeed.from_sampler(config.sampler)
-    attrs = {**sampler_attrs(config, checkpoint, step, seed), **speed.attrs(), "num_samples": settings.num_samples,
-             "shard_size": settings.shard_size}
+    attrs = {**sampler_attrs(config, checkpoint, step, seed, out), **speed.attrs(),
+             "num_samples": settings.num_samples, "shard_size": settings.shard_size}
     score = score_function(model, speed)
     out.mkdir(parents=True, exist_ok=True)
-
-    # Keep this rank's valid shards made the same way; draw the others.
-    mine = [spec for spec in specs if spec.index % world == rank]
-    valid, invalid = validate_shards(out, mine, image_shape=image_shape, timeout=validate_timeout)
-    index_of = {spec.start: spec.index for spec in mine}
-    stale = {index_of[info.start] for info in valid if not _same_origin(info.attrs, attrs)}
-    kept = [spec.index for spec in mine if spec.index not in invalid and spec.index not in stale]
-    generated = []
-    for spec in mine:
-        if spec.index in kept:
-            continue
-        if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
-            raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
-                                       f"{len(generated)} shard(s) written this time; rerun to complete")
-        images = _draw(score, config, plan, spec, seed, device)
-        write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
-        generated.append(spec.index)
-        progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
-    barrier()
-
-    # Check the whole set and write the manifest.
+    lock = FolderLock(out, "generate", what="a generation",
+                      fix="two generations into one folder would redraw each other's shards: wait for that one, "
+                          "or pick another --out")
     if rank == 0:
-        infos, problems = validate_shards(out, specs, image_shape=image_shape, timeout=validate_timeout)
-        if problems:
-            raise RuntimeError(f"shards still invalid after generation: {problems}")
-        check_coverage(infos, settings.num_samples)
-        entries = [manifest_entry(info.path, spec) for spec, info in zip(specs, infos)]
-        write_manifest(out, entries, attrs)
-    barrier()
+        lock.acquire()
+    try:
+        # Keep this rank's valid shards made the same way; draw the others.
+        mine = [spec for spec in specs if spec.index % world == rank]
+        valid, invalid = validate_shards(out, mine, image_shape=image_shape, timeout=validate_timeout)
+        index_of = {spec.start: spec.index for spec in mine}
+        stale = {index_of[info.start] for info in valid if not _same_origin(info.attrs, attrs)}
+        kept = [spec.index for spec in mine if spec.index not in invalid and spec.index not in stale]
+        generated = []
+        for spec in mine:
+            if spec.index in kept:
+                continue
+            if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
+                raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
+                                           f"{len(generated)} shard(s) written this time; rerun to complete")
+            images = _draw(score, config, plan, spec, seed, device)
+            write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
+            generated.append(spec.index)
+            progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
+        barrier()
+
+        # Check the whole set and write the manifest.
+        if rank == 0:
+            infos, problems = validate_shards(out, specs, image_shape=image_shape, timeout=validate_timeout)
+            if problems:
+                raise RuntimeError(f"shards still invalid after generation: {problems}")
+            check_coverage(infos, settings.num_samples)
+            entries = [manifest_entry(info.path, spec) for spec, info in zip(specs, infos)]
+            write_manifest(out, entries, attrs)
+        barrier()
+    finally:
+        lock.release()
     return GenerationResult(out, generated, kept)
 
 

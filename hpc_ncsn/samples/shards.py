@@ -120,7 +120,7 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
     clash = sorted(set(attrs) & set(_STRUCTURE))
     if clash:
         raise ValueError(f"{path}: attribute names {clash} are reserved for the shard format")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, remove_stale=True) as tmp:  # one writer per shard: the generation's folder lock
         with h5py.File(tmp, "w", libver=("earliest", "v110"), locking=False, track_order=False) as handle:
             handle.create_dataset("images", data=images, track_times=False)
             handle.create_dataset("indices", data=np.arange(spec.start, spec.stop, dtype=np.int64),

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..files import atomic_path, atomic_write
 from .plan import Plan, SweepSpec, plan
-from .status import read_status
+from .scheduler import queue as scheduler_queue
+from .status import NOT_DONE, observe, read_status
 
 __all__ = ["CellResult", "aggregate", "collect", "summarize"]
 
@@ -32,27 +33,27 @@ class CellResult:
     name: str
     group: tuple[tuple[str, object], ...]
     seed: int
-    state: str  # done | failed | running | missing
+    state: str  # done, or why not: failed | lost | cancelled | running | preempted | pending
     detail: str  # the error of a failed cell, else ''
     metrics: dict  # fid, kid_mean, is_mean, n (done cells only)
     train: str
     samples: Path
 
 
-def _cell_state(statuses: dict) -> tuple[str, str]:
-    """(state, detail) of a cell without a result, from its {stage: TaskStatus or None}: a failure wins."""
-    for stage, status in statuses.items():
-        if status is not None and status.state == "failed":
-            log = f" (log: {status.log})" if status.log else ""
-            return "failed", f"{stage}: {status.error}{log}"
-    for stage, status in statuses.items():
-        if status is not None and status.state in ("running", "preempted"):
-            return "running", f"{stage} {status.state} (attempt {status.attempts})"
-    return "missing", ""
+def _cell_state(statuses: dict, queue: dict | None) -> tuple[str, str]:
+    """(state, detail) of a cell without a result, from its {stage: TaskStatus or None}: the worst state wins."""
+    observed = {stage: (observe(status, queue), status) for stage, status in statuses.items()}
+    for worst in ("failed", "lost", "cancelled", "running", "preempted"):
+        for stage, ((state, detail), status) in observed.items():
+            if state == worst:
+                log = f" (log: {status.log})" if status and status.log and worst in NOT_DONE else ""
+                attempt = f" (attempt {status.attempts})" if status and worst in ("running", "preempted") else ""
+                return worst, f"{stage}: {detail or worst}{attempt}{log}"
+    return "pending", ""
 
 
-def collect(sweep: Plan) -> list[CellResult]:
-    """Every cell of the sweep with its state and metrics, in grid order."""
+def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
+    """Every cell of the sweep with its state and metrics, in grid order (`queue`: Slurm's, if any)."""
     results = []
     for task in sweep.sample:
         report_path = task.folder / "metrics.json"
@@ -63,7 +64,7 @@ def collect(sweep: Plan) -> list[CellResult]:
             state, detail = "done", ""
         else:
             metrics = {}
-            state, detail = _cell_state(statuses)
+            state, detail = _cell_state(statuses, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics, task.train.name,
                                   task.folder))
     return results
@@ -153,7 +154,7 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     """Write table.md/.csv/.json (and fid.png, loss_per_level.png, samples.png) in the sweep folder."""
     root = Path(root)
     sweep = plan(SweepSpec.load(root), root)
-    cells = collect(sweep)
+    cells = collect(sweep, scheduler_queue())
     rows = summarize(cells)
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train}

@@ -12,7 +12,13 @@ Stages, each a job array submitted with submitit, each depending on the one befo
 
 Rerunning the same command on the same --out skips finished tasks, reruns failed
 or unfinished ones (a training resumes from its checkpoint, a sampling keeps its
-valid shards) and rewrites the table.
+valid shards) and rewrites the table. While jobs of the sweep are still queued or
+running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
+folder cannot run at once (a lock file, see README).
+
+states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
+--cancel), preempted (USR2 and requeued), lost (the job vanished without a word:
+killed, out of memory, node failure). A rerun resumes cancelled and lost tasks.
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
@@ -22,27 +28,23 @@ examples:
   python launch/sweep.py --schedules geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --status --out runs/sweep-debug
+  python launch/sweep.py --cancel --out runs/sweep-debug
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from .. import preemption
 from ..config import ARMS, ConfigError
-from ..distributed import is_main_process
-from ..files import atomic_write
+from ..locks import FolderLock
+from . import jobs, scheduler
+from .jobs import todo
 from .plan import ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, plan
-from .status import describe, format_status, read_status, run_tracked
-from .tasks import AggregateTask, SampleTask, Task, TrainTask
+from .status import describe, format_status
 
-__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "job", "main", "sbatch_text"]
+__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main"]
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -101,11 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
                        help="a line run before each task, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--max-requeues", type=int, default=5,
+                       help="requeues per task (USR2 at the time limit, node failures) before it is failed "
+                            "(default 5)")
     slurm.add_argument("--wait", action="store_true",
-                       help="wait for the aggregation and print the table (otherwise submit and return)")
+                       help="wait until every job of the sweep has left the queue, with a one-line progress "
+                            "summary every --poll-s seconds, then print the table (otherwise submit and return)")
+    slurm.add_argument("--poll-s", type=float, default=60.0, help="--wait: seconds between progress lines")
     actions = parser.add_argument_group("actions")
     actions.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     actions.add_argument("--status", action="store_true", help="print every task's state and exit")
+    actions.add_argument("--cancel", action="store_true",
+                         help="stop the sweep's queued and running jobs (they save first); a rerun resumes them")
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
@@ -138,13 +147,6 @@ def prepare_folder(root: Path, spec: SweepSpec) -> None:
     spec.save(root)
 
 
-def todo(sweep: Plan, tasks: list[Task]) -> list[Task]:
-    """The tasks that are not done yet (the table is always rewritten)."""
-    return [task for task in tasks
-            if isinstance(task, AggregateTask) or (status := read_status(sweep.root, task)) is None
-            or status.state != "done"]
-
-
 def print_plan(sweep: Plan) -> None:
     print(f"sweep folder: {sweep.root}")
     print(f"train ({len(sweep.train)} tasks, {len(todo(sweep, sweep.train))} to run):")
@@ -156,189 +158,65 @@ def print_plan(sweep: Plan) -> None:
     print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png")
 
 
-def job(root: str, task: Task):
-    """What a submitted job runs: the task, with its job id and log recorded, requeued when preempted."""
-    import submitit
-
-    env = submitit.JobEnvironment()
-    if env.num_tasks > 1:  # one process per GPU (or CPU slot): torch.distributed's variables for Accelerate
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    try:
-        return run_tracked(Path(root), task, lambda: task.run(Path(root)), job_id=env.job_id,
-                           log=str(env.paths.stdout))
-    except preemption.Preempted as stop:
-        if not os.environ.get("SLURM_JOB_ID"):
-            raise
-        if is_main_process():
-            problem = preemption.requeue(env.job_id)  # JOB_TASK for array tasks
-            print(f"{stop}; requeueing {env.job_id}" + (f" (scontrol: {problem})" if problem else ""), flush=True)
-        sys.exit(-1)  # no result: submitit waits for the requeued run
+def _sweep_root(args: argparse.Namespace) -> Path:
+    return (args.out or Path("runs") / f"sweep-{args.config.stem}").resolve()
 
 
-def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int) -> dict[str, str]:
-    """Run `tasks` with a submitit executor, `parallel` at a time; {task name: error} of the failed ones."""
-    failures = {}
-    for start in range(0, len(tasks), parallel):
-        wave = tasks[start:start + parallel]
-        jobs = executor.map_array(job, [str(root)] * len(wave), wave)
-        for task, submitted in zip(wave, jobs):
-            print(f"[{task.stage}] {task.name}: job {submitted.job_id}, log {submitted.paths.stdout}", flush=True)
-        for task, submitted in zip(wave, jobs):
-            try:
-                submitted.result()
-                print(f"[{task.stage}] {task.name}: done", flush=True)
-            except Exception as error:  # noqa: BLE001 - a failed task is reported, its siblings go on
-                text = str(error).strip()
-                failures[task.name] = text.splitlines()[-1] if text else repr(error)
-                print(f"[{task.stage}] {task.name}: FAILED ({failures[task.name]}); log {submitted.paths.stderr}",
-                      flush=True)
-    return failures
-
-
-def run_here(root: Path, sweep: Plan, args: argparse.Namespace) -> int:
-    """--cluster local or debug: the stages one after the other on this machine; prints the table."""
-    import submitit
-
-    if args.cluster == "local":
-        executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
-        executor.update_parameters(timeout_min=args.timeout_min)
-        parallel = max(args.local_parallel, 1)
-    else:
-        executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
-        parallel = 1
-    started = time.time()
-    timings, failures = {}, {}
-    for stage, tasks in sweep.stages():
-        t0 = time.time()
-        pending = todo(sweep, tasks)
-        if pending:
-            failures[stage] = _run_jobs(executor, root, pending, parallel)
-        timings[stage] = round(time.time() - t0, 1)
-    print()
-    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    print(json.dumps({"sweep": str(root), "seconds": timings, "total_seconds": round(time.time() - started, 1),
-                      "failed": {stage: sorted(names) for stage, names in failures.items() if names}}))
-    return 1 if any(failures.values()) else 0
-
-
-def _sbatch_extra(items: list[str]) -> dict:
-    extra = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--sbatch {item!r}: write KEY=VALUE (an sbatch long option without the dashes)")
-        extra[key.replace("-", "_")] = True if value.lower() == "true" else value
-    return extra
-
-
-def slurm_parameters(args: argparse.Namespace, stage: str) -> dict:
-    """submitit SlurmExecutor parameters of one stage."""
-    resources = {  # nodes, GPUs per node, time limit in minutes
-        TrainTask.stage: (args.nodes, args.gpus_per_node, args.time_train),
-        SampleTask.stage: (args.sample_nodes, args.gpus_per_node, args.time_sample),
-        AggregateTask.stage: (1, 0, 30),
-    }
-    nodes, gpus, minutes = resources[stage]
-    tasks = 1 if stage == AggregateTask.stage else (args.tasks_per_node or max(gpus, 1))
-    params = {"job_name": f"ncsn-{stage}", "time": minutes, "nodes": nodes, "ntasks_per_node": tasks,
-              "signal_delay_s": args.signal_delay_s, "array_parallelism": args.array_parallelism,
-              "partition": args.partition, "account": args.account, "qos": args.qos, "constraint": args.constraint,
-              "cpus_per_task": args.cpus_per_task, "mem": f"{args.mem_gb}GB" if args.mem_gb else None,
-              "gpus_per_node": gpus or None, "setup": list(args.setup) or None,
-              "additional_parameters": _sbatch_extra(args.sbatch) or None}
-    return {key: value for key, value in params.items() if value is not None}
-
-
-def submit_slurm(root: Path, sweep: Plan, args: argparse.Namespace) -> dict:
-    """Submit the stages as dependent job arrays; returns {stage: {'array': id, 'tasks': {name: id}}}."""
-    import submitit
-
-    submitted, previous = {}, None
-    for stage, tasks in sweep.stages():
-        pending = todo(sweep, tasks)
-        if not pending:
-            continue
-        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j")
-        params = slurm_parameters(args, stage)
-        if previous is not None:  # afterany: a failed task must not block its siblings' later stages
-            params["dependency"] = f"afterany:{previous}"
-        executor.update_parameters(**params)
-        jobs = executor.map_array(job, [str(root)] * len(pending), pending)
-        previous = jobs[0].job_id.split("_")[0]
-        submitted[stage] = {"array": previous, "tasks": {task.name: j.job_id for task, j in zip(pending, jobs)}}
-        print(f"[{stage}] submitted array {previous}: {len(pending)} task(s)", flush=True)
-    record = root / "submitted.json"
-    history = json.loads(record.read_text()) if record.is_file() else []
-    history.append({"time": time.time(), "jobs": submitted})
-    atomic_write(record, json.dumps(history, indent=2) + "\n")
-    return submitted
-
-
-def wait_slurm(submitted: dict, poll_s: float = 5.0) -> None:
-    """Wait until the aggregation job has left the queue (squeue no longer lists it)."""
-    final = submitted.get(AggregateTask.stage, {}).get("array")
-    while final:
-        listed = subprocess.run(["squeue", "-h", "-j", final, "-o", "%i"], capture_output=True, text=True)
-        if listed.returncode == 0 and not listed.stdout.strip():
-            return
-        time.sleep(poll_s)
-
-
-def sbatch_text(root: Path, params: dict, count: int) -> str:
-    """The sbatch script submitit writes for an array of `count` tasks with `params`, without Slurm.
-
-    submitit has no public way to render its script without submitting it; its executor
-    renders it with submitit.slurm.slurm._make_sbatch_string, which this calls.
-    tests/test_sweep_plan.py pins the text (golden test), so a submitit change that
-    alters it shows there.
-    """
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    return _make_sbatch_string(command="python -u -m submitit.core._submit " + str(root / "logs" / "%j"),
-                               folder=root / "logs" / "%j", map_count=count, **params)
-
-
-def print_sbatch(root: Path, sweep: Plan, args: argparse.Namespace) -> None:
-    """The sbatch scripts of the stages (for --dry-run); the dependency on the previous stage shows as <previous>."""
-    for stage, tasks in sweep.stages():
-        params = slurm_parameters(args, stage)
-        if stage != TrainTask.stage:
-            params["dependency"] = "afterany:<previous>"
-        count = len(todo(sweep, tasks))
-        print(f"--- {stage} stage: array of {count} ---\n{sbatch_text(root, params, count)}")
-
-
-def run_slurm(root: Path, sweep: Plan, args: argparse.Namespace, script: str) -> int:
-    submitted = submit_slurm(root, sweep, args)
-    if not args.wait:
-        print(f"watch: {script} --status --out {root}   (or squeue --me)\n"
-              f"cancel: scancel {' '.join(job['array'] for job in submitted.values())}\n"
-              f"rerun the same command to resume what failed or was cancelled")
-        return 0
-    wait_slurm(submitted)
-    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    failed = sorted(f"{row['stage']}/{row['task']}" for row in describe(sweep) if row["state"] == "failed")
-    print(json.dumps({"sweep": str(root), "jobs": {stage: job["array"] for stage, job in submitted.items()},
-                      "failed": failed}))
-    return 1 if failed else 0
+def _saved_plan(root: Path) -> Plan:
+    if not (root / SPEC_FILE).is_file():
+        raise SweepMismatch(f"{root} holds no sweep (no {SPEC_FILE}); pass the --out of a launched sweep")
+    return plan(SweepSpec.load(root), root)
 
 
 def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> int:
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
-    root = (args.out or Path("runs") / f"sweep-{args.config.stem}").resolve()
+    root = _sweep_root(args)
     if args.status:
-        if not (root / SPEC_FILE).is_file():
-            raise SweepMismatch(f"{root} holds no sweep (no {SPEC_FILE}); pass the --out of a launched sweep")
-        print(format_status(describe(plan(SweepSpec.load(root), root))))  # the saved sweep, whatever the options
+        latest, _ = jobs.submitted_tasks(root)
+        print(format_status(describe(_saved_plan(root), scheduler.queue(), latest)))  # the saved sweep
+        return 0
+    if args.cancel:
+        print(jobs.cancel(root, _saved_plan(root)))
         return 0
     spec = build_spec(args)
     sweep = plan(spec, root)
     if args.dry_run:
         print_plan(sweep)
         if args.cluster == "slurm":
-            print_sbatch(root, sweep, args)
+            for stage, tasks in sweep.stages():
+                params = jobs.slurm_parameters(args, stage, root.name)
+                if stage != sweep.stages()[0][0]:
+                    params["dependency"] = "afterany:<previous>"
+                count = len(todo(sweep, tasks))
+                print(f"--- {stage} stage: array of {count} ---\n{jobs.sbatch_text(root, params, count)}")
         return 0
-    prepare_folder(root, spec)
-    if args.cluster == "slurm":
-        return run_slurm(root, sweep, args, script)
-    return run_here(root, sweep, args)
+    if args.cluster != "slurm":
+        with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
+                        fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
+            prepare_folder(root, spec)
+            return jobs.run_here(root, sweep, args.cluster, parallel=args.local_parallel,
+                                 timeout_min=args.timeout_min, max_requeues=args.max_requeues)
+    jobs.check_submission(root, sweep, args)  # before anything is written
+    cancel_hint = f"{script} --cancel --out {root}"
+    with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)",
+                    fix="retry in a moment"):
+        live = jobs.live_jobs(root, sweep, scheduler.queue())
+        if live:
+            print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
+                  f"instead of submitting again (status: {script} --status --out {root})", flush=True)
+        else:
+            prepare_folder(root, spec)
+            submitted = jobs.submit(root, sweep, args)
+            if not submitted:
+                print("every task is done; nothing to submit")
+    if not args.wait:
+        print(f"watch: {script} --status --out {root}   (or squeue --me)\ncancel: {cancel_hint}\n"
+              "rerun the same command to resume what failed, was cancelled or was lost")
+        return 0
+    rows = jobs.wait(root, sweep, args.poll_s, cancel_hint)
+    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
+    unfinished = jobs.unfinished(rows)
+    latest, _ = jobs.submitted_tasks(root)
+    print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
+                                                   for stage, ids in latest.items()}, "failed": unfinished}))
+    return 1 if unfinished else 0

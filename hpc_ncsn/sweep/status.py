@@ -1,9 +1,22 @@
-"""Task status files: what each task of a sweep did, written by the task itself, read by everyone else.
+"""Task states: what each task of a sweep did, written by the task itself and reconciled with reality.
 
-`status/<stage>/<task>.json` holds the state (running, done, failed, preempted), the
-attempts, where and as which job it ran, its log, and the error with its traceback.
-`run_tracked` wraps a task body so that the file is right whatever happens; only
+`status/<stage>/<task>.json` holds the recorded state, the attempts, where and as which
+job it ran, its log, its progress, a heartbeat, and the error with its traceback.
+`run_tracked` wraps a task body so that the file is right whatever happens to the
+body, and refreshes the heartbeat and the progress every `HEARTBEAT_S` seconds; only
 rank 0 of a multi-process task writes it.
+
+A file cannot say that its writer died: `observe` turns the recorded state into the
+state a user should see, using the scheduler's queue (squeue) where there is one,
+the pid where the task ran on this host, and the heartbeat's age otherwise:
+
+    pending    not started yet (queued, or never submitted)
+    running    running now
+    done       finished
+    failed     raised an error (see error, traceback, log)
+    cancelled  stopped by SIGTERM (scancel, --cancel); a rerun resumes it
+    preempted  stopped by USR2 and requeued; runs again when the scheduler starts it
+    lost       its job is gone without a final state (killed, OOM, node failure); a rerun resumes it
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -19,26 +33,40 @@ from typing import Callable
 
 from ..distributed import is_main_process
 from ..files import atomic_write
+from ..locks import pid_alive
 from ..preemption import Preempted
-from .tasks import Task
+from .tasks import NotRun, Task
 
-__all__ = ["TaskStatus", "describe", "format_status", "read_status", "run_tracked", "status_path", "write_status"]
+__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "TaskStatus", "describe", "format_status", "observe", "read_status",
+           "run_tracked", "status_path", "write_status"]
+
+HEARTBEAT_S = float(os.environ.get("HPC_NCSN_HEARTBEAT_S", 30))
+LOST_AFTER_S = max(5 * HEARTBEAT_S, 60.0)  # a running task that has not written for this long is lost
+FINAL = ("done", "failed", "cancelled")
+NOT_DONE = ("failed", "cancelled", "lost")  # what makes a sweep end unfinished
 
 
 @dataclass
 class TaskStatus:
     stage: str
     task: str
-    state: str  # running | done | failed | preempted (stopped at a signal after saving; resumes when rerun)
+    state: str  # running | done | failed | cancelled | preempted (see the module doc)
     started: float = 0.0
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
     job_id: str | None = None
+    scheduler: str | None = None  # "slurm" when the job id is a Slurm job's (squeue knows it), else None
     log: str | None = None
     error: str | None = None
     traceback: str | None = None
     attempts: int = 1
+    heartbeat: float | None = None
+    progress: dict | None = None  # {"done", "total", "unit"}; "first": what was done when this attempt started
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.time()) - self.started
 
 
 def status_path(root: Path, task: Task) -> Path:
@@ -54,55 +82,196 @@ def read_status(root: Path, task: Task) -> TaskStatus | None:
     path = status_path(root, task)
     if not path.is_file():
         return None
-    return TaskStatus(**json.loads(path.read_text()))
+    fields = json.loads(path.read_text())
+    return TaskStatus(**{key: value for key, value in fields.items() if key in TaskStatus.__dataclass_fields__})
+
+
+def _progress(root: Path, task: Task) -> dict | None:
+    try:
+        return task.progress(Path(root))
+    except (OSError, ValueError):  # a file being rewritten this instant: the next beat reads it
+        return None
+
+
+class _Heartbeat:
+    """Rewrites the status file every HEARTBEAT_S seconds with the time and the task's progress."""
+
+    def __init__(self, root: Path, task: Task, status: TaskStatus):
+        self.root, self.task, self.status = root, task, status
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat {task.name}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            progress = _progress(self.root, self.task)
+            with self.lock:
+                if self.stopped.is_set():
+                    return
+                self.status.heartbeat = time.time()
+                if progress is not None:
+                    self.status.progress = {**progress, "first": (self.status.progress or progress).get(
+                        "first", progress["done"])}
+                write_status(self.root, self.status)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.stopped.set()
+        self.thread.join(timeout=10)
 
 
 def run_tracked(root: Path, task: Task, body: Callable[[], object], *, job_id: str | None = None,
-                log: str | None = None):
-    """Run `body()` with the task's status recorded: running, then done or failed with the traceback (re-raised)."""
+                scheduler: str | None = None, log: str | None = None,
+                attempt_check: Callable[[TaskStatus | None], str | None] | None = None):
+    """Run `body()` with the task's status recorded: running (with heartbeats), then done, failed (with the
+    traceback), cancelled or preempted; exceptions are re-raised. `attempt_check(previous)` may return a
+    reason to fail the task without running it (the requeue cap)."""
     if not is_main_process():
         return body()
+    root = Path(root)
     previous = read_status(root, task)
-    status = TaskStatus(task.stage, task.name, "running", started=time.time(), job_id=job_id, log=log,
-                        attempts=(previous.attempts + 1) if previous else 1)
-    write_status(root, status)
-    try:
-        result = body()
-    except Preempted as error:
-        status.state, status.finished, status.error = "preempted", time.time(), str(error)
+    progress = _progress(root, task)
+    status = TaskStatus(task.stage, task.name, "running", started=time.time(), job_id=job_id, scheduler=scheduler,
+                        log=log,
+                        attempts=(previous.attempts + 1) if previous else 1, heartbeat=time.time(),
+                        progress={**progress, "first": progress["done"]} if progress else None)
+    refusal = attempt_check(previous) if attempt_check else None
+    if refusal:
+        status.state, status.finished, status.error = "failed", time.time(), refusal
         write_status(root, status)
+        raise RuntimeError(refusal)
+    write_status(root, status)
+
+    def final(state: str, error: str | None = None, trace: str | None = None) -> None:
+        progress = _progress(root, task)
+        if progress is not None:
+            status.progress = {**progress, "first": (status.progress or progress).get("first", progress["done"])}
+        status.state, status.finished, status.error, status.traceback = state, time.time(), error, trace
+        write_status(root, status)
+
+    try:
+        with _Heartbeat(root, task, status):
+            result = body()
+    except Preempted as error:
+        final("preempted" if error.requeue else "cancelled", str(error))
+        raise
+    except NotRun as error:
+        final(error.state, str(error))
         raise
     except BaseException as error:
-        status.state, status.finished = "failed", time.time()
-        status.error = f"{type(error).__name__}: {error}".strip()
-        status.traceback = traceback.format_exc()
-        write_status(root, status)
+        final("failed", f"{type(error).__name__}: {error}".strip(), traceback.format_exc())
         raise
-    status.state, status.finished = "done", time.time()
-    write_status(root, status)
+    final("done")
     return result
 
 
-def describe(sweep) -> list[dict]:
-    """Every task of a plan (hpc_ncsn.sweep.plan.Plan) with its recorded state, for the status view."""
+def observe(status: TaskStatus | None, queue: dict[str, tuple[str, str]] | None,
+            queued: str | None = None) -> tuple[str, str]:
+    """(state, detail) a user should see, from the recorded status and what the scheduler says.
+
+    `queue`: {job id: (squeue state, reason)} of this user's jobs, None where there is no
+    scheduler to ask; `queued`: the job id the task was last submitted as, if any.
+    """
+    if queue is not None and queued is not None and queued in queue and (status is None or status.job_id != queued):
+        state, reason = queue[queued]  # submitted again, not started yet
+        return ("running", "starting") if state == "RUNNING" else ("pending", f"{state.lower()} ({reason})")
+    if status is None:
+        return "pending", "not run yet"
+    detail = status.error or ""
+    job = status.job_id
+    if status.state == "cancelled" and status.scheduler == "slurm" and queue is not None and job in queue \
+            and queue[job][0] in ("PENDING", "REQUEUED"):
+        return "pending", "stopped by SIGTERM, and Slurm requeued it (scontrol requeue or a preemption)"
+    if status.state in FINAL:
+        return status.state, detail
+    if status.state == "preempted":
+        if status.scheduler == "slurm" and queue is not None and job not in queue:
+            return "lost", "requeued but no longer in the queue; rerun the sweep to resume it"
+        return "preempted", detail or "requeued"
+    # Recorded as running: is its writer still there?
+    if status.scheduler == "slurm" and queue is not None:
+        if job in queue:
+            state, reason = queue[job]
+            if state in ("RUNNING", "COMPLETING"):
+                return "running", ""
+            return "pending", f"its run was interrupted and Slurm requeued it ({state.lower()}: {reason})"
+        return "lost", ("its job left the queue without a final state (killed, out of memory or a node failure); "
+                        "rerun the sweep to resume it")
+    if status.host == socket.gethostname():
+        if pid_alive(status.pid):
+            return "running", ""
+        return "lost", f"its process {status.pid} is gone without a final state; rerun the sweep to resume it"
+    silent = time.time() - (status.heartbeat or status.started)
+    if silent > LOST_AFTER_S:
+        return "lost", f"no heartbeat from {status.host} for {silent:.0f} s; rerun the sweep to resume it"
+    return "running", ""
+
+
+def describe(sweep, queue: dict | None = None, submitted: dict | None = None) -> list[dict]:
+    """Every task of a plan (hpc_ncsn.sweep.plan.Plan) with its observed state, for the status view."""
     rows = []
     for stage, tasks in sweep.stages():
         for task in tasks:
             status = read_status(sweep.root, task)
-            rows.append({"stage": stage, "task": task.name, "state": status.state if status else "pending",
+            queued = (submitted or {}).get(stage, {}).get(task.name)
+            state, detail = observe(status, queue, queued)
+            progress = status.progress if status else None
+            seconds = status.seconds if status else None
+            if state == "lost":  # it stopped at its last heartbeat
+                seconds = (status.heartbeat or status.started) - status.started
+            newer = queue is not None and queued in queue and (status is None or status.job_id != queued)
+            rows.append({"stage": stage, "task": task.name, "state": state, "detail": detail,
                          "attempts": status.attempts if status else 0,
-                         "job_id": status.job_id if status else None,
-                         "log": status.log if status else None,
-                         "error": status.error if status else None})
+                         "job_id": queued if newer else (status.job_id if status else None) or queued,
+                         "log": status.log if status else None, "seconds": seconds,
+                         "progress": progress, "eta": _eta(status) if state == "running" else None})
     return rows
 
 
+def _eta(status: TaskStatus | None) -> float | None:
+    progress = status.progress if status else None
+    if not progress or not progress.get("total"):
+        return None
+    done_now = progress["done"] - progress.get("first", 0)
+    elapsed = (status.heartbeat or time.time()) - status.started
+    if done_now <= 0 or elapsed <= 0:
+        return None
+    return (progress["total"] - progress["done"]) * elapsed / done_now
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def format_status(rows: list[dict]) -> str:
-    width = max(len(row["task"]) for row in rows)
-    lines = [f"{'stage':9} {'task':{width}} {'state':8} {'tries':5} job / error"]
+    """A table: stage, task, state, tries, progress, elapsed, ETA, job, detail, log."""
+    lines = [["stage", "task", "state", "tries", "progress", "elapsed", "eta", "job", "detail / log"]]
     for row in rows:
-        tail = row["error"] or row["job_id"] or ""
-        if row["error"] and row["log"]:
-            tail += f" (log: {row['log']})"
-        lines.append(f"{row['stage']:9} {row['task']:{width}} {row['state']:8} {row['attempts']:<5} {tail}")
-    return "\n".join(lines)
+        progress = row["progress"]
+        done = f"{progress['done']}/{progress['total']} {progress['unit']}" if progress else ""
+        tail = row["detail"] or ""
+        if row["log"] and row["state"] not in ("done", "pending"):
+            tail = f"{tail} (log: {row['log']})" if tail else f"log: {row['log']}"
+        lines.append([row["stage"], row["task"], row["state"], str(row["attempts"]), done,
+                      _duration(row["seconds"]), _duration(row["eta"]), row["job_id"] or "", tail])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1]
+                     for line in lines).rstrip()
+
+
+def summary(rows: list[dict]) -> str:
+    """One line: how many tasks are in each state, per stage."""
+    parts = []
+    for stage in dict.fromkeys(row["stage"] for row in rows):
+        counts: dict[str, int] = {}
+        for row in rows:
+            if row["stage"] == stage:
+                counts[row["state"]] = counts.get(row["state"], 0) + 1
+        parts.append(f"{stage}: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
+    return "; ".join(parts)

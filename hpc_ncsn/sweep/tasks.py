@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-__all__ = ["STAGES", "AggregateTask", "SampleTask", "Task", "TrainTask"]
+__all__ = ["STAGES", "AggregateTask", "NotRun", "SampleTask", "Task", "TrainTask"]
+
+
+class NotRun(RuntimeError):
+    """The task cannot run because of the task it depends on; `state` is what it records (failed or cancelled)."""
+
+    def __init__(self, message: str, state: str):
+        super().__init__(message)
+        self.state = state
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,17 @@ class TrainTask:
         from ..train import train
 
         return train(config_from_dict(self.config))
+
+    def progress(self, root: Path) -> dict:
+        """Steps logged so far (metrics.jsonl's last line) out of train.steps."""
+        import json
+
+        step, metrics = 0, self.folder / "metrics.jsonl"
+        if metrics.is_file():
+            lines = metrics.read_text().splitlines()
+            complete = [line for line in lines if line.endswith("}")]
+            step = json.loads(complete[-1])["step"] if complete else 0
+        return {"done": step, "total": self.config["train"]["steps"], "unit": "steps"}
 
 
 @dataclass(frozen=True)
@@ -53,20 +72,28 @@ class SampleTask:
         return tuple(f"{section}.{key}={value if isinstance(value, str) else json.dumps(value)}"
                      for section in ("sampler", "generate") for key, value in self.config[section].items())
 
+    def progress(self, root: Path) -> dict:
+        """Shards written so far out of the cell's shards."""
+        settings = self.config["generate"]
+        total = -(-settings["num_samples"] // settings["shard_size"])
+        return {"done": len(list(self.folder.glob("shard-*.h5"))) if self.folder.is_dir() else 0,
+                "total": total, "unit": "shards"}
+
     def run(self, root: Path) -> dict:
         from ..config import config_from_dict
         from ..distributed import is_main_process
         from ..evaluate.evaluator import evaluate
         from ..evaluate.extractors import cache_dir, extractor_for
         from ..samples.generate import generate
-        from .status import read_status
+        from .scheduler import queue
+        from .status import observe, read_status
 
         training = read_status(root, self.train)
-        if training is None or training.state != "done":
-            state = "never ran" if training is None else f"is {training.state}" + (
-                f": {training.error}" if training.error else "")
-            raise RuntimeError(f"cell {self.name} samples the network of training task {self.train.name}, which "
-                               f"{state}; rerun the sweep to train it first")
+        state, detail = observe(training, queue())
+        if state != "done":
+            said = "never ran" if training is None else f"is {state}" + (f": {detail}" if detail else "")
+            raise NotRun(f"cell {self.name} samples the network of training task {self.train.name}, which "
+                         f"{said}; rerun the sweep to train it first", "cancelled" if state == "cancelled" else "failed")
         config = config_from_dict(self.config)
         generate(self.train.folder, self.folder, overrides=self.sampling_overrides(), seed=self.seed)
         settings = config.evaluate
@@ -88,6 +115,9 @@ class AggregateTask:
         from .aggregate import aggregate
 
         return aggregate(Path(root))
+
+    def progress(self, root: Path) -> None:
+        return None
 
 
 Task = Union[TrainTask, SampleTask, AggregateTask]

@@ -51,6 +51,16 @@ def train(config: Config) -> Path:
     cfg = config.train
     preemption.install()
     run = Training.start(config)
+    try:
+        return _loop(config, run)
+    finally:
+        run.close()
+
+
+def _loop(config: Config, run: Training) -> Path:
+    from tqdm.auto import tqdm
+
+    cfg = config.train
     state = run.state
     due = lambda every: state.step % every == 0 or state.step == cfg.steps  # noqa: E731
     progress = tqdm(total=cfg.steps, initial=state.step, disable=not is_main_process(), desc="train",
@@ -79,12 +89,13 @@ def train(config: Config) -> Path:
             started = time.time()
 
         # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
-        if (run.accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(run.accelerator.device):
+        stop = (run.accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(run.accelerator.device)
+        if stop:
             if not due(cfg.checkpoint_every):
                 run.save()
             progress.close()
-            raise preemption.Preempted(f"stop requested ({preemption.requested() or 'on another rank'}) at step "
-                                       f"{state.step}; checkpoint saved in {run.folder.checkpoints}; rerun to resume")
+            raise preemption.Preempted(f"stop requested ({stop}) at step {state.step}; checkpoint saved in "
+                                       f"{run.folder.checkpoints}; rerun to resume", stop)
     progress.close()
     run.read_skips()
     run.accelerator.wait_for_everyone()

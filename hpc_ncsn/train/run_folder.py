@@ -22,6 +22,7 @@ from ..config import Config, config_to_dict, config_to_yaml, load_config
 from ..distributed import is_main_process
 from ..ema import EMA
 from ..files import atomic_write
+from ..locks import FolderLock
 
 __all__ = ["RunFolder", "TrainState"]
 
@@ -43,6 +44,9 @@ class RunFolder:
         self.config_path = self.path / "config.yaml"
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
+        self.lock = FolderLock(self.path, "train", what="a training",
+                               fix="two trainings in one folder would overwrite each other's checkpoints: wait for "
+                                   "that one, or pick another train.out_dir")
 
     def check(self, config: Config) -> None:
         """Refuse to resume a run folder that was started with a different experiment."""
@@ -60,8 +64,13 @@ class RunFolder:
                              "resume it with its own config or pick a new train.out_dir")
 
     def start(self, config: Config) -> None:
-        """Check the folder against `config`, then record `config` in it."""
-        self.check(config)
+        """Take the folder's lock (one training at a time), check it against `config`, record `config` in it."""
+        self.lock.acquire()
+        try:
+            self.check(config)
+        except BaseException:
+            self.lock.release()
+            raise
         atomic_write(self.config_path, config_to_yaml(config))
 
     def append_metrics(self, record: dict) -> None:

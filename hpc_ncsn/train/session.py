@@ -195,6 +195,10 @@ class Training:
         self.folder.append_metrics(record)
         return record
 
+    def close(self) -> None:
+        """Let another process train in this run folder (releases its lock)."""
+        self.folder.lock.release()
+
     def save(self) -> None:
         """Check that the replicas agree, then write a checkpoint of the current step."""
         self.read_skips()
