@@ -19,14 +19,19 @@ import re
 import shutil
 from pathlib import Path
 
+from .errors import UserError
 from .files import publish_dir
 
-__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "checkpoint_name", "latest_checkpoint",
+__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "NoCheckpoint", "checkpoint_name", "latest_checkpoint",
            "load_ema_model", "publish", "resolve_checkpoint", "rotate", "scratch_dir"]
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")
 COMPLETE_MARK = "meta.json"
 EMA_FILE = "ema.pt"
+
+
+class NoCheckpoint(UserError, FileNotFoundError):
+    """A run folder holds no complete checkpoint (yet)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -83,7 +88,7 @@ def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
         return path
     latest = latest_checkpoint(path / "checkpoints")
     if latest is None:
-        raise FileNotFoundError(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
+        raise NoCheckpoint(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
                                 "train first, or pass a checkpoint folder")
     return latest
 

@@ -10,12 +10,15 @@
     hpc-ncsn config --config configs/debug.yaml noise.ladder=linear     # the resolved config
 
 Parsing and --help import neither torch nor the heavy libraries; each command imports
-what it runs. A mistake a user can make ends in one line naming the thing and the fix.
+what it runs. A mistake a user can make ends in one line, `error: <what> (<file or
+key>): <how to fix>`, and exit status 2 (hpc_ncsn.errors.UserError); `--debug` shows
+its traceback. Any other traceback is a bug in hpc_ncsn.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import typing
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, EvaluateConfig, GenerateConfig, config_to_yaml, load_config
+from .config import EvaluateConfig, GenerateConfig, config_to_yaml, load_config
 from .distributed import match_threads
+from .errors import UserError
 from .preemption import Preempted
 from .toy import ToySettings
 
@@ -317,6 +321,7 @@ def _sweep_parser(parser: argparse.ArgumentParser, script: str) -> None:
     from .sweep.launch import add_arguments
 
     add_arguments(parser)
+    _add_debug(parser)
     parser.set_defaults(handler=_cmd_sweep, script=script)
 
 
@@ -365,23 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, formatter_class=formatter, epilog=epilog,
                                   description=TRAIN_HELP if name == "train" else help_text)
         add(sub)
+        _add_debug(sub)
         sub.set_defaults(handler=handler)
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Run a parsed command; user mistakes end in one line on stderr."""
-    from .locks import Locked
-    from .sweep.launch import SweepMismatch
-    from .sweep.scheduler import Refused
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error the command would report in one line")
 
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a parsed command; what a user can fix ends in one line on stderr, `error: ...`, and exit status 2."""
     try:
         return args.handler(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    except (SweepMismatch, Locked, Refused) as error:
-        print(f"{getattr(args, 'command', None) or 'error'}: {error}", file=sys.stderr)
+    except OSError as error:  # a full disk where no writer of ours caught it first
+        if args.debug or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: the disk is full ({error.filename or error.strerror}); free some space and rerun (finished "
+              "files are intact)", file=sys.stderr)
         return 2
     except Preempted as stop:
         print(f"{'preempted' if stop.requeue else 'stopped'}: {stop}", file=sys.stderr)
@@ -401,6 +413,7 @@ def train_main(argv: list[str] | None = None) -> int:
     """`python train.py …` (also under `accelerate launch` and torchrun)."""
     parser = argparse.ArgumentParser(prog="train.py", description=TRAIN_HELP, formatter_class=RAW)
     _add_train_args(parser)
+    _add_debug(parser)
     parser.set_defaults(handler=_cmd_train)
     return _run(parser.parse_args(argv))
 

@@ -38,6 +38,8 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
 
+from .errors import UserError
+
 __all__ = [
     "ARMS",
     "Arm",
@@ -60,7 +62,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key, type or value is wrong; the message names the key and the fix."""
 
 
@@ -133,6 +135,8 @@ class DataConfig(_Section):
 
     def validate(self) -> None:
         _require(self.image_size >= 4, "image_size", "must be at least 4")
+        _require(self.image_size <= 512, "image_size", "must be at most 512 (the data set is held on the device and "
+                                                       "attention runs over H·W positions)")
         _require(self.channels in (1, 3), "channels", "must be 1 or 3")
         if self.name == "cifar10":
             _require(self.channels == 3, "channels", "must be 3 for cifar10 (RGB)")
@@ -166,6 +170,9 @@ class NoiseConfig(_Section):
             f"must be smaller than sigma_max ({self.sigma_min} >= {self.sigma_max})",
         )
         _require(self.num_levels >= 2, "num_levels", "must be at least 2 (L >= 2)")
+        _require(self.num_levels <= 10_000, "num_levels", "must be at most 10,000 (every level costs "
+                                                          "sampler.steps_per_level network evaluations per sample; "
+                                                          "NCSNv2 uses 232 on CIFAR-10)")
 
 
 @dataclass(frozen=True)
@@ -193,6 +200,8 @@ class SamplerConfig(_Section):
 
     def validate(self) -> None:
         _require(self.steps_per_level >= 1, "steps_per_level", "must be at least 1")
+        _require(self.steps_per_level <= 10_000, "steps_per_level", "must be at most 10,000 (NCSN used 100, "
+                                                                    "NCSNv2 5)")
         _require(self.step_lr > 0, "step_lr", "must be > 0")
         _require(self.snr > 0, "snr", "must be > 0")
 
@@ -266,7 +275,7 @@ class TrainConfig(_Section):
         _require(0.0 <= self.ema_rate < 1.0, "ema_rate", "must be in [0, 1)")
         for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
             _require(getattr(self, key) >= 1, key, "must be >= 1")
-        _require(self.sample_images >= 1, "sample_images", "must be >= 1")
+        _require(1 <= self.sample_images <= 1024, "sample_images", "must be in 1..1024 (the training's sample grid)")
 
 
 @dataclass(frozen=True)
@@ -314,6 +323,8 @@ class Config:
             value = getattr(self, item.name)
             if not isinstance(value, item.default_factory):
                 raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {value!r}")
+        if self.model.kind == "unet" and self.data.name != "toy2d":
+            self._check_unet()
         if self.model.kind == "mlp" and self.data.name != "toy2d":
             raise ConfigError("model.kind: 'mlp' works on data.name=toy2d only; use 'unet'")
         if self.data.name == "toy2d" and self.model.kind != "mlp":
@@ -322,6 +333,20 @@ class Config:
     @property
     def arm(self) -> str | None:
         return arm_of(self)
+
+    def _check_unet(self) -> None:
+        """What the U-Net's down path needs of the image size, checked before any file is written."""
+        levels = len(self.model.channel_mults)
+        factor = 2 ** (levels - 1)
+        if self.data.image_size % factor:
+            raise ConfigError(f"data.image_size: {self.data.image_size} must be divisible by {factor} for "
+                              f"model.channel_mults={list(self.model.channel_mults)} ({levels} resolutions, halved "
+                              f"{levels - 1} times); choose a multiple of {factor} or fewer channel_mults")
+        resolutions = [self.data.image_size // 2**k for k in range(levels)]
+        unknown = sorted(set(self.model.attn_resolutions) - set(resolutions))
+        if unknown:
+            raise ConfigError(f"model.attn_resolutions: {unknown} do not occur in this U-Net; its resolutions "
+                              f"are {resolutions} (data.image_size halved per channel_mults level)")
 
 
 class _Invalid(Exception):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import DataConfig
+from .errors import UserError
 
 __all__ = [
     "DATASETS",
@@ -30,7 +31,7 @@ __all__ = [
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
-class DataUnavailableError(FileNotFoundError):
+class DataUnavailableError(UserError, FileNotFoundError):
     """A data set is not on disk and cannot be downloaded; the message says where to put it."""
 
 

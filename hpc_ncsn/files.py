@@ -9,19 +9,75 @@ a file has one writer at a time (a shard: the generation holds the folder's lock
 that writer removes such leftovers (`remove_stale=True`); where several processes
 may write the same file at once (a cache), each only ever touches its own temporary.
 
+A write that fails because the disk is full raises `DiskFull` (one line naming the
+file and the space), whatever the writer's own error looked like (torch's "unexpected
+pos", HDF5's cache errors); `require_free_space` refuses a large write up front.
+`make_folder` creates an output folder or says in one line why it cannot.
+
 Standard library only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write", "file_sha256", "fsync_dir", "fsync_tree", "publish_dir", "temporary_name"]
+from .errors import UserError
+
+__all__ = ["DiskFull", "FolderError", "atomic_path", "atomic_write", "disk_full", "file_sha256", "fsync_dir",
+           "fsync_tree", "make_folder", "publish_dir", "read_jsonl", "require_free_space", "temporary_name"]
+
+NEARLY_FULL = 1 << 20  # under 1 MiB free after a failed write: the disk was full, whatever the writer said
+
+
+class DiskFull(UserError, OSError):
+    """Not enough space to write a file; nothing was published (final names keep their old content)."""
+
+
+class FolderError(UserError, OSError):
+    """An output folder cannot be made or used; the message says why."""
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.1f} MB"
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space (ENOSPC/EDQUOT, or the disk is (nearly) full now)."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
+def require_free_space(folder: Path, needed: int, what: str, fix: str) -> None:
+    """DiskFull before writing `what` (about `needed` bytes) into `folder` if the filesystem has less free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DiskFull(f"not enough space in {folder} for {what}: about {_mb(needed)} needed, {_mb(free)} free; "
+                       f"{fix}")
+
+
+def make_folder(path: Path, what: str) -> Path:
+    """Create `path` (and its parents) or raise FolderError saying why not (a file there, a link loop, ...)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FolderError(f"{what} {path} is a symbolic link that leads nowhere (a loop, or its target is gone); "
+                          "point it at a folder or pass another path")
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{what} {path} is a file, not a folder; pass another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FolderError(f"cannot create {what} {path} ({error.strerror or error}); pass another path") from None
+    return path
 
 
 def temporary_name(path: Path) -> Path:
@@ -76,6 +132,13 @@ def atomic_path(path: Path, *, remove_stale: bool = False) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except Exception as error:
+        tmp.unlink(missing_ok=True)
+        if disk_full(error, path.parent):
+            free = shutil.disk_usage(path.parent).free
+            raise DiskFull(f"the disk is full: {path} was not written ({_mb(free)} free in {path.parent}); free "
+                           "some space and rerun (finished files are intact)") from error
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
@@ -98,6 +161,23 @@ def publish_dir(scratch: Path, final: Path) -> Path:
     os.replace(scratch, final)
     fsync_dir(final.parent)
     return final
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The complete lines of an append-only JSON-lines log; a torn line (a kill or a full disk in mid-write) is
+    left out. An absent file reads as empty."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def file_sha256(path: Path) -> str:

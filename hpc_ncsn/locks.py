@@ -22,13 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import UserError
+
 __all__ = ["FolderLock", "Locked", "REFRESH_S", "STALE_AFTER_S", "pid_alive"]
 
 REFRESH_S = float(os.environ.get("HPC_NCSN_LOCK_REFRESH_S", 30))
 STALE_AFTER_S = float(os.environ.get("HPC_NCSN_LOCK_STALE_S", 300))
 
 
-class Locked(RuntimeError):
+class Locked(UserError, RuntimeError):
     """Another live process holds the lock; the message names it and what to do."""
 
 

@@ -7,3 +7,16 @@ TINY = [
     "train.batch_size=16", "train.sample_images=4", "train.log_every=2", "train.steps=4",
     "train.checkpoint_every=4", "train.sample_every=1000",
 ]
+
+
+def flip_image_byte(path, offset: int = 37) -> None:
+    """Change one byte inside an HDF5 shard's image data, leaving the file's structure intact."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        start = handle["images"].id.get_offset()
+    with open(path, "r+b") as raw:
+        raw.seek(start + offset)
+        value = raw.read(1)[0]
+        raw.seek(start + offset)
+        raw.write(bytes([value ^ 0x01]))

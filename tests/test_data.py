@@ -51,7 +51,7 @@ def test_resize_keeps_uint8_and_range():
 
 def test_cifar10_offline_names_where_to_put_the_files(tmp_path):
     config = load_config(None, ["data.name=cifar10", "data.channels=3", "data.image_size=32",
-                                f"data.data_root={tmp_path}"])
+                                "model.attn_resolutions=[16]", f"data.data_root={tmp_path}"])
     with pytest.raises(DataUnavailableError, match=rf"{tmp_path}.*cifar-10-batches-py.*data.download=true"):
         load_images(config.data)
 

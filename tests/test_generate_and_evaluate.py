@@ -244,8 +244,8 @@ def test_evaluator_refuses_incomplete_sample_folders(trained_run, tmp_path):
     check(generate_cmd(trained_run, samples), env(tmp_path))
     (samples / "shard-00001.h5").write_bytes(b"")
     result = subprocess.run(evaluate_cmd(samples), env=env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0
-    assert "shard 1" in result.stderr and "rerun generation" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: " in result.stderr and "shard-00001.h5" in result.stderr and "rerun generation" in result.stderr
 
 
 def test_stop_signal_ends_generation_between_shards_and_a_rerun_completes_identically(trained_run, tmp_path):

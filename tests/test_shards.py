@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 
 from hpc_ncsn.samples.shards import (
+    SHARD_FORMAT_VERSION,
     ShardError,
     ShardSpec,
     check_coverage,
     file_sha256,
+    images_sha256,
     plan_shards,
     read_manifest,
     read_shard,
     shard_path,
-    verify_manifest,
     write_manifest,
     write_shard,
 )
-from hpc_ncsn.samples.validation import validate_shard, validate_shards
+from hpc_ncsn.samples.validation import validate_shard, validate_shards, verify_folder
+from helpers import flip_image_byte
 
 ATTRS = {"schedule": "geometric", "sampler": {"steps_per_level": 5, "step_lr": 6.2e-6}, "seed": 3, "note": "x"}
 
@@ -78,12 +80,13 @@ def test_leftover_temporaries_of_a_killed_writer_are_removed(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.h5"]
 
 
-def raw_shard(path, images, indices, start, stop, complete=True, version=1):
+def raw_shard(path, images, indices, start, stop, complete=True, version=SHARD_FORMAT_VERSION):
     """A shard written by hand, to make the damage the writer never makes."""
     with h5py.File(path, "w") as handle:
         handle["images"] = images
         handle["indices"] = indices
-        handle.attrs.update({"format_version": version, "start": start, "stop": stop, "count": stop - start})
+        handle.attrs.update({"format_version": version, "start": start, "stop": stop, "count": stop - start,
+                             "images_sha256": images_sha256(images)})
         if complete:
             handle.attrs["complete"] = True
 
@@ -116,6 +119,17 @@ def damage(kind: str, path):
         raw_shard(path, good, np.arange(10), 0, 10, version=7)
     elif kind == "other range":
         raw_shard(path, images_for(ShardSpec(0, 0, 10)), np.arange(30, 40), 30, 40)
+    elif kind == "one image byte changed":
+        write_shard(path, ShardSpec(0, 0, 10), good, ATTRS)
+        flip_image_byte(path)
+    elif kind == "a folder":
+        path.mkdir()
+    elif kind == "a link to another file":
+        other = path.with_name("elsewhere.h5")
+        write_shard(other, ShardSpec(0, 0, 10), good, ATTRS)
+        path.symlink_to(other)
+    elif kind == "version 1 (no image checksum)":
+        raw_shard(path, good, np.arange(10), 0, 10, version=1)
 
 
 @pytest.mark.parametrize("kind, reason", [
@@ -131,6 +145,10 @@ def damage(kind: str, path):
     ("no completion mark", "no completion mark"),
     ("other version", "format version 7"),
     ("other range", "should hold 0..9"),
+    ("one image byte changed", "image data differ from the checksum written with them"),
+    ("a folder", "is a folder, not a shard file"),
+    ("a link to another file", "is a symbolic link"),
+    ("version 1 (no image checksum)", "format version 1, this hpc_ncsn reads 2"),
 ])
 def test_damaged_shard_is_refused_with_file_and_reason(tmp_path, kind, reason):
     path = tmp_path / "shard-00000.h5"
@@ -175,19 +193,25 @@ def test_coverage_refuses_overlaps_gaps_and_mixed_shapes(tmp_path):
         check_coverage([infos[0], infos[1], odd], 23)
 
 
-def test_manifest_round_trip_and_checksum_verification(tmp_path):
+def test_manifest_round_trip_and_folder_verification(tmp_path):
     _, entries = write_all(tmp_path)
-    write_manifest(tmp_path, entries, {"num_samples": 23, "shard_size": 10})
+    write_manifest(tmp_path, entries, {"num_samples": 23, "shard_size": 10, **ATTRS})
     manifest = read_manifest(tmp_path)
     assert manifest["meta"]["num_samples"] == 23 and len(manifest["shards"]) == 3
-    assert verify_manifest(tmp_path) == {}
+    verified, infos = verify_folder(tmp_path, image_shape=(8, 8, 3))
+    assert verified == manifest and [info.start for info in infos] == [0, 10, 20]
+    assert [info.images_sha256 for info in infos] == [entry["images_sha256"] for entry in entries]
+    with pytest.raises(ShardError, match=r"images are \(8, 8, 3\) \(H, W, C\), expected \(8, 8, 1\)"):
+        verify_folder(tmp_path, image_shape=(8, 8, 1))
     path = tmp_path / "shard-00001.h5"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    (tmp_path / "shard-00002.h5").unlink()
-    problems = verify_manifest(tmp_path)
-    assert problems["shard-00002.h5"] == "missing" and "checksum differs" in problems["shard-00001.h5"]
+    with pytest.raises(ShardError, match="shard-00001.h5: its checksum differs from the manifest"):
+        verify_folder(tmp_path)
+    (tmp_path / "shard-00001.h5").unlink()
+    with pytest.raises(ShardError, match="shard-00001.h5: missing"):
+        verify_folder(tmp_path)
 
 
 def test_missing_or_broken_manifest_is_named(tmp_path):

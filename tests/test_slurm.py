@@ -193,7 +193,7 @@ def test_plain_sbatch_templates_train_on_two_nodes_then_sample_and_evaluate(clus
 
 # The control plane on a real cluster -----------------------------------------------------------
 
-LONG = [*SWEEP, "train.steps=4000", "train.checkpoint_every=200", "train.log_every=10"]
+LONG = [*SWEEP, "train.steps=2500", "train.checkpoint_every=200", "train.log_every=10"]
 ONE = ["--schedules", "geometric", "--seeds", "0"]
 
 

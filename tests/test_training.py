@@ -192,8 +192,7 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
 NAN_SCRIPT = """
 import sys, torch
 import hpc_ncsn.train.step as step
-from hpc_ncsn.config import load_config
-from hpc_ncsn.train import train
+from hpc_ncsn.cli import train_main
 
 real, calls, bad = step.dsm_loss, [0], {bad}
 
@@ -205,7 +204,7 @@ def poisoned(*args, **kwargs):
     return out
 
 step.dsm_loss = poisoned
-train(load_config(sys.argv[1], sys.argv[2:]))
+sys.exit(train_main(["--config", *sys.argv[1:]]))  # train.py, with its losses poisoned
 """
 
 
@@ -242,7 +241,8 @@ def test_non_finite_steps_are_skipped_without_touching_weights_or_ema(tmp_path):
 def test_too_many_consecutive_skips_stop_the_run_with_a_clear_error(tmp_path):
     result = nan_run(tmp_path, "range(1, 10**6)", "train.steps=50", "train.max_consecutive_skips=3")
     assert result.returncode != 0
-    assert "TrainingDiverged: 3 consecutive steps had a non-finite loss or gradient (step 3)" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: 3 consecutive steps had a non-finite loss or gradient (step 3)" in result.stderr
 
 
 def test_batches_cover_each_epoch_exactly_once():

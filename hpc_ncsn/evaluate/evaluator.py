@@ -23,13 +23,13 @@ import torch
 
 from ..config import DataConfig
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
-from ..files import atomic_path, atomic_write
-from ..samples.shards import check_coverage, plan_shards, read_manifest, read_shard
-from ..samples.validation import validate_shards
+from ..files import atomic_path, atomic_write, file_sha256
+from ..samples.shards import MANIFEST, read_shard
+from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, load_extractor
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["evaluate", "reference_statistics"]
+__all__ = ["environment", "evaluate", "reference_statistics"]
 
 
 def _data_key(images: torch.Tensor, extractor: Extractor) -> str:
@@ -78,18 +78,18 @@ def _read_ahead(infos: list):
 def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
              cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
              is_splits: int = 10, out: Path | None = None) -> dict | None:
-    """FID, KID and IS of the shards in `samples` against the training set; rank 0 returns (and writes) the report."""
+    """FID, KID and IS of the shards in `samples` against the training set; rank 0 returns (and writes) the report.
+
+    Before a single image is used, the folder is verified against its manifest
+    (hpc_ncsn.samples.validation.verify_folder: the shard list, no stray files, file and
+    image-data checksums, one origin, the reference data's image shape); any problem is
+    a ShardError naming the file.
+    """
     rank, world, device = process_group()
-    extractor = load_extractor(extractor_name, weights_path, device)
-    manifest = read_manifest(samples)
+    manifest, infos = verify_folder(samples, image_shape=(data_cfg.image_size, data_cfg.image_size,
+                                                          data_cfg.channels))
     meta = manifest["meta"]
-    specs = plan_shards(meta["num_samples"], meta["shard_size"])
-    infos, problems = validate_shards(samples, specs)
-    if problems:
-        raise ValueError(f"{samples}: shards missing or invalid: "
-                         + "; ".join(f"shard {index}: {reason}" for index, reason in sorted(problems.items()))
-                         + " — rerun generation to complete them")
-    check_coverage(infos, meta["num_samples"])
+    extractor = load_extractor(extractor_name, weights_path, device)
     reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size)
 
     # Accumulate this rank's shards in float64 on its device, then sum over ranks. The next
@@ -106,6 +106,9 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     gathered = gather_to_main(mine)
     report = _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, kid_subset_size, is_splits,
                      device) if rank == 0 else None
+    if report is not None:  # what the number can be traced to: the exact shard bytes, and what computed it
+        report["manifest_sha256"] = file_sha256(Path(samples) / MANIFEST)
+        report["environment"] = environment(world)
     if report is not None and out is not None:
         atomic_write(out, json.dumps(report, indent=2) + "\n")
     # All ranks leave together: one that tore down its process group while rank 0 still computed aborted at exit
@@ -144,3 +147,21 @@ def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, k
     }
     return report
 
+
+
+def environment(world: int = 1) -> dict:
+    """What a result was computed with: processes, threads per process, library versions, machine.
+
+    Float rounding of CPU kernels depends on these: the same code, data and seed give the
+    same numbers to the last digit only in the same environment (README, Measured).
+    """
+    import platform
+
+    import numpy as np
+
+    from .. import __version__
+
+    return {"processes": world, "threads_per_process": torch.get_num_threads(), "hpc_ncsn": __version__,
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available()
+            else "cpu"}

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..files import atomic_write, file_sha256
 
 __all__ = ["DEFAULT_EXTRACTOR", "DIGITS_EXTRACTOR", "INCEPTION", "DigitsClassifier", "Extractor", "cache_dir",
@@ -36,6 +37,10 @@ INCEPTION = "inception-v3-compat"
 DIGITS_EXTRACTOR = "digits-classifier"
 DEFAULT_EXTRACTOR = {"digits": DIGITS_EXTRACTOR, "cifar10": INCEPTION}
 DIGITS_VERSION = 1
+
+
+class ExtractorUnavailable(UserError, FileNotFoundError):
+    """A feature extractor or its weights cannot be had; the message says how to provide them."""
 DIGITS_SIZE = 16
 
 
@@ -174,15 +179,15 @@ def load_extractor(name: str, weights_path: Path | None, device: torch.device) -
 
     register_extractors()
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
+        raise ExtractorUnavailable(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     feature_layer = cls.get_default_feature_layer_for_metric("fid")
     logits_layer = cls.get_default_feature_layer_for_metric("isc")
     if weights_path is not None and not Path(weights_path).is_file():
-        raise FileNotFoundError(f"feature extractor weights {weights_path} not found; pass an existing file "
+        raise ExtractorUnavailable(f"feature extractor weights {weights_path} not found; pass an existing file "
                                 "(for Inception: torch-fidelity's pt_inception-2015-12-05 weights)")
     if name == INCEPTION and weights_path is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError("Inception weights would be downloaded but the machine is offline; "
+        raise ExtractorUnavailable("Inception weights would be downloaded but the machine is offline; "
                                 "pass --weights PATH to a local copy")
     module = cls(name, [feature_layer, logits_layer], feature_extractor_weights_path=str(weights_path)
                  if weights_path else None).to(device).eval()

@@ -27,18 +27,23 @@ import torch
 
 from .. import __version__, preemption
 from ..checkpoint import load_ema_model, resolve_checkpoint
-from ..config import Config, arm_of, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, arm_of, config_from_dict, config_to_dict
 from ..data import to_uint8
 from ..distributed import barrier, process_group
+from ..files import make_folder, require_free_space
 from ..locks import FolderLock
 from ..network import NetworkSpeed, score_function
 from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
     H5PY_VERSION,
+    ShardError,
     ShardSpec,
     check_coverage,
+    file_sha256,
     manifest_entry,
+    origin_difference,
     plan_shards,
+    read_manifest,
     shard_path,
     write_manifest,
     write_shard,
@@ -47,8 +52,6 @@ from .validation import validate_shards
 
 __all__ = ["GenerationResult", "generate", "run_folder", "sampler_attrs", "sampling_config"]
 
-# What identifies how a shard was made: a valid shard that differs in one of these is drawn again.
-ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed")
 NETWORK_KEYS = ("precision", "channels_last", "compile")
 
 
@@ -88,12 +91,14 @@ def sampling_config(run_config: Config, overrides: tuple[str, ...] = ()) -> Conf
     """The run's config with sampling overrides (sampler.*, noise.*, generate.*) applied."""
     for item in overrides:
         if not item.startswith(("sampler.", "noise.", "generate.")):
-            raise ValueError(f"sampling override {item!r}: only sampler.*, noise.* and generate.* keys change "
+            raise ConfigError(f"sampling override {item!r}: only sampler.*, noise.* and generate.* keys change "
                              "sampling, e.g. sampler.steps_per_level=10 or sampler.step_rule=snr")
     return config_from_dict(config_to_dict(run_config), overrides) if overrides else run_config
 
 
 def _versions() -> dict:
+    """The software that drew a shard. (Not the thread count: it did not change the images here, and 1 and 2
+    processes must write byte-identical shards; the evaluation report records the threads that scored them.)"""
     return {"hpc_ncsn": __version__, "torch": torch.__version__, "numpy": np.__version__, "h5py": H5PY_VERSION,
             "python": platform.python_version()}
 
@@ -130,6 +135,7 @@ def generate(
     """
     preemption.install()
     rank, world, device = process_group()
+    make_folder(out, "the sample folder (--out)")
     checkpoint = resolve_checkpoint(run_or_checkpoint)
     model, config, step = load_ema_model(checkpoint, device)
     config = sampling_config(config, overrides)
@@ -141,27 +147,37 @@ def generate(
     attrs = {**sampler_attrs(config, checkpoint, step, seed, out), **speed.attrs(),
              "num_samples": settings.num_samples, "shard_size": settings.shard_size}
     score = score_function(model, speed)
-    out.mkdir(parents=True, exist_ok=True)
     lock = FolderLock(out, "generate", what="a generation",
                       fix="two generations into one folder would redraw each other's shards: wait for that one, "
                           "or pick another --out")
     if rank == 0:
         lock.acquire()
     try:
-        # Keep this rank's valid shards made the same way; draw the others.
+        # Keep this rank's valid shards made the same way (and, where a manifest of this origin lists them,
+        # with the bytes it recorded); draw the others, saying why.
         mine = [spec for spec in specs if spec.index % world == rank]
-        valid, invalid = validate_shards(out, mine, image_shape=image_shape, timeout=validate_timeout)
+        valid, redraw = validate_shards(out, mine, image_shape=image_shape, timeout=validate_timeout)
+        recorded = _recorded_checksums(out, attrs)
         index_of = {spec.start: spec.index for spec in mine}
-        stale = {index_of[info.start] for info in valid if not _same_origin(info.attrs, attrs)}
-        kept = [spec.index for spec in mine if spec.index not in invalid and spec.index not in stale]
+        for info in valid:
+            why = _origin_or_bytes_changed(info, attrs, recorded)
+            if why:
+                redraw[index_of[info.start]] = why
+        kept = [spec.index for spec in mine if spec.index not in redraw]
         generated = []
         for spec in mine:
             if spec.index in kept:
                 continue
+            if shard_path(out, spec).is_dir():
+                raise ShardError(shard_path(out, spec), "is a folder where a shard goes", "remove it and rerun")
+            if redraw[spec.index] != "missing":
+                progress(f"rank {rank}: redrawing {shard_path(out, spec).name}: {redraw[spec.index]}")
             if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
                 raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
                                            f"{len(generated)} shard(s) written this time; rerun to complete")
             images = _draw(score, config, plan, spec, seed, device)
+            require_free_space(out, images.nbytes + (1 << 16), f"shard {shard_path(out, spec).name}",
+                               "free some space or pass another --out; the shards written so far are kept")
             write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
             generated.append(spec.index)
             progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
@@ -173,7 +189,7 @@ def generate(
             if problems:
                 raise RuntimeError(f"shards still invalid after generation: {problems}")
             check_coverage(infos, settings.num_samples)
-            entries = [manifest_entry(info.path, spec) for spec, info in zip(specs, infos)]
+            entries = [manifest_entry(info.path, spec, info.images_sha256) for spec, info in zip(specs, infos)]
             write_manifest(out, entries, attrs)
         barrier()
     finally:
@@ -181,5 +197,22 @@ def generate(
     return GenerationResult(out, generated, kept)
 
 
-def _same_origin(found: dict, wanted: dict) -> bool:
-    return all(found.get(key) == wanted[key] for key in (*ORIGIN_KEYS, *NetworkSpeed().attrs()))
+def _recorded_checksums(out: Path, attrs: dict) -> dict[str, str]:
+    """{file: sha256} from a manifest of this very origin in `out`; empty when there is none (or another's)."""
+    try:
+        manifest = read_manifest(out)
+    except ShardError:
+        return {}
+    if origin_difference(manifest["meta"], attrs):
+        return {}
+    return {entry["file"]: entry.get("sha256") for entry in manifest["shards"]}
+
+
+def _origin_or_bytes_changed(info, attrs: dict, recorded: dict[str, str]) -> str | None:
+    """Why a structurally valid shard cannot be kept, or None."""
+    difference = origin_difference(info.attrs, attrs)
+    if difference:
+        return f"made another way ({difference})"
+    if info.path.name in recorded and file_sha256(info.path) != recorded[info.path.name]:
+        return "its bytes differ from the checksum the manifest recorded for it"
+    return None

@@ -1,16 +1,21 @@
 """HDF5 sample shards: atomic writes, validation that cannot hang, a checksummed manifest.
 
-Layout of one shard (format version 1), `shard-KKKKK.h5`:
+Layout of one shard (format version 2), `shard-KKKKK.h5`:
 
     /images    uint8 (N, H, W, C)   NHWC, C = 1 or 3; N = stop - start
     /indices   int64 (N,)           the sample indices start..stop-1
-    attrs      format_version, start, stop, count (integers) and complete = True,
-               written last; every other attribute (run, checkpoint, sampler, seed,
-               software versions, ...) is stored as a JSON string.
+    attrs      format_version, start, stop, count (integers), images_sha256 (the
+               sha256 of the image bytes, C order) and complete = True, written last;
+               every other attribute (run, checkpoint, sampler, seed, software
+               versions, ...) is stored as a JSON string.
+
+A shard carries the checksum of its own image data, so a changed byte is found even
+without a manifest (version 1 had none: such shards are refused and redrawn).
 
 A shard is published with hpc_ncsn.files.atomic_path (a hidden temporary name in the
 same folder, fsynced, renamed), so a final-named shard is always complete.
-`manifest.json` lists the shards with count and sha256.
+`manifest.json` lists the shards with count, file sha256 and image sha256, and
+records their origin (`meta`); `verify_folder` checks a folder against it.
 
 Reading a damaged HDF5 file can hang or crash the HDF5 library, so `inspect_shard`
 is meant to run in a child process (hpc_ncsn.samples.validation). Files are opened
@@ -23,7 +28,9 @@ of torch, so the validating child process starts fast.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,35 +38,40 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
 
 __all__ = [
     "MANIFEST",
+    "ORIGIN_KEYS",
     "SHARD_FORMAT_VERSION",
     "ShardError",
     "ShardInfo",
     "ShardSpec",
     "check_coverage",
     "file_sha256",
+    "images_sha256",
     "inspect_shard",
     "manifest_entry",
     "plan_shards",
     "read_manifest",
     "read_shard",
     "shard_path",
-    "verify_manifest",
     "write_manifest",
     "write_shard",
 ]
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2
 H5PY_VERSION = h5py.__version__  # recorded in every shard (hpc_ncsn.samples.generate)
 MANIFEST = "manifest.json"
-_STRUCTURE = ("format_version", "start", "stop", "count", "complete")
+_STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "complete")
+# The attributes that say how a shard was made: shards of one folder agree on them with its manifest. (The
+# sample count is not one: sample i is the same in a folder of 1,000 or 50,000, so a larger rerun keeps them.)
+ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed", "network_precision")
 REGENERATE = "rerun generation to rewrite it"
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A shard or shard folder that cannot be used: '<path>: <reason>; <fix>'."""
 
     def __init__(self, path: Path | str, reason: str, fix: str = REGENERATE):
@@ -88,6 +100,7 @@ class ShardInfo:
     count: int
     image_shape: tuple[int, int, int]
     attrs: dict = field(default_factory=dict)
+    images_sha256: str = ""
 
 
 def plan_shards(num_samples: int, shard_size: int) -> list[ShardSpec]:
@@ -129,15 +142,21 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
                 handle.attrs[key] = json.dumps(attrs[key], sort_keys=True)
             handle.attrs["format_version"] = SHARD_FORMAT_VERSION
             handle.attrs["start"], handle.attrs["stop"], handle.attrs["count"] = spec.start, spec.stop, spec.count
+            handle.attrs["images_sha256"] = images_sha256(images)
             handle.flush()
             handle.attrs["complete"] = True
-    return manifest_entry(path, spec)
+    return manifest_entry(path, spec, images_sha256(images))
 
 
-def manifest_entry(path: Path, spec: ShardSpec) -> dict:
-    """The manifest's line for a shard file: its name, index, sample range, count and sha256."""
+def images_sha256(images: np.ndarray) -> str:
+    """sha256 of uint8 image data in C order (what a shard records about its own images)."""
+    return hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()
+
+
+def manifest_entry(path: Path, spec: ShardSpec, data_sha256: str) -> dict:
+    """The manifest's line for a shard file: name, index, sample range, count, file and image-data sha256."""
     return {"file": Path(path).name, "index": spec.index, "start": spec.start, "stop": spec.stop,
-            "count": spec.count, "sha256": file_sha256(path)}
+            "count": spec.count, "sha256": file_sha256(path), "images_sha256": data_sha256}
 
 
 def _decode_attrs(raw: h5py.AttributeManager) -> dict:
@@ -161,8 +180,13 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
     Raises ShardError naming the file and what is wrong with it.
     """
     path = Path(path)
+    if path.is_symlink():
+        raise ShardError(path, f"is a symbolic link (to {os.readlink(path)}); a sample folder holds its own shards",
+                         "remove the link and rerun generation")
     if not path.exists():
         raise ShardError(path, "missing")
+    if path.is_dir():
+        raise ShardError(path, "is a folder, not a shard file", "remove it and rerun generation")
     if path.is_file() and path.stat().st_size == 0:
         raise ShardError(path, "zero-length file (its writer was killed before writing anything)")
     try:
@@ -191,8 +215,8 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
                 raise ShardError(path, f"images have {images.shape[-1]} channels in the last axis, expected 1 or 3 "
                                        "(NHWC)")
             if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
-                raise ShardError(path, f"images are {tuple(images.shape[1:])} (H, W, C), the run makes "
-                                       f"{tuple(image_shape)}")
+                raise ShardError(path, f"images are {tuple(images.shape[1:])} (H, W, C), expected "
+                                       f"{tuple(image_shape)} (data.image_size, data.image_size, data.channels)")
             if not (stop - start == count == images.shape[0] == indices.shape[0]):
                 raise ShardError(path, f"counts disagree: start={start} stop={stop} count={count}, "
                                        f"{images.shape[0]} images, {indices.shape[0]} indices")
@@ -201,9 +225,14 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
                                        f"{expected.start}..{expected.stop - 1}")
             if not np.array_equal(indices[()], np.arange(start, stop)):
                 raise ShardError(path, f"indices are not {start}..{stop - 1}")
-            images[()]  # read every byte: a truncated file fails here
+            recorded = attrs.get("images_sha256", "")
+            recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+            actual = images_sha256(images[()])  # reads every byte: a truncated file fails here
+            if actual != recorded:
+                raise ShardError(path, "its image data differ from the checksum written with them (the file was "
+                                       "changed or damaged after it was written)")
             return ShardInfo(path, start, stop, count, tuple(int(s) for s in images.shape[1:]),
-                             _decode_attrs(attrs))
+                             _decode_attrs(attrs), actual)
     except ShardError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
@@ -255,22 +284,24 @@ def read_manifest(folder: Path) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ShardError(path, f"not valid JSON ({error})", "rerun generation to rewrite it") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(path, "not a manifest (a JSON object is expected)", "rerun generation to rewrite it")
     for key in ("meta", "shards"):
         if key not in manifest:
             raise ShardError(path, f"no '{key}' entry", "rerun generation to rewrite it")
+    missing = [key for key in ("num_samples", "shard_size") if key not in manifest["meta"]]
+    if missing or manifest.get("format_version") != SHARD_FORMAT_VERSION:
+        raise ShardError(path, f"format version {manifest.get('format_version')}, meta lacking {missing}; this "
+                               f"hpc_ncsn writes version {SHARD_FORMAT_VERSION}", "rerun generation to rewrite it")
     return manifest
 
 
-def verify_manifest(folder: Path) -> dict[str, str]:
-    """{file: reason} for every shard whose checksum or count differs from the manifest (empty when all match)."""
-    problems = {}
-    for entry in read_manifest(folder)["shards"]:
-        path = Path(folder) / entry["file"]
-        if not path.is_file():
-            problems[entry["file"]] = "missing"
-        elif file_sha256(path) != entry["sha256"]:
-            problems[entry["file"]] = "checksum differs from the manifest (the file changed after generation)"
-    return problems
+def origin_difference(attrs: dict, meta: dict) -> str | None:
+    """The first origin attribute in which a shard differs from its folder's manifest, as text, or None."""
+    for key in ORIGIN_KEYS:
+        if attrs.get(key) != meta.get(key):
+            return f"{key}: {attrs.get(key)!r}, the folder's: {meta.get(key)!r}"
+    return None
 
 
 # The validating child process (hpc_ncsn.samples.validation starts it) --------------------------
@@ -282,7 +313,7 @@ def inspect_requests_from_stdin() -> None:
         try:
             info = inspect_shard(Path(request["path"]), expected, request["image_shape"])
             line = {"ok": True, "start": info.start, "stop": info.stop, "count": info.count,
-                    "image_shape": info.image_shape, "attrs": info.attrs}
+                    "image_shape": info.image_shape, "attrs": info.attrs, "images_sha256": info.images_sha256}
         except ShardError as error:
             line = {"ok": False, "reason": error.reason}
         print(json.dumps(line), flush=True)

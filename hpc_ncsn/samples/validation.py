@@ -6,6 +6,11 @@ package's own folder on its path) that runs hpc_ncsn.samples.shards.inspect_shar
 each and prints one JSON line per file. A file that does not answer within the
 timeout, or that kills the child, is reported as such and the child is restarted for
 the remaining files.
+
+`verify_folder` is what the evaluator runs before it reads a single image: the
+folder against its manifest (shard list, no stray files, file checksums), every
+shard's structure and image-data checksum, its origin against the manifest's, and
+the image shape the caller expects.
 """
 
 from __future__ import annotations
@@ -19,9 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from .shards import ShardError, ShardInfo, ShardSpec, shard_path
+from ..files import file_sha256
+from .shards import (
+    MANIFEST,
+    ShardError,
+    ShardInfo,
+    ShardSpec,
+    check_coverage,
+    origin_difference,
+    plan_shards,
+    read_manifest,
+    shard_path,
+)
 
-__all__ = ["validate_shard", "validate_shards"]
+__all__ = ["validate_shard", "validate_shards", "verify_folder"]
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 _CHILD = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
@@ -74,7 +90,8 @@ def _check(items: list[tuple[Path, ShardSpec | None]], image_shape: tuple[int, i
     requests = [{"path": str(path), "image_shape": list(image_shape) if image_shape else None,
                  "expected": vars(spec) if spec else None} for path, spec in items]
     results = _inspect_in_children(requests, timeout) if requests else []
-    return [ShardInfo(Path(path), r["start"], r["stop"], r["count"], tuple(r["image_shape"]), r["attrs"])
+    return [ShardInfo(Path(path), r["start"], r["stop"], r["count"], tuple(r["image_shape"]), r["attrs"],
+                      r["images_sha256"])
             if r["ok"] else r["reason"] for (path, _), r in zip(items, results)]
 
 
@@ -84,7 +101,7 @@ def validate_shards(folder: Path, specs: list[ShardSpec], image_shape: tuple[int
 
     Returns (the valid shards' infos in spec order, {shard index: reason} for the others).
     """
-    present = [spec for spec in specs if shard_path(folder, spec).exists()]
+    present = [spec for spec in specs if shard_path(folder, spec).exists() or shard_path(folder, spec).is_symlink()]
     problems = {spec.index: "missing" for spec in specs if spec not in present}
     valid = []
     outcomes = _check([(shard_path(folder, spec), spec) for spec in present], image_shape, timeout)
@@ -105,3 +122,46 @@ def validate_shard(path: Path, expected: ShardSpec | None = None,
     return outcome
 
 
+def verify_folder(folder: Path, image_shape: tuple[int, int, int] | None = None,
+                  timeout: float = 60.0) -> tuple[dict, list[ShardInfo]]:
+    """(manifest, shard infos in order) of a finished sample folder; ShardError naming the first problem.
+
+    Checks, in order: the manifest; that it lists exactly the shards its num_samples and
+    shard_size make; that no other shard file lies in the folder; each file's sha256
+    against the manifest; each shard's structure and image-data checksum (child
+    process); its image-data sha256 and origin against the manifest; the image shape
+    (H, W, C) when given; coverage of every sample once.
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    meta, entries = manifest["meta"], manifest["shards"]
+    specs = plan_shards(meta["num_samples"], meta["shard_size"])
+    listed = [(entry.get("file"), entry.get("start"), entry.get("stop")) for entry in entries]
+    planned = [(shard_path(folder, spec).name, spec.start, spec.stop) for spec in specs]
+    if listed != planned:
+        raise ShardError(folder / MANIFEST, f"lists {len(listed)} shard(s) where its num_samples "
+                                            f"({meta['num_samples']}) and shard_size ({meta['shard_size']}) make "
+                                            f"{len(planned)}: it was edited or is another generation's",
+                         "rerun generation to rewrite it")
+    strays = sorted({path.name for path in folder.glob("shard-*.h5")} - {name for name, _, _ in planned})
+    if strays:
+        raise ShardError(folder / strays[0], "is not in the folder's manifest (a stray or foreign file)",
+                         "remove it, or rerun generation")
+    for entry in entries:
+        path = folder / entry["file"]
+        if path.is_file() and not path.is_symlink() and file_sha256(path) != entry.get("sha256"):
+            raise ShardError(path, "its checksum differs from the manifest (the file changed after generation)")
+    infos, problems = validate_shards(folder, specs, image_shape=image_shape, timeout=timeout)
+    if problems:
+        index, reason = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
+        raise ShardError(shard_path(folder, specs[index]), reason + more)
+    for info, entry in zip(infos, entries):
+        if info.images_sha256 != entry.get("images_sha256"):
+            raise ShardError(info.path, "its image data differ from the manifest's checksum of them")
+        difference = origin_difference(info.attrs, meta)
+        if difference:
+            raise ShardError(info.path, f"was made by another run, checkpoint or sampler ({difference}): a "
+                                        "foreign shard", "remove it and rerun generation")
+    check_coverage(infos, meta["num_samples"])
+    return manifest, infos

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path, atomic_write
+from ..files import atomic_path, atomic_write, read_jsonl
 from .plan import Plan, SweepSpec, plan
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
@@ -204,11 +204,7 @@ def _plot_fid(rows: list[dict], cells: list[CellResult], path: Path) -> None:
 
 
 def _read_losses(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    records = [r for r in records if "loss_per_level" in r]
+    records = [r for r in read_jsonl(run / "metrics.jsonl") if "loss_per_level" in r]
     if not records:
         return None
     return np.array([r["step"] for r in records]), np.array([r["loss_per_level"] for r in records], dtype=float)

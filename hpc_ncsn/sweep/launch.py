@@ -38,6 +38,7 @@ import json
 from pathlib import Path
 
 from ..config import ARMS, ConfigError
+from ..errors import UserError
 from ..locks import FolderLock
 from . import jobs, scheduler
 from .jobs import todo
@@ -49,7 +50,7 @@ __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main"]
 CLUSTERS = ("slurm", "local", "debug")
 
 
-class SweepMismatch(ValueError):
+class SweepMismatch(UserError, ValueError):
     """The sweep folder holds another sweep, or none; the message says which folder and what to do."""
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 

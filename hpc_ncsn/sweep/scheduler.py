@@ -10,10 +10,12 @@ import getpass
 import shutil
 import subprocess
 
+from ..errors import UserError
+
 __all__ = ["Refused", "cancel", "queue", "rename", "test_submission"]
 
 
-class Refused(RuntimeError):
+class Refused(UserError, RuntimeError):
     """Slurm would not take the jobs (a wrong partition, account, QOS, or too many resources); nothing was sent."""
 
 

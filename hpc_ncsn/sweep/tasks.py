@@ -42,15 +42,12 @@ class TrainTask:
         return train(config_from_dict(self.config))
 
     def progress(self, root: Path) -> dict:
-        """Steps logged so far (metrics.jsonl's last line) out of train.steps."""
-        import json
+        """Steps logged so far (metrics.jsonl's last complete line) out of train.steps."""
+        from ..files import read_jsonl
 
-        step, metrics = 0, self.folder / "metrics.jsonl"
-        if metrics.is_file():
-            lines = metrics.read_text().splitlines()
-            complete = [line for line in lines if line.endswith("}")]
-            step = json.loads(complete[-1])["step"] if complete else 0
-        return {"done": step, "total": self.config["train"]["steps"], "unit": "steps"}
+        records = read_jsonl(self.folder / "metrics.jsonl")
+        return {"done": records[-1]["step"] if records else 0, "total": self.config["train"]["steps"],
+                "unit": "steps"}
 
 
 @dataclass(frozen=True)

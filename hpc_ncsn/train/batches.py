@@ -14,7 +14,7 @@ import functools
 import torch
 
 from .. import rng
-from ..config import Config, TrainConfig
+from ..config import Config, ConfigError, TrainConfig
 from ..data import load_images, to_model_scale, toy_mixture
 
 __all__ = ["batch_indices", "global_batch", "load_training_data", "micro_batch_size", "micro_slices"]
@@ -75,7 +75,7 @@ def micro_batch_size(train: TrainConfig, world: int) -> int:
     """Examples per rank and micro-batch; the global batch must split evenly over ranks × accumulation."""
     per_step = world * train.grad_accum
     if train.batch_size % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={train.batch_size} must be divisible by processes × grad_accum = "
             f"{world} × {train.grad_accum}; choose a multiple of {per_step}"
         )

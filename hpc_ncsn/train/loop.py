@@ -67,36 +67,39 @@ def _loop(config: Config, run: Training) -> Path:
                     dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
     run.model.train()
     started, window_start = time.time(), state.step
-    while state.step < cfg.steps:
-        # Accumulate gradients and step on finite ones.
-        grad_norm = run.step()
-        progress.update(1)
+    try:
+        while state.step < cfg.steps:
+            # Accumulate gradients and step on finite ones.
+            grad_norm = run.step()
+            progress.update(1)
 
-        # Log the loss per noise level, summed over ranks.
-        if due(cfg.log_every):
-            now = time.time()
-            record = run.log(grad_norm, (state.step - window_start) * cfg.batch_size / max(now - started, 1e-9))
-            if record is not None:
-                progress.set_postfix(loss=record["loss"], img_s=f"{record['images_per_s']:.0f}")
-            started, window_start = now, state.step
+            # Log the loss per noise level, summed over ranks.
+            if due(cfg.log_every):
+                now = time.time()
+                images_per_s = (state.step - window_start) * cfg.batch_size / max(now - started, 1e-9)
+                record = run.log(grad_norm, images_per_s)
+                if record is not None:
+                    progress.set_postfix(loss=record["loss"], img_s=f"{record['images_per_s']:.0f}")
+                started, window_start = now, state.step
 
-        # Sample with the EMA weights; save a checkpoint.
-        if due(cfg.sample_every) and is_main_process():
-            sample_grid(config, run.ema, run.accelerator.device, run.folder.sample_grid(state.step))
-        if due(cfg.checkpoint_every):
-            run.save()
-        if due(cfg.sample_every) or due(cfg.checkpoint_every):
-            started = time.time()
-
-        # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
-        stop = (run.accelerator.num_processes == 1 or due(cfg.log_every)) and preemption.agreed(run.accelerator.device)
-        if stop:
-            if not due(cfg.checkpoint_every):
+            # Sample with the EMA weights; save a checkpoint.
+            if due(cfg.sample_every) and is_main_process():
+                sample_grid(config, run.ema, run.accelerator.device, run.folder.sample_grid(state.step))
+            if due(cfg.checkpoint_every):
                 run.save()
-            progress.close()
-            raise preemption.Preempted(f"stop requested ({stop}) at step {state.step}; checkpoint saved in "
-                                       f"{run.folder.checkpoints}; rerun to resume", stop)
-    progress.close()
+            if due(cfg.sample_every) or due(cfg.checkpoint_every):
+                started = time.time()
+
+            # Stop at the scheduler's request (USR2/SIGTERM): save, then hand back; a rerun resumes here.
+            asked = run.accelerator.num_processes == 1 or due(cfg.log_every)
+            stop = asked and preemption.agreed(run.accelerator.device)
+            if stop:
+                if not due(cfg.checkpoint_every):
+                    run.save()
+                raise preemption.Preempted(f"stop requested ({stop}) at step {state.step}; checkpoint saved in "
+                                           f"{run.folder.checkpoints}; rerun to resume", stop)
+    finally:
+        progress.close()  # the bar's line ends before any message that follows it
     run.read_skips()
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()

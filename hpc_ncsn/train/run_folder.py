@@ -11,6 +11,7 @@ Only the main process writes here; the others wait at the callers' barriers.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,14 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import Config, config_to_dict, config_to_yaml, load_config
+from ..config import Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config
 from ..distributed import is_main_process
+from ..errors import UserError
 from ..ema import EMA
-from ..files import atomic_write
+from ..files import DiskFull, atomic_write, disk_full, read_jsonl, require_free_space
 from ..locks import FolderLock
 
-__all__ = ["RunFolder", "TrainState"]
+__all__ = ["RunFolder", "RunFolderMismatch", "TrainState"]
 
 # What a restarted run must share with the folder's run: everything that shapes the weights.
 _SAME_SECTIONS = ("data", "noise", "model")
@@ -36,6 +38,11 @@ class TrainState:
     step: int = 0
     skipped: int = 0
     consecutive_skips: int = 0
+    levels: dict | None = None  # the per-level loss sums since the last log line, when the checkpoint was saved
+
+
+class RunFolderMismatch(UserError, ValueError):
+    """A run folder holds a run of another experiment; the message lists what differs."""
 
 
 class RunFolder:
@@ -48,11 +55,26 @@ class RunFolder:
                                fix="two trainings in one folder would overwrite each other's checkpoints: wait for "
                                    "that one, or pick another train.out_dir")
 
+    def _saved_config(self) -> dict | None:
+        """The folder's run config: config.yaml, or (if that is empty or unreadable, e.g. torn by a full disk
+        under an older version) the config inside the newest checkpoint; None for a new folder."""
+        text = self.config_path.read_text() if self.config_path.is_file() else ""
+        if text.strip():
+            try:
+                return config_to_dict(load_config(self.config_path))
+            except ConfigError:
+                pass
+        latest = ckpt.latest_checkpoint(self.checkpoints)
+        if latest is None:
+            return None
+        payload = torch.load(latest / ckpt.EMA_FILE, map_location="cpu", weights_only=True)
+        return config_to_dict(config_from_dict(payload["config"], source=str(latest / ckpt.EMA_FILE)))
+
     def check(self, config: Config) -> None:
         """Refuse to resume a run folder that was started with a different experiment."""
-        if not self.config_path.exists():
+        saved = self._saved_config()
+        if saved is None:
             return
-        saved = config_to_dict(load_config(self.config_path))
         current = config_to_dict(config)
         changed = [f"{section}.{key}: {saved[section][key]!r} → {current[section][key]!r}"
                    for section in _SAME_SECTIONS for key in current[section]
@@ -60,7 +82,7 @@ class RunFolder:
         changed += [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
                     for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
         if changed:
-            raise ValueError(f"run folder {self.path} holds a run with another config ({'; '.join(changed)}); "
+            raise RunFolderMismatch(f"run folder {self.path} holds a run with another config ({'; '.join(changed)}); "
                              "resume it with its own config or pick a new train.out_dir")
 
     def start(self, config: Config) -> None:
@@ -78,35 +100,54 @@ class RunFolder:
             handle.write(json.dumps(record) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint a run resumes from (they will be written again)."""
-        if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= step]
-        atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+        """Drop log lines written after the checkpoint a run resumes from (they will be written again), and a torn
+        last line."""
+        if self.metrics_path.exists():
+            kept = [record for record in read_jsonl(self.metrics_path) if record.get("step", 0) <= step]
+            atomic_write(self.metrics_path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def sample_grid(self, step: int) -> Path:
         return self.path / "samples" / f"{ckpt.checkpoint_name(step)}.png"
 
-    def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA) -> Path | None:
+    def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA,
+                        levels: dict | None = None) -> Path | None:
         """Every rank writes its part of Accelerate's state into a scratch folder; the main process then
-        adds ema.pt and meta.json, publishes it and rotates old ones. Returns the folder (main process)."""
+        adds ema.pt and meta.json (with `levels`, the loss sums since the last log line), publishes it and
+        rotates old ones. Returns the folder (main process).
+
+        Refused up front (DiskFull) when the filesystem has less room than the newest checkpoint took;
+        a save that fails anyway leaves the published checkpoints as they were and no scratch folder.
+        """
         main = is_main_process()
         scratch = self.checkpoints / f".tmp-{ckpt.checkpoint_name(state.step)}"
+        latest = ckpt.latest_checkpoint(self.checkpoints)
+        if latest is not None:
+            require_free_space(self.checkpoints, sum(p.stat().st_size for p in latest.rglob("*") if p.is_file()),
+                               f"the checkpoint of step {state.step}", "free some space or point train.out_dir "
+                               "elsewhere; the run resumes from its newest checkpoint")
         if main:
             ckpt.scratch_dir(self.checkpoints, state.step)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(scratch))
-        accelerator.wait_for_everyone()
-        final = None
-        if main:
-            torch.save({"step": state.step, "config": config_to_dict(config), "ema": ema.state_dict()},
-                       scratch / ckpt.EMA_FILE)
-            meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
-                    "world_size": accelerator.num_processes, "time": time.time()}
-            (scratch / ckpt.COMPLETE_MARK).write_text(json.dumps(meta))
-            final = ckpt.publish(scratch, state.step)
-            ckpt.rotate(self.checkpoints, config.train.keep_checkpoints)
+        try:
+            accelerator.save_state(str(scratch))
+            accelerator.wait_for_everyone()
+            final = None
+            if main:
+                torch.save({"step": state.step, "config": config_to_dict(config), "ema": ema.state_dict()},
+                           scratch / ckpt.EMA_FILE)
+                meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
+                        "world_size": accelerator.num_processes, "time": time.time(), "levels": levels}
+                (scratch / ckpt.COMPLETE_MARK).write_text(json.dumps(meta))
+                final = ckpt.publish(scratch, state.step)
+                ckpt.rotate(self.checkpoints, config.train.keep_checkpoints)
+        except Exception as error:
+            if main:
+                shutil.rmtree(scratch, ignore_errors=True)
+            if disk_full(error, self.checkpoints):
+                raise DiskFull(f"the disk is full: the checkpoint of step {state.step} was not written in "
+                               f"{self.checkpoints}; free some space and rerun (it resumes from the newest "
+                               "checkpoint)") from error
+            raise
         accelerator.wait_for_everyone()
         return final
 
@@ -118,7 +159,8 @@ class RunFolder:
             accelerator.load_state(str(latest))
             ema.load_state_dict(torch.load(latest / ckpt.EMA_FILE, map_location="cpu", weights_only=True)["ema"])
             meta = json.loads((latest / ckpt.COMPLETE_MARK).read_text())
-            state = TrainState(step=meta["step"], skipped=meta["skipped"], consecutive_skips=meta["consecutive_skips"])
+            state = TrainState(step=meta["step"], skipped=meta["skipped"], consecutive_skips=meta["consecutive_skips"],
+                               levels=meta.get("levels"))
             accelerator.print(f"resumed from {latest} at step {state.step}")
         if is_main_process():
             self.truncate_metrics(state.step)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..distributed import is_main_process
+from ..errors import UserError
 from ..ema import EMA
 from ..model import build_score_model, count_parameters
 from ..network import network_call
@@ -26,7 +27,7 @@ from .step import TrainStep
 __all__ = ["Training", "TrainingDiverged", "make_accelerator"]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
 
@@ -54,7 +55,8 @@ def make_accelerator(config: Config):
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
     if config.train.mixed_precision == "fp16" and on_cpu:
-        raise ValueError("train.mixed_precision=fp16 needs a GPU (loss scaling is a CUDA feature); use bf16 or no on CPU")
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (loss scaling is a CUDA feature); use bf16 or no "
+                          "on CPU")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
     _fresh_accelerator_state(config.train.mixed_precision)
@@ -62,7 +64,7 @@ def make_accelerator(config: Config):
                               gradient_accumulation_steps=config.train.grad_accum,
                               cpu=on_cpu and not use_deepspeed, kwargs_handlers=kwargs)
     if use_deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        raise ValueError(
+        raise ConfigError(
             "DeepSpeed ZeRO-3 shards the parameters, and the EMA here needs whole parameters on every rank; "
             "use configs/accelerate/zero1.yaml or zero2.yaml"
         )
@@ -148,6 +150,7 @@ class Training:
         step = TrainStep(accelerator=accelerator, model=model, network=network, optimizer=optimizer,
                          torch_optimizer=torch_optimizer, ema=ema, data=data, sigmas=sigmas.to(device), train=cfg,
                          apply=apply, skipped=state.skipped, consecutive=state.consecutive_skips)
+        step.levels.restore(state.levels, is_main_process())
         return cls(config, folder, accelerator, state, step)
 
     def set_learning_rate(self) -> float:
@@ -204,4 +207,5 @@ class Training:
         self.read_skips()
         model = self.accelerator.unwrap_model(self.model)
         _replicas_agree(self.accelerator, model)
-        self.folder.save_checkpoint(self.accelerator, self.config, self.state, self.ema)
+        self.folder.save_checkpoint(self.accelerator, self.config, self.state, self.ema,
+                                    levels=self.levels.snapshot(self.accelerator))

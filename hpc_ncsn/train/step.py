@@ -56,6 +56,18 @@ class LevelLosses:
         self.counts.zero_()
         return sums, counts
 
+    def snapshot(self, accelerator) -> dict:
+        """What has been summed over all ranks since the last log line (a collective), for a checkpoint."""
+        sums, counts = accelerator.reduce(self.sums.clone(), "sum"), accelerator.reduce(self.counts.clone(), "sum")
+        return {"sums": sums.tolist(), "counts": counts.tolist()}
+
+    def restore(self, snapshot: dict | None, main: bool) -> None:
+        """Start from a checkpoint's snapshot: the main process holds the sums, the others start at zero, so the
+        next log line sums to what an uninterrupted run logs."""
+        if snapshot and main and len(snapshot["sums"]) == len(self.sums):
+            self.sums.copy_(torch.tensor(snapshot["sums"], dtype=torch.float64))
+            self.counts.copy_(torch.tensor(snapshot["counts"], dtype=torch.int64))
+
 
 def _zero_gradient_loss(model: torch.nn.Module) -> torch.Tensor:
     """A finite loss whose gradient is exactly zero: stands in for a non-finite one in DeepSpeed's backward."""
