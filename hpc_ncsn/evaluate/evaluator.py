@@ -29,27 +29,37 @@ from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, load_extractor
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["environment", "evaluate", "reference_statistics"]
+__all__ = ["environment", "evaluate", "reference_statistics", "reference_subset"]
 
 
-def _data_key(images: torch.Tensor, extractor: Extractor) -> str:
+def _data_key(images: torch.Tensor, extractor: Extractor, split: str) -> str:
     digest = hashlib.sha256()
     digest.update(images.contiguous().numpy().tobytes())
     digest.update(json.dumps([list(images.shape), extractor.name, extractor.feature_layer,
-                              extractor.weights_digest]).encode())
+                              extractor.weights_digest] + ([] if split == "train" else [split])).encode())
     return digest.hexdigest()
 
 
-def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: Path, batch_size: int = 200) -> dict:
-    """Features/statistics of the training set, cached by a hash of the data, extractor and weights.
+def reference_subset(total: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of the `size` reference images drawn (without replacement, by `seed`) from `total`; all if size=0."""
+    if size == 0 or size >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
+def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: Path, batch_size: int = 200,
+                         split: str = "train", size: int = 0) -> dict:
+    """Features/statistics of a split of the data set (all of it, or `size` images drawn by a fixed seed),
+    cached by a hash of the images, extractor and weights.
 
     Returns {'stats': FeatureStats, 'features': float32 (N, D), 'key', 'data'}; computed on rank 0
     when missing (others wait) and written atomically.
     """
     from ..data import load_images
 
-    images = load_images(data_cfg)
-    key = _data_key(images, extractor)
+    images = load_images(data_cfg, split)
+    images = images[reference_subset(len(images), size)]
+    key = _data_key(images, extractor, split)
     path = Path(cache_dir) / f"reference-{extractor.name}-{key[:20]}.pt"
     if is_main_process() and not path.exists():
         features, _ = extract_features(extractor, images, batch_size)
@@ -58,11 +68,11 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
         stats.update(features)
         with atomic_path(path) as tmp:
             torch.save({"key": key, "stats": stats.to_dict(), "features": features.float(),
-                        "data": asdict(data_cfg)}, tmp)
+                        "data": asdict(data_cfg), "split": split}, tmp)
     barrier()
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {"stats": FeatureStats.from_dict(payload["stats"]), "features": payload["features"], "key": key,
-            "path": path}
+            "path": path, "split": split}
 
 
 def _read_ahead(infos: list):
@@ -77,8 +87,10 @@ def _read_ahead(infos: list):
 
 def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
              cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
-             is_splits: int = 10, out: Path | None = None) -> dict | None:
-    """FID, KID and IS of the shards in `samples` against the training set; rank 0 returns (and writes) the report.
+             is_splits: int = 10, out: Path | None = None, reference_split: str = "train",
+             reference_size: int = 0) -> dict | None:
+    """FID, KID and IS of the shards in `samples` against a split of the data set (the training set by default);
+    rank 0 returns (and writes) the report.
 
     Before a single image is used, the folder is verified against its manifest
     (hpc_ncsn.samples.validation.verify_folder: the shard list, no stray files, file and
@@ -89,8 +101,8 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     manifest, infos = verify_folder(samples, image_shape=(data_cfg.image_size, data_cfg.image_size,
                                                           data_cfg.channels))
     meta = manifest["meta"]
-    extractor = load_extractor(extractor_name, weights_path, device)
-    reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size)
+    extractor = load_extractor(extractor_name, weights_path, device)  # weights: the shared cache's
+    reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size, reference_split, reference_size)
 
     # Accumulate this rank's shards in float64 on its device, then sum over ranks. The next
     # shard is read from disk while the extractor works on this one.
@@ -127,7 +139,10 @@ def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, k
     mu_ref, sigma_ref = reference["stats"].to_numpy()
     kid_mean, kid_std = kernel_inception_distance(features.double().numpy(), reference["features"].double().numpy(),
                                                   subsets=kid_subsets, subset_size=kid_subset_size, device=device)
-    is_mean, is_std = inception_score(logits, splits=is_splits)
+    if extractor.classifier:
+        is_mean, is_std = inception_score(logits, splits=is_splits)
+    else:
+        is_mean = is_std = None
     report = {
         "fid": frechet_distance(mu, sigma, mu_ref, sigma_ref),
         "kid_mean": kid_mean,
@@ -136,9 +151,14 @@ def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, k
         "is_std": is_std,
         "n": stats.n,
         "n_reference": reference["stats"].n,
+        "reference_split": reference["split"],
         "extractor": extractor.name,
         "feature_layer": extractor.feature_layer,
         "weights_sha256": extractor.weights_digest,
+        "weights_source": extractor.weights_source,
+        "is_unavailable": None if extractor.classifier else (
+            f"the Inception weights ({extractor.weights_source}) have no classifier; IS needs the 1008-class "
+            "logits: pass torch-fidelity's .pth or NVIDIA's inception-2015-12-05.pt with its classifier"),
         "reference_key": reference["key"],
         "samples": str(samples),
         "sampler": meta.get("sampler"),

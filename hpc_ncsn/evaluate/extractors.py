@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..files import atomic_write, file_sha256
+from ..files import atomic_write, cache_dir, file_sha256
 
 __all__ = ["DEFAULT_EXTRACTOR", "DIGITS_EXTRACTOR", "INCEPTION", "DigitsClassifier", "Extractor", "cache_dir",
            "check_images", "digits_classifier_weights", "extract_features", "extractor_for", "load_extractor",
@@ -41,6 +41,8 @@ DIGITS_VERSION = 1
 
 class ExtractorUnavailable(UserError, FileNotFoundError):
     """A feature extractor or its weights cannot be had; the message says how to provide them."""
+
+
 DIGITS_SIZE = 16
 
 
@@ -93,11 +95,6 @@ def _train_digits_classifier(seed: int = 0, epochs: int = 30) -> dict:
             loss.backward()
             optimizer.step()
     return model.state_dict()
-
-
-def cache_dir() -> Path:
-    """Where hpc_ncsn caches classifier weights and reference statistics ($HPC_NCSN_CACHE or ~/.cache/hpc_ncsn)."""
-    return Path(os.environ.get("HPC_NCSN_CACHE", Path.home() / ".cache" / "hpc_ncsn"))
 
 
 def digits_classifier_weights() -> Path:
@@ -169,35 +166,54 @@ class Extractor:
     module: torch.nn.Module
     feature_layer: str
     logits_layer: str
-    weights_digest: str
+    weights_digest: str  # sha256 of the weights file the user gave (for Inception: before any conversion)
     device: torch.device
+    classifier: bool = True  # False: the weights have no classifier, IS is unavailable
+    weights_source: str | None = None  # the file, or what torch-fidelity downloaded
 
 
-def load_extractor(name: str, weights_path: Path | None, device: torch.device) -> Extractor:
-    """Build a registered extractor; `weights_path` points at local weights (needed offline for Inception)."""
+def load_extractor(name: str, weights_path: Path | str | None, device: torch.device,
+                   cache: Path | None = None) -> Extractor:
+    """Build a registered extractor from local weights when given.
+
+    For Inception, `weights_path` may be any format `hpc_ncsn.evaluate.inception` accepts
+    (converted once into `cache`); without one, the weights `hpc-ncsn fetch inception`
+    placed in the cache are used, and only then torch-fidelity's download.
+    """
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+    from .inception import prepare_weights, prepared_default
+
     register_extractors()
+    cache = Path(cache) if cache is not None else cache_dir()
     if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ExtractorUnavailable(f"unknown feature extractor {name!r}; choose one of {', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
+        raise ExtractorUnavailable(f"unknown feature extractor {name!r}; choose one of "
+                                   f"{', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     feature_layer = cls.get_default_feature_layer_for_metric("fid")
     logits_layer = cls.get_default_feature_layer_for_metric("isc")
     if weights_path is not None and not Path(weights_path).is_file():
         raise ExtractorUnavailable(f"feature extractor weights {weights_path} not found; pass an existing file "
-                                "(for Inception: torch-fidelity's pt_inception-2015-12-05 weights)")
-    if name == INCEPTION and weights_path is None and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ExtractorUnavailable("Inception weights would be downloaded but the machine is offline; "
-                                "pass --weights PATH to a local copy")
+                                   "(for Inception: torch-fidelity's .pth or NVIDIA's inception-2015-12-05.pt; "
+                                   "'hpc-ncsn fetch inception' places them in the cache)")
+    classifier, source = True, str(weights_path) if weights_path else None
+    if name == INCEPTION:
+        prepared = prepare_weights(Path(weights_path), cache) if weights_path else prepared_default(cache)
+        if prepared is None and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise ExtractorUnavailable("Inception weights would be downloaded but the machine is offline; run "
+                                       "'hpc-ncsn fetch inception --from FILE' or pass --weights PATH")
+        if prepared is not None:
+            weights_path, classifier, source = prepared.path, prepared.has_classifier, prepared.source
+            digest = prepared.source_sha256
+        else:
+            digest, source = "torch-fidelity-default-weights", "torch-fidelity's download"
+    elif weights_path is not None:
+        digest = file_sha256(Path(weights_path))
+    else:
+        digest = file_sha256(digits_classifier_weights()) if name == DIGITS_EXTRACTOR else f"{name}-default-weights"
     module = cls(name, [feature_layer, logits_layer], feature_extractor_weights_path=str(weights_path)
                  if weights_path else None).to(device).eval()
-    if weights_path is not None:
-        digest = file_sha256(Path(weights_path))
-    elif name == DIGITS_EXTRACTOR:
-        digest = file_sha256(digits_classifier_weights())
-    else:
-        digest = "torch-fidelity-default-weights"
-    return Extractor(name, module, feature_layer, logits_layer, digest, device)
+    return Extractor(name, module, feature_layer, logits_layer, digest, device, classifier, source)
 
 
 @torch.no_grad()

@@ -80,7 +80,8 @@ class SampleTask:
         from ..config import config_from_dict
         from ..distributed import is_main_process
         from ..evaluate.evaluator import evaluate
-        from ..evaluate.extractors import cache_dir, extractor_for
+        from ..evaluate.extractors import extractor_for
+        from ..files import cache_dir
         from ..samples.generate import generate
         from .scheduler import queue
         from .status import observe, read_status
@@ -97,7 +98,8 @@ class SampleTask:
         report = evaluate(self.folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
                           weights_path=Path(settings.weights) if settings.weights else None,
                           cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
-                          out=self.folder / "metrics.json")
+                          out=self.folder / "metrics.json", reference_split=settings.reference,
+                          reference_size=settings.reference_size)
         return report if is_main_process() else {}
 
 
