@@ -202,8 +202,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .samples.generate import run_folder
     from .samples.shards import read_manifest
 
-    run = run_folder(args.samples, read_manifest(args.samples)["meta"])
-    config = load_config(args.config or run / "config.yaml")
+    meta = read_manifest(args.samples)["meta"]
+    if args.config is None and "run" not in meta:  # real images (hpc_ncsn.samples.real): their data set is recorded
+        from .config import config_from_dict
+
+        config = config_from_dict({"data": meta["data"]})
+    else:
+        config = load_config(args.config or run_folder(args.samples, meta) / "config.yaml")
     from .evaluate.extractors import extractor_for
     from .files import cache_dir
 

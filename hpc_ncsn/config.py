@@ -265,7 +265,8 @@ class TrainConfig(_Section):
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
-        _require(self.steps >= 1, "steps", "must be >= 1")
+        _require(self.steps >= 0, "steps", "must be >= 0 (0 saves the initialised network as step 0: the untrained "
+                                           "anchor)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         _require(self.lr > 0, "lr", "must be > 0")

@@ -103,3 +103,12 @@ def test_a_cell_whose_process_died_without_a_word_is_lost_not_running(sweep_fold
     assert geometric["seeds_done"] == 2
     assert geometric["problems"] == [f"seed 2: lost (sample: its process {dead.stdout.strip()} is gone without a "
                                      "final state; rerun the sweep to resume it (log: logs/9_0_log.err))"]
+
+
+def test_a_metric_no_cell_could_compute_is_empty_not_an_error(sweep_folder):
+    """IS without a classifier (Inception weights without one): null in every report, '–' in the table."""
+    for report in sweep_folder.glob("cells/*/samples/metrics.json"):
+        (report).write_text(json.dumps({**json.loads(report.read_text()), "is_mean": None}))
+    table = aggregate(sweep_folder, plots=False)
+    assert [row["is_mean"]["mean"] for row in table["rows"]] == [None, None]
+    assert table["rows"][0]["fid"]["mean"] == pytest.approx(13.0)

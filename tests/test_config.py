@@ -89,7 +89,7 @@ def test_bad_values_name_the_key(override, pattern):
 
 
 def test_sections_built_in_python_are_checked_like_loaded_ones():
-    with pytest.raises(ConfigError, match="train.steps: must be >= 1"):
+    with pytest.raises(ConfigError, match="train.steps: must be >= 0"):
         TrainConfig(steps=-1)
     with pytest.raises(ConfigError, match="train.mixed_precision: 'fp8' is not a valid choice"):
         TrainConfig(mixed_precision="fp8")

@@ -168,3 +168,37 @@ def test_evaluate_with_the_real_inception_equals_torch_fidelity(cache, tmp_path)
     print(f"FID of 40 real train images vs 60 test images: ours {report['fid']:.6f}, "
           f"torch-fidelity {theirs['frechet_inception_distance']:.6f}")
     assert report["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
+
+
+def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache, tmp_path, fashion_mnist_files):
+    """Fashion-MNIST at 8×8 scored with the digits classifier (fast on a CPU): the real-image anchor draws held-out
+    training images against the test-set reference, the untrained anchor samples the initialised network."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import TINY
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(root / "launch" / "sweep.py"), "--cluster", "debug", "--out", str(out),
+               "--schedules", "geometric,linear", "--seeds", "0", "--anchors", "real,untrained", *TINY,
+               "data.name=fashion_mnist", "evaluate.extractor=digits-classifier", "evaluate.reference=test",
+               "evaluate.reference_size=200", "generate.num_samples=40", "generate.shard_size=20", "train.steps=40",
+               "train.checkpoint_every=40"]
+    result = subprocess.run(command, env={**os.environ, "HPC_NCSN_CACHE": str(cache)}, capture_output=True,
+                            text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())
+    fid = {json.dumps(row["group"]): row["fid"]["mean"] for row in table["rows"]}
+    real, untrained = fid['{"anchor": "real"}'], fid['{"anchor": "untrained"}']
+    print(f"FID (digits classifier, N=40 vs 200 test images): {fid}")
+    assert real < fid['{"schedule": "geometric"}'] < untrained and real < fid['{"schedule": "linear"}'] < untrained
+    report = json.loads((out / "cells" / "anchor-real_seed-0" / "samples" / "metrics.json").read_text())
+    assert report["n"] == 40 and report["n_reference"] == 200 and report["reference_split"] == "test"
+    manifest = json.loads((out / "cells" / "anchor-real_seed-0" / "samples" / "manifest.json").read_text())
+    assert manifest["meta"]["split"] == "train" and manifest["meta"]["source"] == "data"
+    network = out / "cells" / "anchor-untrained_seed-0" / "network" / "checkpoints"
+    assert [path.name for path in network.iterdir()] == ["step-00000000"]
+    assert "anchor=real" in (out / "table.md").read_text()

@@ -116,3 +116,28 @@ def test_the_training_array_sbatch_script_is_what_submitit_submits():
                               "--setup", "module load cuda", "--sbatch", "exclusive=true"])
     text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4)
     assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")
+
+
+def test_anchors_are_one_row_per_seed_and_travel_in_sweep_json(tmp_path):
+    fashion = SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear"], "seed": [0, 3]},
+                                    ("data.name=fashion_mnist", "evaluate.reference=test"), ("real", "untrained"))
+    sweep = plan(fashion, tmp_path)
+    anchors = [task for task in sweep.sample if task.train is None]
+    assert [(task.name, task.group, task.seed) for task in anchors] == [
+        ("anchor-real_seed-0", (("anchor", "real"),), 0), ("anchor-real_seed-3", (("anchor", "real"),), 3),
+        ("anchor-untrained_seed-0", (("anchor", "untrained"),), 0),
+        ("anchor-untrained_seed-3", (("anchor", "untrained"),), 3)]
+    assert anchors[1].config["train"]["seed"] == 3 and anchors[0].held_out_split() == "train"
+    assert len(sweep.train) == 4  # anchors add no training task
+    fashion.save(tmp_path)
+    assert SweepSpec.load(tmp_path).anchors == ("real", "untrained")
+    assert SweepSpec.load(tmp_path).differences(fashion) == []
+    assert "anchors" not in spec().to_json()  # sweep.json of a sweep without anchors is as before
+    assert spec().differences(SweepSpec.from_config(DEBUG, spec().axes, (), ("untrained",)))
+
+
+def test_an_unknown_anchor_and_a_real_anchor_without_held_out_images_are_refused():
+    with pytest.raises(ConfigError, match="anchor.*'floor'.*choose from real, untrained"):
+        SweepSpec.from_config(DEBUG, {"seed": [0]}, (), ("floor",))
+    with pytest.raises(ConfigError, match="--anchors real: .*digits have no test split"):
+        SweepSpec.from_config(DEBUG, {"seed": [0]}, (), ("real",))

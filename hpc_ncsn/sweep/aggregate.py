@@ -57,7 +57,9 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
     results = []
     for task in sweep.sample:
         report_path = task.folder / "metrics.json"
-        statuses = {task.stage: read_status(sweep.root, task), task.train.stage: read_status(sweep.root, task.train)}
+        statuses = {task.stage: read_status(sweep.root, task)}
+        if task.train is not None:  # an anchor has no training task
+            statuses[task.train.stage] = read_status(sweep.root, task.train)
         if report_path.is_file() and statuses[task.stage] is not None and statuses[task.stage].state == "done":
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
@@ -65,8 +67,8 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
         else:
             metrics = {}
             state, detail = _cell_state(statuses, queue)
-        results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics, task.train.name,
-                                  task.folder))
+        results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
+                                  task.train.name if task.train is not None else "", task.folder))
     return results
 
 
@@ -76,7 +78,10 @@ def _t_quantile_975(dof: int) -> float:
     return float(t.ppf(0.975, dof))
 
 
-def _spread(values: list[float]) -> dict:
+def _spread(values: list[float | None]) -> dict:
+    """Mean, std and 95% CI over seeds; None values (a metric a cell could not compute, e.g. IS without a
+    classifier) are left out."""
+    values = [value for value in values if value is not None]
     n = len(values)
     if n == 0:
         return {"mean": None, "std": None, "ci95": None}
@@ -217,7 +222,8 @@ def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
     plt, (figure, axes) = _figure(len(groups))
     folders = {task.name: task.folder for task in sweep.train}
     for ax, (group, trains) in zip(axes[0], groups.items()):
-        curves = [c for c in (_read_losses(folders[name]) for name in sorted(trains)) if c is not None]
+        curves = [c for c in (_read_losses(folders[name]) for name in sorted(trains) if name in folders)
+                  if c is not None]
         ax.set_title(_group_label(dict(group)), fontsize=9)
         if not curves:
             ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)

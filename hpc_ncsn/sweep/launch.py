@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     grid.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2",
                       help="a further axis over any config key, e.g. sampler.steps_per_level=5,10 (repeatable)")
+    grid.add_argument("--anchors", default="", metavar="real,untrained",
+                      help="calibration rows, one per seed, scored like the cells: 'real' (N held-out real images: "
+                           "the FID floor at this N) and 'untrained' (the initialised network's samples: the "
+                           "ceiling) (default: none)")
     grid.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides for every cell, e.g. train.steps=500 generate.num_samples=1000")
     where = parser.add_argument_group("where and how")
@@ -133,7 +137,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     config = args.config.resolve()
     if not config.is_file():
         raise ConfigError(f"--config {args.config}: no such file; pass a YAML config such as configs/debug.yaml")
-    return SweepSpec.from_config(config, axes, tuple(args.overrides))
+    return SweepSpec.from_config(config, axes, tuple(args.overrides),
+                                 tuple(item.strip() for item in args.anchors.split(",") if item.strip()))
 
 
 def prepare_folder(root: Path, spec: SweepSpec) -> None:
@@ -155,7 +160,8 @@ def print_plan(sweep: Plan) -> None:
         print(f"  {task.name}: {task.folder}")
     print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep, sweep.sample))} to run):")
     for task in sweep.sample:
-        print(f"  {task.name}: network of {task.train.name}, samples in {task.folder}")
+        source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
+        print(f"  {task.name}: {source}, samples in {task.folder}")
     print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png")
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import ConfigError, arm_overrides, config_from_dict, config_to_dict, load_config
 from ..files import atomic_write
-from .tasks import AggregateTask, SampleTask, Task, TrainTask
+from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
 __all__ = ["ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "plan", "training_identity"]
 
@@ -87,19 +87,27 @@ class SweepSpec:
     base: dict
     axes: dict[str, list]
     overrides: tuple[str, ...] = ()
+    anchors: tuple[str, ...] = ()  # calibration rows of the table (tasks.ANCHORS), one per seed
 
     def __post_init__(self):
         if not self.axes or any(not values for values in self.axes.values()):
             raise ConfigError(f"every sweep axis needs at least one value, got {self.axes}")
+        unknown = [anchor for anchor in self.anchors if anchor not in ANCHORS]
+        if unknown:
+            raise ConfigError(f"anchor(s) {unknown}: choose from {', '.join(ANCHORS)}")
+        if "real" in self.anchors and self.base["data"]["name"] == "digits":
+            raise ConfigError("--anchors real: the real-image anchor needs images the reference is not made of, and the digits have "
+                              "no test split; use a data set with one (fashion_mnist, mnist, cifar10) or drop it")
         for key, values in self.axes.items():
             if len(set(map(json.dumps, values))) != len(values):
                 raise ConfigError(f"axis {key!r} repeats a value: {values}; list each value once")
 
     @classmethod
-    def from_config(cls, path: Path, axes: dict[str, list], overrides: tuple[str, ...] = ()) -> "SweepSpec":
+    def from_config(cls, path: Path, axes: dict[str, list], overrides: tuple[str, ...] = (),
+                    anchors: tuple[str, ...] = ()) -> "SweepSpec":
         """Resolve the config file and the sweep-wide overrides (ConfigError names a bad key)."""
         base = config_to_dict(load_config(path, overrides))
-        return cls(config=str(path), base=base, axes=axes, overrides=tuple(overrides))
+        return cls(config=str(path), base=base, axes=axes, overrides=tuple(overrides), anchors=tuple(anchors))
 
     def cells(self) -> list[Cell]:
         keys = list(self.axes)
@@ -110,9 +118,10 @@ class SweepSpec:
         return config_to_dict(config_from_dict(self.base, [*cell.overrides(), *extra]))
 
     def _record(self) -> dict:
-        return {"config": self.config, "base": self.base, "axes": [[key, list(values)] for key, values in
-                                                                      self.axes.items()],
-                "overrides": list(self.overrides)}
+        record = {"config": self.config, "base": self.base, "axes": [[key, list(values)] for key, values in
+                                                                        self.axes.items()],
+                  "overrides": list(self.overrides)}
+        return record | ({"anchors": list(self.anchors)} if self.anchors else {})  # sweeps without: as before
 
     def differences(self, other: "SweepSpec") -> list[str]:
         """Human-readable differences from another spec (empty when they describe the same sweep)."""
@@ -128,7 +137,8 @@ class SweepSpec:
         data = json.loads(text)
         axes = data["axes"]
         return cls(config=data["config"], base=data["base"],
-                   axes=dict(axes) if isinstance(axes, list) else axes, overrides=tuple(data.get("overrides", ())))
+                   axes=dict(axes) if isinstance(axes, list) else axes, overrides=tuple(data.get("overrides", ())),
+                   anchors=tuple(data.get("anchors", ())))
 
     @classmethod
     def load(cls, root: Path) -> "SweepSpec":
@@ -162,7 +172,7 @@ class Plan:
     root: Path
     spec: SweepSpec
     train: list[TrainTask]
-    sample: list[SampleTask]
+    sample: list[SampleTask | AnchorTask]  # the cells, then the anchors
     aggregate: AggregateTask
 
     def stages(self) -> list[tuple[str, list[Task]]]:
@@ -191,4 +201,10 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
             trainings[identity] = TrainTask(cell.name, folder, run_config)
         samples.append(SampleTask(cell.name, root / "cells" / cell.name / "samples", config, trainings[identity],
                                   cell.seed, cell.group()))
+    for kind in spec.anchors:
+        for seed in spec.axes.get(SEED_AXIS, [0]):
+            name = f"anchor-{kind}_seed-{seed}"
+            config = config_to_dict(config_from_dict(spec.base, [f"train.seed={seed}"]))
+            samples.append(AnchorTask(name, root / "cells" / name / "samples", config, int(seed),
+                                      (("anchor", kind),), kind))
     return Plan(root, spec, list(trainings.values()), samples, AggregateTask())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-__all__ = ["STAGES", "AggregateTask", "NotRun", "SampleTask", "Task", "TrainTask"]
+__all__ = ["ANCHORS", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task", "TrainTask"]
 
 
 class NotRun(RuntimeError):
@@ -77,11 +77,6 @@ class SampleTask:
                 "total": total, "unit": "shards"}
 
     def run(self, root: Path) -> dict:
-        from ..config import config_from_dict
-        from ..distributed import is_main_process
-        from ..evaluate.evaluator import evaluate
-        from ..evaluate.extractors import extractor_for
-        from ..files import cache_dir
         from ..samples.generate import generate
         from .scheduler import queue
         from .status import observe, read_status
@@ -92,15 +87,80 @@ class SampleTask:
             said = "never ran" if training is None else f"is {state}" + (f": {detail}" if detail else "")
             raise NotRun(f"cell {self.name} samples the network of training task {self.train.name}, which "
                          f"{said}; rerun the sweep to train it first", "cancelled" if state == "cancelled" else "failed")
-        config = config_from_dict(self.config)
         generate(self.train.folder, self.folder, overrides=self.sampling_overrides(), seed=self.seed)
-        settings = config.evaluate
-        report = evaluate(self.folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
-                          weights_path=Path(settings.weights) if settings.weights else None,
-                          cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
-                          out=self.folder / "metrics.json", reference_split=settings.reference,
-                          reference_size=settings.reference_size)
-        return report if is_main_process() else {}
+        return _score(self.folder, self.config)
+
+
+def _score(folder: Path, config: dict) -> dict:
+    """Evaluate a cell's sample folder with its config's evaluate section; rank 0's report (others: {})."""
+    from ..config import config_from_dict
+    from ..distributed import is_main_process
+    from ..evaluate.evaluator import evaluate
+    from ..evaluate.extractors import extractor_for
+    from ..files import cache_dir
+
+    config = config_from_dict(config)
+    settings = config.evaluate
+    report = evaluate(folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
+                      weights_path=Path(settings.weights) if settings.weights else None,
+                      cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
+                      out=folder / "metrics.json", reference_split=settings.reference,
+                      reference_size=settings.reference_size)
+    return report if is_main_process() else {}
+
+
+ANCHORS = ("real", "untrained")
+
+
+@dataclass(frozen=True)
+class AnchorTask:
+    """A row that calibrates the table, scored like a cell (same N, reference and extractor):
+
+    - `real`: N real images of the split the reference is not made of (the FID floor at this N);
+    - `untrained`: the samples of the initialised, untrained network (train.steps=0) with the base
+      config's sampler (the ceiling).
+    """
+
+    stage: ClassVar[str] = "sample"
+    name: str
+    folder: Path
+    config: dict  # the base config with this anchor's train.seed
+    seed: int
+    group: tuple[tuple[str, Any], ...]  # (("anchor", kind),)
+    kind: str
+    train: None = None  # no training task of the sweep: an anchor makes what it needs itself
+
+    def progress(self, root: Path) -> dict:
+        settings = self.config["generate"]
+        total = -(-settings["num_samples"] // settings["shard_size"])
+        return {"done": len(list(self.folder.glob("shard-*.h5"))) if self.folder.is_dir() else 0,
+                "total": total, "unit": "shards"}
+
+    def held_out_split(self) -> str:
+        """The split the `real` anchor draws from: the one the reference statistics are not made of."""
+        return "train" if self.config["evaluate"]["reference"] == "test" else "test"
+
+    def run(self, root: Path) -> dict:
+        from ..config import config_from_dict
+
+        settings = self.config["generate"]
+        if self.kind == "real":
+            from ..distributed import barrier, is_main_process, process_group
+            from ..samples.real import write_real_shards
+
+            process_group()  # one writer (rank 0); the others wait for the folder before scoring their shards
+            if is_main_process():
+                write_real_shards(config_from_dict(self.config).data, self.folder, settings["num_samples"],
+                                  settings["shard_size"], split=self.held_out_split(), seed=self.seed)
+            barrier()
+        else:
+            from ..samples.generate import generate
+            from ..train import train
+
+            network = self.folder.parent / "network"
+            train(config_from_dict(self.config, ["train.steps=0", f"train.out_dir={network}"]))
+            generate(network, self.folder, seed=self.seed)
+        return _score(self.folder, self.config)
 
 
 @dataclass(frozen=True)
@@ -119,5 +179,5 @@ class AggregateTask:
         return None
 
 
-Task = Union[TrainTask, SampleTask, AggregateTask]
+Task = Union[TrainTask, SampleTask, AnchorTask, AggregateTask]
 STAGES = (TrainTask.stage, SampleTask.stage, AggregateTask.stage)

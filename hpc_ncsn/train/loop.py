@@ -68,6 +68,8 @@ def _loop(config: Config, run: Training) -> Path:
     run.model.train()
     started, window_start = time.time(), state.step
     try:
+        if cfg.steps == 0 and state.step == 0:  # the initialised network itself, as checkpoint step 0
+            run.save()
         while state.step < cfg.steps:
             # Accumulate gradients and step on finite ones.
             grad_norm = run.step()
