@@ -70,11 +70,7 @@ class SampleTask:
                      for section in ("sampler", "generate") for key, value in self.config[section].items())
 
     def progress(self, root: Path) -> dict:
-        """Shards written so far out of the cell's shards."""
-        settings = self.config["generate"]
-        total = -(-settings["num_samples"] // settings["shard_size"])
-        return {"done": len(list(self.folder.glob("shard-*.h5"))) if self.folder.is_dir() else 0,
-                "total": total, "unit": "shards"}
+        return _shard_progress(self.folder, self.config)
 
     def run(self, root: Path) -> dict:
         from ..samples.generate import generate
@@ -89,6 +85,13 @@ class SampleTask:
                          f"{said}; rerun the sweep to train it first", "cancelled" if state == "cancelled" else "failed")
         generate(self.train.folder, self.folder, overrides=self.sampling_overrides(), seed=self.seed)
         return _score(self.folder, self.config)
+
+
+def _shard_progress(folder: Path, config: dict) -> dict:
+    """Shards written so far out of the folder's shards."""
+    settings = config["generate"]
+    total = -(-settings["num_samples"] // settings["shard_size"])
+    return {"done": len(list(folder.glob("shard-*.h5"))) if folder.is_dir() else 0, "total": total, "unit": "shards"}
 
 
 def _score(folder: Path, config: dict) -> dict:
@@ -131,10 +134,7 @@ class AnchorTask:
     train: None = None  # no training task of the sweep: an anchor makes what it needs itself
 
     def progress(self, root: Path) -> dict:
-        settings = self.config["generate"]
-        total = -(-settings["num_samples"] // settings["shard_size"])
-        return {"done": len(list(self.folder.glob("shard-*.h5"))) if self.folder.is_dir() else 0,
-                "total": total, "unit": "shards"}
+        return _shard_progress(self.folder, self.config)
 
     def held_out_split(self) -> str:
         """The split the `real` anchor draws from: the one the reference statistics are not made of."""
