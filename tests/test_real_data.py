@@ -202,3 +202,15 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
     network = out / "cells" / "anchor-untrained_seed-0" / "network" / "checkpoints"
     assert [path.name for path in network.iterdir()] == ["step-00000000"]
     assert "anchor=real" in (out / "table.md").read_text()
+
+
+def test_fetched_weights_that_disappeared_are_named_not_a_traceback(cache, tmp_path):
+    from hpc_ncsn.evaluate.inception import WeightsError, prepared_default
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache / "inception", copy / "inception")
+    record = next((copy / "inception").glob("pt_inception-*.json"))
+    moved = json.loads(record.read_text()) | {"path": str(copy / "inception" / "gone.pth")}
+    record.write_text(json.dumps(moved))
+    with pytest.raises(WeightsError, match="are gone; run 'hpc-ncsn fetch inception --from FILE' again"):
+        prepared_default(copy)

@@ -283,4 +283,7 @@ def prepared_default(cache: Path) -> PreparedWeights | None:
         return None
     prepared = json.loads(record.read_text())
     prepared.pop("format_version", None)
+    if not Path(prepared["path"]).is_file():
+        raise WeightsError(f"the Inception weights fetched into {cache} ({prepared['path']}, from "
+                           f"{prepared['source']}) are gone; run 'hpc-ncsn fetch inception --from FILE' again")
     return PreparedWeights(**{**prepared, "path": Path(prepared["path"])})
