@@ -37,7 +37,16 @@ from .toy import ToySettings
 __all__ = ["main", "sweep_main", "train_main"]
 
 RAW = argparse.RawDescriptionHelpFormatter
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+
+class DEFAULTS(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Options with their defaults (none for options without one, or switches that are off), and the examples of
+    the epilog one per line, as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _add_config_args(parser: argparse.ArgumentParser, example: str = "noise.sigma_max=50 data.image_size=16") -> None:

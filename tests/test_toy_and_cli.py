@@ -54,3 +54,16 @@ def test_dry_runs_do_no_work(tmp_path, capsys):
     assert main(["toy", "--dry-run", "--out", str(tmp_path / "t")]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["num_samples"] == 10_000
     assert not (tmp_path / "t").exists()
+
+
+def test_every_command_help_shows_real_defaults_and_one_example_per_line():
+    from hpc_ncsn.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps the subparsers only there
+    for name, *_, epilog in COMMANDS:
+        text = commands[name].format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        if epilog and epilog.count("\n"):
+            for line in epilog.splitlines():  # each example stays on its own line, as written
+                assert line in text, (name, line)
