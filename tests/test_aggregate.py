@@ -112,3 +112,13 @@ def test_a_metric_no_cell_could_compute_is_empty_not_an_error(sweep_folder):
     table = aggregate(sweep_folder, plots=False)
     assert [row["is_mean"]["mean"] for row in table["rows"]] == [None, None]
     assert table["rows"][0]["fid"]["mean"] == pytest.approx(13.0)
+
+
+def test_the_loss_curve_of_a_partial_sweep_keeps_the_finished_seed():
+    from hpc_ncsn.sweep.aggregate import mean_over_seeds
+
+    finished = (np.array([10, 20, 30, 40]), np.array([[4.0, 2.0], [3.0, 1.5], [2.0, 1.0], [1.0, 0.5]]))
+    running = (np.array([10, 20]), np.array([[6.0, 4.0], [5.0, 3.5]]))
+    steps, mean = mean_over_seeds([finished, running])
+    assert steps.tolist() == [10, 20, 30, 40]
+    assert mean.tolist() == [[5.0, 3.0], [4.0, 2.5], [2.0, 1.0], [1.0, 0.5]]

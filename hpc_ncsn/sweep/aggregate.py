@@ -215,6 +215,16 @@ def _read_losses(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array([r["step"] for r in records]), np.array([r["loss_per_level"] for r in records], dtype=float)
 
 
+def mean_over_seeds(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(every logged step, the per-level loss averaged over the seeds that logged that step): a seed still
+    training does not cut the others' curves short."""
+    steps = np.array(sorted({int(step) for run_steps, _ in curves for step in run_steps}))
+    padded = np.full((len(curves), len(steps), curves[0][1].shape[1]), np.nan)
+    for k, (run_steps, losses) in enumerate(curves):
+        padded[k, np.searchsorted(steps, run_steps)] = losses
+    return steps, np.nanmean(padded, axis=0)
+
+
 def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
     groups: dict[tuple, set[str]] = {}
     for cell in cells:
@@ -228,9 +238,7 @@ def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
         if not curves:
             ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)
             continue
-        length = min(len(steps) for steps, _ in curves)
-        steps = curves[0][0][:length]
-        mean = np.nanmean([losses[:length] for _, losses in curves], axis=0)  # mean over seeds
+        steps, mean = mean_over_seeds(curves)
         levels = sorted({round(i) for i in np.linspace(0, mean.shape[1] - 1, 5)})
         for level in levels:
             ax.plot(steps, mean[:, level], label=f"level {level + 1}")
