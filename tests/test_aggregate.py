@@ -122,3 +122,9 @@ def test_the_loss_curve_of_a_partial_sweep_keeps_the_finished_seed():
     steps, mean = mean_over_seeds([finished, running])
     assert steps.tolist() == [10, 20, 30, 40]
     assert mean.tolist() == [[5.0, 3.0], [4.0, 2.5], [2.0, 1.0], [1.0, 0.5]]
+
+
+def test_rows_are_named_as_the_readme_names_the_arms(sweep_folder):
+    aggregate(sweep_folder, plots=False)
+    rows = [line.split("|")[1].strip() for line in (sweep_folder / "table.md").read_text().splitlines()[2:4]]
+    assert rows == ["geometric", "linear"]

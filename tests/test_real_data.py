@@ -201,7 +201,7 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
     assert manifest["meta"]["split"] == "train" and manifest["meta"]["source"] == "data"
     network = out / "cells" / "anchor-untrained_seed-0" / "network" / "checkpoints"
     assert [path.name for path in network.iterdir()] == ["step-00000000"]
-    assert "anchor=real" in (out / "table.md").read_text()
+    assert "| anchor: real | 1/1 | 40 |" in (out / "table.md").read_text()
 
 
 def test_fetched_weights_that_disappeared_are_named_not_a_traceback(cache, tmp_path):

@@ -54,7 +54,7 @@ def test_sweep_runs_every_cell_to_the_table(finished):
     assert [row["group"]["schedule"] for row in table["rows"]] == ["geometric", "linear", "snr"]
     assert all(row["seeds_done"] == 2 and row["n_per_cell"] == 20 for row in table["rows"])
     assert all(row["fid"]["ci95"] is not None and row["fid"]["mean"] > 0 for row in table["rows"])
-    assert "| schedule=snr | 2/2 | 20 |" in result.stdout
+    assert "| snr | 2/2 | 20 |" in result.stdout
     for plot in ("fid.png", "loss_per_level.png", "samples.png"):
         assert (out / plot).stat().st_size > 0
 

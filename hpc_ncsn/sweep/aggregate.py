@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_path, atomic_write, read_jsonl
-from .plan import Plan, SweepSpec, plan
+from .plan import ARM_AXIS, Plan, SweepSpec, plan
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 
@@ -117,7 +117,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def _group_label(group: dict) -> str:
-    return ", ".join(f"{key}={value}" for key, value in group.items()) or "(all)"
+    """A row's name: the arm by itself (`geometric`), an anchor as `anchor: real`, other axes as key=value."""
+    parts = [str(value) if key == ARM_AXIS else f"{key}: {value}" if key == "anchor" else f"{key}={value}"
+             for key, value in group.items()]
+    return ", ".join(parts) or "(all)"
 
 
 def markdown(rows: list[dict], cells: list[CellResult]) -> str:
