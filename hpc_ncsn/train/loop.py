@@ -24,6 +24,8 @@ from .session import Training
 
 __all__ = ["sample_grid", "train"]
 
+GRID_PIXELS = 512  # a sample grid's images are enlarged (nearest neighbour) to about this width in all
+
 
 @torch.no_grad()
 def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> None:
@@ -40,8 +42,13 @@ def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> N
     x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
     x = annealed_langevin(model, x.to(device), SamplerPlan.from_config(config.noise, config.sampler), seed=seed,
                           indices=indices)
+    nrow = int(math.ceil(math.sqrt(count)))
+    images = to_uint8(x).float() / 255.0
+    scale = max(1, GRID_PIXELS // (nrow * config.data.image_size))  # small images, enlarged without blurring
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
     with atomic_path(path) as tmp:
-        save_image(to_uint8(x).float() / 255.0, tmp, format="png", nrow=int(math.ceil(math.sqrt(count))), padding=1)
+        save_image(images, tmp, format="png", nrow=nrow, padding=1)
 
 
 def train(config: Config) -> Path:
