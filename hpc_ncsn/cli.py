@@ -500,6 +500,12 @@ def _run(args: argparse.Namespace) -> int:
     except Preempted as stop:
         print(f"{'preempted' if stop.requeue else 'stopped'}: {stop}", file=sys.stderr)
         return stop.exit_code
+    except KeyboardInterrupt:  # the second Ctrl-C: no saving, no traceback
+        if args.debug:
+            raise
+        print("interrupted: stopped at once by a second Ctrl-C; finished checkpoints and shards are intact, a rerun "
+              "resumes from them", file=sys.stderr)
+        return 130
     finally:
         if "torch.distributed" in sys.modules:  # generate/evaluate under torchrun: leave no gloo thread behind
             from .distributed import release

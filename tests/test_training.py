@@ -193,6 +193,34 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000012", "step-00000014"]
 
 
+@slow
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identical(tmp_path):
+    steps = ["train.steps=30", "train.checkpoint_every=100", "train.log_every=1"]
+    reference = tmp_path / "reference"
+    run(train_cmd(reference, *steps))
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen(train_cmd(out, *steps), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 120
+    while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 5) and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)  # Ctrl-C at the terminal
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted: saving at the next safe point" in stderr and "Traceback" not in stderr
+    stopped = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+    assert len(stopped) == 1 and "stop requested (SIGINT)" in stopped[0] and "rerun to resume" in stopped[0]
+    saved = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(saved) == 1 and 5 <= int(saved[0].split("-")[1]) < 30  # no checkpoint was due: the one Ctrl-C made
+    result = run(train_cmd(out, *steps))
+    assert "resumed from" in result.stdout + result.stderr
+    weights_ref, ema_ref = final_state(reference)
+    weights_out, ema_out = final_state(out)
+    assert_same(weights_ref, weights_out)
+    assert_same(ema_ref, ema_out)
+    assert [m["loss"] for m in metrics(out)] == [m["loss"] for m in metrics(reference)]
+
+
 NAN_SCRIPT = """
 import sys, torch
 import hpc_ncsn.train.step as step

@@ -133,7 +133,15 @@ def generate(
     shards, so a rerun with another one redraws them. One generation at a time may
     write into `out` (a lock file, hpc_ncsn.locks).
     """
-    preemption.install()
+    restore = preemption.install()
+    try:
+        return _generate(run_or_checkpoint, out, overrides, seed, validate_timeout, progress)
+    finally:
+        restore()  # the caller's signal handlers again
+
+
+def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], seed: int, validate_timeout: float,
+              progress: Callable[[str], None]) -> GenerationResult:
     rank, world, device = process_group()
     make_folder(out, "the sample folder (--out)")
     checkpoint = resolve_checkpoint(run_or_checkpoint)

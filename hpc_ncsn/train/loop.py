@@ -56,12 +56,15 @@ def train(config: Config) -> Path:
     from tqdm.auto import tqdm
 
     cfg = config.train
-    preemption.install()
-    run = Training.start(config)
+    restore = preemption.install()
     try:
-        return _loop(config, run)
+        run = Training.start(config)
+        try:
+            return _loop(config, run)
+        finally:
+            run.close()
     finally:
-        run.close()
+        restore()  # the caller's signal handlers again (a notebook's Ctrl-C)
 
 
 def _loop(config: Config, run: Training) -> Path:
