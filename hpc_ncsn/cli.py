@@ -5,6 +5,7 @@
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
+    hpc-ncsn export --samples runs/debug/samples --png runs/debug/png   # samples for other tools
     hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table and plots
     hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
@@ -244,6 +245,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .samples.export import export_npz, export_png
+
+    if (args.png is None) == (args.npz is None):
+        raise UserError("export: pass one of --png DIR or --npz FILE")
+    if args.dry_run:
+        print(json.dumps({"samples": str(args.samples), "png": str(args.png) if args.png else None,
+                          "npz": str(args.npz) if args.npz else None}, indent=2))
+        return 0
+    count = export_png(args.samples, args.png) if args.png else export_npz(args.samples, args.npz)
+    print(f"exported {count} samples of {args.samples} to {args.png or args.npz}")
+    return 0
+
+
+def _add_export_args(export: argparse.ArgumentParser) -> None:
+    export.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
+    export.add_argument("--png", type=Path, default=None,
+                        help="write <index>.png files here (torch-fidelity's and EDM's folder input)")
+    export.add_argument("--npz", type=Path, default=None,
+                        help="write one .npz with arr_0, uint8 (N, H, W, C) (the ADM evaluation suite's input)")
+    export.add_argument("--dry-run", action="store_true", help="print what would be written and exit")
+
+
 FETCHABLE = ("fashion_mnist", "mnist", "inception")
 
 
@@ -444,6 +468,11 @@ COMMANDS = [
      "examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
      "--weights weights-inception-2015-12-05.pth"),
+    ("export", "a sample folder as PNG files or one .npz, for other tools (checked against its manifest)", DEFAULTS,
+     _add_export_args, _cmd_export,
+     "examples: hpc-ncsn export --samples runs/debug/samples --png runs/debug/png\n"
+     "          fidelity --gpu 0 --fid --input1 runs/debug/png --input2 cifar10-train\n"
+     "          hpc-ncsn export --samples runs/debug/samples --npz runs/debug/samples.npz"),
     ("fetch", "place data sets and the FID Inception weights in the shared cache, checked (login node)", DEFAULTS,
      _add_fetch_args, _cmd_fetch,
      "examples: hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist\n"

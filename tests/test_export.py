@@ -1,0 +1,76 @@
+"""Sample folders for other tools: PNG files torch-fidelity reads give our FID, the .npz and the Dataset hold the
+shards' bytes, and a folder that fails its manifest is not exported."""
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_ncsn.cli import main
+from hpc_ncsn.config import DataConfig
+from hpc_ncsn.data import load_images
+from hpc_ncsn.samples.real import write_real_shards
+from hpc_ncsn.samples.shards import read_shard
+
+DIGITS = DataConfig(name="digits", image_size=16, channels=1)
+
+
+@pytest.fixture
+def samples(tmp_path, monkeypatch):
+    monkeypatch.setenv("HPC_NCSN_CACHE", str(tmp_path / "cache"))
+    return write_real_shards(DIGITS, tmp_path / "samples", 50, 20, split="train", seed=1)  # 3 shards: 20, 20, 10
+
+
+def shard_images(folder) -> np.ndarray:
+    return np.concatenate([read_shard(path)[0] for path in sorted(folder.glob("shard-*.h5"))])
+
+
+def test_exported_pngs_scored_by_torch_fidelity_give_our_fid(samples, tmp_path):
+    import torch_fidelity
+
+    from hpc_ncsn.evaluate.evaluator import evaluate
+    from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR, register_extractors
+
+    assert main(["export", "--samples", str(samples), "--png", str(tmp_path / "png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir())[:2] == ["000000.png", "000001.png"]
+    ours = evaluate(samples, DIGITS, extractor_name=DIGITS_EXTRACTOR, cache_dir=tmp_path / "reference",
+                    kid_subsets=5, kid_subset_size=20)
+    register_extractors()
+    reference = load_images(DIGITS).expand(-1, 3, -1, -1).contiguous()
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(reference)
+
+        def __getitem__(self, index):
+            return reference[index]
+
+    theirs = torch_fidelity.calculate_metrics(input1=str(tmp_path / "png"), input2=Images(), fid=True,
+                                              feature_extractor=DIGITS_EXTRACTOR, cuda=False, verbose=False,
+                                              cache=False, save_cpu_ram=True)
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+
+
+def test_the_npz_and_the_dataset_hold_the_shards_bytes(samples, tmp_path):
+    from hpc_ncsn.samples.export import ShardDataset
+
+    assert main(["export", "--samples", str(samples), "--npz", str(tmp_path / "samples.npz")]) == 0
+    images = shard_images(samples)
+    assert np.array_equal(np.load(tmp_path / "samples.npz")["arr_0"], images)
+    dataset = ShardDataset(samples)
+    assert len(dataset) == 50 and dataset[0].shape == (1, 16, 16) and dataset[0].dtype == torch.uint8
+    for index in (0, 19, 20, 41, 49):
+        assert np.array_equal(dataset[index].numpy().transpose(1, 2, 0), images[index])
+    with pytest.raises(IndexError):
+        dataset[50]
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=25)))
+    assert batch.shape == (25, 1, 16, 16)
+
+
+def test_a_folder_that_fails_its_manifest_is_not_exported_and_export_needs_a_target(samples, tmp_path, capsys):
+    from helpers import flip_image_byte
+
+    assert main(["export", "--samples", str(samples)]) == 2
+    assert "pass one of --png DIR or --npz FILE" in capsys.readouterr().err
+    flip_image_byte(samples / "shard-00001.h5")
+    assert main(["export", "--samples", str(samples), "--npz", str(tmp_path / "x.npz")]) == 2
+    assert "shard-00001.h5" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
