@@ -157,6 +157,17 @@ def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> boo
     raise TimeoutError("condition never held")
 
 
+def resume_and_compare(out: Path, reference: Path, steps: list[str]) -> None:
+    """Resume the run in `out` to the end: weights, EMA and every logged loss equal the uninterrupted `reference`."""
+    result = run(train_cmd(out, *steps))
+    assert "resumed from" in result.stdout + result.stderr
+    weights_ref, ema_ref = final_state(reference)
+    weights_out, ema_out = final_state(out)
+    assert_same(weights_ref, weights_out)
+    assert_same(ema_ref, ema_out)
+    assert [m["loss"] for m in metrics(out)] == [m["loss"] for m in metrics(reference)]
+
+
 @slow
 def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
     steps = ["train.steps=14", "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.log_every=1"]
@@ -181,15 +192,8 @@ def test_sigkill_at_any_point_then_resume_is_bit_identical(tmp_path):
                                    stderr=subprocess.DEVNULL)
         started = time.time()
         kill_when(process, lambda: any(checkpoints.glob("step-*")) and time.time() - started > 4 + delay)
-    result = run(train_cmd(out, *steps))
-    assert "resumed from" in result.stdout + result.stderr
-
-    weights_ref, ema_ref = final_state(reference)
-    weights_out, ema_out = final_state(out)
-    assert_same(weights_ref, weights_out)
-    assert_same(ema_ref, ema_out)
+    resume_and_compare(out, reference, steps)
     assert [m["step"] for m in metrics(out)] == list(range(1, 15))
-    assert [m["loss"] for m in metrics(out)] == [m["loss"] for m in metrics(reference)]
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-00000012", "step-00000014"]
 
 
@@ -212,13 +216,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identical(tmp_path):
     assert len(stopped) == 1 and "stop requested (SIGINT)" in stopped[0] and "rerun to resume" in stopped[0]
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert len(saved) == 1 and 5 <= int(saved[0].split("-")[1]) < 30  # no checkpoint was due: the one Ctrl-C made
-    result = run(train_cmd(out, *steps))
-    assert "resumed from" in result.stdout + result.stderr
-    weights_ref, ema_ref = final_state(reference)
-    weights_out, ema_out = final_state(out)
-    assert_same(weights_ref, weights_out)
-    assert_same(ema_ref, ema_out)
-    assert [m["loss"] for m in metrics(out)] == [m["loss"] for m in metrics(reference)]
+    resume_and_compare(out, reference, steps)
 
 
 NAN_SCRIPT = """
