@@ -237,7 +237,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,
                       cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out,
-                      reference_split=reference, reference_size=config.evaluate.reference_size)
+                      reference_split=reference, reference_size=config.evaluate.reference_size,
+                      reference_npz=args.ref, save_stats=args.save_stats)
     if report is not None:
         print(json.dumps(report, indent=2))
         if report["warning"]:
@@ -399,6 +400,11 @@ def _add_evaluate_args(ev: argparse.ArgumentParser) -> None:
                          "placed in the cache)")
     ev.add_argument("--reference", choices=("train", "test"), default=None,
                     help="the data split to compare with (default: evaluate.reference)")
+    ev.add_argument("--ref", type=Path, default=None,
+                    help="compare with the mu/sigma of this .npz instead of the data set (pytorch-fid's and EDM's "
+                         "statistics format; FID only, KID needs the reference's features)")
+    ev.add_argument("--save-stats", type=Path, default=None,
+                    help="also write the samples' mu/sigma to this .npz (what --ref reads)")
     ev.add_argument("--cache", type=Path, default=None,
                     help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
                          "else ~/.cache/hpc_ncsn/reference)")

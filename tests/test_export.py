@@ -14,9 +14,16 @@ from hpc_ncsn.samples.shards import read_shard
 DIGITS = DataConfig(name="digits", image_size=16, channels=1)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: the digits classifier is trained once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPC_NCSN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture
-def samples(tmp_path, monkeypatch):
-    monkeypatch.setenv("HPC_NCSN_CACHE", str(tmp_path / "cache"))
+def samples(tmp_path, cache):
     return write_real_shards(DIGITS, tmp_path / "samples", 50, 20, split="train", seed=1)  # 3 shards: 20, 20, 10
 
 
@@ -24,6 +31,7 @@ def shard_images(folder) -> np.ndarray:
     return np.concatenate([read_shard(path)[0] for path in sorted(folder.glob("shard-*.h5"))])
 
 
+@pytest.mark.slow  # torch-fidelity's own pass over the PNGs and the 1,797 reference digits
 def test_exported_pngs_scored_by_torch_fidelity_give_our_fid(samples, tmp_path):
     import torch_fidelity
 
@@ -74,3 +82,28 @@ def test_a_folder_that_fails_its_manifest_is_not_exported_and_export_needs_a_tar
     flip_image_byte(samples / "shard-00001.h5")
     assert main(["export", "--samples", str(samples), "--npz", str(tmp_path / "x.npz")]) == 2
     assert "shard-00001.h5" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
+
+
+def test_statistics_npz_round_trip_and_a_wrong_one_is_named(samples, tmp_path, capsys):
+    """--save-stats writes the samples' μ/Σ; --ref reads them back: a folder against its own statistics has FID 0,
+    and another folder against them has the FID of the two sets of statistics."""
+    from hpc_ncsn.evaluate.evaluator import evaluate, load_stats_npz
+    from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
+    from hpc_ncsn.evaluate.scores import frechet_distance
+
+    other = write_real_shards(DIGITS, tmp_path / "other", 40, 20, split="train", seed=2)
+    common = dict(extractor_name=DIGITS_EXTRACTOR, cache_dir=tmp_path / "reference", kid_subsets=5,
+                  kid_subset_size=20)
+    evaluate(samples, DIGITS, save_stats=tmp_path / "a.npz", **common)
+    evaluate(other, DIGITS, save_stats=tmp_path / "b.npz", **common)
+    itself = evaluate(samples, DIGITS, reference_npz=tmp_path / "a.npz", **common)
+    assert abs(itself["fid"]) < 1e-6 and itself["kid_mean"] is None and "KID needs" in itself["kid_unavailable"]
+    against = evaluate(other, DIGITS, reference_npz=tmp_path / "a.npz", **common)
+    expected = frechet_distance(*load_stats_npz(tmp_path / "b.npz"), *load_stats_npz(tmp_path / "a.npz"))
+    assert against["fid"] == pytest.approx(expected, rel=1e-12) and against["fid"] > 1
+    np.savez(tmp_path / "wrong.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="2048-d, digits-classifier's features are 64-d"):
+        evaluate(samples, DIGITS, reference_npz=tmp_path / "wrong.npz", **common)
+    np.savez(tmp_path / "junk.npz", means=np.zeros(3))
+    with pytest.raises(ValueError, match="not a statistics .npz with 'mu' and 'sigma'"):
+        evaluate(samples, DIGITS, reference_npz=tmp_path / "junk.npz", **common)

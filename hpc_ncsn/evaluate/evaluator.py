@@ -23,13 +23,15 @@ import torch
 
 from ..config import DataConfig
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
+from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
 from ..samples.shards import MANIFEST, read_shard
 from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, load_extractor
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["environment", "evaluate", "reference_statistics", "reference_subset"]
+__all__ = ["environment", "evaluate", "load_stats_npz", "reference_statistics", "reference_subset",
+           "save_stats_npz"]
 
 
 def _data_key(images: torch.Tensor, extractor: Extractor, split: str) -> str:
@@ -75,6 +77,37 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
             "path": path, "split": split}
 
 
+class BadStatistics(UserError, ValueError):
+    """Reference statistics that cannot be compared with these samples; the message names the file and the fix."""
+
+
+def save_stats_npz(path: Path, mu, sigma) -> Path:
+    """μ and Σ as `mu`, `sigma` float64 in an .npz (the pytorch-fid / EDM statistics format), written atomically."""
+    import numpy as np
+
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+    return Path(path)
+
+
+def load_stats_npz(path: Path) -> tuple:
+    """(μ, Σ) from an .npz with `mu` (D,) and `sigma` (D, D); a UserError names the file and what is wrong."""
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+    except (OSError, ValueError, KeyError) as error:
+        raise BadStatistics(f"--ref {path}: not a statistics .npz with 'mu' and 'sigma' ({error}); write one with "
+                            "hpc-ncsn evaluate --save-stats, pytorch-fid --save-stats or EDM's fid.py ref") from None
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or not (np.isfinite(mu).all()
+                                                                          and np.isfinite(sigma).all()):
+        raise BadStatistics(f"--ref {path}: mu {mu.shape} and sigma {sigma.shape} must be (D,) and (D, D) and "
+                            "finite")
+    return mu, sigma
+
+
 def _read_ahead(infos: list):
     """(info, read_shard(info.path)) in order; the next shard is read in a thread while the caller uses this one."""
     with ThreadPoolExecutor(max_workers=1) as reader:
@@ -88,28 +121,41 @@ def _read_ahead(infos: list):
 def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
              cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
              is_splits: int = 10, out: Path | None = None, reference_split: str = "train",
-             reference_size: int = 0) -> dict | None:
+             reference_size: int = 0, reference_npz: Path | None = None,
+             save_stats: Path | None = None) -> dict | None:
     """FID, KID and IS of the shards in `samples` against a split of the data set (the training set by default);
     rank 0 returns (and writes) the report.
 
     Before a single image is used, the folder is verified against its manifest
     (hpc_ncsn.samples.validation.verify_folder: the shard list, no stray files, file and
     image-data checksums, one origin, the reference data's image shape); any problem is
-    a ShardError naming the file.
+    a ShardError naming the file. `reference_npz`: compare with the μ/Σ of an .npz instead
+    (FID only: KID needs the reference's feature vectors); `save_stats`: write the
+    samples' μ/Σ there.
     """
     rank, world, device = process_group()
     manifest, infos = verify_folder(samples, image_shape=(data_cfg.image_size, data_cfg.image_size,
                                                           data_cfg.channels))
     meta = manifest["meta"]
     extractor = load_extractor(extractor_name, weights_path, device)  # weights: the shared cache's
-    reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size, reference_split, reference_size)
+    if reference_npz is not None:
+        mu_ref, sigma_ref = load_stats_npz(reference_npz)
+        reference = {"mu": mu_ref, "sigma": sigma_ref, "features": None, "n": None, "split": None,
+                     "key": file_sha256(Path(reference_npz)), "npz": str(reference_npz)}
+    else:
+        reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size, reference_split, reference_size)
+        reference["mu"], reference["sigma"] = reference["stats"].to_numpy()
+        reference["n"] = reference["stats"].n
 
     # Accumulate this rank's shards in float64 on its device, then sum over ranks. The next
     # shard is read from disk while the extractor works on this one.
-    stats = FeatureStats.empty(reference["stats"].total.shape[0], device)
+    stats = FeatureStats.empty(len(reference["mu"]), device)
     mine = []
     for info, (images, _, _) in _read_ahead(infos[rank::world]):
         features, logits = extract_features(extractor, images, batch_size, layout="NHWC")
+        if features.shape[1] != stats.dim:
+            raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
+                                f"features are {features.shape[1]}-d; use the extractor the file was made with")
         stats.update(features)
         mine.append((info.start, features.float().cpu(), logits.cpu()))
     stats.all_reduce()
@@ -121,6 +167,8 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     if report is not None:  # what the number can be traced to: the exact shard bytes, and what computed it
         report["manifest_sha256"] = file_sha256(Path(samples) / MANIFEST)
         report["environment"] = environment(world)
+        if save_stats is not None:
+            save_stats_npz(save_stats, *stats.to_numpy())
     if report is not None and out is not None:
         atomic_write(out, json.dumps(report, indent=2) + "\n")
     # All ranks leave together: one that tore down its process group while rank 0 still computed aborted at exit
@@ -136,22 +184,28 @@ def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, k
     features = torch.cat([piece[1] for piece in pieces])
     logits = torch.cat([piece[2] for piece in pieces])
     mu, sigma = stats.to_numpy()
-    mu_ref, sigma_ref = reference["stats"].to_numpy()
-    kid_mean, kid_std = kernel_inception_distance(features.double().numpy(), reference["features"].double().numpy(),
-                                                  subsets=kid_subsets, subset_size=kid_subset_size, device=device)
+    if reference["features"] is not None:
+        kid_mean, kid_std = kernel_inception_distance(features.double().numpy(),
+                                                      reference["features"].double().numpy(), subsets=kid_subsets,
+                                                      subset_size=kid_subset_size, device=device)
+    else:
+        kid_mean = kid_std = None
     if extractor.classifier:
         is_mean, is_std = inception_score(logits, splits=is_splits)
     else:
         is_mean = is_std = None
     report = {
-        "fid": frechet_distance(mu, sigma, mu_ref, sigma_ref),
+        "fid": frechet_distance(mu, sigma, reference["mu"], reference["sigma"]),
         "kid_mean": kid_mean,
         "kid_std": kid_std,
         "is_mean": is_mean,
         "is_std": is_std,
         "n": stats.n,
-        "n_reference": reference["stats"].n,
+        "n_reference": reference["n"],
         "reference_split": reference["split"],
+        "reference_npz": reference.get("npz"),
+        "kid_unavailable": None if reference["features"] is not None else (
+            "the reference is μ/Σ from an .npz; KID needs its feature vectors: evaluate against the data set"),
         "extractor": extractor.name,
         "feature_layer": extractor.feature_layer,
         "weights_sha256": extractor.weights_digest,
