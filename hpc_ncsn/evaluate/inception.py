@@ -213,8 +213,19 @@ def feature_difference(weights_path: Path, script, images: torch.Tensor) -> floa
     return float((features - theirs).abs().max() / theirs.abs().max())
 
 
-def _record_path(cache: Path, digest: str) -> Path:
-    return _inception_dir(cache) / f"pt_inception-2015-12-05-from-{digest[:16]}.json"
+def _cached(cache: Path, digest: str, suffix: str) -> Path:
+    """Where the conversion of the file with sha256 `digest` lives: `.pth` (the weights), `.json` (the record)."""
+    return _inception_dir(cache) / f"pt_inception-2015-12-05-from-{digest[:16]}{suffix}"
+
+
+def _read_record(record: Path) -> PreparedWeights | None:
+    """The PreparedWeights a record describes, or None when there is none of this format version."""
+    if not record.is_file():
+        return None
+    prepared = json.loads(record.read_text())
+    if prepared.pop("format_version", None) != FORMAT_VERSION:
+        return None
+    return PreparedWeights(**{**prepared, "path": Path(prepared["path"])})
 
 
 def prepare_weights(path: Path, cache: Path) -> PreparedWeights:
@@ -224,12 +235,10 @@ def prepare_weights(path: Path, cache: Path) -> PreparedWeights:
         raise WeightsError(f"Inception weights {path} not found; pass an existing file or run "
                            "'hpc-ncsn fetch inception' to place them in the cache")
     digest = file_sha256(path)
-    record = _record_path(cache, digest)
-    if record.is_file():
-        prepared = json.loads(record.read_text())
-        if prepared.get("format_version") == FORMAT_VERSION and Path(prepared["path"]).is_file():
-            prepared.pop("format_version")
-            return PreparedWeights(**{**prepared, "path": Path(prepared["path"])})
+    record = _cached(cache, digest, ".json")
+    done = _read_record(record)
+    if done is not None and done.path.is_file():
+        return done
     data, inner = _read_source(path)
     network_digest = digest if inner is None else hashlib.sha256(data).hexdigest()
     _check_name(path, network_digest, inner)
@@ -257,7 +266,7 @@ def prepare_weights(path: Path, cache: Path) -> PreparedWeights:
 
 
 def _store(cache: Path, digest: str, state: dict) -> Path:
-    target = _inception_dir(cache) / f"pt_inception-2015-12-05-from-{digest[:16]}.pth"
+    target = _cached(cache, digest, ".pth")
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
     return target
@@ -277,13 +286,8 @@ def prepared_default(cache: Path) -> PreparedWeights | None:
     pointer = _inception_dir(cache) / _DEFAULT
     if not pointer.is_file():
         return None
-    chosen = json.loads(pointer.read_text())
-    record = _record_path(cache, chosen["sha256"])
-    if not record.is_file():
-        return None
-    prepared = json.loads(record.read_text())
-    prepared.pop("format_version", None)
-    if not Path(prepared["path"]).is_file():
-        raise WeightsError(f"the Inception weights fetched into {cache} ({prepared['path']}, from "
-                           f"{prepared['source']}) are gone; run 'hpc-ncsn fetch inception --from FILE' again")
-    return PreparedWeights(**{**prepared, "path": Path(prepared["path"])})
+    prepared = _read_record(_cached(cache, json.loads(pointer.read_text())["sha256"], ".json"))
+    if prepared is not None and not prepared.path.is_file():
+        raise WeightsError(f"the Inception weights fetched into {cache} ({prepared.path}, from "
+                           f"{prepared.source}) are gone; run 'hpc-ncsn fetch inception --from FILE' again")
+    return prepared
