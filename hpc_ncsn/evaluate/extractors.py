@@ -74,12 +74,9 @@ class DigitsClassifier(nn.Module):
 def _train_digits_classifier(seed: int = 0, epochs: int = 30) -> dict:
     """Train on all 1,797 digits with small random shifts; deterministic for a given seed."""
     from ..config import DataConfig
-    from ..data import load_images
+    from ..data import load_dataset
 
-    images = load_images(DataConfig(name="digits", image_size=DIGITS_SIZE, channels=1))
-    from sklearn.datasets import load_digits
-
-    labels = torch.from_numpy(load_digits().target).long()
+    images, labels = load_dataset(DataConfig(name="digits", image_size=DIGITS_SIZE, channels=1))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = DigitsClassifier()
