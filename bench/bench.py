@@ -9,7 +9,8 @@ Training and sampling rows run the product's own code (train.py's step through
 Accelerate, hpc_ncsn.train.Training; hpc_ncsn.sampling.annealed_langevin with
 hpc_ncsn.network's score function) on random data of the config's shape. FLOPs come from
 torch.utils.flop_counter on one forward pass (training counts 3 × forward per
-image); MFU = achieved FLOP/s / --peak-tflops (left empty without a peak). Each
+image); MFU = achieved FLOP/s / the measured peak of the row's precision, "MFU nom."
+the same against --peak-tflops. Each
 fast setting is timed in the same run right after a plain baseline (fp32, eager,
 NCHW, the unfused optimizer with host-side checks, a per-parameter EMA loop), and
 the "vs base" column is the ratio of the two, which holds on a noisy machine.
@@ -17,6 +18,9 @@ On a GPU the "syncs" column counts the times one training step or one sampler
 call made the host wait for the device (torch.cuda.set_sync_debug_mode).
 
 Rows:
+  peak        the device's attainable peak, measured: dense products (torch.matmul, a 3×3 convolution) in
+              fp32 and bf16, and a large copy; the faster product is the MFU column's denominator
+              (--peak-tflops fills "MFU nom." against a nominal peak)
   train       images/s and MFU of one optimizer step per batch size: baseline, (--ablate: each switch), fast
   sample      network evaluations × images per second of the annealed Langevin sampler, per arm: baseline, fast
   shards      write / validate / read of uint8 32×32×3 shards (HDF5), images/s
@@ -24,6 +28,11 @@ Rows:
   statistics  float64 Σx, Σxxᵀ accumulation, FID from statistics, KID (on the CPU and on the device), IS
   projected   seconds from shards to FID+KID+IS for 50,000 images from the rates above
   evaluate    hpc_ncsn.evaluate.evaluator.evaluate itself, shards → FID+KID+IS, reference statistics cached
+  peer *      each stage against the obvious code for it (bench/peers.py, each in a fresh process): a plain
+              DSM training loop, the NCSNv2-style Langevin loop, torch_fidelity.calculate_metrics
+  scale *     the evaluator from 1,000 to 50,000 samples (time, peak memory); the launcher's plan, --status
+              and table from 6 to 60 cells
+  profile     (after the table) the top 10 operators of one fast training step
 
 Without --inception-weights the Inception rows use random weights of the same
 architecture (bench/random_inception.py): the same arithmetic, so the same speed,
@@ -59,6 +68,7 @@ from hpc_ncsn.samples.shards import plan_shards, read_shard, shard_path, write_s
 from hpc_ncsn.samples.validation import validate_shards  # noqa: E402
 
 FULL = 50_000
+SECTIONS = ("peak", "train", "sample", "eval", "peers", "profile", "scale")
 
 
 def _sync(device: torch.device) -> None:
@@ -77,6 +87,40 @@ def timed(fn, device: torch.device, repeat: int = 1) -> float:
         _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def bench_peak(device: torch.device) -> tuple[list[dict], dict[str, float]]:
+    """The device's attainable peak, measured: dense matrix products in float32 and bf16 by two libraries, a
+    large GEMM through torch.matmul (MKL or cuBLAS) and a large 3×3 convolution (an implicit GEMM in oneDNN or
+    cuDNN), and memory bandwidth with a large copy. The faster of the two products is the precision's MFU
+    denominator: on this project's AMD CPU, MKL's sgemm reaches about half of what oneDNN's kernels do.
+    Returns the rows and {precision: TFLOP/s}."""
+    gpu = device.type == "cuda"
+    n, batch = (8192, 256) if gpu else (2048, 32)
+    rows, peaks = [], {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        conv = torch.nn.Conv2d(512, 512, 3, padding=1, bias=False).to(device, dtype)
+        x = torch.randn(batch, 512, 16, 16, device=device).to(dtype)
+        with torch.no_grad():
+            products = {f"GEMM {n}×{n}×{n} (torch.matmul)": (timed(lambda: a @ b, device, repeat=5), 2 * n**3),
+                        f"3×3 convolution, {batch}×512×16×16 → 512 channels": (
+                            timed(lambda: conv(x), device, repeat=5), 2 * batch * 512 * 512 * 9 * 16 * 16)}
+        for what, (seconds, flops) in products.items():
+            rows.append({"group": "peak", "what": f"{name}, {what}", "images": None, "seconds": seconds,
+                         "images_per_s": None, "tflops": flops / seconds / 1e12})
+        peaks[name] = max(row["tflops"] for row in rows[-2:])
+        rows.append({"group": "peak", "what": f"{name}: the attainable peak, the MFU denominator of {name} rows",
+                     "images": None, "seconds": 0.0, "images_per_s": None, "tflops": peaks[name]})
+    size = (2 << 30) if gpu else (256 << 20)
+    source = torch.empty(size, dtype=torch.uint8, device=device).fill_(1)
+    target = torch.empty_like(source)
+    seconds = timed(lambda: target.copy_(source), device, repeat=5)
+    rows.append({"group": "peak", "what": f"copy {size >> 20} MiB: {2 * size / seconds / 1e9:,.1f} GB/s "
+                                          "(read + written)", "images": None, "seconds": seconds,
+                 "images_per_s": None})
+    return rows, peaks
 
 
 def host_syncs(fn, device: torch.device) -> int | None:
@@ -175,10 +219,13 @@ def forward_flops(model: torch.nn.Module, shape: tuple[int, ...], device: torch.
 
 
 def _rate_row(group: str, what: str, images: int, seconds: float, flops_per_image: float, peak: float | None,
-              baseline: dict | None = None):
+              baseline: dict | None = None, precision: str = "fp32"):
+    """A row of a FLOP-counted measurement. `mfu_nominal` is against --peak-tflops; `mfu` (against the
+    measured peak of the row's precision) is filled in by main() once the peak is known."""
     achieved = images * flops_per_image / seconds
     row = {"group": group, "what": what, "images": images, "seconds": seconds, "images_per_s": images / seconds,
-           "tflops": achieved / 1e12, "mfu": achieved / (peak * 1e12) if peak else None}
+           "tflops": achieved / 1e12, "precision": precision,
+           "mfu_nominal": achieved / (peak * 1e12) if peak else None}
     if baseline is not None:
         row["speedup"] = row["images_per_s"] / baseline["images_per_s"]
     return row
@@ -233,7 +280,8 @@ def bench_training(config_path: Path, batch_sizes: list[int], steps: int, device
                     run.step()
                 _sync(device)
                 seconds = time.perf_counter() - start
-            row = _rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak, baseline)
+            row = _rate_row("train", f"{label}, batch {batch}", batch * steps, seconds, flops, peak, baseline,
+                            precision="bf16" if setting["mixed_precision"] == "bf16" else "fp32")
             row["host_syncs"] = syncs
             baseline = baseline or row
             rows.append(row)
@@ -269,7 +317,8 @@ def bench_sampling(config_path: Path, batch: int, steps: int, device: torch.devi
                 seconds = timed(sample, device)
                 syncs = host_syncs(sample, device)
             row = _rate_row("sample", f"{arm}, {label}, batch {batch}, {plan.network_evaluations} evaluations",
-                            plan.network_evaluations * batch, seconds, flops, peak, baseline)
+                            plan.network_evaluations * batch, seconds, flops, peak, baseline,
+                            precision=speed.precision)
             row["host_syncs"] = syncs
             baseline = baseline or row
             rows.append(row)
@@ -314,20 +363,159 @@ def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: in
             "seconds": seconds, "images_per_s": count / seconds}
 
 
+def _peer(what: str, *options: str) -> dict:
+    """One measurement of bench/peers.py, in a fresh process (see its docstring)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "peers.py"), what, *options], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench/peers.py {what} {' '.join(options)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+PEERS = {  # section: (the peer's label, our label, bench/peers.py's plain and our measurement)
+    "train": ("plain PyTorch DSM loop (Adam, no EMA/clipping/checks)", "train.py's step", "train-plain",
+              "train-ours"),
+    "sample": ("plain annealed Langevin loop (one generator, randn_like)", "hpc_ncsn sampler (Philox per sample)",
+               "sample-plain", "sample-ours"),
+    "eval": ("torch_fidelity.calculate_metrics, FID+KID+IS", "hpc_ncsn evaluate from shards, FID+KID+IS",
+             "fid-torch-fidelity", "fid-ours"),
+}
+
+
+def bench_peers(args: argparse.Namespace, device: torch.device, gpu: bool) -> list[dict]:
+    """Each stage against the obvious code a researcher would write, each in a fresh process: the peer with
+    PyTorch's defaults, the peer with hpc_ncsn's process setup, ours at fp32, ours with the fast switches.
+    "vs base" is images/s over the peer's (defaults)."""
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.model import build_score_model
+
+    base = load_config(args.config)
+    shape = (base.data.channels, base.data.image_size, base.data.image_size)
+    flops = forward_flops(build_score_model(base.model, base.data).to(device), shape, device)
+    levels = max(1, args.sample_evaluations // base.sampler.steps_per_level)
+    steps = args.train_steps or (30 if gpu else 50)
+    sizes = {"train": ["--batch", str(base.train.batch_size), "--steps", str(steps), "--repeat", "3"],
+             "sample": ["--batch", str(args.sample_batch or (1000 if gpu else 250)), "--levels", str(levels)],
+             "eval": ["--images", str(args.images or (FULL if gpu else 2000))]}
+    rows = []
+    for section in ("train", "sample", "eval"):
+        peer_label, our_label, plain, ours = PEERS[section]
+        common = ["--config", str(args.config), "--device", device.type, *sizes[section]]
+        runs = [(f"{peer_label}", _peer(plain, *common)),
+                (f"{peer_label}, + hpc_ncsn's process setup", _peer(plain, *common, "--setup")),
+                (f"{our_label}, fp32", _peer(ours, *common))]
+        if section != "eval":
+            runs.append((f"{our_label}, {'bf16, fused, channels_last' if section == 'train' else 'bf16'}",
+                         _peer(ours, *common, "--fast")))
+        baseline = None
+        for label, result in runs:
+            what = f"{label} ({result['threads']} threads, {result['max_rss_mb']:,.0f} MB)"
+            if section == "eval":
+                row = {"group": "peer eval", "what": what, "images": result["images"], "seconds": result["seconds"],
+                       "images_per_s": result["images"] / result["seconds"]}
+            else:
+                row = _rate_row(f"peer {section}", what, result["images"], result["seconds"],
+                                (3 if section == "train" else 1) * flops, args.peak_tflops,
+                                precision="bf16" if result["fast"] else "fp32")
+            if baseline is not None:
+                row["speedup"] = row["images_per_s"] / baseline["images_per_s"]
+            baseline = baseline or row
+            rows.append(row)
+    return rows
+
+
+def _command_seconds(*command: str) -> float:
+    """Wall seconds of one command of the product, as a user runs it (Python start-up included)."""
+    import subprocess
+
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def bench_scale(counts: list[int], seed_counts: list[int], gpu: bool) -> list[dict]:
+    """How the evaluator grows with N (time and the process's peak memory, shards → FID+KID+IS with the digits
+    classifier, each N in a fresh process) and the sweep launcher's own overhead from 6 to 60 cells: the
+    plan (--dry-run), --status and the table (hpc-ncsn aggregate) of a sweep folder whose cells have not run."""
+    from hpc_ncsn.sweep.plan import ARM_AXIS, SEED_AXIS, SweepSpec
+
+    rows = []
+    for count in counts:
+        result = _peer("fid-ours", "--images", str(count), "--repeat", "1", "--device", "cuda" if gpu else "cpu")
+        what = f"evaluate, N = {count:,}: peak memory {result['max_rss_mb']:,.0f} MB"
+        rows.append({"group": "scale eval", "what": what, "images": count, "seconds": result["seconds"],
+                     "images_per_s": count / result["seconds"]})
+    config = ROOT / "configs" / "debug.yaml"
+    for seeds in seed_counts:
+        cells = 3 * seeds
+        seed_list = ",".join(map(str, range(seeds)))
+        with tempfile.TemporaryDirectory() as folder:
+            plan_s = _command_seconds("launch/sweep.py", "--dry-run", "--seeds", seed_list, "--out", folder)
+            SweepSpec.from_config(config, {ARM_AXIS: ["geometric", "linear", "snr"],
+                                           SEED_AXIS: list(range(seeds))}).save(Path(folder))
+            status_s = _command_seconds("launch/sweep.py", "--status", "--out", folder)
+            table_s = _command_seconds("-m", "hpc_ncsn", "aggregate", "--sweep", folder)
+        for what, seconds in (("plan (--dry-run)", plan_s), ("--status", status_s), ("table and plots", table_s)):
+            rows.append({"group": "scale sweep", "what": f"{what}, {cells} cells, command wall time",
+                         "images": None, "seconds": seconds, "images_per_s": None})
+    return rows
+
+
+def profile_step(config: Path, batch: int, device: torch.device, top: int = 10) -> str:
+    """The `top` operators of one fast training step by self time (torch.profiler), as a Markdown table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.train import Training
+
+    with tempfile.TemporaryDirectory() as out:
+        run = Training.start(load_config(config, [
+            "data.name=digits", f"train.batch_size={batch}", "train.grad_accum=1", f"train.out_dir={out}",
+            "train.mixed_precision=bf16", "train.fused_optimizer=true", "train.channels_last=true",
+            "train.compile=false"]))
+        shape = (run.config.data.channels, run.config.data.image_size, run.config.data.image_size)
+        run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8, device=device)
+        for _ in range(3):
+            run.step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(5):
+                run.step()
+            _sync(device)
+        run.close()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    lines = [f"Top {top} operators of 5 fast training steps (bf16, fused, channels_last), batch {batch}, by self "
+             f"{'CUDA' if device.type == 'cuda' else 'CPU'} time:", "",
+             "| operator | calls | self ms per step | share |", "|---|---|---|---|"]
+    for event in events[:top]:
+        lines.append(f"| `{event.key}` | {event.count // 5} | {getattr(event, key) / 5 / 1000:.2f} | "
+                     f"{100 * getattr(event, key) / total:.1f}% |")
+    return "\n".join(lines)
+
+
 def print_table(rows: list[dict], header: str) -> None:
     print(header)
-    print(f"| {'group':10} | {'what':66} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
-          f"| {'MFU':>6} | {'vs base':>7} | {'syncs':>5} |")
-    print(f"|{'-' * 12}|{'-' * 68}|{'-' * 9}|{'-' * 11}|{'-' * 12}|{'-' * 10}|{'-' * 8}|{'-' * 9}|{'-' * 7}|")
+    print(f"| {'group':11} | {'what':92} | {'images':>7} | {'seconds':>9} | {'images/s':>10} | {'TFLOP/s':>8} "
+          f"| {'MFU':>6} | {'MFU nom.':>8} | {'vs base':>7} | {'syncs':>5} |")
+    widths = (13, 94, 9, 11, 12, 10, 8, 10, 9, 7)
+    print("|" + "|".join("-" * width for width in widths) + "|")
     for r in rows:
         images = "" if r["images"] is None else f"{r['images']}"
         rate = "" if r["images_per_s"] is None else f"{r['images_per_s']:,.1f}"
         tflops = "" if r.get("tflops") is None else f"{r['tflops']:.4f}"
         mfu = "" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+        nominal = "" if r.get("mfu_nominal") is None else f"{100 * r['mfu_nominal']:.1f}%"
         speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}×"
         syncs = "" if r.get("host_syncs") is None else f"{r['host_syncs']}"
-        print(f"| {r['group']:10} | {r['what']:66} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
-              f"| {mfu:>6} | {speedup:>7} | {syncs:>5} |")
+        print(f"| {r['group']:11} | {r['what']:92} | {images:>7} | {r['seconds']:9.3f} | {rate:>10} | {tflops:>8} "
+              f"| {mfu:>6} | {nominal:>8} | {speedup:>7} | {syncs:>5} |")
 
 
 def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -> list[dict]:
@@ -362,7 +550,8 @@ def bench_evaluator(args: argparse.Namespace, device: torch.device, gpu: bool) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--what", default="train,sample,eval", help="sections to run (default: all)")
+    parser.add_argument("--what", default="peak,train,sample,eval,peers,profile,scale",
+                        help="sections to run (default: all)")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "debug.yaml",
                         help="run config for the training and sampling rows")
     parser.add_argument("--train-batch-sizes", default=None, help="default: 32,64 on CPU; 128,256,512 on GPU")
@@ -387,15 +576,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
                         help="time hpc_ncsn's evaluate from shards to FID (Inception on a GPU, the digits "
                              "classifier on a CPU)")
+    parser.add_argument("--scale-images", default="1000,5000,20000,50000",
+                        help="sample counts of the evaluator's scale rows (default: 1000,5000,20000,50000)")
+    parser.add_argument("--scale-seeds", default="2,20",
+                        help="seeds of the launcher's scale rows, 3 arms each (default: 2,20: 6 and 60 cells)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     what = set(args.what.split(","))
-    unknown = what - {"train", "sample", "eval"}
+    unknown = what - set(SECTIONS)
     if unknown:
-        parser.error(f"--what: unknown section(s) {sorted(unknown)}; choose from train, sample, eval")
-    rows = []
+        parser.error(f"--what: unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    rows, peaks = [], {}
+    if "peak" in what:
+        rows, peaks = bench_peak(device)
     if "train" in what:
         sizes = [int(b) for b in (args.train_batch_sizes or ("128,256,512" if gpu else "32,64")).split(",")]
         rows += bench_training(args.config, sizes, args.train_steps or (30 if gpu else 5), device, args.peak_tflops,
@@ -405,14 +600,27 @@ def main(argv: list[str] | None = None) -> int:
                                device, args.peak_tflops, args.compile)
     if "eval" in what:
         rows += bench_evaluator(args, device, gpu)
+    if "peers" in what:
+        rows += bench_peers(args, device, gpu)
+    if "scale" in what:
+        numbers = lambda text: [int(n) for n in text.split(",")]  # noqa: E731
+        rows += bench_scale(numbers(args.scale_images), numbers(args.scale_seeds), gpu)
+    for row in rows:
+        if row.get("precision") in peaks:
+            row["mfu"] = row["tflops"] / peaks[row["precision"]]
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({platform.processor() or platform.machine()}, " \
                                                           f"{torch.get_num_threads()} threads)"
     header = (f"hpc_ncsn benchmark, {time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}, "
               f"config {args.config.name}, Inception weights: "
               f"{'given' if args.inception_weights else 'random (speed only)'}")
     print_table(rows, header)
+    profile = None
+    if "profile" in what:
+        profile = profile_step(args.config, 128 if gpu else 64, device)
+        print()
+        print(profile)
     if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"header": header, "rows": rows, "profile": profile}, indent=2) + "\n")
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .config import EvaluateConfig, GenerateConfig, config_to_yaml, load_config
-from .distributed import match_threads
+from .distributed import setup_process
 from .errors import UserError
 from .preemption import Preempted
 from .toy import ToySettings
@@ -82,7 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(config_to_yaml(config), end="")
         return 0
-    match_threads()
+    setup_process()
     from .train import train
 
     print(f"run folder: {train(config)}")
@@ -200,7 +200,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                           "overrides": list(overrides), "generate": asdict(config.generate),
                           "sampler": asdict(config.sampler)}, indent=2))
         return 0
-    match_threads()
+    setup_process()
     from .samples.generate import generate
 
     result = generate(args.run_dir, args.out, overrides=overrides, seed=args.seed)
@@ -232,7 +232,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                           "weights": str(weights) if weights else None, "batch_size": batch_size,
                           "reference": reference, "out": str(out)}, indent=2))
         return 0
-    match_threads()
+    setup_process()
     from .evaluate.evaluator import evaluate
 
     report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,

@@ -17,13 +17,37 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--train-batch-sizes", "8", "--train-steps", "1",
          "--sample-batch", "4", "--sample-evaluations", "5", "--images", "16", "--batch-sizes", "8",
-         "--peak-tflops", "1", "--no-compile", "--ablate", "--json", str(out)],
+         "--peak-tflops", "1", "--no-compile", "--ablate", "--scale-images", "16,32", "--scale-seeds", "1,2",
+         "--json", str(out)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    rows = written["rows"]
     groups = {row["group"] for row in rows}
-    assert groups == {"train", "sample", "shards", "features", "statistics", "projected", "evaluate"}
+    assert groups == {"peak", "train", "sample", "shards", "features", "statistics", "projected", "evaluate",
+                      "peer train", "peer sample", "peer eval", "scale eval", "scale sweep"}
+    # The measured peak is the denominator of every MFU: fp32 rows against the fp32 GEMM, bf16 rows the bf16 one.
+    peak = {row["what"].split(":")[0]: row["tflops"] for row in rows if "attainable peak" in row["what"]}
+    assert set(peak) == {"fp32", "bf16"}
+    for precision, value in peak.items():  # the faster of the two products measured
+        measured = [row["tflops"] for row in rows if row["group"] == "peak" and row["what"].startswith(f"{precision},")]
+        assert len(measured) == 2 and value == max(measured) > 0
+    for row in rows:
+        if row.get("tflops") is not None and row["group"] != "peak":
+            assert abs(row["mfu"] - row["tflops"] / peak[row["precision"]]) < 1e-12
+            assert abs(row["mfu_nominal"] - row["tflops"]) < 1e-12  # --peak-tflops 1
+    # Peers: the plain code, the plain code in our process setup, ours (fp32, fast), each with its ratio to the
+    # plain code; every one ran in its own process.
+    for group, count in (("peer train", 4), ("peer sample", 4), ("peer eval", 3)):
+        peers = [row for row in rows if row["group"] == group]
+        assert len(peers) == count and "speedup" not in peers[0]
+        for row in peers[1:]:
+            assert abs(row["speedup"] - row["images_per_s"] / peers[0]["images_per_s"]) < 1e-9
+    assert [row["images"] for row in rows if row["group"] == "scale eval"] == [16, 32]
+    assert [row["what"].split(", ")[1] for row in rows if row["group"] == "scale sweep"] == \
+        ["3 cells"] * 3 + ["6 cells"] * 3
+    assert written["profile"].count("\n| `") == 10 and "Top 10 operators" in result.stdout
     train = [row for row in rows if row["group"] == "train"]
     sample = [row for row in rows if row["group"] == "sample"]
     assert [row["what"] for row in train] == [
@@ -33,7 +57,7 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     assert [row["what"].split(",")[:2] for row in sample] == [
         [arm, setting] for arm in ("geometric", "linear", "snr") for setting in (" baseline fp32 eager", " bf16")]
     for row in train + sample:
-        assert row["images_per_s"] > 0 and 0 < row["mfu"] < 1
+        assert row["images_per_s"] > 0 and 0 < row["mfu_nominal"] < 1
     # Every fast row carries its ratio to the baseline timed just before it.
     for rows_of_kind in (train, sample[0:2], sample[2:4], sample[4:6]):
         base = rows_of_kind[0]
@@ -45,4 +69,4 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     assert abs(per_image(train[0]) / per_image(sample[0]) - 3.0) < 1e-6
     evaluate = next(row for row in rows if row["group"] == "evaluate")
     assert evaluate["images"] == 16 and evaluate["seconds"] > 0
-    assert "| train      | baseline fp32 eager, batch 8" in result.stdout
+    assert "| train       | baseline fp32 eager, batch 8" in result.stdout

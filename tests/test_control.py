@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -129,6 +130,47 @@ def test_match_threads_sets_torch_and_the_children_environment(monkeypatch):
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
+
+
+# Freed memory kept: measured in a fresh process each, since the setting is for the whole process.
+FAULTS = """
+import json, resource, sys
+import numpy as np
+from hpc_ncsn.distributed import keep_freed_memory
+said = keep_freed_memory() if sys.argv[1] == "product" else "not called"
+for _ in range(3):  # warm-up: the first block is faulted in either way
+    np.ones(8 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    np.ones(8 << 20)  # 64 MiB, allocated and freed: a network's activations at every step
+print(json.dumps({"said": said, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+HUGE_PAGES_FAULTED = 20 * (64 << 20) // (2 << 20)
+
+
+def _faults(mode: str, **env: str) -> dict:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("MALLOC_")}
+    done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
+                          env={**environment, **env})
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_freed_memory_is_reused_instead_of_faulted_in_again_at_every_allocation():
+    plain, product = _faults("plain"), _faults("product")
+    # glibc unmaps each 64 MiB block on free and faults the next one in: at least one fault per 2 MiB (a
+    # transparent huge page, where numpy asks for them) per allocation.
+    assert plain["faults"] >= HUGE_PAGES_FAULTED
+    assert product["faults"] < 20 and product["said"].startswith("freed memory kept")  # not one per allocation
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
+def test_a_users_own_malloc_setting_is_left_alone():
+    chosen = _faults("product", MALLOC_MMAP_THRESHOLD_="131072")
+    assert chosen["said"] == "left alone: the user's glibc malloc variables"
+    assert chosen["faults"] >= HUGE_PAGES_FAULTED
 
 
 # Observed states -----------------------------------------------------------------------------

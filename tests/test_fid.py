@@ -160,6 +160,26 @@ def test_kid_agrees_with_torch_fidelity():
         assert std == pytest.approx(reference["kernel_inception_distance_std"], rel=1e-6)
 
 
+def test_kid_read_off_the_whole_kernel_matrices_equals_kid_per_subset(monkeypatch):
+    """Small N: every subset's sums come from the kernels of all rows (numpy on a CPU, torch on a GPU);
+    large N: three kernels per subset. One answer either way, to float64 summation order."""
+    from hpc_ncsn.evaluate import scores
+
+    f1, f2 = features(300, 32, seed=12), features(250, 32, seed=13, shift=0.05)
+    whole = kernel_inception_distance(f1, f2, subsets=15, subset_size=100)
+    monkeypatch.setattr(scores, "KID_WHOLE_KERNEL_ENTRIES", 0)
+    per_subset = kernel_inception_distance(f1, f2, subsets=15, subset_size=100)
+    assert whole == pytest.approx(per_subset, rel=1e-12) and whole[0] > 0
+    x, y = f1.double().numpy(), f2.double().numpy()
+    rng = np.random.RandomState(2020)
+    draws = [(rng.choice(300, 100, replace=False), rng.choice(250, 100, replace=False)) for _ in range(15)]
+    kernels = [polynomial_kernel(a, b, 3, 1 / 32, 1.0) for a, b in ((x, x), (y, y), (x, y))]
+    with_numpy = scores._mmds_from_whole_kernels(*kernels, draws, 100)
+    with_torch = scores._mmds_from_whole_kernels(*(torch.from_numpy(k) for k in kernels), draws, 100)
+    assert np.mean(with_numpy) == pytest.approx(whole[0], rel=1e-12)
+    assert with_torch.numpy() == pytest.approx(with_numpy, rel=1e-12)
+
+
 def test_inception_score_agrees_with_torch_fidelity():
     from torch_fidelity.metric_isc import isc_features_to_metric
 

@@ -123,6 +123,19 @@ def test_local_cluster_runs_each_task_in_its_own_process(finished):
     assert len({s["pid"] for s in statuses}) == len(statuses) == 4 + 6 + 1
 
 
+def test_local_tasks_run_side_by_side_with_the_cpus_shared_among_them(finished):
+    out, _ = finished
+    visible = len(os.sched_getaffinity(0))
+    if visible < 2 or __import__("torch").cuda.is_available():
+        pytest.skip("one CPU, or a GPU: one task at a time")
+    trainings = sorted((s["started"], s["finished"]) for s in
+                       (json.loads(p.read_text()) for p in (out / "status" / "train").glob("*.json")))
+    assert any(earlier[1] > later[0] for earlier, later in zip(trainings, trainings[1:]))  # two ran at once
+    at_once = min(visible, 8, 6)  # one task per CPU, at most 8, and the sample stage has 6
+    for metrics in (out / "cells").glob("*/samples/metrics.json"):
+        assert json.loads(metrics.read_text())["environment"]["threads_per_process"] == visible // at_once
+
+
 def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go_on(tmp_path):
     out = tmp_path / "sweep"
     bad = out / "train" / "schedule-linear_seed-0"

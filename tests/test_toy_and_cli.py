@@ -50,6 +50,15 @@ def test_config_command_prints_resolved_yaml_and_reports_errors(capsys):
     assert "did you mean 'sigma_max'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["aggregate", "--sweep"], ["aggregate", "--dry-run", "--sweep"],
+                                     ["sweep", "--status", "--out"]])
+def test_a_folder_that_holds_no_sweep_is_one_line_naming_it(tmp_path, capsys, command):
+    assert main([*command, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path} holds no sweep (no sweep.json); pass the --out of a launched sweep " \
+                  "(launch/sweep.py writes it)\n"
+
+
 def test_dry_runs_do_no_work(tmp_path, capsys):
     assert main(["toy", "--dry-run", "--out", str(tmp_path / "t")]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["num_samples"] == 10_000

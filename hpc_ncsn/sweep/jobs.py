@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import preemption
 from ..config import ConfigError
-from ..distributed import is_main_process, match_threads
+from ..distributed import is_main_process, setup_process
 from ..files import atomic_write
 from ..locks import FolderLock
 from . import scheduler
@@ -50,7 +50,7 @@ def job(root: str, task: Task, options: dict):
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:  # one process per GPU (or CPU slot): torch.distributed's variables for Accelerate
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    match_threads(options.get("cpus"))
+    setup_process(options.get("cpus"))
     on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
     if on_slurm and is_main_process() and options.get("name"):
         scheduler.rename(env.job_id, f"{options['name']}:{task.name}")  # squeue tells the cells apart
@@ -119,20 +119,26 @@ def _mark_cancelled(root: Path, tasks: list[Task], why: str) -> None:
 
 def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: dict,
               cancel: _LocalCancel | None) -> dict[str, str]:
-    """Run `tasks` with a submitit executor, `parallel` at a time; {task name: error} of those not done."""
-    failures = {}
-    for start in range(0, len(tasks), parallel):
-        wave = tasks[start:start + parallel]
-        if cancel is not None and cancel.requested:
-            _mark_cancelled(root, wave, "the sweep was cancelled before it started")
-            failures.update({task.name: "cancelled" for task in wave})
-            continue
-        jobs = executor.map_array(job, [str(root)] * len(wave), wave, [options] * len(wave))
-        if cancel is not None:
-            cancel.running = [int(j.job_id) for j in jobs if j.job_id.isdigit()]
-        for task, submitted in zip(wave, jobs):
+    """Run `tasks` with a submitit executor, up to `parallel` at a time (the next one starts as soon as one
+    ends); {task name: error} of those not done."""
+    failures, queue, running = {}, list(tasks), []
+    while queue or running:
+        while queue and len(running) < parallel and not (cancel is not None and cancel.requested):
+            task = queue.pop(0)
+            submitted = executor.submit(job, str(root), task, options)
+            running.append((task, submitted))
             print(f"[{task.stage}] {task.name}: job {submitted.job_id}, log {submitted.paths.stderr}", flush=True)
-        for task, submitted in zip(wave, jobs):
+        if cancel is not None:
+            cancel.running = [int(j.job_id) for _, j in running if j.job_id.isdigit()]
+            if cancel.requested and queue:
+                _mark_cancelled(root, queue, "the sweep was cancelled before it started")
+                failures.update({task.name: "cancelled" for task in queue})
+                queue = []
+        ended = [(task, submitted) for task, submitted in running if submitted.done()]
+        if not ended:
+            time.sleep(0.2)
+        for task, submitted in ended:
+            running.remove((task, submitted))
             try:
                 submitted.result()
                 print(f"[{task.stage}] {task.name}: done", flush=True)
@@ -144,31 +150,54 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: d
     return failures
 
 
-def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int = 1, timeout_min: int = 24 * 60,
+def local_parallel(requested: int | None) -> int:
+    """Tasks at once for --cluster local: as asked, else one per CPU (at most 8) on a machine without a GPU
+    and 1 with one (the tasks would share it).
+
+    On a CPU, one thread per task beats all threads on one task: a small network's operators do not
+    split well over threads, and a single-threaded task loses only its share of the cores to another
+    program, where a task with an OpenMP team slows down several times (each team waits for its
+    slowest thread). bench/bench.py measures both.
+    """
+    if requested is not None:
+        return max(1, requested)
+    import torch
+
+    return 1 if torch.cuda.is_available() else min(_visible_cpus(), 8)
+
+
+def _visible_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = None, timeout_min: int = 24 * 60,
              max_requeues: int = 5) -> int:
     """--cluster local or debug: the stages one after the other on this machine; prints the table.
 
-    Each local task gets an equal share of this machine's CPUs for its threads.
+    Local tasks run `local_parallel(parallel)` at a time (fewer when a stage has fewer), each with an
+    equal share of this machine's CPUs for its threads.
     """
     import submitit
 
     if cluster == "local":
         executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
         executor.update_parameters(timeout_min=timeout_min)
-        parallel = max(parallel, 1)
-        visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        options = {"cpus": max(1, visible // parallel), "max_requeues": max_requeues}
+        parallel = local_parallel(parallel)
     else:
         executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
-        parallel, options = 1, {"max_requeues": max_requeues}
+        parallel = 1
     started = time.time()
     timings, failures = {}, {}
     with _LocalCancel() if cluster == "local" else _NoCancel() as cancel:
         for stage, tasks in sweep.stages():
             t0 = time.time()
             pending = todo(sweep, tasks)
+            at_once = min(parallel, max(len(pending), 1))
+            options = {"max_requeues": max_requeues}
+            if cluster == "local":
+                options["cpus"] = max(1, _visible_cpus() // at_once)
             if pending:
-                failures[stage] = _run_jobs(executor, root, pending, parallel, options,
+                failures[stage] = _run_jobs(executor, root, pending, at_once, options,
                                             cancel if cluster == "local" else None)
             timings[stage] = round(time.time() - t0, 1)
     print()

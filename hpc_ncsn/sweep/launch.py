@@ -81,9 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--out", type=Path, default=None,
                        help="sweep folder (default: runs/sweep-<config name>)")
     where.add_argument("--cluster", choices=CLUSTERS, default="local", help="where tasks run (default: local)")
-    where.add_argument("--local-parallel", type=int, default=1,
-                       help="--cluster local: tasks running at once (default 1: a small machine's cores are "
-                            "better spent on one task's threads)")
+    where.add_argument("--local-parallel", type=int, default=None,
+                       help="--cluster local: tasks running at once, sharing the CPUs for their threads (default: "
+                            "one per CPU, at most 8, without a GPU; 1 with a GPU)")
     where.add_argument("--timeout-min", type=int, default=24 * 60,
                        help="--cluster local: per-task time limit in minutes")
     slurm = parser.add_argument_group("--cluster slurm (what lands in the sbatch scripts; see --dry-run)")
@@ -170,8 +170,6 @@ def _sweep_root(args: argparse.Namespace) -> Path:
 
 
 def _saved_plan(root: Path) -> Plan:
-    if not (root / SPEC_FILE).is_file():
-        raise SweepMismatch(f"{root} holds no sweep (no {SPEC_FILE}); pass the --out of a launched sweep")
     return plan(SweepSpec.load(root), root)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, arm_overrides, config_from_dict, config_to_dict, load_config
+from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
@@ -42,6 +43,10 @@ SAMPLING_SECTIONS = ("sampler", "generate", "evaluate")
 
 def _yaml_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+class NotASweep(UserError, FileNotFoundError):
+    """A folder that should hold a sweep has no sweep.json."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,8 @@ class SweepSpec:
     def load(cls, root: Path) -> "SweepSpec":
         path = Path(root) / SPEC_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {root} is not a sweep folder (launch/sweep.py writes it)")
+            raise NotASweep(f"{root} holds no sweep (no {SPEC_FILE}); pass the --out of a launched sweep "
+                            "(launch/sweep.py writes it)")
         return cls.from_json(path.read_text())
 
     def save(self, root: Path) -> None:
