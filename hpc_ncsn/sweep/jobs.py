@@ -121,6 +121,8 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: d
               cancel: _LocalCancel | None) -> dict[str, str]:
     """Run `tasks` with a submitit executor, up to `parallel` at a time (the next one starts as soon as one
     ends); {task name: error} of those not done."""
+    from submitit.local.debug import DebugJob
+
     failures, queue, running = {}, list(tasks), []
     while queue or running:
         while queue and len(running) < parallel and not (cancel is not None and cancel.requested):
@@ -134,7 +136,9 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: d
                 _mark_cancelled(root, queue, "the sweep was cancelled before it started")
                 failures.update({task.name: "cancelled" for task in queue})
                 queue = []
-        ended = [(task, submitted) for task, submitted in running if submitted.done()]
+        # A debug job runs inside result() (below); its done() would run it outside the error handling.
+        ended = [(task, submitted) for task, submitted in running
+                 if isinstance(submitted, DebugJob) or submitted.done()]
         if not ended:
             time.sleep(0.2)
         for task, submitted in ended:
