@@ -94,16 +94,16 @@ def _int(name: str) -> int | None:
 def cpus_for_this_process(cpus: int | None = None) -> tuple[int, str]:
     """(CPUs this process may use, where that number came from).
 
-    In order: `cpus` (a launcher's share, e.g. --local-parallel); OMP_NUM_THREADS when
-    the user set it; Slurm's --cpus-per-task (SLURM_CPUS_PER_TASK); the job's CPUs on
+    In order: OMP_NUM_THREADS when the user set it; `cpus` (a launcher's share, e.g.
+    --local-parallel); Slurm's --cpus-per-task (SLURM_CPUS_PER_TASK); the job's CPUs on
     this node (SLURM_CPUS_ON_NODE) split among its tasks here; else the CPUs this
     process may run on (os.sched_getaffinity) split among the processes a launcher
     started on this machine (LOCAL_WORLD_SIZE).
     """
-    if cpus is not None:
-        return max(1, cpus), "the launcher's share"
     if _int("OMP_NUM_THREADS"):
         return _int("OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+    if cpus is not None:
+        return max(1, cpus), "the launcher's share"
     if _int("SLURM_CPUS_PER_TASK"):
         return _int("SLURM_CPUS_PER_TASK"), "SLURM_CPUS_PER_TASK"
     local = _int("SLURM_NTASKS_PER_NODE") or _int("SLURM_TASKS_PER_NODE") or _int("LOCAL_WORLD_SIZE") or 1

@@ -95,6 +95,7 @@ def test_two_trainings_in_one_run_folder_are_refused(tmp_path):
 @pytest.mark.parametrize("env, share, expected", [
     ({}, 3, (3, "the launcher's share")),
     ({"OMP_NUM_THREADS": "5"}, None, (5, "OMP_NUM_THREADS")),
+    ({"OMP_NUM_THREADS": "5"}, 3, (5, "OMP_NUM_THREADS")),  # the user's setting wins over a launcher's share
     ({"SLURM_CPUS_PER_TASK": "4", "SLURM_CPUS_ON_NODE": "16"}, None, (4, "SLURM_CPUS_PER_TASK")),
     ({"SLURM_CPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "4"}, None, (2, "SLURM_CPUS_ON_NODE / 4 task(s)")),
     ({"SLURM_CPUS_ON_NODE": "1", "SLURM_NTASKS_PER_NODE": "2"}, None, (1, "SLURM_CPUS_ON_NODE / 2 task(s)")),
