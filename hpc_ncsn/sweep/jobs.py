@@ -178,8 +178,8 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
              max_requeues: int = 5) -> int:
     """--cluster local or debug: the stages one after the other on this machine; prints the table.
 
-    Local tasks run `local_parallel(parallel)` at a time (fewer when a stage has fewer), each with an
-    equal share of this machine's CPUs for its threads.
+    Local tasks run `local_parallel(parallel)` at a time, each with that share of this machine's CPUs
+    for its threads.
     """
     import submitit
 
@@ -187,21 +187,20 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
         executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
         executor.update_parameters(timeout_min=timeout_min)
         parallel = local_parallel(parallel)
+        # The share does not depend on how many tasks are left: a rerun of one cell computes with the
+        # threads its siblings had, so it reproduces their numbers (float rounding follows the thread count).
+        options = {"cpus": max(1, _visible_cpus() // parallel), "max_requeues": max_requeues}
     else:
         executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
-        parallel = 1
+        parallel, options = 1, {"max_requeues": max_requeues}
     started = time.time()
     timings, failures = {}, {}
     with _LocalCancel() if cluster == "local" else _NoCancel() as cancel:
         for stage, tasks in sweep.stages():
             t0 = time.time()
             pending = todo(sweep, tasks)
-            at_once = min(parallel, max(len(pending), 1))
-            options = {"max_requeues": max_requeues}
-            if cluster == "local":
-                options["cpus"] = max(1, _visible_cpus() // at_once)
             if pending:
-                failures[stage] = _run_jobs(executor, root, pending, at_once, options,
+                failures[stage] = _run_jobs(executor, root, pending, parallel, options,
                                             cancel if cluster == "local" else None)
             timings[stage] = round(time.time() - t0, 1)
     print()

@@ -28,9 +28,29 @@ from ..ema import EMA
 from ..loss import dsm_loss, per_level_loss
 from .batches import global_batch, micro_slices
 
-__all__ = ["APPLY", "LevelLosses", "TrainStep"]
+__all__ = ["APPLY", "LevelLosses", "TrainStep", "bare_model"]
 
 APPLY = ("fused", "scaler", "host", "deepspeed")
+
+
+def bare_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside Accelerate's wrappers (DDP, DataParallel, torch.compile).
+
+    Accelerate's own unwrap_model imports DeepSpeed whenever it is installed, to test for
+    its engine: 2 s at every start and DeepSpeed's "Setting accelerator to CPU" warning
+    in every log. Only a DeepSpeed run goes through it here.
+    """
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.unwrap_model(model)
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 class LevelLosses:
@@ -90,6 +110,7 @@ class TrainStep:
         self.slices = micro_slices(train, accelerator.num_processes, accelerator.process_index)
         self.levels = LevelLosses(len(sigmas), accelerator.device)
         self.skips = torch.tensor([skipped, consecutive], dtype=torch.int64, device=accelerator.device)
+        self.bare = bare_model(accelerator, model)  # what the EMA follows
 
     def __call__(self, step: int) -> torch.Tensor:
         accelerator = self.accelerator
@@ -125,7 +146,7 @@ class TrainStep:
             self.torch_optimizer.found_inf = found_inf  # read by the fused Adam/AdamW kernel
         if self.apply != "host" or not bool(found_inf):
             self.optimizer.step()
-        self.ema.update(accelerator.unwrap_model(self.model), skip=found_inf)
+        self.ema.update(self.bare, skip=found_inf)
         self.optimizer.zero_grad(set_to_none=True)
         skipped = found_inf.to(torch.int64)
         self.skips[0] += skipped
