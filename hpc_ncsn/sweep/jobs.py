@@ -161,7 +161,7 @@ def local_parallel(requested: int | None) -> int:
     On a CPU, one thread per task beats all threads on one task: a small network's operators do not
     split well over threads, and a single-threaded task loses only its share of the cores to another
     program, where a task with an OpenMP team slows down several times (each team waits for its
-    slowest thread). bench/bench.py measures both.
+    slowest thread). Measured on the README's 2-core machine: see its Sweeps section.
     """
     if requested is not None:
         return max(1, requested)
