@@ -121,6 +121,8 @@ def test_local_cluster_runs_each_task_in_its_own_process(finished):
     out, _ = finished
     statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
     assert len({s["pid"] for s in statuses}) == len(statuses) == 4 + 6 + 1
+    logs = {p.name for p in (out / "logs").iterdir()}  # one folder per job (a rerun adds its own), no "%j"
+    assert {s["job_id"] for s in statuses} <= logs and all(name.isdigit() for name in logs)
 
 
 def test_local_tasks_run_side_by_side_with_the_cpus_shared_among_them(finished):

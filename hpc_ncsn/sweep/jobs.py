@@ -203,11 +203,21 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
                 failures[stage] = _run_jobs(executor, root, pending, parallel, options,
                                             cancel if cluster == "local" else None)
             timings[stage] = round(time.time() - t0, 1)
+    _remove_if_empty(root / "logs" / "%j")
     print()
     print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
     print(json.dumps({"sweep": str(root), "seconds": timings, "total_seconds": round(time.time() - started, 1),
                       "failed": {stage: sorted(names) for stage, names in failures.items() if names}}))
     return 1 if any(failures.values()) else 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """submitit's local job controller creates its folder pattern literally (logs/%j) and leaves it empty;
+    the jobs' own folders are logs/<job id>."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty: leave it
+        pass
 
 
 class _NoCancel:
