@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 __all__ = ["barrier", "cpus_for_this_process", "gather_to_main", "is_main_process", "keep_freed_memory",
-           "match_threads", "process_group", "rank", "release", "setup_process"]
+           "match_threads", "process_group", "rank", "release", "setup_process", "visible_cpus"]
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # A user's own allocator choice wins over keep_freed_memory(): glibc's variables, or another allocator preloaded.
@@ -91,6 +91,11 @@ def _int(name: str) -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def visible_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; the CPU count where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpus_for_this_process(cpus: int | None = None) -> tuple[int, str]:
     """(CPUs this process may use, where that number came from).
 
@@ -109,7 +114,7 @@ def cpus_for_this_process(cpus: int | None = None) -> tuple[int, str]:
     local = _int("SLURM_NTASKS_PER_NODE") or _int("SLURM_TASKS_PER_NODE") or _int("LOCAL_WORLD_SIZE") or 1
     if _int("SLURM_CPUS_ON_NODE"):
         return max(1, _int("SLURM_CPUS_ON_NODE") // local), f"SLURM_CPUS_ON_NODE / {local} task(s)"
-    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    visible = visible_cpus()
     local = _int("LOCAL_WORLD_SIZE") or 1
     return max(1, visible // local), f"{visible} visible CPU(s) / {local} process(es)"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import preemption
 from ..config import ConfigError
-from ..distributed import is_main_process, setup_process
+from ..distributed import is_main_process, setup_process, visible_cpus
 from ..files import atomic_write
 from ..locks import FolderLock
 from . import scheduler
@@ -167,11 +167,7 @@ def local_parallel(requested: int | None) -> int:
         return max(1, requested)
     import torch
 
-    return 1 if torch.cuda.is_available() else min(_visible_cpus(), 8)
-
-
-def _visible_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if torch.cuda.is_available() else min(visible_cpus(), 8)
 
 
 def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = None, timeout_min: int = 24 * 60,
@@ -189,7 +185,7 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
         parallel = local_parallel(parallel)
         # The share does not depend on how many tasks are left: a rerun of one cell computes with the
         # threads its siblings had, so it reproduces their numbers (float rounding follows the thread count).
-        options = {"cpus": max(1, _visible_cpus() // parallel), "max_requeues": max_requeues}
+        options = {"cpus": max(1, visible_cpus() // parallel), "max_requeues": max_requeues}
     else:
         executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
         parallel, options = 1, {"max_requeues": max_requeues}

@@ -22,7 +22,7 @@ from ..network import network_call
 from ..schedules import ladder
 from .batches import load_training_data, micro_batch_size
 from .run_folder import RunFolder, TrainState
-from .step import TrainStep, bare_model
+from .step import TrainStep
 
 __all__ = ["Training", "TrainingDiverged", "make_accelerator"]
 
@@ -205,7 +205,7 @@ class Training:
     def save(self) -> None:
         """Check that the replicas agree, then write a checkpoint of the current step."""
         self.read_skips()
-        model = bare_model(self.accelerator, self.model)
+        model = self.run_step.bare
         _replicas_agree(self.accelerator, model)
         self.folder.save_checkpoint(self.accelerator, self.config, self.state, self.ema,
                                     levels=self.levels.snapshot(self.accelerator))
