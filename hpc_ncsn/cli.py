@@ -61,7 +61,7 @@ def _add_config_args(parser: argparse.ArgumentParser, example: str = "noise.sigm
 TRAIN_HELP = """Train a noise-conditional score network with denoising score matching.
 
     python train.py --config configs/debug.yaml                       # one process
-    accelerate launch --num_processes 4 train.py --config configs/cifar10.yaml train.mixed_precision=bf16
+    accelerate launch --num_processes 4 --mixed_precision bf16 train.py --config configs/debug.yaml
     python train.py --config configs/debug.yaml --dry-run              # print the resolved config
 
 A run folder (train.out_dir) that already holds checkpoints is resumed from the

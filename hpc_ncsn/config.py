@@ -238,6 +238,9 @@ class TrainConfig(_Section):
     waits for the GPU (false: the plain optimizer, which reads the flag on the host).
     `channels_last` stores activations NHWC; `compile` runs the network through
     torch.compile, falling back to eager with a warning when compiling fails.
+    `mixed_precision`: auto = what the launcher says (`accelerate launch --mixed_precision`
+    or its config file), else bf16 on a GPU that has it and fp32 otherwise; an explicit
+    value wins over the launcher, with a warning when the two differ.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -251,7 +254,7 @@ class TrainConfig(_Section):
     warmup_steps: int = 100
     grad_clip: float = 1.0
     ema_rate: float = 0.999
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     fused_optimizer: bool = True
     channels_last: bool = False
     compile: bool = False

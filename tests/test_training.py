@@ -146,6 +146,42 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert all(t.dtype == torch.float32 for t in weights.values())  # fp32 master weights, bf16 compute
 
 
+@slow
+def test_the_launchers_precision_is_used_unless_the_run_config_names_one(tmp_path):
+    """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.mixed_precision: auto);
+    an explicit run-config value wins with a warning naming both; the precision in effect is recorded."""
+    common = ["train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
+    launched = accelerate(1, "--mixed_precision", "bf16")
+    quiet = run(train_cmd(tmp_path / "auto", *common, launcher=launched))
+    loud = run(train_cmd(tmp_path / "explicit", *common, "train.mixed_precision=no", launcher=launched))
+    plain = run(train_cmd(tmp_path / "plain", *common))
+    warning = "train.mixed_precision=no overrides the launcher's --mixed_precision bf16"
+    assert warning in loud.stderr and "overrides" not in quiet.stderr + plain.stderr
+    for name, precision in (("auto", "bf16"), ("explicit", "no"), ("plain", "no")):
+        assert {record["mixed_precision"] for record in metrics(tmp_path / name)} == {precision}, name
+        meta = json.loads((tmp_path / name / "checkpoints/step-00000002/meta.json").read_text())
+        assert meta["mixed_precision"] == precision, name
+    fp32 = final_state(tmp_path / "plain")[0]
+    # fp32 under the launcher = fp32 without it, up to the summation order of its thread count
+    assert_same(final_state(tmp_path / "explicit")[0], fp32, exact=False, atol=1e-5)
+    auto = final_state(tmp_path / "auto")[0]
+    assert max(float((auto[key] - fp32[key]).abs().max()) for key in fp32) > 1e-4  # bf16 autocast really ran
+
+
+def test_a_launcher_precision_training_cannot_use_is_one_line_naming_the_flag(monkeypatch):
+    """What `accelerate launch --mixed_precision fp8|fp16` tells its processes, on this CPU."""
+    from hpc_ncsn.config import ConfigError
+    from hpc_ncsn.train.session import resolve_mixed_precision
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ConfigError, match="launcher asks for mixed precision 'fp8'.*--mixed_precision no, bf16, fp16"):
+        resolve_mixed_precision("auto", on_cpu=True)
+    assert resolve_mixed_precision("bf16", on_cpu=True) == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ConfigError, match="the launcher's --mixed_precision fp16 needs a GPU"):
+        resolve_mixed_precision("auto", on_cpu=True)
+
+
 def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
     """SIGKILL `process` once condition() holds; False if it exited first."""
     deadline = time.time() + timeout

@@ -136,7 +136,8 @@ class RunFolder:
                 torch.save({"step": state.step, "config": config_to_dict(config), "ema": ema.state_dict()},
                            scratch / ckpt.EMA_FILE)
                 meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
-                        "world_size": accelerator.num_processes, "time": time.time(), "levels": levels}
+                        "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                        "time": time.time(), "levels": levels}
                 (scratch / ckpt.COMPLETE_MARK).write_text(json.dumps(meta))
                 final = ckpt.publish(scratch, state.step)
                 ckpt.rotate(self.checkpoints, config.train.keep_checkpoints)

@@ -9,6 +9,7 @@ drive a `Training` the same way the loop does.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from .batches import load_training_data, micro_batch_size
 from .run_folder import RunFolder, TrainState
 from .step import TrainStep
 
-__all__ = ["Training", "TrainingDiverged", "make_accelerator"]
+__all__ = ["Training", "TrainingDiverged", "make_accelerator", "resolve_mixed_precision"]
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -46,21 +47,54 @@ def _fresh_accelerator_state(mixed_precision: str) -> None:
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+PRECISION_NAMES = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast with loss scaling"}
+
+
+def resolve_mixed_precision(asked: str, on_cpu: bool) -> str:
+    """The training precision: the run config's `train.mixed_precision`, with `auto` resolved.
+
+    `accelerate launch` tells its processes its --mixed_precision (or its config file's
+    value, "no" when neither says) in ACCELERATE_MIXED_PRECISION. `auto` takes that; without
+    a launcher, bf16 on a GPU that supports it and fp32 ("no") otherwise. An explicit value
+    wins over the launcher, with a warning when the launcher asked for another low precision
+    (its "no" is also its silent default, so it is not taken as a request).
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower() or None
+    if asked == "auto":
+        if launcher is None:
+            effective = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+        elif launcher in MIXED_PRECISIONS:
+            effective = launcher
+        else:
+            raise ConfigError(f"the launcher asks for mixed precision {launcher!r} (ACCELERATE_MIXED_PRECISION), "
+                              f"which training here does not support; launch with --mixed_precision "
+                              f"{', '.join(MIXED_PRECISIONS)} or set train.mixed_precision")
+    else:
+        effective = asked
+        if launcher not in (None, "no", asked) and is_main_process():
+            print(f"warning: train.mixed_precision={asked} overrides the launcher's --mixed_precision {launcher}; "
+                  "set train.mixed_precision=auto to let the launcher decide", file=sys.stderr, flush=True)
+    if effective == "fp16" and on_cpu:
+        source = "train.mixed_precision" if asked != "auto" else "the launcher's --mixed_precision"
+        raise ConfigError(f"{source} fp16 needs a GPU (loss scaling is a CUDA feature); use bf16 or no on CPU")
+    return effective
+
+
 def make_accelerator(config: Config):
-    """An Accelerator for the run config: its precision and accumulation, gloo for several CPU processes,
-    DeepSpeed when `accelerate launch` was given a DeepSpeed config (ZeRO-3 refused)."""
+    """An Accelerator for the run config: its precision (`auto` resolved) and accumulation, gloo for several
+    CPU processes, DeepSpeed when `accelerate launch` was given a DeepSpeed config (ZeRO-3 refused).
+    `accelerator.mixed_precision` is the precision in effect."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
-    if config.train.mixed_precision == "fp16" and on_cpu:
-        raise ConfigError("train.mixed_precision=fp16 needs a GPU (loss scaling is a CUDA feature); use bf16 or no "
-                          "on CPU")
+    precision = resolve_mixed_precision(config.train.mixed_precision, on_cpu)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
-    _fresh_accelerator_state(config.train.mixed_precision)
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision,
+    _fresh_accelerator_state(precision)
+    accelerator = Accelerator(mixed_precision=precision,
                               gradient_accumulation_steps=config.train.grad_accum,
                               cpu=on_cpu and not use_deepspeed, kwargs_handlers=kwargs)
     if use_deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
@@ -133,7 +167,7 @@ class Training:
         channels_last = cfg.channels_last and config.model.kind == "unet"
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        apply = ("deepspeed" if deepspeed else "scaler" if cfg.mixed_precision == "fp16"
+        apply = ("deepspeed" if deepspeed else "scaler" if accelerator.mixed_precision == "fp16"
                  else "fused" if cfg.fused_optimizer else "host")
         optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         torch_optimizer = optimizer_cls(model.to(device).parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -146,7 +180,8 @@ class Training:
                                label="score network (training)")
         state = folder.resume(accelerator, ema)
         accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "
-                          f"global batch {cfg.batch_size} = {accelerator.num_processes} × {cfg.grad_accum} × {micro}")
+                          f"global batch {cfg.batch_size} = {accelerator.num_processes} × {cfg.grad_accum} × {micro}; "
+                          f"precision {PRECISION_NAMES[accelerator.mixed_precision]}")
         step = TrainStep(accelerator=accelerator, model=model, network=network, optimizer=optimizer,
                          torch_optimizer=torch_optimizer, ema=ema, data=data, sigmas=sigmas.to(device), train=cfg,
                          apply=apply, skipped=state.skipped, consecutive=state.consecutive_skips)
@@ -192,6 +227,7 @@ class Training:
             "loss_per_level": [(s / c) if c else None for s, c in zip(sums.tolist(), counts.tolist())],
             "grad_norm": float(grad_norm),
             "lr": self._lr,
+            "mixed_precision": self.accelerator.mixed_precision,
             "images_per_s": images_per_s,
             "skipped_steps": self.state.skipped,
         }
