@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import EvaluateConfig, GenerateConfig, config_to_yaml, load_config
+from .config import EvaluateConfig, GenerateConfig, config_reference, config_to_yaml, load_config
 from .distributed import setup_process
 from .errors import UserError
 from .preemption import Preempted
@@ -87,6 +87,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     print(f"run folder: {train(config)}")
     return 0
+
+
+def _keys_help() -> str:
+    return ("config keys (section: key=built-in default (choices); set any as KEY=VALUE, e.g. train.steps=500;\n"
+            f"what each means: the README's Configs section):\n{config_reference()}")
 
 
 # sweep ---------------------------------------------------------------------------------------
@@ -461,7 +466,7 @@ def _sweep_description() -> str:
 # (name, help, formatter, add arguments, handler, epilog)
 COMMANDS = [
     ("train", "train a score network (same as train.py; run it under accelerate launch for several processes)",
-     RAW, _add_train_args, _cmd_train, TRAIN_HELP),
+     RAW, _add_train_args, _cmd_train, ""),
     ("sweep", "run a sweep: schedule × seed (× any key) → train → sample → evaluate → table (= launch/sweep.py)",
      RAW, None, None, None),
     ("generate", "draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)", DEFAULTS,
@@ -504,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub = commands.add_parser(name, help=help_text, description=_sweep_description(), formatter_class=RAW)
             _sweep_parser(sub, "hpc-ncsn sweep")
             continue
+        if name in ("train", "config"):  # the keys a config and its KEY=VALUE overrides can set
+            epilog = "\n\n".join(filter(None, (epilog, _keys_help())))
         sub = commands.add_parser(name, help=help_text, formatter_class=formatter, epilog=epilog,
                                   description=TRAIN_HELP if name == "train" else help_text)
         add(sub)
@@ -554,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     """`python train.py …` (also under `accelerate launch` and torchrun)."""
-    parser = argparse.ArgumentParser(prog="train.py", description=TRAIN_HELP, formatter_class=RAW)
+    parser = argparse.ArgumentParser(prog="train.py", description=TRAIN_HELP, formatter_class=RAW,
+                                     epilog=_keys_help())
     _add_train_args(parser)
     _add_debug(parser)
     parser.set_defaults(handler=_cmd_train)

@@ -42,6 +42,7 @@ from .errors import UserError
 
 __all__ = [
     "ARMS",
+    "config_reference",
     "Arm",
     "Config",
     "ConfigError",
@@ -596,3 +597,34 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 def config_to_yaml(config: Config) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def config_reference(width: int = 88) -> str:
+    """Every section and key with its default (and its choices), for `train.py --help`."""
+    import textwrap
+
+    lines = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        hints = typing.get_type_hints(cls)
+        entries = []
+        for item in dataclasses.fields(cls):
+            value = config_to_dict(cls())[item.name]
+            entry = f"{item.name}={json_like(value)}"
+            if typing.get_origin(hints[item.name]) is Literal:
+                entry += f"\N{NO-BREAK SPACE}({'|'.join(str(choice) for choice in typing.get_args(hints[item.name]))})"
+            entries.append(entry)
+        lines += textwrap.wrap("  ".join(entries), width, initial_indent=f"  {section.name + ':':<10}",
+                               subsequent_indent=" " * 12, break_on_hyphens=False)
+    return "\n".join(lines).replace("\N{NO-BREAK SPACE}", " ")  # a key stays on one line with its choices
+
+
+def json_like(value: Any) -> str:
+    """How a value is written in an override: true/false, [1,2], quotes only around an empty string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ",".join(json_like(item) for item in value) + "]"
+    if value == "":
+        return "''"
+    return str(value)

@@ -76,3 +76,24 @@ def test_every_command_help_shows_real_defaults_and_one_example_per_line():
         if epilog and epilog.count("\n"):
             for line in epilog.splitlines():  # each example stays on its own line, as written
                 assert line in text, (name, line)
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_choices():
+    import dataclasses
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hpc_ncsn.config import Config, TrainConfig
+
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run([sys.executable, str(root / "train.py"), "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    assert text.count("A run folder") == 1  # the description once, not again as the epilog
+    keys = text[text.index("config keys"):]
+    for section in dataclasses.fields(Config):
+        assert f"  {section.name}:" in keys, section.name
+        for item in dataclasses.fields(section.default_factory):
+            assert f"{item.name}=" in keys, (section.name, item.name)
+    assert f"steps={TrainConfig().steps} " in keys and "mixed_precision=auto (auto|no|bf16|fp16)" in keys
+    assert all(len(line) <= 100 for line in keys.splitlines())
