@@ -175,7 +175,10 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         print(json.dumps({"means": means, "weights": weights, "std": args.std, "settings": asdict(settings),
                           "out": str(args.out)}, indent=2))
         return 0
-    report, samples = run_toy(mixture, settings)
+    from .progress import progress_bar
+
+    with progress_bar(settings.total_steps, "toy (Langevin, then annealed)", "steps") as bar:
+        report, samples = run_toy(mixture, settings, bar.update)
     figure = args.out / "toy_langevin.png"
     save_toy_figure(samples, mixture, report, figure)
     report["figure"] = str(figure)
@@ -217,8 +220,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .samples.generate import run_folder
     from .samples.shards import read_manifest
 
-    meta = read_manifest(args.samples)["meta"]
-    if args.config is None and "run" not in meta:  # real images (hpc_ncsn.samples.real): their data set is recorded
+    meta = read_manifest(args.samples)["meta"] if args.samples else {}
+    if args.images:
+        config = load_config(args.config)
+    elif args.config is None and "run" not in meta:  # real images (hpc_ncsn.samples.real): their data set is recorded
         from .config import config_from_dict
 
         config = config_from_dict({"data": meta["data"]})
@@ -231,16 +236,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     weights = args.weights or (Path(config.evaluate.weights) if config.evaluate.weights else None)
     batch_size = args.batch_size or config.evaluate.batch_size
     reference = args.reference or config.evaluate.reference
-    out = args.out or args.samples / "metrics.json"
+    out = args.out or (args.samples or args.images) / "metrics.json"
     if args.dry_run:
-        print(json.dumps({"samples": str(args.samples), "data": asdict(config.data), "extractor": extractor,
+        print(json.dumps({"samples": str(args.samples or args.images), "data": asdict(config.data), "extractor": extractor,
                           "weights": str(weights) if weights else None, "batch_size": batch_size,
                           "reference": reference, "out": str(out)}, indent=2))
         return 0
     setup_process()
-    from .evaluate.evaluator import evaluate
+    from .evaluate.evaluator import evaluate, evaluate_images
 
-    report = evaluate(args.samples, config.data, extractor_name=extractor, weights_path=weights,
+    score = evaluate_images if args.images else evaluate
+    report = score(args.samples or args.images, config.data, extractor_name=extractor, weights_path=weights,
                       cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out,
                       reference_split=reference, reference_size=config.evaluate.reference_size,
                       reference_npz=args.ref, save_stats=args.save_stats)
@@ -392,10 +398,14 @@ def _add_generate_args(gen: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate_args(ev: argparse.ArgumentParser) -> None:
-    ev.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--samples", type=Path, help="folder written by `hpc-ncsn generate`")
+    source.add_argument("--images", type=Path,
+                        help="a folder of image files instead (PNG, JPEG, BMP, WebP, subfolders too; e.g. what "
+                             "EDM's generate.py or `hpc-ncsn export --png` wrote), of --config's data size")
     ev.add_argument("--config", type=Path, default=None,
                     help="config whose data set is the reference and whose evaluate.* section applies "
-                         "(default: the run's config.yaml)")
+                         "(default: the run's config.yaml; with --images: the built-in defaults)")
     ev.add_argument("--extractor", default=None,
                     help="torch-fidelity feature extractor (default: evaluate.extractor, else digits-classifier "
                          "for digits and inception-v3-compat otherwise)")
@@ -416,7 +426,8 @@ def _add_evaluate_args(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--batch-size", type=int, default=None,
                     help=f"images per extractor batch (default: evaluate.batch_size, built-in "
                          f"{EvaluateConfig().batch_size})")
-    ev.add_argument("--out", type=Path, default=None, help="report JSON (default: SAMPLES/metrics.json)")
+    ev.add_argument("--out", type=Path, default=None,
+                    help="report JSON (default: metrics.json in the --samples or --images folder)")
     ev.add_argument("--dry-run", action="store_true", help="print what would be evaluated and exit")
 
 

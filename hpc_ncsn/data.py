@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import DataConfig
+from .config import ConfigError, DataConfig
 from .errors import UserError
 from .files import atomic_path, cache_dir
 
@@ -85,7 +85,8 @@ def _load_digits(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tens
     from sklearn.datasets import load_digits
 
     if not train:
-        raise ValueError("data.name=digits has no test split (1,797 images in all); use evaluate.reference=train")
+        raise ConfigError("data.name=digits has no test split (1,797 images in all); use evaluate.reference=train "
+                          "(--reference train)")
     digits = load_digits()
     pixels = torch.from_numpy(digits.images).to(torch.float64)
     images = (pixels * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)
@@ -189,7 +190,7 @@ SPLITS = ("train", "test")
 def load_dataset(cfg: DataConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images (N, C, H, W) at cfg.image_size and cfg.channels, int64 class labels) of one split."""
     if cfg.name not in DATASETS:
-        raise ValueError(f"data.name={cfg.name!r} is not an image data set; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(f"data.name={cfg.name!r} is not an image data set; choose one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; choose one of {', '.join(SPLITS)}")
     images, labels = DATASETS[cfg.name](cfg, split == "train")

@@ -57,12 +57,16 @@ class SamplerPlan:
 
 
 def langevin(score_fn: ScoreFn, x: torch.Tensor, *, sigma: float, step_size: float, steps: int, seed: int,
-             indices: torch.Tensor, first_step: int = 0) -> torch.Tensor:
-    """Plain Langevin dynamics at one fixed level: `steps` updates of x + α·s(x, σ) + sqrt(2α)·z."""
+             indices: torch.Tensor, first_step: int = 0,
+             callback: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Plain Langevin dynamics at one fixed level: `steps` updates of x + α·s(x, σ) + sqrt(2α)·z;
+    `callback(t)` after update t, for progress reports."""
     sigma_batch = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
     for t in range(steps):
         z = sample_normal(seed, indices, tuple(x.shape[1:]), step=first_step + t, dtype=x.dtype)
         x = x + step_size * score_fn(x, sigma_batch) + math.sqrt(2.0 * step_size) * z
+        if callback is not None:
+            callback(t)
     return x
 
 

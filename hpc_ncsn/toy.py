@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -38,9 +38,16 @@ class ToySettings:
     steps_per_level: int = field(default=100, metadata={"help": "annealed: T steps per level"})
     step_lr: float = field(default=0.05, metadata={"help": "annealed: ε in α_i = ε·σ_i²/σ_L²"})
 
+    @property
+    def total_steps(self) -> int:
+        """Langevin updates of both samplers together (what the progress bar counts)."""
+        return self.plain_steps + self.num_levels * self.steps_per_level
 
-def run_toy(mixture: GaussianMixture, settings: ToySettings) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Run both samplers; returns (JSON-ready report, {'data', 'langevin', 'annealed'} samples)."""
+
+def run_toy(mixture: GaussianMixture, settings: ToySettings,
+            advance: Callable[[int], None] = lambda steps: None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Run both samplers; returns (JSON-ready report, {'data', 'langevin', 'annealed'} samples).
+    `advance(steps)` as they go: `settings.total_steps` in all."""
     import torch
 
     from .sampling import SamplerPlan, annealed_langevin, initial_state, langevin
@@ -50,11 +57,12 @@ def run_toy(mixture: GaussianMixture, settings: ToySettings) -> tuple[dict, dict
     low, high = mixture.bounding_box()
     start = initial_state(settings.seed, indices, (mixture.means.shape[1],), init="uniform",
                           sigma_max=settings.sigma_max, low=low, high=high, dtype=torch.float64)
-    plain = langevin(mixture.score, start, sigma=0.0, step_size=settings.plain_step_size,
-                     steps=settings.plain_steps, seed=settings.seed, indices=indices)
     plan = SamplerPlan(geometric_sigmas(settings.sigma_max, settings.sigma_min, settings.num_levels), "ncsn",
                        settings.steps_per_level, step_lr=settings.step_lr, final_denoise=False)
-    annealed = annealed_langevin(mixture.score, start, plan, seed=settings.seed, indices=indices)
+    plain = langevin(mixture.score, start, sigma=0.0, step_size=settings.plain_step_size,
+                     steps=settings.plain_steps, seed=settings.seed, indices=indices, callback=lambda t: advance(1))
+    annealed = annealed_langevin(mixture.score, start, plan, seed=settings.seed, indices=indices,
+                                 callback=lambda level, sigma, x: advance(settings.steps_per_level))
     data = mixture.sample(settings.num_samples, torch.Generator().manual_seed(settings.seed))
     true = mixture.weights
     report = {

@@ -1,6 +1,8 @@
 """Sample folders for other tools: PNG files torch-fidelity reads give our FID, the .npz and the Dataset hold the
 shards' bytes, and a folder that fails its manifest is not exported."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,45 @@ def test_statistics_npz_round_trip_and_a_wrong_one_is_named(samples, tmp_path, c
     np.savez(tmp_path / "junk.npz", means=np.zeros(3))
     with pytest.raises(ValueError, match="not a statistics .npz with 'mu' and 'sigma'"):
         evaluate(samples, DIGITS, reference_npz=tmp_path / "junk.npz", **common)
+
+
+def test_evaluate_images_of_a_png_folder_gives_the_shards_scores_and_names_a_bad_file(samples, tmp_path):
+    """`hpc-ncsn evaluate --images DIR` (EDM's or any tool's PNGs) scores what `--samples` scores."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parent.parent
+
+    def evaluate(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hpc_ncsn", "evaluate", *args, "--config", str(config),
+                               "--cache", str(tmp_path / "reference"), "--batch-size", "10"], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+
+    config = tmp_path / "digits.yaml"
+    config.write_text("data: {name: digits, image_size: 16, channels: 1}\n")
+    assert main(["export", "--samples", str(samples), "--png", str(tmp_path / "png")]) == 0
+    nested = tmp_path / "png" / "000000"  # EDM writes into subfolders of 1,000: 000000/000000.png ...
+    nested.mkdir()
+    for path in sorted((tmp_path / "png").glob("*.png"))[20:]:
+        path.rename(nested / path.name)
+    assert evaluate("--samples", str(samples), "--out", str(tmp_path / "shards.json")).returncode == 0
+    assert evaluate("--images", str(tmp_path / "png"), "--out", str(tmp_path / "png.json")).returncode == 0
+    shards, pngs = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("shards", "png"))
+    assert pngs["n"] == shards["n"] == 50 and pngs["n_reference"] == shards["n_reference"]
+    # the same images in the same extractor batches (10: the shards' 20, 20, 10 and the files' 50 split alike)
+    assert pngs["fid"] == pytest.approx(shards["fid"], rel=1e-12)
+    assert pngs["kid_mean"] == pytest.approx(shards["kid_mean"], rel=1e-12)
+
+    Image.new("RGB", (16, 16)).save(nested / "000050.png")
+    for args, message in (
+            (["--images", str(tmp_path / "png")], "000050.png: RGB 16×16, but digits images are L 16×16"),
+            (["--images", str(tmp_path / "empty")], "empty: not a folder"),
+            (["--samples", str(samples), "--reference", "test"],
+             "data.name=digits has no test split (1,797 images in all); use evaluate.reference=train "
+             "(--reference train)")):
+        result = evaluate(*args)
+        assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr

@@ -162,6 +162,26 @@ def evaluate_cmd(samples: Path, *extra: str, launcher: tuple[str, ...] = ()) -> 
     return [*launcher, "-m", "hpc_ncsn", *args] if launcher else [sys.executable, "-m", "hpc_ncsn", *args]
 
 
+def test_generation_and_evaluation_report_progress_in_a_job_log(trained_run, tmp_path):
+    """Not a terminal (a Slurm log): whole progress lines with counts, rate and ETA on stderr; results on stdout."""
+    def stderr_lines(cmd: list[str]) -> list[str]:
+        result = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "\r" not in result.stderr
+        return result.stderr.splitlines()
+
+    samples = tmp_path / "samples"
+    generated = stderr_lines(generate_cmd(trained_run, samples))
+    assert [line for line in generated if line.startswith("generate:")][-1].split("|")[2].startswith(" 12/12 samples")
+    scored = stderr_lines(evaluate_cmd(samples))
+    reference = [line for line in scored if line.startswith("reference statistics (train):")]
+    assert reference[-1].split("|")[2].startswith(" 1797/1797 images [")
+    assert [line for line in scored if line.startswith("evaluate:")][-1].split("|")[2].startswith(" 12/12 images")
+    # A rerun draws nothing and finds the reference statistics cached: no bars to speak of.
+    assert not [line for line in stderr_lines(evaluate_cmd(samples)) if line.startswith("reference statistics")]
+    assert not [line for line in stderr_lines(generate_cmd(trained_run, samples)) if line.startswith("generate:")]
+
+
 def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
     samples = tmp_path / "samples"
     check(generate_cmd(trained_run, samples), env(tmp_path))

@@ -17,8 +17,12 @@ def test_annealed_langevin_recovers_the_paper_mixture_weights_and_plain_langevin
 def test_toy_command_writes_json_and_figure(tmp_path, capsys):
     assert main(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1,1]", "--num-samples", "400",
                  "--plain-steps", "50", "--steps-per-level", "20", "--out", str(tmp_path)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed["true_weights"] == [0.5, 0.5]
+    total = 50 + printed["settings"]["num_levels"] * 20  # plain steps, then every annealed level's steps
+    assert captured.err.splitlines()[-1].startswith("toy (Langevin, then annealed): 100%|")
+    assert f"| {total}/{total} steps [" in captured.err.splitlines()[-1]
     assert json.loads((tmp_path / "toy_langevin.json").read_text()) == printed
     assert (tmp_path / "toy_langevin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -25,13 +25,14 @@ from ..config import DataConfig
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
+from ..progress import progress_bar
 from ..samples.shards import MANIFEST, read_shard
 from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, load_extractor
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["environment", "evaluate", "load_stats_npz", "reference_statistics", "reference_subset",
-           "save_stats_npz"]
+__all__ = ["BadImages", "environment", "evaluate", "evaluate_images", "load_stats_npz", "reference_statistics",
+           "reference_subset", "save_stats_npz"]
 
 
 def _data_key(images: torch.Tensor, extractor: Extractor, split: str) -> str:
@@ -64,7 +65,8 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
     key = _data_key(images, extractor, split)
     path = Path(cache_dir) / f"reference-{extractor.name}-{key[:20]}.pt"
     if is_main_process() and not path.exists():
-        features, _ = extract_features(extractor, images, batch_size)
+        with progress_bar(len(images), f"reference statistics ({split})", "images") as bar:
+            features, _ = extract_features(extractor, images, batch_size, advance=bar.update)
         features = features.cpu()
         stats = FeatureStats.empty(features.shape[1])
         stats.update(features)
@@ -133,10 +135,96 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
     (FID only: KID needs the reference's feature vectors); `save_stats`: write the
     samples' μ/Σ there.
     """
-    rank, world, device = process_group()
+    rank, world, _ = process_group()
     manifest, infos = verify_folder(samples, image_shape=(data_cfg.image_size, data_cfg.image_size,
                                                           data_cfg.channels))
-    meta = manifest["meta"]
+    pieces = ((info.start, images) for info, (images, _, _) in _read_ahead(infos[rank::world]))
+    return _score(samples, pieces, sum(info.stop - info.start for info in infos[rank::world]), manifest["meta"],
+                  data_cfg, extractor_name, weights_path, cache_dir, batch_size, kid_subsets, kid_subset_size,
+                  is_splits, out, reference_split, reference_size, reference_npz, save_stats)
+
+
+def evaluate_images(folder: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
+                    cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                    is_splits: int = 10, out: Path | None = None, reference_split: str = "train",
+                    reference_size: int = 0, reference_npz: Path | None = None,
+                    save_stats: Path | None = None) -> dict | None:
+    """`evaluate` for a folder of image files (PNG, JPEG, BMP, WebP, in subfolders too: what EDM, torch-fidelity
+    and image tools write), in the order of their paths. Every image must be 8-bit gray or RGB of the data
+    set's size; a file that is not is a BadImages error naming it."""
+    rank, world, _ = process_group()
+    files = image_files(folder, data_cfg)
+    mine = list(range(rank * IMAGE_CHUNK, len(files), world * IMAGE_CHUNK))
+    pieces = ((start, read_images(files[start:start + IMAGE_CHUNK], data_cfg)) for start in mine)
+    count = sum(len(files[start:start + IMAGE_CHUNK]) for start in mine)
+    return _score(folder, pieces, count, {"images": len(files)}, data_cfg, extractor_name, weights_path, cache_dir,
+                  batch_size, kid_subsets, kid_subset_size, is_splits, out, reference_split, reference_size,
+                  reference_npz, save_stats)
+
+
+IMAGE_CHUNK = 1000  # image files read and scored at a time (and one process's unit of work)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class BadImages(UserError, ValueError):
+    """An image folder that cannot be scored as it is; the message names the file and the fix."""
+
+
+def image_files(folder: Path, data_cfg: DataConfig) -> list[Path]:
+    """The image files under `folder` (recursively), sorted by path; at least two, each of the data set's size
+    and channels (its header read: checked before a single image is used)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadImages(f"--images {folder}: not a folder; pass the folder that holds the image files")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    if len(files) < 2:
+        raise BadImages(f"--images {folder}: {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); FID needs at "
+                        "least 2 (and thousands for a number worth comparing)")
+    for path in files:
+        _open_image(path, data_cfg).close()
+    return files
+
+
+def _open_image(path: Path, data_cfg: DataConfig):
+    """A PIL image of `path` whose header says 8-bit gray or RGB of the data set's size; else BadImages."""
+    from PIL import Image
+
+    mode, size = {1: "L", 3: "RGB"}[data_cfg.channels], data_cfg.image_size
+    try:
+        image = Image.open(path)
+    except (OSError, ValueError) as error:
+        raise BadImages(f"{path}: not a readable image ({error}); remove it or write it again") from None
+    if image.mode != mode or image.size != (size, size):
+        image.close()
+        raise BadImages(f"{path}: {image.mode} {image.size[0]}×{image.size[1]}, but {data_cfg.name} images are "
+                        f"{mode} {size}×{size} (8-bit, data.image_size, data.channels); write the images in that "
+                        "format or evaluate against a config whose data section matches them")
+    return image
+
+
+def read_images(files: list[Path], data_cfg: DataConfig):
+    """uint8 (n, H, W, C) of image files that must match the data set's size and channels."""
+    import numpy as np
+
+    size = data_cfg.image_size
+    images = np.empty((len(files), size, size, data_cfg.channels), np.uint8)
+    for position, path in enumerate(files):
+        with _open_image(path, data_cfg) as image:
+            try:
+                pixels = np.asarray(image)
+            except (OSError, ValueError) as error:  # a header that promised more than the file holds
+                raise BadImages(f"{path}: not a readable image ({error}); remove it or write it again") from None
+        images[position] = pixels.reshape(size, size, data_cfg.channels)
+    return images
+
+
+def _score(source: Path, pieces, count: int, meta: dict, data_cfg: DataConfig, extractor_name: str,
+           weights_path: Path | None, cache_dir: Path, batch_size: int, kid_subsets: int, kid_subset_size: int,
+           is_splits: int, out: Path | None, reference_split: str, reference_size: int, reference_npz: Path | None,
+           save_stats: Path | None) -> dict | None:
+    """The scores of this rank's `pieces` ((first index, uint8 NHWC images) in order, `count` images) and every
+    other rank's, against the reference; rank 0 returns and writes the report."""
+    rank, world, device = process_group()
     extractor = load_extractor(extractor_name, weights_path, device)  # weights: the shared cache's
     if reference_npz is not None:
         mu_ref, sigma_ref = load_stats_npz(reference_npz)
@@ -147,25 +235,28 @@ def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weight
         reference["mu"], reference["sigma"] = reference["stats"].to_numpy()
         reference["n"] = reference["stats"].n
 
-    # Accumulate this rank's shards in float64 on its device, then sum over ranks. The next
-    # shard is read from disk while the extractor works on this one.
+    # Accumulate this rank's images in float64 on its device, then sum over ranks. (Shards: the next one is
+    # read from disk while the extractor works on this one.)
     stats = FeatureStats.empty(len(reference["mu"]), device)
     mine = []
-    for info, (images, _, _) in _read_ahead(infos[rank::world]):
-        features, logits = extract_features(extractor, images, batch_size, layout="NHWC")
+    bar = progress_bar(count, "evaluate", "images")
+    for start, images in pieces:
+        features, logits = extract_features(extractor, images, batch_size, layout="NHWC", advance=bar.update)
         if features.shape[1] != stats.dim:
             raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
                                 f"features are {features.shape[1]}-d; use the extractor the file was made with")
         stats.update(features)
-        mine.append((info.start, features.float().cpu(), logits.cpu()))
+        mine.append((start, features.float().cpu(), logits.cpu()))
+    bar.close()
     stats.all_reduce()
 
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.
     gathered = gather_to_main(mine)
-    report = _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, kid_subset_size, is_splits,
+    report = _report(gathered, stats, reference, extractor, meta, source, kid_subsets, kid_subset_size, is_splits,
                      device) if rank == 0 else None
     if report is not None:  # what the number can be traced to: the exact shard bytes, and what computed it
-        report["manifest_sha256"] = file_sha256(Path(samples) / MANIFEST)
+        manifest = Path(source) / MANIFEST
+        report["manifest_sha256"] = file_sha256(manifest) if manifest.is_file() else None
         report["environment"] = environment(world)
         if save_stats is not None:
             save_stats_npz(save_stats, *stats.to_numpy())

@@ -20,6 +20,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -215,8 +216,10 @@ def load_extractor(name: str, weights_path: Path | str | None, device: torch.dev
 
 @torch.no_grad()
 def extract_features(extractor: Extractor, images: torch.Tensor | np.ndarray, batch_size: int = 200,
-                     layout: str = "NCHW") -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, logits) as float64 tensors on the extractor's device, for uint8 images.
+                     layout: str = "NCHW", advance: Callable[[int], None] = lambda images: None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) as float64 tensors on the extractor's device, for uint8 images;
+    `advance(images)` after each batch (a progress bar's update).
 
     Refuses bad input with the reason. The uint8 images go to the device whole (pinned,
     without waiting), the extractor resizes there, and nothing comes back to the host
@@ -236,6 +239,7 @@ def extract_features(extractor: Extractor, images: torch.Tensor | np.ndarray, ba
         feature, logit = extractor.module(batch.contiguous())
         features.append(feature.double())
         logits.append(logit.double())
+        advance(batch.shape[0])
     return torch.cat(features), torch.cat(logits)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,7 @@ from ..distributed import barrier, process_group
 from ..files import make_folder, require_free_space
 from ..locks import FolderLock
 from ..network import NetworkSpeed, score_function
+from ..progress import progress_bar
 from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
     H5PY_VERSION,
@@ -104,15 +106,19 @@ def _versions() -> dict:
 
 
 @torch.no_grad()
-def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, device: torch.device) -> np.ndarray:
-    """The uint8 NHWC images of one shard's sample range (`score`: the network as the sampler calls it)."""
+def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, device: torch.device,
+          advance: Callable[[float], None] = lambda samples: None) -> np.ndarray:
+    """The uint8 NHWC images of one shard's sample range (`score`: the network as the sampler calls it);
+    `advance(samples)` after each noise level, a batch's share of it."""
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     batch_size = config.generate.batch_size
     pieces = []
     for start in range(spec.start, spec.stop, batch_size):
         indices = torch.arange(start, min(start + batch_size, spec.stop), device=device)
         x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
-        x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices)
+        share = len(indices) / len(plan.sigmas)
+        x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices,
+                              callback=lambda level, sigma, x: advance(share))
         pieces.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(pieces)
 
@@ -160,6 +166,7 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
                           "or pick another --out")
     if rank == 0:
         lock.acquire()
+    bar = None
     try:
         # Keep this rank's valid shards made the same way (and, where a manifest of this origin lists them,
         # with the bytes it recorded); draw the others, saying why.
@@ -173,6 +180,9 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
                 redraw[index_of[info.start]] = why
         kept = [spec.index for spec in mine if spec.index not in redraw]
         generated = []
+        bar = progress_bar(float(sum(spec.stop - spec.start for spec in mine if spec.index not in kept)),
+                           "generate", "samples")
+        progress = _above(bar, progress)
         for spec in mine:
             if spec.index in kept:
                 continue
@@ -183,12 +193,13 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
             if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
                 raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
                                            f"{len(generated)} shard(s) written this time; rerun to complete")
-            images = _draw(score, config, plan, spec, seed, device)
+            images = _draw(score, config, plan, spec, seed, device, bar.update)
             require_free_space(out, images.nbytes + (1 << 16), f"shard {shard_path(out, spec).name}",
                                "free some space or pass another --out; the shards written so far are kept")
             write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
             generated.append(spec.index)
             progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
+        bar.close()  # its line ends before anything printed after it (also on the way out, below)
         barrier()
 
         # Check the whole set and write the manifest.
@@ -201,8 +212,16 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
             write_manifest(out, entries, attrs)
         barrier()
     finally:
+        if bar is not None:
+            bar.close()
         lock.release()
     return GenerationResult(out, generated, kept)
+
+
+def _above(bar, progress: Callable[[str], None]) -> Callable[[str], None]:
+    """`progress` printing above the bar (tqdm.write) instead of through it, when it is print."""
+    return (lambda message: bar.write(message, file=sys.stdout)) if progress is print and not bar.disable \
+        else progress
 
 
 def _recorded_checksums(out: Path, attrs: dict) -> dict[str, str]:

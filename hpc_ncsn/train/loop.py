@@ -7,7 +7,6 @@ hpc_ncsn.train.session for what a process holds and hpc_ncsn.train.step for one 
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from ..data import to_uint8
 from ..distributed import is_main_process
 from ..ema import EMA
 from ..model import build_score_model
+from ..progress import progress_bar
 from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .session import Training
 
@@ -53,9 +53,6 @@ def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> N
 
 def train(config: Config) -> Path:
     """Train (or resume) the run in `config.train.out_dir`; returns the run folder."""
-    from tqdm.auto import tqdm
-
-    cfg = config.train
     restore = preemption.install()
     try:
         run = Training.start(config)
@@ -68,13 +65,10 @@ def train(config: Config) -> Path:
 
 
 def _loop(config: Config, run: Training) -> Path:
-    from tqdm.auto import tqdm
-
     cfg = config.train
     state = run.state
     due = lambda every: state.step % every == 0 or state.step == cfg.steps  # noqa: E731
-    progress = tqdm(total=cfg.steps, initial=state.step, disable=not is_main_process(), desc="train",
-                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+    progress = progress_bar(cfg.steps, "train", "steps", initial=state.step)
     run.model.train()
     started, window_start = time.time(), state.step
     try:
