@@ -175,9 +175,9 @@ def _cmd_toy(args: argparse.Namespace) -> int:
         print(json.dumps({"means": means, "weights": weights, "std": args.std, "settings": asdict(settings),
                           "out": str(args.out)}, indent=2))
         return 0
-    from .progress import progress_bar
+    from .progress import showing_progress
 
-    with progress_bar(settings.total_steps, "toy (Langevin, then annealed)", "steps") as bar:
+    with showing_progress(settings.total_steps, "toy (Langevin, then annealed)", "steps") as bar:
         report, samples = run_toy(mixture, settings, bar.update)
     figure = args.out / "toy_langevin.png"
     save_toy_figure(samples, mixture, report, figure)

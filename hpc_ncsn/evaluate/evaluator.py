@@ -25,7 +25,7 @@ from ..config import DataConfig
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
-from ..progress import progress_bar
+from ..progress import showing_progress
 from ..samples.shards import MANIFEST, read_shard
 from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, load_extractor
@@ -65,7 +65,7 @@ def reference_statistics(data_cfg: DataConfig, extractor: Extractor, cache_dir: 
     key = _data_key(images, extractor, split)
     path = Path(cache_dir) / f"reference-{extractor.name}-{key[:20]}.pt"
     if is_main_process() and not path.exists():
-        with progress_bar(len(images), f"reference statistics ({split})", "images") as bar:
+        with showing_progress(len(images), f"reference statistics ({split})", "images") as bar:
             features, _ = extract_features(extractor, images, batch_size, advance=bar.update)
         features = features.cpu()
         stats = FeatureStats.empty(features.shape[1])
@@ -239,15 +239,14 @@ def _score(source: Path, pieces, count: int, meta: dict, data_cfg: DataConfig, e
     # read from disk while the extractor works on this one.)
     stats = FeatureStats.empty(len(reference["mu"]), device)
     mine = []
-    bar = progress_bar(count, "evaluate", "images")
-    for start, images in pieces:
-        features, logits = extract_features(extractor, images, batch_size, layout="NHWC", advance=bar.update)
-        if features.shape[1] != stats.dim:
-            raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
-                                f"features are {features.shape[1]}-d; use the extractor the file was made with")
-        stats.update(features)
-        mine.append((start, features.float().cpu(), logits.cpu()))
-    bar.close()
+    with showing_progress(count, "evaluate", "images") as bar:
+        for start, images in pieces:
+            features, logits = extract_features(extractor, images, batch_size, layout="NHWC", advance=bar.update)
+            if features.shape[1] != stats.dim:
+                raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
+                                    f"features are {features.shape[1]}-d; use the extractor the file was made with")
+            stats.update(features)
+            mine.append((start, features.float().cpu(), logits.cpu()))
     stats.all_reduce()
 
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.

@@ -34,7 +34,7 @@ from ..distributed import barrier, process_group
 from ..files import make_folder, require_free_space
 from ..locks import FolderLock
 from ..network import NetworkSpeed, score_function
-from ..progress import progress_bar
+from ..progress import showing_progress
 from ..sampling import SamplerPlan, annealed_langevin, initial_state
 from .shards import (
     H5PY_VERSION,
@@ -141,13 +141,13 @@ def generate(
     """
     restore = preemption.install()
     try:
-        return _generate(run_or_checkpoint, out, overrides, seed, validate_timeout, progress)
+        return _generate(run_or_checkpoint, out, overrides, seed, validate_timeout, say=progress)
     finally:
         restore()  # the caller's signal handlers again
 
 
 def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], seed: int, validate_timeout: float,
-              progress: Callable[[str], None]) -> GenerationResult:
+              say: Callable[[str], None]) -> GenerationResult:
     rank, world, device = process_group()
     make_folder(out, "the sample folder (--out)")
     checkpoint = resolve_checkpoint(run_or_checkpoint)
@@ -166,7 +166,6 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
                           "or pick another --out")
     if rank == 0:
         lock.acquire()
-    bar = None
     try:
         # Keep this rank's valid shards made the same way (and, where a manifest of this origin lists them,
         # with the bytes it recorded); draw the others, saying why.
@@ -180,26 +179,26 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
                 redraw[index_of[info.start]] = why
         kept = [spec.index for spec in mine if spec.index not in redraw]
         generated = []
-        bar = progress_bar(float(sum(spec.stop - spec.start for spec in mine if spec.index not in kept)),
-                           "generate", "samples")
-        progress = _above(bar, progress)
-        for spec in mine:
-            if spec.index in kept:
-                continue
-            if shard_path(out, spec).is_dir():
-                raise ShardError(shard_path(out, spec), "is a folder where a shard goes", "remove it and rerun")
-            if redraw[spec.index] != "missing":
-                progress(f"rank {rank}: redrawing {shard_path(out, spec).name}: {redraw[spec.index]}")
-            if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
-                raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard {spec.index}; "
-                                           f"{len(generated)} shard(s) written this time; rerun to complete")
-            images = _draw(score, config, plan, spec, seed, device, bar.update)
-            require_free_space(out, images.nbytes + (1 << 16), f"shard {shard_path(out, spec).name}",
-                               "free some space or pass another --out; the shards written so far are kept")
-            write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
-            generated.append(spec.index)
-            progress(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
-        bar.close()  # its line ends before anything printed after it (also on the way out, below)
+        with showing_progress(float(sum(spec.stop - spec.start for spec in mine if spec.index not in kept)), "generate",
+                      "samples") as bar:
+            say = _above(bar, say)
+            for spec in mine:
+                if spec.index in kept:
+                    continue
+                if shard_path(out, spec).is_dir():
+                    raise ShardError(shard_path(out, spec), "is a folder where a shard goes", "remove it and rerun")
+                if redraw[spec.index] != "missing":
+                    say(f"rank {rank}: redrawing {shard_path(out, spec).name}: {redraw[spec.index]}")
+                if preemption.requested():  # at most the shard being drawn is lost; a rerun keeps the written ones
+                    raise preemption.Preempted(f"stop requested ({preemption.requested()}) before shard "
+                                               f"{spec.index}; {len(generated)} shard(s) written this time; rerun "
+                                               "to complete")
+                images = _draw(score, config, plan, spec, seed, device, bar.update)
+                require_free_space(out, images.nbytes + (1 << 16), f"shard {shard_path(out, spec).name}",
+                                   "free some space or pass another --out; the shards written so far are kept")
+                write_shard(shard_path(out, spec), spec, images, {**attrs, "versions": _versions()})
+                generated.append(spec.index)
+                say(f"rank {rank}: wrote {shard_path(out, spec).name} (samples {spec.start}..{spec.stop - 1})")
         barrier()
 
         # Check the whole set and write the manifest.
@@ -212,16 +211,13 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
             write_manifest(out, entries, attrs)
         barrier()
     finally:
-        if bar is not None:
-            bar.close()
         lock.release()
     return GenerationResult(out, generated, kept)
 
 
-def _above(bar, progress: Callable[[str], None]) -> Callable[[str], None]:
-    """`progress` printing above the bar (tqdm.write) instead of through it, when it is print."""
-    return (lambda message: bar.write(message, file=sys.stdout)) if progress is print and not bar.disable \
-        else progress
+def _above(bar, say: Callable[[str], None]) -> Callable[[str], None]:
+    """`say` printing above the bar (tqdm.write) instead of through it, when it is print."""
+    return (lambda message: bar.write(message, file=sys.stdout)) if say is print and not bar.disable else say
 
 
 def _recorded_checksums(out: Path, attrs: dict) -> dict[str, str]:
