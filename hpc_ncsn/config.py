@@ -607,10 +607,10 @@ def config_reference(width: int = 88) -> str:
     for section in dataclasses.fields(Config):
         cls = section.default_factory
         hints = typing.get_type_hints(cls)
+        defaults = config_to_dict(cls())
         entries = []
         for item in dataclasses.fields(cls):
-            value = config_to_dict(cls())[item.name]
-            entry = f"{item.name}={json_like(value)}"
+            entry = f"{item.name}={json_like(defaults[item.name])}"
             if typing.get_origin(hints[item.name]) is Literal:
                 entry += f"\N{NO-BREAK SPACE}({'|'.join(str(choice) for choice in typing.get_args(hints[item.name]))})"
             entries.append(entry)
