@@ -18,18 +18,16 @@ from .distributed import is_main_process
 __all__ = ["progress_bar", "showing_progress"]
 
 
-def progress_bar(total: float, desc: str, unit: str, *, initial: float = 0, enabled: bool = True):
-    """A tqdm bar over `total` `unit`s (float updates allowed: the count is shown rounded); silent when there is
-    nothing to do (a rerun that finds everything done)."""
+def progress_bar(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True):
+    """A tqdm bar over `total` `unit`s; silent when there is nothing to do (a rerun that finds everything done)."""
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
     log = None if tty else _LogLines(sys.stderr)
-    counts = "{n:.0f}/{total:.0f}" if isinstance(total, float) or isinstance(initial, float) else "{n_fmt}/{total_fmt}"
     bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                disable=not (enabled and total > 0 and is_main_process()), mininterval=0.5 if tty else 30.0,
                file=log or sys.stderr,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| " + counts + " {unit} [{elapsed}<{remaining}, "
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, "
                           "{rate_fmt}{postfix}]")
     if log is not None:
         log.bar = bar
@@ -37,7 +35,7 @@ def progress_bar(total: float, desc: str, unit: str, *, initial: float = 0, enab
 
 
 @contextmanager
-def showing_progress(total: float, desc: str, unit: str, *, initial: float = 0, enabled: bool = True):
+def showing_progress(total: int, desc: str, unit: str, *, initial: int = 0, enabled: bool = True):
     """`progress_bar` that is closed on the way out, and cleared (not left) when the way out is an exception."""
     bar = progress_bar(total, desc, unit, initial=initial, enabled=enabled)
     try:

@@ -107,18 +107,19 @@ def _versions() -> dict:
 
 @torch.no_grad()
 def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, device: torch.device,
-          advance: Callable[[float], None] = lambda samples: None) -> np.ndarray:
+          advance: Callable[[int], None] = lambda samples: None) -> np.ndarray:
     """The uint8 NHWC images of one shard's sample range (`score`: the network as the sampler calls it);
-    `advance(samples)` after each noise level, a batch's share of it."""
+    `advance(samples)` after each noise level: whole samples, a batch's share of it."""
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
     batch_size = config.generate.batch_size
     pieces = []
     for start in range(spec.start, spec.stop, batch_size):
         indices = torch.arange(start, min(start + batch_size, spec.stop), device=device)
         x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
-        share = len(indices) / len(plan.sigmas)
+        count, levels = len(indices), len(plan.sigmas)  # whole samples per level, summing to the batch exactly
         x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices,
-                              callback=lambda level, sigma, x: advance(share))
+                              callback=lambda level, sigma, x: advance(count * (level + 1) // levels
+                                                                       - count * level // levels))
         pieces.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(pieces)
 
@@ -179,8 +180,8 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
                 redraw[index_of[info.start]] = why
         kept = [spec.index for spec in mine if spec.index not in redraw]
         generated = []
-        with showing_progress(float(sum(spec.stop - spec.start for spec in mine if spec.index not in kept)), "generate",
-                      "samples") as bar:
+        with showing_progress(sum(spec.stop - spec.start for spec in mine if spec.index not in kept), "generate",
+                              "samples") as bar:
             say = _above(bar, say)
             for spec in mine:
                 if spec.index in kept:
