@@ -236,15 +236,22 @@ def undisturbed(cluster, tmp_path_factory) -> dict:
     return json.loads((out / "table.json").read_text())
 
 
-def test_extra_axes_run_to_the_table(cluster, tmp_path):
+def test_extra_axes_run_to_the_table_with_every_task_started_by_the_python_command(cluster, tmp_path):
     out = tmp_path / "sweep"
+    noted = tmp_path / "started.txt"  # a stand-in for `apptainer exec img.sif`: notes each command, runs it
+    wrapper = tmp_path / "exec-in-image"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {noted}\nexec "$@"\n')
+    wrapper.chmod(0o755)
     result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", "--axis",
-                   "data.image_size=8,16", *SWEEP)
+                   "data.image_size=8,16", "--python", f"{wrapper} {sys.executable}", *SWEEP)
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert [(row["group"]["schedule"], row["group"]["data.image_size"], row["seeds_done"]) for row in rows] == [
         (arm, size, 2) for arm in ("geometric", "linear", "snr") for size in (8, 16)]
     assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == []
     assert len(list((out / "train").iterdir())) == 8  # snr shares the geometric networks
+    started = noted.read_text().splitlines()  # the launcher's check, then one srun step per task
+    assert started[0].startswith(f"{sys.executable} -c ") and len(started) == 1 + 8 + 12 + 1
+    assert all(line.startswith(f"{sys.executable} -u -m submitit.core._submit ") for line in started[1:])
 
 
 def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, undisturbed, tmp_path):

@@ -117,6 +117,27 @@ def test_debug_cluster_runs_everything_in_one_process(tmp_path):
     assert row["seeds_done"] == 1 and row["seeds"] == [3] and row["fid"]["mean"] > 0
 
 
+def container_like(folder: Path) -> tuple[str, Path]:
+    """A stand-in for `apptainer exec img.sif`: a wrapper that notes each command it runs, then runs it.
+    Returns (the --python command, the file of noted commands)."""
+    noted = folder / "started.txt"
+    wrapper = folder / "exec-in-image"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {noted}\nexec "$@"\n')
+    wrapper.chmod(0o755)
+    return f"{wrapper} {sys.executable}", noted
+
+
+def test_every_local_task_starts_through_the_python_command(tmp_path):
+    python, noted = container_like(tmp_path)
+    out = tmp_path / "sweep"
+    result = sweep(out, "--python", python, "--schedules", "linear", "--seeds", "3")
+    assert result.stdout.startswith(f"tasks start with: {python} → {sys.executable}: hpc_ncsn ")
+    started = noted.read_text().splitlines()
+    assert started[0].startswith(f"{sys.executable} -c ")  # the check before anything ran
+    assert started[1:] == [f"{sys.executable} -u -m submitit.core._submit {out / 'logs' / '%j'}"] * 3  # the tasks
+    assert json.loads((out / "table.json").read_text())["rows"][0]["seeds_done"] == 1
+
+
 def test_local_cluster_runs_each_task_in_its_own_process(finished):
     out, _ = finished
     statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]

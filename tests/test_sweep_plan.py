@@ -2,6 +2,8 @@
 
 import argparse
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,7 +107,7 @@ module load cuda
 # command
 export SUBMITIT_EXECUTOR=slurm
 srun --unbuffered --output /sweeps/x/logs/%A_%a/%A_%a_%t_log.out --error /sweeps/x/logs/%A_%a/%A_%a_%t_log.err \
-python -u -m submitit.core._submit /sweeps/x/logs/%j
+apptainer exec --nv /images/hpc_ncsn.sif python -u -m submitit.core._submit /sweeps/x/logs/%j
 """
 
 
@@ -113,8 +115,9 @@ def test_the_training_array_sbatch_script_is_what_submitit_submits():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--partition", "gpu", "--gpus-per-node", "4", "--nodes", "2", "--time-train", "2880",
-                              "--setup", "module load cuda", "--sbatch", "exclusive=true"])
-    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4)
+                              "--setup", "module load cuda", "--sbatch", "exclusive=true",
+                              "--python", "apptainer exec --nv /images/hpc_ncsn.sif python"])
+    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4, args.python)
     assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")
 
 
@@ -141,3 +144,56 @@ def test_an_unknown_anchor_and_a_real_anchor_without_held_out_images_are_refused
         SweepSpec.from_config(DEBUG, {"seed": [0]}, (), ("floor",))
     with pytest.raises(ConfigError, match="--anchors real: .*digits have no test split"):
         SweepSpec.from_config(DEBUG, {"seed": [0]}, (), ("real",))
+
+
+def launcher(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(cwd / "sweep"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_a_python_command_that_cannot_run_the_tasks_is_one_line_before_anything_is_written(tmp_path):
+    older = tmp_path / "older" / "hpc_ncsn"  # an image built from another release of the project
+    older.mkdir(parents=True)
+    (older / "__init__.py").write_text('__version__ = "0.0.9"\n')
+    cases = {
+        "no-such-apptainer exec img.sif python": "'no-such-apptainer' is not a command on this machine",
+        f"{sys.executable} -S": "cannot run the tasks (ModuleNotFoundError: No module named 'hpc_ncsn')",
+        f"env PYTHONPATH={older.parent} {sys.executable}": "imports hpc_ncsn 0.0.9 from",
+    }
+    for command, expected in cases.items():
+        result = launcher(tmp_path, "--python", command)
+        assert result.returncode == 2 and result.stdout == "", result.stderr
+        assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: --python {command!r}")
+    result = launcher(tmp_path, "--cluster", "debug", "--python", sys.executable)
+    assert result.returncode == 2 and "--cluster debug runs every task in the launcher's own process" in result.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_python_command_that_can_run_the_tasks_is_named_and_lands_in_the_sbatch_scripts(tmp_path):
+    command = f"env HPC_NCSN_IMAGE=1 {sys.executable}"
+    result = launcher(tmp_path, "--cluster", "slurm", "--dry-run", "--python", command)
+    assert result.returncode == 0, result.stderr
+    import hpc_ncsn
+    assert result.stdout.splitlines()[0] == (f"tasks start with: {command} → {sys.executable}: hpc_ncsn "
+                                             f"{hpc_ncsn.__version__} ({hpc_ncsn.__file__}), torch "
+                                             f"{__import__('torch').__version__}")
+    assert result.stdout.count(f" {command} -u -m submitit.core._submit ") == 3  # train, sample, aggregate
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_the_container_recipes_copy_files_that_exist_and_install_an_extra_the_package_has():
+    """The images are not built here (no registry images offline); what can drift from the tree is checked."""
+    import tomllib
+
+    folder = ROOT / "slurm" / "container"
+    definition = (folder / "hpc_ncsn.def").read_text()
+    files = definition.split("%files\n")[1].split("\n\n")[0].split("\n")
+    dockerfile = (folder / "Dockerfile").read_text()
+    copied = [word for line in dockerfile.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]]
+    sources = [line.split()[0] for line in files if line.strip()] + copied
+    assert "hpc_ncsn" in sources and "pyproject.toml" in sources
+    assert [path for path in sources if not (ROOT / path).exists()] == []
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for recipe in (definition, dockerfile):
+        assert "pip install --no-cache-dir '/opt/hpc_ncsn[deepspeed]'" in recipe and "deepspeed" in extras

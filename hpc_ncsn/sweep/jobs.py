@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,8 +32,8 @@ from .plan import Plan
 from .status import NOT_DONE, TaskStatus, describe, read_status, run_tracked, summary, write_status
 from .tasks import AggregateTask, SampleTask, Task, TrainTask
 
-__all__ = ["cancel", "job", "live_jobs", "run_here", "sbatch_text", "slurm_parameters", "submit", "submitted_tasks",
-           "todo", "wait"]
+__all__ = ["cancel", "check_python", "job", "live_jobs", "run_here", "sbatch_text", "slurm_parameters", "submit",
+           "submitted_tasks", "todo", "wait"]
 
 SUBMITTED = "submitted.json"
 
@@ -171,16 +174,16 @@ def local_parallel(requested: int | None) -> int:
 
 
 def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = None, timeout_min: int = 24 * 60,
-             max_requeues: int = 5) -> int:
+             max_requeues: int = 5, python: str | None = None) -> int:
     """--cluster local or debug: the stages one after the other on this machine; prints the table.
 
     Local tasks run `local_parallel(parallel)` at a time, each with that share of this machine's CPUs
-    for its threads.
+    for its threads, each started by `python` (a command line; default: this interpreter).
     """
     import submitit
 
     if cluster == "local":
-        executor = submitit.LocalExecutor(folder=root / "logs" / "%j")
+        executor = submitit.LocalExecutor(folder=root / "logs" / "%j", python=python)
         executor.update_parameters(timeout_min=timeout_min)
         parallel = local_parallel(parallel)
         # The share does not depend on how many tasks are left: a rerun of one cell computes with the
@@ -262,8 +265,9 @@ def slurm_parameters(args, stage: str, sweep_name: str = "sweep") -> dict:
     return {key: value for key, value in params.items() if value is not None}
 
 
-def sbatch_text(root: Path, params: dict, count: int) -> str:
-    """The sbatch script submitit writes for an array of `count` tasks with `params`, without Slurm.
+def sbatch_text(root: Path, params: dict, count: int, python: str | None = None) -> str:
+    """The sbatch script submitit writes for an array of `count` tasks with `params`, each started by `python`
+    (a command line; default: this interpreter), without Slurm.
 
     submitit has no public way to render its script without submitting it; its executor
     renders it with submitit.slurm.slurm._make_sbatch_string, which this calls.
@@ -272,14 +276,51 @@ def sbatch_text(root: Path, params: dict, count: int) -> str:
     """
     from submitit.slurm.slurm import _make_sbatch_string
 
-    return _make_sbatch_string(command="python -u -m submitit.core._submit " + str(root / "logs" / "%j"),
-                               folder=root / "logs" / "%j", map_count=count, **params)
+    command = f"{python or shlex.quote(sys.executable)} -u -m submitit.core._submit {root / 'logs' / '%j'}"
+    return _make_sbatch_string(command=command, folder=root / "logs" / "%j", map_count=count, **params)
+
+
+_PROBE = ("import sys, hpc_ncsn, submitit, torch; "
+          "print('PROBE', hpc_ncsn.__version__, hpc_ncsn.__file__, torch.__version__, sys.executable)")
+
+
+def check_python(command: str, timeout_s: float = 300) -> str:
+    """`--python COMMAND` (e.g. 'apptainer exec --nv img.sif python') starts a Python that imports this
+    version of hpc_ncsn, submitit and torch: run it once here, before anything is submitted. Returns a
+    description of what it found; ConfigError naming the problem and the fix otherwise."""
+    from .. import __version__
+
+    words = shlex.split(command)
+    if not words:
+        raise ConfigError("--python '': give the command that starts Python in each task, e.g. "
+                          "--python 'apptainer exec --nv hpc_ncsn.sif python'")
+    if shutil.which(words[0]) is None:
+        raise ConfigError(f"--python {command!r}: {words[0]!r} is not a command on this machine; check its "
+                          "spelling, or load its module first (e.g. module load apptainer)")
+    try:
+        probe = subprocess.run([*words, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s,
+                               stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"--python {command!r} did not start Python within {timeout_s:.0f} s") from None
+    found = [line.split(" ", 4)[1:] for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
+    if probe.returncode != 0 or not found:
+        said = (probe.stderr.strip() or probe.stdout.strip() or f"exit status {probe.returncode}").splitlines()[-1]
+        raise ConfigError(f"--python {command!r} cannot run the tasks ({said}); it must start a Python that imports "
+                          "hpc_ncsn, submitit and torch: install the project in the image (README, Containers) "
+                          "or point PYTHONPATH at this checkout")
+    version, where, torch_version, executable = found[-1]
+    if version != __version__:
+        raise ConfigError(f"--python {command!r} imports hpc_ncsn {version} from {where}, but this launcher is "
+                          f"hpc_ncsn {__version__}: tasks and launcher must run the same version; rebuild the image "
+                          "or point PYTHONPATH at this checkout")
+    return f"{command} → {executable}: hpc_ncsn {version} ({where}), torch {torch_version}"
 
 
 def check_submission(root: Path, sweep: Plan, args) -> None:
     """Ask Slurm (sbatch --test-only) whether it would take every stage's array; ConfigError naming why not."""
     for stage, tasks in sweep.stages():
-        problem = scheduler.test_submission(sbatch_text(root, slurm_parameters(args, stage, root.name), len(tasks)))
+        problem = scheduler.test_submission(sbatch_text(root, slurm_parameters(args, stage, root.name), len(tasks),
+                                                        args.python))
         if problem:
             raise scheduler.Refused(f"Slurm refuses the {stage} jobs: {problem}; check --partition, --account, "
                                     "--qos, --constraint and the resources (nothing was submitted or written)")
@@ -319,7 +360,7 @@ def submit(root: Path, sweep: Plan, args) -> dict:
         pending = todo(sweep, tasks)
         if not pending:
             continue
-        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j")
+        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j", python=args.python)
         params = slurm_parameters(args, stage, root.name)
         if previous is not None:  # afterany: a failed task must not block its siblings' later stages
             params["dependency"] = f"afterany:{previous}"

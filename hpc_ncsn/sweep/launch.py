@@ -27,6 +27,7 @@ examples:
       train.mixed_precision=bf16
   python launch/sweep.py --schedules geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
+  python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
   python launch/sweep.py --status --out runs/sweep-debug
   python launch/sweep.py --cancel --out runs/sweep-debug
 """
@@ -84,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--local-parallel", type=int, default=None,
                        help="--cluster local: tasks running at once, sharing the CPUs for their threads (default: "
                             "one per CPU, at most 8, without a GPU; 1 with a GPU)")
+    where.add_argument("--python", metavar="COMMAND", default=None,
+                       help="the command that starts Python in each task, e.g. 'apptainer exec --nv hpc_ncsn.sif "
+                            "python' (--cluster slurm and local; default: the launcher's own interpreter); it is "
+                            "run once before anything is submitted, and must import this version of hpc_ncsn")
     where.add_argument("--timeout-min", type=int, default=24 * 60,
                        help="--cluster local: per-task time limit in minutes")
     slurm = parser.add_argument_group("--cluster slurm (what lands in the sbatch scripts; see --dry-run)")
@@ -185,6 +190,11 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         return 0
     spec = build_spec(args)
     sweep = plan(spec, root)
+    if args.python is not None:
+        if args.cluster == "debug":
+            raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
+                              "--cluster local or slurm, or run the launcher itself with that Python")
+        print(f"tasks start with: {jobs.check_python(args.python)}", flush=True)
     if args.dry_run:
         print_plan(sweep)
         if args.cluster == "slurm":
@@ -193,14 +203,14 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
                 if stage != sweep.stages()[0][0]:
                     params["dependency"] = "afterany:<previous>"
                 count = len(todo(sweep, tasks))
-                print(f"--- {stage} stage: array of {count} ---\n{jobs.sbatch_text(root, params, count)}")
+                print(f"--- {stage} stage: array of {count} ---\n{jobs.sbatch_text(root, params, count, args.python)}")
         return 0
     if args.cluster != "slurm":
         with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
             prepare_folder(root, spec)
             return jobs.run_here(root, sweep, args.cluster, parallel=args.local_parallel,
-                                 timeout_min=args.timeout_min, max_requeues=args.max_requeues)
+                                 timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
     jobs.check_submission(root, sweep, args)  # before anything is written
     cancel_hint = f"{script} --cancel --out {root}"
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)",
