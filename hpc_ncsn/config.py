@@ -242,6 +242,8 @@ class TrainConfig(_Section):
     `mixed_precision`: auto = what the launcher says (`accelerate launch --mixed_precision`
     or its config file), else bf16 on a GPU that has it and fp32 otherwise; an explicit
     value wins over the launcher, with a warning when the two differ.
+    `log_with`: experiment trackers through Accelerate, comma-separated (tensorboard, wandb,
+    mlflow, ...); each gets what metrics.jsonl gets, plus the sample grids.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -266,6 +268,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     max_consecutive_skips: int = 20
+    log_with: str = ""
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
@@ -281,6 +284,8 @@ class TrainConfig(_Section):
         for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
             _require(getattr(self, key) >= 1, key, "must be >= 1")
         _require(1 <= self.sample_images <= 1024, "sample_images", "must be in 1..1024 (the training's sample grid)")
+        _require(not self.log_with.strip() or all(name.strip() for name in self.log_with.split(",")), "log_with",
+                 "must be '' (metrics.jsonl only) or tracker names separated by commas, e.g. tensorboard,wandb")
 
 
 @dataclass(frozen=True)

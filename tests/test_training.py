@@ -407,3 +407,53 @@ def test_trainings_of_another_precision_run_one_after_the_other_in_one_process(t
     bf16, _ = final_state(tmp_path / "bf16")
     fp32, _ = final_state(tmp_path / "no")
     assert any(not torch.equal(bf16[key], fp32[key]) for key in fp32)  # bf16 autocast really ran
+
+
+@slow
+def test_tensorboard_gets_what_metrics_jsonl_gets_and_a_resumed_run_logs_each_step_once(tmp_path):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    common = ["train.log_with=tensorboard", "train.checkpoint_every=4", "train.sample_every=4"]
+    run(train_cmd(out, "train.steps=8", *common))
+    for part in (out / "checkpoints" / "step-00000008").iterdir():  # killed after step 8 was logged, before its save
+        part.unlink()
+    (out / "checkpoints" / "step-00000008").rmdir()
+    run(train_cmd(out, "train.steps=12", *common))  # resumes from step 4: steps 6 and 8 are logged again
+
+    events = EventAccumulator(str(out / "trackers" / "hpc_ncsn"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    records = metrics(out)
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12]
+    for key in ("loss", "grad_norm", "lr", "images_per_s", "skipped_steps"):
+        logged = events.Scalars(key)
+        assert [e.step for e in logged] == [r["step"] for r in records], key  # once each: the rerun's purged
+        assert [e.value for e in logged] == pytest.approx([r[key] for r in records], rel=1e-6), key
+    for level in range(10):  # a level no batch drew in an interval is None in metrics.jsonl and left out
+        logged = events.Scalars(f"loss_per_level/{level:02d}")
+        expected = [(r["step"], r["loss_per_level"][level]) for r in records if r["loss_per_level"][level] is not None]
+        assert [e.step for e in logged] == [step for step, _ in expected]
+        assert [e.value for e in logged] == pytest.approx([value for _, value in expected], rel=1e-6)
+    grids = events.Images("samples")
+    assert [g.step for g in grids] == [4, 8, 12]
+    png = Image.open(out / "samples" / "step-00000012.png")
+    assert (grids[-1].width, grids[-1].height) == png.size
+
+
+def test_a_tracker_that_is_unknown_or_not_installed_is_one_line_naming_the_fix():
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    from hpc_ncsn.config import ConfigError
+    from hpc_ncsn.train.session import tracker_names
+
+    assert tracker_names("") == [] and tracker_names(" tensorboard ") == ["tensorboard"]
+    with pytest.raises(ConfigError, match=r"^train.log_with: unknown tracker 'tensorbord'; choose from aim, "):
+        tracker_names("tensorboard,tensorbord")
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    absent = sorted(set(LOGGER_TYPE_TO_CLASS) - installed)[0]
+    with pytest.raises(ConfigError, match=rf"^train.log_with: {absent} is not installed in this environment; "
+                                          rf"pip install {absent}, or drop it"):
+        tracker_names(f"tensorboard,{absent}")
+    with pytest.raises(ConfigError, match="train.log_with"):
+        load_config(ROOT / "configs/debug.yaml", ["train.log_with=tensorboard,,wandb"])

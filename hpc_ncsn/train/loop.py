@@ -28,9 +28,11 @@ GRID_PIXELS = 512  # a sample grid's images are enlarged (nearest neighbour) to 
 
 
 @torch.no_grad()
-def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> None:
-    """Draw `train.sample_images` images with the EMA weights and the config's sampler; save a PNG grid."""
-    from torchvision.utils import save_image
+def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> torch.Tensor:
+    """Draw `train.sample_images` images with the EMA weights and the config's sampler; save a PNG grid.
+    Returns the grid (uint8, channels × height × width, on the CPU)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
 
     from ..files import atomic_path
 
@@ -47,8 +49,10 @@ def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> N
     scale = max(1, GRID_PIXELS // (nrow * config.data.image_size))  # small images, enlarged without blurring
     if scale > 1:
         images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    grid = make_grid(images, nrow=nrow, padding=1).mul(255).round().to("cpu", torch.uint8)  # RGB, as before
     with atomic_path(path) as tmp:
-        save_image(images, tmp, format="png", nrow=nrow, padding=1)
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="png")
+    return grid
 
 
 def train(config: Config) -> Path:
@@ -90,7 +94,8 @@ def _loop(config: Config, run: Training) -> Path:
 
             # Sample with the EMA weights; save a checkpoint.
             if due(cfg.sample_every) and is_main_process():
-                sample_grid(config, run.ema, run.accelerator.device, run.folder.sample_grid(state.step))
+                run.log_sample_grid(sample_grid(config, run.ema, run.accelerator.device,
+                                                run.folder.sample_grid(state.step)))
             if due(cfg.checkpoint_every):
                 run.save()
             if due(cfg.sample_every) or due(cfg.checkpoint_every):
@@ -108,5 +113,6 @@ def _loop(config: Config, run: Training) -> Path:
         progress.close()  # the bar's line ends before any message that follows it
     run.read_skips()
     run.accelerator.wait_for_everyone()
+    run.finish_trackers()
     run.accelerator.end_training()
     return run.folder.path

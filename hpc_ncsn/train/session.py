@@ -25,7 +25,7 @@ from .batches import load_training_data, micro_batch_size
 from .run_folder import RunFolder, TrainState
 from .step import TrainStep
 
-__all__ = ["Training", "TrainingDiverged", "make_accelerator", "resolve_mixed_precision"]
+__all__ = ["Training", "TrainingDiverged", "make_accelerator", "resolve_mixed_precision", "tracker_names"]
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -81,22 +81,46 @@ def resolve_mixed_precision(asked: str, on_cpu: bool) -> str:
     return effective
 
 
+TRACKER_PROJECT = "hpc_ncsn"  # the trackers' project; TensorBoard writes to <run>/trackers/hpc_ncsn
+TRACKING_EXTRA = {"tensorboard": "pip install 'hpc_ncsn[tracking]'"}
+
+
+def tracker_names(log_with: str) -> list[str]:
+    """`train.log_with` as Accelerate tracker names, each checked: known to Accelerate and installed here."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    names = [name.strip() for name in log_with.split(",") if name.strip()]
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"train.log_with: unknown tracker {name!r}; choose from "
+                              f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))} (comma-separated), or '' for none")
+        if name not in {str(tracker) for tracker in get_available_trackers()}:
+            raise ConfigError(f"train.log_with: {name} is not installed in this environment; "
+                              f"{TRACKING_EXTRA.get(name, f'pip install {name}')}, or drop it from train.log_with")
+    return names
+
+
 def make_accelerator(config: Config):
     """An Accelerator for the run config: its precision (`auto` resolved) and accumulation, gloo for several
-    CPU processes, DeepSpeed when `accelerate launch` was given a DeepSpeed config (ZeRO-3 refused).
-    `accelerator.mixed_precision` is the precision in effect."""
+    CPU processes, DeepSpeed when `accelerate launch` was given a DeepSpeed config (ZeRO-3 refused), the
+    trackers of `train.log_with` (started by Training.start). `accelerator.mixed_precision` is the
+    precision in effect."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
     precision = resolve_mixed_precision(config.train.mixed_precision, on_cpu)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and distributed else []
+    trackers = tracker_names(config.train.log_with)
+    out_dir = Path(config.train.out_dir)
     _fresh_accelerator_state(precision)
     accelerator = Accelerator(mixed_precision=precision,
                               gradient_accumulation_steps=config.train.grad_accum,
-                              cpu=on_cpu and not use_deepspeed, kwargs_handlers=kwargs)
+                              cpu=on_cpu and not use_deepspeed, kwargs_handlers=kwargs, log_with=trackers or None,
+                              project_config=ProjectConfiguration(project_dir=str(out_dir),
+                                                                  logging_dir=str(out_dir / "trackers")))
     if use_deepspeed and accelerator.state.deepspeed_plugin.zero_stage == 3:
         raise ConfigError(
             "DeepSpeed ZeRO-3 shards the parameters, and the EMA here needs whole parameters on every rank; "
@@ -115,6 +139,29 @@ def _replicas_agree(accelerator, model: torch.nn.Module) -> None:
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
         bad = (gathered != gathered[:1]).any(dim=1).nonzero().flatten().tolist()
         raise RuntimeError(f"replicas diverged: ranks {bad} hold weights different from rank 0")
+
+
+def _start_trackers(accelerator, config: Config, folder: RunFolder, step: int) -> None:
+    """Start `train.log_with`'s trackers with the run config as hyperparameters. A resumed run's TensorBoard
+    writer hides the events after its checkpoint (they are logged again), as metrics.jsonl drops its lines."""
+    from ..config import config_to_dict
+
+    hyperparameters = {f"{section}.{key}": value if isinstance(value, (bool, int, float, str)) else str(value)
+                       for section, values in config_to_dict(config).items() for key, value in values.items()}
+    hyperparameters["train.mixed_precision"] = accelerator.mixed_precision  # the precision in effect
+    accelerator.init_trackers(TRACKER_PROJECT, config=hyperparameters, init_kwargs={
+        "tensorboard": {"purge_step": step + 1} if step else {},
+        "wandb": {"name": folder.path.name}, "mlflow": {"run_name": folder.path.name}})
+
+
+def tracker_record(record: dict) -> dict[str, float]:
+    """A metrics.jsonl record as trackers' scalars: the per-level losses as loss_per_level/00, 01, ...;
+    text and missing values left out."""
+    scalars = {key: float(value) for key, value in record.items()
+               if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
+    scalars.update({f"loss_per_level/{level:02d}": float(value)
+                    for level, value in enumerate(record.get("loss_per_level") or []) if value is not None})
+    return scalars
 
 
 class Training:
@@ -179,6 +226,8 @@ class Training:
         network = network_call(model, channels_last=channels_last, compile=cfg.compile and not deepspeed,
                                label="score network (training)")
         state = folder.resume(accelerator, ema)
+        if accelerator.log_with:
+            _start_trackers(accelerator, config, folder, state.step)
         accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "
                           f"global batch {cfg.batch_size} = {accelerator.num_processes} × {cfg.grad_accum} × {micro}; "
                           f"precision {PRECISION_NAMES[accelerator.mixed_precision]}")
@@ -232,11 +281,30 @@ class Training:
             "skipped_steps": self.state.skipped,
         }
         self.folder.append_metrics(record)
+        if self.accelerator.trackers:
+            self.accelerator.log(tracker_record(record), step=self.state.step)
         return record
 
+    def log_sample_grid(self, grid: torch.Tensor) -> None:
+        """The EMA sample grid (uint8, channels × height × width) to the trackers that take images."""
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":  # NCHW
+                tracker.log_images({"samples": grid[None].numpy()}, step=self.state.step)
+            elif hasattr(tracker, "log_images"):  # wandb and the others: a list of height × width × channels
+                tracker.log_images({"samples": [grid.permute(1, 2, 0).numpy()]}, step=self.state.step)
+
+    def finish_trackers(self) -> None:
+        """Close the trackers (their files complete); once, also when training stops early."""
+        trackers, self.accelerator.trackers = list(self.accelerator.trackers), []
+        for tracker in trackers:
+            tracker.finish()
+
     def close(self) -> None:
-        """Let another process train in this run folder (releases its lock)."""
-        self.folder.lock.release()
+        """Close the trackers; let another process train in this run folder (releases its lock)."""
+        try:
+            self.finish_trackers()
+        finally:
+            self.folder.lock.release()
 
     def save(self) -> None:
         """Check that the replicas agree, then write a checkpoint of the current step."""
