@@ -229,6 +229,7 @@ def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_fi
     finally:
         first.kill()
     assert first.returncode == 1
+    assert "[train] schedule-geometric_seed-0: CANCELLED (stop requested (SIGTERM) at step " in stdout
     final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
     assert final["state"] == "cancelled" and "SIGTERM" in final["error"] and final["pid"] == status["pid"]
     assert json.loads((out / "status" / "sample" / "schedule-geometric_seed-0.json").read_text())["state"] == \

@@ -1,6 +1,7 @@
 """The sweep as data, in this process: cells, shared trainings, task objects, sweep.json, the sbatch text."""
 
 import argparse
+import json
 import pickle
 import subprocess
 import sys
@@ -62,6 +63,19 @@ def test_a_plan_read_back_from_sweep_json_names_every_task_as_the_launcher_did(t
     reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "schedule": ["geometric", "linear", "snr"],
                                               "data.image_size": [8, 16], "model.base_channels": [8]})
     assert reordered.differences(original)
+
+
+def test_a_sweep_saved_before_a_config_key_existed_is_the_same_sweep_with_that_keys_default(tmp_path):
+    original = spec()
+    original.save(tmp_path)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    del saved["base"]["train"]["log_with"]  # as a sweep launched before train.log_with was added
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    assert SweepSpec.load(tmp_path).differences(original) == []
+    assert plan(SweepSpec.load(tmp_path), tmp_path).train[0].config["train"]["log_with"] == ""
+    changed = SweepSpec.from_config(DEBUG, dict(original.axes), ("train.log_with=tensorboard",))
+    assert SweepSpec.load(tmp_path).differences(changed) == ["base.train.log_with: '' → 'tensorboard'",
+                                                             "overrides: [] → ['train.log_with=tensorboard']"]
 
 
 def test_tasks_travel_to_jobs_as_objects():

@@ -150,10 +150,13 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: d
                 submitted.result()
                 print(f"[{task.stage}] {task.name}: done", flush=True)
             except Exception as error:  # noqa: BLE001 - a failed task is reported, its siblings go on
+                status = read_status(root, task)  # the task's own words (submitit's are its traceback's tail)
                 text = str(error).strip()
-                failures[task.name] = text.splitlines()[-1] if text else repr(error)
-                print(f"[{task.stage}] {task.name}: FAILED ({failures[task.name]}); log {submitted.paths.stderr}",
-                      flush=True)
+                failures[task.name] = (status.error if status is not None and status.error else
+                                       text.splitlines()[-1] if text else repr(error))
+                state = status.state if status is not None and status.state == "cancelled" else "failed"
+                print(f"[{task.stage}] {task.name}: {state.upper()} ({failures[task.name]}); log "
+                      f"{submitted.paths.stderr}", flush=True)
     return failures
 
 

@@ -141,7 +141,10 @@ class SweepSpec:
     def from_json(cls, text: str) -> "SweepSpec":
         data = json.loads(text)
         axes = data["axes"]
-        return cls(config=data["config"], base=data["base"],
+        # Resolved again: a key added to hpc_ncsn since the sweep was saved takes its default (which keeps the
+        # old behaviour), so an upgrade does not turn a sweep folder into "another sweep".
+        base = config_to_dict(config_from_dict(data["base"], source=SPEC_FILE))
+        return cls(config=data["config"], base=base,
                    axes=dict(axes) if isinstance(axes, list) else axes, overrides=tuple(data.get("overrides", ())),
                    anchors=tuple(data.get("anchors", ())))
 
