@@ -72,6 +72,18 @@ def test_generation_writes_valid_shards_and_a_manifest(trained_run, tmp_path):
     assert [entry["count"] for entry in manifest["shards"]] == [5, 5, 2]
     assert {entry["file"]: entry["sha256"] for entry in manifest["shards"]} == shard_digests(out)
 
+    # samples.h5: the folder as one file, for h5py/h5dump users; it still reads after the folder moves.
+    import h5py
+
+    moved = out.rename(tmp_path / "moved")
+    with h5py.File(moved / "samples.h5", "r") as view:
+        assert view["images"].is_virtual and view["images"].shape == (12, 8, 8, 1)
+        assert np.array_equal(view["images"][()], np.concatenate([read_shard(moved / f"shard-0000{k}.h5")[0]
+                                                                   for k in range(3)]))
+        assert view["indices"][()].tolist() == list(range(12))
+        assert view.attrs["num_samples"] == 12 and view.attrs["arm"] == "geometric"
+        assert json.loads(view.attrs["sampler"]) == manifest["meta"]["sampler"]
+
 
 def test_two_processes_write_byte_identical_shards(trained_run, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"

@@ -55,6 +55,27 @@ def test_round_trip_keeps_images_indices_and_attributes(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_attributes_are_stored_as_what_they_are_and_version_2_shards_still_read(tmp_path):
+    spec = ShardSpec(0, 0, 10)
+    write_shard(tmp_path / "v3.h5", spec, images_for(spec), {**ATTRS, "flag": True, "gap": None})
+    with h5py.File(tmp_path / "v3.h5", "r") as handle:  # what h5py and h5dump users see
+        raw = dict(handle.attrs)
+    assert isinstance(raw["seed"], np.integer) and raw["seed"] == 3 and raw["format_version"] == 3
+    assert isinstance(raw["schedule"], str) and raw["schedule"] == "geometric" and raw["flag"] == np.True_
+    assert json.loads(raw["sampler"]) == ATTRS["sampler"] and sorted(json.loads(raw["json_attrs"])) == ["gap",
+                                                                                                      "sampler"]
+    assert read_shard(tmp_path / "v3.h5")[2] == {**ATTRS, "flag": True, "gap": None}
+    assert type(read_shard(tmp_path / "v3.h5")[2]["seed"]) is int
+
+    images = images_for(spec)  # a shard as version 2 wrote it: every other attribute JSON text
+    with h5py.File(tmp_path / "shard-00000.h5", "w") as handle:
+        handle["images"], handle["indices"] = images, np.arange(10)
+        handle.attrs.update({key: json.dumps(value) for key, value in ATTRS.items()})
+        handle.attrs.update({"format_version": 2, "start": 0, "stop": 10, "count": 10,
+                             "images_sha256": images_sha256(images), "complete": True})
+    assert validate_shard(tmp_path / "shard-00000.h5", spec).attrs == ATTRS
+
+
 def test_the_same_inputs_give_the_same_bytes(tmp_path):
     spec = ShardSpec(4, 40, 50)
     first = write_shard(tmp_path / "a.h5", spec, images_for(spec), ATTRS)

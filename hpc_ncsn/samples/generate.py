@@ -49,6 +49,7 @@ from .shards import (
     shard_path,
     write_manifest,
     write_shard,
+    write_view,
 )
 from .validation import validate_shards
 
@@ -210,6 +211,7 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
             check_coverage(infos, settings.num_samples)
             entries = [manifest_entry(info.path, spec, info.images_sha256) for spec, info in zip(specs, infos)]
             write_manifest(out, entries, attrs)
+            write_view(out, infos, attrs)
         barrier()
     finally:
         lock.release()

@@ -1,16 +1,25 @@
 """HDF5 sample shards: atomic writes, validation that cannot hang, a checksummed manifest.
 
-Layout of one shard (format version 2), `shard-KKKKK.h5`:
+Layout of one shard (format version 3), `shard-KKKKK.h5`:
 
     /images    uint8 (N, H, W, C)   NHWC, C = 1 or 3; N = stop - start
     /indices   int64 (N,)           the sample indices start..stop-1
     attrs      format_version, start, stop, count (integers), images_sha256 (the
                sha256 of the image bytes, C order) and complete = True, written last;
-               every other attribute (run, checkpoint, sampler, seed, software
-               versions, ...) is stored as a JSON string.
+               every other attribute is stored as what it is: an integer (seed,
+               checkpoint_step, num_samples, ...), a float, a boolean or a string
+               (run, arm, ...); mappings and lists (noise, sampler, versions) as JSON
+               text, their names listed in the JSON list `json_attrs`.
 
 A shard carries the checksum of its own image data, so a changed byte is found even
 without a manifest (version 1 had none: such shards are refused and redrawn).
+Version 2 stored every other attribute as JSON text; its shards are still read.
+
+`samples.h5` (`write_view`, written with the manifest) shows a complete folder as
+one file: `images` (num_samples, H, W, C) and `indices` are HDF5 virtual datasets
+over the shards, which stay where they are (their names are relative, so the folder
+may move), with the manifest's `meta` as attributes. A shard missing later reads as
+images of 0 with indices of -1 there; the shards and the manifest remain the record.
 
 A shard is published with hpc_ncsn.files.atomic_path (a hidden temporary name in the
 same folder, fsynced, renamed), so a final-named shard is always complete.
@@ -45,6 +54,7 @@ __all__ = [
     "MANIFEST",
     "ORIGIN_KEYS",
     "SHARD_FORMAT_VERSION",
+    "VIEW",
     "ShardError",
     "ShardInfo",
     "ShardSpec",
@@ -59,12 +69,15 @@ __all__ = [
     "shard_path",
     "write_manifest",
     "write_shard",
+    "write_view",
 ]
 
-SHARD_FORMAT_VERSION = 2
+SHARD_FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 H5PY_VERSION = h5py.__version__  # recorded in every shard (hpc_ncsn.samples.generate)
 MANIFEST = "manifest.json"
-_STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "complete")
+VIEW = "samples.h5"
+_STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "complete", "json_attrs")
 # The attributes that say how a shard was made: shards of one folder agree on them with its manifest. (The
 # sample count is not one: sample i is the same in a folder of 1,000 or 50,000, so a larger rerun keeps them.)
 ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed", "network_precision")
@@ -138,8 +151,7 @@ def write_shard(path: Path, spec: ShardSpec, images: np.ndarray, attrs: dict) ->
             handle.create_dataset("images", data=images, track_times=False)
             handle.create_dataset("indices", data=np.arange(spec.start, spec.stop, dtype=np.int64),
                                   track_times=False)
-            for key in sorted(attrs):
-                handle.attrs[key] = json.dumps(attrs[key], sort_keys=True)
+            _encode_attrs(handle.attrs, attrs)
             handle.attrs["format_version"] = SHARD_FORMAT_VERSION
             handle.attrs["start"], handle.attrs["stop"], handle.attrs["count"] = spec.start, spec.stop, spec.count
             handle.attrs["images_sha256"] = images_sha256(images)
@@ -159,17 +171,43 @@ def manifest_entry(path: Path, spec: ShardSpec, data_sha256: str) -> dict:
             "count": spec.count, "sha256": file_sha256(path), "images_sha256": data_sha256}
 
 
+def _encode_attrs(raw: h5py.AttributeManager, attrs: dict) -> None:
+    """Integers, floats, booleans and strings as themselves; anything else as JSON text, named in json_attrs."""
+    as_json = []
+    for key in sorted(attrs):
+        value = attrs[key]
+        if isinstance(value, (bool, float, str)) or (isinstance(value, int) and -2**63 <= value < 2**63):
+            raw[key] = value
+        else:
+            raw[key] = json.dumps(value, sort_keys=True)
+            as_json.append(key)
+    raw["json_attrs"] = json.dumps(as_json)
+
+
+def _plain(value):
+    """An HDF5 attribute value as a Python value (numpy scalars → int, float, bool; bytes → str)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _decode_attrs(raw: h5py.AttributeManager) -> dict:
+    """The attributes other than the structure's, as they were written (see the module's layout)."""
+    if int(raw.get("format_version", -1)) == 2:  # every attribute was JSON text
+        as_json = None
+    else:
+        as_json = set(json.loads(_plain(raw.get("json_attrs", "[]"))))
     attrs = {}
     for key, value in raw.items():
         if key in _STRUCTURE:
             continue
-        if isinstance(value, bytes):
-            value = value.decode()
-        try:
-            attrs[key] = json.loads(value) if isinstance(value, str) else value
-        except json.JSONDecodeError:
-            attrs[key] = value
+        value = _plain(value)
+        if as_json is None or key in as_json:
+            try:
+                value = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError:
+                pass
+        attrs[key] = value
     return attrs
 
 
@@ -199,9 +237,9 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
             if not bool(attrs.get("complete", False)):
                 raise ShardError(path, "no completion mark (its writer did not finish)")
             version = int(attrs.get("format_version", -1))
-            if version != SHARD_FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise ShardError(path, f"shard format version {version}, this hpc_ncsn reads "
-                                       f"{SHARD_FORMAT_VERSION}")
+                                       f"{' and '.join(map(str, READABLE_VERSIONS))}")
             start, stop, count = (int(attrs[key]) for key in ("start", "stop", "count"))
             for name in ("images", "indices"):
                 if name not in handle:
@@ -275,6 +313,25 @@ def write_manifest(folder: Path, entries: list[dict], meta: dict) -> Path:
         {"format_version": SHARD_FORMAT_VERSION, "meta": meta, "shards": entries}, indent=2, sort_keys=True) + "\n")
 
 
+def write_view(folder: Path, infos: list[ShardInfo], meta: dict) -> Path:
+    """Write folder/samples.h5: the shards of `infos` (complete, in order) as one `images` and one `indices`
+    virtual dataset, `meta` as attributes (see the module's docstring)."""
+    count, shape = sum(info.count for info in infos), infos[0].image_shape
+    images = h5py.VirtualLayout(shape=(count, *shape), dtype=np.uint8)
+    indices = h5py.VirtualLayout(shape=(count,), dtype=np.int64)
+    for info in infos:  # relative names: HDF5 looks for them beside samples.h5
+        images[info.start:info.stop] = h5py.VirtualSource(info.path.name, "images", shape=(info.count, *shape))
+        indices[info.start:info.stop] = h5py.VirtualSource(info.path.name, "indices", shape=(info.count,))
+    path = Path(folder) / VIEW
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w", libver=("earliest", "v110"), locking=False, track_order=False) as handle:
+            handle.create_virtual_dataset("images", images, fillvalue=0)
+            handle.create_virtual_dataset("indices", indices, fillvalue=-1)
+            _encode_attrs(handle.attrs, meta)
+            handle.attrs["format_version"] = SHARD_FORMAT_VERSION
+    return path
+
+
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -290,7 +347,7 @@ def read_manifest(folder: Path) -> dict:
         if key not in manifest:
             raise ShardError(path, f"no '{key}' entry", "rerun generation to rewrite it")
     missing = [key for key in ("num_samples", "shard_size") if key not in manifest["meta"]]
-    if missing or manifest.get("format_version") != SHARD_FORMAT_VERSION:
+    if missing or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ShardError(path, f"format version {manifest.get('format_version')}, meta lacking {missing}; this "
                                f"hpc_ncsn writes version {SHARD_FORMAT_VERSION}", "rerun generation to rewrite it")
     return manifest
