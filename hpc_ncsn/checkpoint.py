@@ -11,6 +11,10 @@ after the new one has its final name.
 
 `load_ema_model` turns any checkpoint (DeepSpeed's included) into a plain model for
 sampling; it needs neither Accelerate nor DeepSpeed.
+
+A snapshot (`train.eval_every`) is a folder `step-XXXXXXXX` under `<run>/snapshots/`
+holding only `ema.pt` (written atomically: it is its own completion mark). Snapshots
+are never rotated; generation reads one like a checkpoint.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from pathlib import Path
 from .errors import UserError
 from .files import publish_dir
 
-__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "NoCheckpoint", "checkpoint_name", "latest_checkpoint",
-           "load_ema_model", "publish", "resolve_checkpoint", "rotate", "scratch_dir"]
+__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "NoCheckpoint", "checkpoint_name",
+           "latest_checkpoint", "load_ema_model", "publish", "resolve_checkpoint", "rotate", "scratch_dir", "snapshots"]
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")
 COMPLETE_MARK = "meta.json"
 EMA_FILE = "ema.pt"
+SNAPSHOTS = "snapshots"
 
 
 class NoCheckpoint(UserError, FileNotFoundError):
@@ -64,6 +69,15 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
         if match and (path / COMPLETE_MARK).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
+
+
+def snapshots(run: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of a run's complete EMA snapshots, oldest first."""
+    root = Path(run) / SNAPSHOTS
+    if not root.is_dir():
+        return []
+    return sorted((int(match.group(1)), path) for path in root.iterdir()
+                  if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / EMA_FILE).is_file())
 
 
 def latest_checkpoint(root: Path) -> Path | None:

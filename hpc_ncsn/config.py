@@ -244,6 +244,9 @@ class TrainConfig(_Section):
     value wins over the launcher, with a warning when the two differ.
     `log_with`: experiment trackers through Accelerate, comma-separated (tensorboard, wandb,
     mlflow, ...); each gets what metrics.jsonl gets, plus the sample grids.
+    `eval_every` > 0 keeps the EMA weights every eval_every steps and at the last step in
+    snapshots/step-*/ema.pt (never rotated); a sweep scores each snapshot with
+    `eval_samples` samples of its cell's sampler: FID over training and the table's best step.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -269,6 +272,8 @@ class TrainConfig(_Section):
     keep_checkpoints: int = 3
     max_consecutive_skips: int = 20
     log_with: str = ""
+    eval_every: int = 0
+    eval_samples: int = 500
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
@@ -284,6 +289,8 @@ class TrainConfig(_Section):
         for key in ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "max_consecutive_skips"):
             _require(getattr(self, key) >= 1, key, "must be >= 1")
         _require(1 <= self.sample_images <= 1024, "sample_images", "must be in 1..1024 (the training's sample grid)")
+        _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0: no snapshots for FID over training)")
+        _require(self.eval_samples >= 10, "eval_samples", "must be at least 10 (the Inception Score's 10 splits)")
         _require(not self.log_with.strip() or all(name.strip() for name in self.log_with.split(",")), "log_with",
                  "must be '' (metrics.jsonl only) or tracker names separated by commas, e.g. tensorboard,wandb")
 

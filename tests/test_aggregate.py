@@ -128,3 +128,33 @@ def test_rows_are_named_as_the_readme_names_the_arms(sweep_folder):
     aggregate(sweep_folder, plots=False)
     rows = [line.split("|")[1].strip() for line in (sweep_folder / "table.md").read_text().splitlines()[2:4]]
     assert rows == ["geometric", "linear"]
+
+
+def test_fid_over_training_gives_each_row_its_curve_and_best_step(sweep_folder):
+    curves = {("geometric", 0): {100: 50.0, 200: 20.0, 300: 25.0}, ("geometric", 1): {100: 40.0, 200: 30.0, 300: 21.0},
+              ("geometric", 2): {100: 45.0, 200: 22.0},  # its step 300 was not scored: the row uses 100 and 200
+              ("linear", 0): {100: 90.0, 200: 80.0, 300: 70.0}, ("linear", 1): {100: 95.0, 200: 85.0, 300: 60.0}}
+    for task in plan(SweepSpec.load(sweep_folder), sweep_folder).sample:
+        key = (dict(task.group)["schedule"], task.seed)
+        if key in curves:
+            (task.folder.parent / "over_training").mkdir()
+            (task.folder.parent / "over_training" / "fid_vs_step.json").write_text(json.dumps(
+                [{"step": step, "fid": fid, "kid_mean": fid / 1000, "n": 100} for step, fid in curves[key].items()]))
+    table = aggregate(sweep_folder)
+    geometric, linear = table["rows"]
+    assert [point["step"] for point in geometric["over_training"]] == [100, 200]
+    assert geometric["over_training"][1]["fid"]["mean"] == pytest.approx(24.0)
+    assert geometric["best_step"]["step"] == 200 and linear["best_step"]["step"] == 300
+    assert linear["best_step"]["fid"]["mean"] == pytest.approx(65.0) and linear["best_step"]["n"] == 100
+    assert "| geometric | 3/3 | 500 | 13 |" in (sweep_folder / "table.md").read_text()
+    assert "| 200 (24 at N=100) |" in (sweep_folder / "table.md").read_text()
+    row = next(csv.DictReader(io.StringIO((sweep_folder / "table.csv").read_text())))
+    assert (row["best_step"], row["best_step_fid_mean"], row["best_step_n"]) == ("200", "24.0", "100")
+    assert (sweep_folder / "fid_vs_step.png").stat().st_size > 0
+
+
+def test_without_fid_over_training_the_table_has_no_best_step(sweep_folder):
+    table = aggregate(sweep_folder)
+    assert all("best_step" not in row for row in table["rows"])
+    assert "best step" not in (sweep_folder / "table.md").read_text()
+    assert not (sweep_folder / "fid_vs_step.png").exists()

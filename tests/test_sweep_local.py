@@ -279,3 +279,28 @@ def test_a_moved_sweep_folder_resumes_without_redrawing_its_shards(finished, tmp
     assert summary(again)["failed"] == {} and "[sample] schedule-snr_seed-0: done" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")} == shards  # kept, not redrawn
     assert json.loads((moved / "table.json").read_text())["rows"] == json.loads((out / "table.json").read_text())["rows"]
+
+
+def test_fid_over_training_scores_every_snapshot_of_each_cell_and_the_table_names_the_best_step(tmp_path):
+    out = tmp_path / "sweep"
+    result = sweep(out, "--schedules", "geometric,snr", "--seeds", "0", "train.steps=4", "train.eval_every=2",
+                   "train.eval_samples=20", "train.keep_checkpoints=1")
+    snapshots = out / "train" / "schedule-geometric_seed-0" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step-00000002", "step-00000004"]  # never rotated
+    for cell in ("schedule-geometric_seed-0", "schedule-snr_seed-0"):
+        curve = json.loads((out / "cells" / cell / "over_training" / "fid_vs_step.json").read_text())
+        assert [point["step"] for point in curve] == [2, 4] and all(point["n"] == 20 for point in curve)
+        # The last snapshot is the final EMA, drawn with the same seed and N: the cell's own samples and FID.
+        assert curve[-1]["fid"] == json.loads((out / "cells" / cell / "samples" / "metrics.json").read_text())["fid"]
+        for point in curve:  # each point is the report of a real sample folder of that snapshot
+            folder = out / "cells" / cell / "over_training" / f"step-0000000{point['step']}"
+            assert json.loads((folder / "metrics.json").read_text())["fid"] == point["fid"]
+            assert read_shard(folder / "shard-00000.h5")[2]["checkpoint_step"] == point["step"]
+    snr = json.loads((out / "cells" / "schedule-snr_seed-0" / "over_training" / "step-00000004" / "metrics.json")
+                     .read_text())
+    geometric = json.loads((out / "cells" / "schedule-geometric_seed-0" / "over_training" / "step-00000004" /
+                            "metrics.json").read_text())
+    assert snr["fid"] != geometric["fid"]  # one network, each cell's own sampler
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert all(row["best_step"]["step"] in (2, 4) for row in rows)
+    assert "best step (FID)" in result.stdout and (out / "fid_vs_step.png").stat().st_size > 0

@@ -5,6 +5,10 @@ noise-schedule ablation): mean, sample standard deviation and 95% confidence
 interval over seeds (Student t, n−1 degrees of freedom) of FID, KID and IS, with
 the number of samples per cell. A cell that failed, is still running or was never
 run stays in the table as such. The same inputs give byte-identical tables.
+
+With FID over training (train.eval_every), a row also gets its curve (mean and std
+over seeds at each snapshot step all its scored seeds share) and its best step: the
+step of the lowest mean; the table gains that column and fid_vs_step.png.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ class CellResult:
     metrics: dict  # fid, kid_mean, is_mean, n (done cells only)
     train: str
     samples: Path
+    over_training: tuple = field(default=())  # ({step, fid, kid_mean, n}, ...) of a done cell's snapshots
 
 
 def _cell_state(statuses: dict, queue: dict | None) -> tuple[str, str]:
@@ -60,15 +65,19 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
         statuses = {task.stage: read_status(sweep.root, task)}
         if task.train is not None:  # an anchor has no training task
             statuses[task.train.stage] = read_status(sweep.root, task.train)
+        curve: tuple = ()
         if report_path.is_file() and statuses[task.stage] is not None and statuses[task.stage].state == "done":
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
             state, detail = "done", ""
+            curve_path = task.folder.parent / "over_training" / "fid_vs_step.json"
+            if task.train is not None and curve_path.is_file():
+                curve = tuple(json.loads(curve_path.read_text()))
         else:
             metrics = {}
             state, detail = _cell_state(statuses, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
-                                  task.train.name if task.train is not None else "", task.folder))
+                                  task.train.name if task.train is not None else "", task.folder, curve))
     return results
 
 
@@ -108,8 +117,23 @@ def summarize(cells: list[CellResult]) -> list[dict]:
                             for cell in members if cell.state != "done"]}
         for metric in METRICS:
             row[metric] = _spread([cell.metrics[metric] for cell in done])
+        curve = _over_training([cell for cell in done if cell.over_training])
+        if curve:
+            best = min(curve, key=lambda point: (point["fid"]["mean"], point["step"]))
+            row["over_training"], row["best_step"] = curve, {"step": best["step"], "fid": best["fid"], "n": best["n"]}
         rows.append(row)
     return rows
+
+
+def _over_training(cells: list[CellResult]) -> list[dict]:
+    """FID over training of a row: mean/std/ci95 over its seeds at every step all of them scored."""
+    if not cells:
+        return []
+    by_seed = [{point["step"]: point for point in cell.over_training if point.get("fid") is not None}
+               for cell in cells]
+    steps = sorted(set.intersection(*(set(points) for points in by_seed)))
+    return [{"step": step, "fid": _spread([points[step]["fid"] for points in by_seed]),
+             "n": by_seed[0][step]["n"], "seeds": len(by_seed)} for step in steps]
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -123,16 +147,24 @@ def _group_label(group: dict) -> str:
     return ", ".join(parts) or "(all)"
 
 
+def _best_step(row: dict) -> str:
+    best = row.get("best_step")
+    return "–" if best is None else f"{best['step']} ({_fmt(best['fid']['mean'])} at N={best['n']})"
+
+
 def markdown(rows: list[dict], cells: list[CellResult]) -> str:
-    lines = ["| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean | problems |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    over_training = any("best_step" in row for row in rows)  # the column only where snapshots were scored
+    extra = (" best step (FID) |", "---|") if over_training else ("", "")
+    lines = [f"| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean |{extra[0]} problems |",
+             f"|---|---|---|---|---|---|---|---|{extra[1]}---|"]
     for row in rows:
         fid = row["fid"]
         ci = "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}"
+        best = f" {_best_step(row)} |" if over_training else ""
         lines.append(f"| {_group_label(row['group'])} | {row['seeds_done']}/{row['seeds_total']} | "
                      f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'} | {_fmt(fid['mean'])} | "
-                     f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} | "
-                     f"{'; '.join(row['problems']) or ''} |")
+                     f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} |"
+                     f"{best} {'; '.join(row['problems']) or ''} |")
     lines += ["", "Per cell:", "", "| cell | state | FID | KID | IS | N | detail |", "|---|---|---|---|---|---|---|"]
     for cell in cells:
         m = cell.metrics
@@ -145,15 +177,20 @@ def csv_text(rows: list[dict]) -> str:
     keys = sorted({key for row in rows for key in row["group"]})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    over_training = any("best_step" in row for row in rows)
     header = [*keys, "seeds_done", "seeds_total", "n_per_cell"]
     for metric in METRICS:
         header += [f"{metric}_mean", f"{metric}_std", f"{metric}_ci95"]
+    header += ["best_step", "best_step_fid_mean", "best_step_n"] if over_training else []
     writer.writerow([*header, "problems"])
     for row in rows:
         line = [row["group"].get(key, "") for key in keys]
         line += [row["seeds_done"], row["seeds_total"], json.dumps(row["n_per_cell"])]
         for metric in METRICS:
             line += ["" if row[metric][k] is None else repr(row[metric][k]) for k in ("mean", "std", "ci95")]
+        if over_training:
+            best = row.get("best_step")
+            line += [best["step"], repr(best["fid"]["mean"]), best["n"]] if best else ["", "", ""]
         writer.writerow([*line, "; ".join(row["problems"])])
     return out.getvalue()
 
@@ -166,6 +203,7 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     rows = summarize(cells)
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train}
+                                     | ({"over_training": list(c.over_training)} if c.over_training else {})
                                      for c in cells]}
     atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     atomic_write(root / "table.csv", csv_text(rows))
@@ -174,6 +212,8 @@ def aggregate(root: Path, plots: bool = True) -> dict:
         _plot_fid(rows, cells, root / "fid.png")
         _plot_losses(sweep, cells, root / "loss_per_level.png")
         _plot_samples(cells, root / "samples.png")
+        if any("over_training" in row for row in rows):
+            _plot_over_training(rows, root / "fid_vs_step.png")
     return table
 
 
@@ -208,6 +248,26 @@ def _plot_fid(rows: list[dict], cells: list[CellResult], path: Path) -> None:
     ax.set_xticks(range(len(rows)), [_group_label(row["group"]) for row in rows], rotation=20)
     ax.set_xlim(-0.5, len(rows) - 0.5)
     ax.set_ylabel("FID (mean, 95% CI over seeds; dots: seeds)")
+    _save(plt, figure, path)
+
+
+def _plot_over_training(rows: list[dict], path: Path) -> None:
+    plt, (figure, axes) = _figure(1, width=5.0, height=3.4)
+    ax = axes[0, 0]
+    for k, row in enumerate(row for row in rows if row.get("over_training")):
+        steps = [point["step"] for point in row["over_training"]]
+        mean = np.array([point["fid"]["mean"] for point in row["over_training"]])
+        std = np.array([point["fid"]["std"] or 0.0 for point in row["over_training"]])
+        label = f"{_group_label(row['group'])} ({row['over_training'][0]['seeds']} seeds)"
+        ax.plot(steps, mean, marker="o", markersize=3, color=f"C{k}", label=label)
+        ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.2, linewidth=0)
+        ax.scatter([row["best_step"]["step"]], [row["best_step"]["fid"]["mean"]], marker="*", s=90, color=f"C{k}",
+                   zorder=3)
+    ax.set_xlabel("training step")
+    n = next(row["best_step"]["n"] for row in rows if row.get("best_step"))
+    ax.set_ylabel(f"FID at N={n} (mean ± std over seeds)")
+    ax.set_title("FID over training (★ best step)", fontsize=9)
+    ax.legend(fontsize=7)
     _save(plt, figure, path)
 
 

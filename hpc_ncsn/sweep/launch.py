@@ -167,7 +167,8 @@ def print_plan(sweep: Plan) -> None:
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
         print(f"  {task.name}: {source}, samples in {task.folder}")
-    print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png")
+    print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png"
+          + (", fid_vs_step.png" if sweep.spec.base["train"]["eval_every"] else ""))
 
 
 def _sweep_root(args: argparse.Namespace) -> Path:

@@ -11,6 +11,7 @@ Importing this module does not import torch; the bodies import what they need.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
@@ -64,8 +65,6 @@ class SampleTask:
 
     def sampling_overrides(self) -> tuple[str, ...]:
         """The cell's sampler and generate sections, as overrides of its training run's config."""
-        import json
-
         return tuple(f"{section}.{key}={value if isinstance(value, str) else json.dumps(value)}"
                      for section in ("sampler", "generate") for key, value in self.config[section].items())
 
@@ -84,7 +83,36 @@ class SampleTask:
             raise NotRun(f"cell {self.name} samples the network of training task {self.train.name}, which "
                          f"{said}; rerun the sweep to train it first", "cancelled" if state == "cancelled" else "failed")
         generate(self.train.folder, self.folder, overrides=self.sampling_overrides(), seed=self.seed)
-        return _score(self.folder, self.config)
+        report = _score(self.folder, self.config)
+        self.score_over_training()
+        return report
+
+    @property
+    def over_training(self) -> Path:
+        """Where the snapshots' samples and fid_vs_step.json go (beside the cell's samples)."""
+        return self.folder.parent / "over_training"
+
+    def score_over_training(self) -> list[dict]:
+        """With train.eval_every: draw train.eval_samples samples of this cell's sampler from each EMA snapshot
+        of its training and score them (resumable like the cell); write fid_vs_step.json. Rank 0's list."""
+        from ..checkpoint import checkpoint_name, snapshots
+        from ..distributed import is_main_process
+        from ..files import atomic_write
+        from ..samples.generate import generate
+
+        train = self.config["train"]
+        if not train["eval_every"]:
+            return []
+        curve = []
+        for step, snapshot in snapshots(self.train.folder):
+            folder = self.over_training / checkpoint_name(step)
+            generate(snapshot, folder, seed=self.seed,
+                     overrides=(*self.sampling_overrides(), f"generate.num_samples={train['eval_samples']}"))
+            report = _score(folder, self.config)  # every rank takes part, so every rank scores
+            curve.append({"step": step, **{key: report.get(key) for key in ("fid", "kid_mean", "n")}})
+        if is_main_process():
+            atomic_write(self.over_training / "fid_vs_step.json", json.dumps(curve, indent=2) + "\n")
+        return curve
 
 
 def _shard_progress(folder: Path, config: dict) -> dict:

@@ -96,6 +96,8 @@ def _loop(config: Config, run: Training) -> Path:
             if due(cfg.sample_every) and is_main_process():
                 run.log_sample_grid(sample_grid(config, run.ema, run.accelerator.device,
                                                 run.folder.sample_grid(state.step)))
+            if cfg.eval_every and due(cfg.eval_every) and is_main_process():
+                run.folder.save_snapshot(config, state.step, run.ema)  # for FID over training
             if due(cfg.checkpoint_every):
                 run.save()
             if due(cfg.sample_every) or due(cfg.checkpoint_every):

@@ -4,6 +4,7 @@
     metrics.jsonl          one JSON line per log interval
     samples/step-*.png     EMA sample grids
     checkpoints/step-*/    Accelerate state (model, optimizer, scaler, RNG), ema.pt, meta.json
+    snapshots/step-*/      ema.pt only, every train.eval_every steps (never rotated)
 
 Only the main process writes here; the others wait at the callers' barriers.
 """
@@ -23,7 +24,7 @@ from ..config import Config, ConfigError, config_from_dict, config_to_dict, conf
 from ..distributed import is_main_process
 from ..errors import UserError
 from ..ema import EMA
-from ..files import DiskFull, atomic_write, disk_full, read_jsonl, require_free_space
+from ..files import DiskFull, atomic_path, atomic_write, disk_full, read_jsonl, require_free_space
 from ..locks import FolderLock
 
 __all__ = ["RunFolder", "RunFolderMismatch", "TrainState"]
@@ -108,6 +109,14 @@ class RunFolder:
 
     def sample_grid(self, step: int) -> Path:
         return self.path / "samples" / f"{ckpt.checkpoint_name(step)}.png"
+
+    def save_snapshot(self, config: Config, step: int, ema: EMA) -> Path:
+        """The EMA weights of `step` in snapshots/step-*/ema.pt, as a checkpoint's ema.pt (main process)."""
+        folder = self.path / ckpt.SNAPSHOTS / ckpt.checkpoint_name(step)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ckpt.EMA_FILE) as tmp:
+            torch.save({"step": step, "config": config_to_dict(config), "ema": ema.state_dict()}, tmp)
+        return folder
 
     def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA,
                         levels: dict | None = None) -> Path | None:
