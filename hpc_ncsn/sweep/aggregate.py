@@ -26,6 +26,7 @@ from ..files import atomic_path, atomic_write, read_jsonl
 from .plan import ARM_AXIS, Plan, SweepSpec, plan
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
+from .tasks import CURVE, SampleTask
 
 __all__ = ["CellResult", "aggregate", "collect", "summarize"]
 
@@ -70,9 +71,8 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
             state, detail = "done", ""
-            curve_path = task.folder.parent / "over_training" / "fid_vs_step.json"
-            if task.train is not None and curve_path.is_file():
-                curve = tuple(json.loads(curve_path.read_text()))
+            if isinstance(task, SampleTask) and (task.over_training / CURVE).is_file():
+                curve = tuple(json.loads((task.over_training / CURVE).read_text()))
         else:
             metrics = {}
             state, detail = _cell_state(statuses, queue)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
-__all__ = ["ANCHORS", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task", "TrainTask"]
+__all__ = ["ANCHORS", "CURVE", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task", "TrainTask"]
+
+
+CURVE = "fid_vs_step.json"  # a cell's FID over training, in SampleTask.over_training
 
 
 class NotRun(RuntimeError):
@@ -89,7 +92,7 @@ class SampleTask:
 
     @property
     def over_training(self) -> Path:
-        """Where the snapshots' samples and fid_vs_step.json go (beside the cell's samples)."""
+        """Where the snapshots' samples and CURVE go (beside the cell's samples)."""
         return self.folder.parent / "over_training"
 
     def score_over_training(self) -> list[dict]:
@@ -111,7 +114,7 @@ class SampleTask:
             report = _score(folder, self.config)  # every rank takes part, so every rank scores
             curve.append({"step": step, **{key: report.get(key) for key in ("fid", "kid_mean", "n")}})
         if is_main_process():
-            atomic_write(self.over_training / "fid_vs_step.json", json.dumps(curve, indent=2) + "\n")
+            atomic_write(self.over_training / CURVE, json.dumps(curve, indent=2) + "\n")
         return curve
 
 

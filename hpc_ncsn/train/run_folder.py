@@ -46,6 +46,11 @@ class RunFolderMismatch(UserError, ValueError):
     """A run folder holds a run of another experiment; the message lists what differs."""
 
 
+def _ema_record(config: Config, step: int, ema: EMA) -> dict:
+    """What ema.pt holds, in a checkpoint as in a snapshot (checkpoint.load_ema_model reads it)."""
+    return {"step": step, "config": config_to_dict(config), "ema": ema.state_dict()}
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -115,7 +120,7 @@ class RunFolder:
         folder = self.path / ckpt.SNAPSHOTS / ckpt.checkpoint_name(step)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / ckpt.EMA_FILE) as tmp:
-            torch.save({"step": step, "config": config_to_dict(config), "ema": ema.state_dict()}, tmp)
+            torch.save(_ema_record(config, step, ema), tmp)
         return folder
 
     def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA,
@@ -142,8 +147,7 @@ class RunFolder:
             accelerator.wait_for_everyone()
             final = None
             if main:
-                torch.save({"step": state.step, "config": config_to_dict(config), "ema": ema.state_dict()},
-                           scratch / ckpt.EMA_FILE)
+                torch.save(_ema_record(config, state.step, ema), scratch / ckpt.EMA_FILE)
                 meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
                         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                         "time": time.time(), "levels": levels}
