@@ -384,9 +384,9 @@ def _add_generate_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--batch-size", type=int, default=None,
                      help=f"samples per network evaluation batch (generate.batch_size; default: {sampler})")
     gen.add_argument("--seed", type=int, default=0, help="sample i's noise depends on (seed, i) only (default: 0)")
-    gen.add_argument("--precision", choices=("fp32", "bf16"), default=None,
-                     help="the network's precision, bf16 autocast; the Langevin state stays float32 "
-                          f"(sampler.precision; default: {sampler})")
+    gen.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                     help="the network's precision, bf16 autocast (auto: bf16 where the device computes it "
+                          f"natively); the Langevin state stays float32 (sampler.precision; default: {sampler})")
     gen.add_argument("--channels-last", action="store_const", const=True, default=None,
                      help="run the network in channels_last layout (sampler.channels_last)")
     gen.add_argument("--compile", action="store_const", const=True, default=None,

@@ -185,7 +185,8 @@ class SamplerConfig(_Section):
     the level-1 prior; 'uniform' from U(0, 1) as NCSN/NCSNv2 did (the SNR rule overshoots
     from there when σ_1 dwarfs the data spread). `precision`, `channels_last`, `compile`:
     how the network is evaluated (bf16 moves samples within its rounding, so shards
-    record it; the Langevin state and its noise stay float32).
+    record the precision in effect; the Langevin state and its noise stay float32);
+    precision `auto` is bf16 where the device computes it natively, fp32 elsewhere.
     """
 
     SECTION: ClassVar[str] = "sampler"
@@ -195,7 +196,7 @@ class SamplerConfig(_Section):
     snr: float = 0.16
     init: Literal["uniform", "gaussian"] = "gaussian"
     final_denoise: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
 
@@ -240,7 +241,8 @@ class TrainConfig(_Section):
     `channels_last` stores activations NHWC; `compile` runs the network through
     torch.compile, falling back to eager with a warning when compiling fails.
     `mixed_precision`: auto = what the launcher says (`accelerate launch --mixed_precision`
-    or its config file), else bf16 on a GPU that has it and fp32 otherwise; an explicit
+    or its config file), else bf16 where the device computes it natively (a GPU that has it,
+    a CPU with AVX-512 BF16 or AMX) and fp32 otherwise; an explicit
     value wins over the launcher, with a warning when the two differ.
     `log_with`: experiment trackers through Accelerate, comma-separated (tensorboard, wandb,
     mlflow, ...); each gets what metrics.jsonl gets, plus the sample grids.

@@ -23,10 +23,33 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "CompiledOrEager", "NetworkSpeed", "autocast_dtype", "network_call", "score_function",
-           "to_channels_last"]
+__all__ = ["PRECISIONS", "CompiledOrEager", "NetworkSpeed", "autocast_dtype", "native_bf16", "network_call",
+           "score_function", "to_channels_last"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU that supports it, or an x86 CPU with AVX-512 BF16
+    or AMX-BF16 instructions (oneDNN's bf16 convolutions run there at about twice the fp32 rate; on other CPUs
+    bf16 is emulated and slower than fp32). What `auto` precisions resolve by."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # public since torch 2.12
+    if capabilities is not None:
+        found = capabilities()
+        return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(asked: str, native: bool) -> str:
+    """A sampler precision with `auto` resolved: bf16 where the device computes it natively (`native`), else fp32."""
+    if asked == "auto":
+        return "bf16" if native else "fp32"
+    autocast_dtype(asked)
+    return asked
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -88,9 +111,10 @@ class NetworkSpeed:
         autocast_dtype(self.precision)
 
     @classmethod
-    def from_sampler(cls, sampler) -> "NetworkSpeed":
-        """The network settings of a `SamplerConfig` (sampler.precision, channels_last, compile)."""
-        return cls(sampler.precision, sampler.channels_last, sampler.compile)
+    def from_sampler(cls, sampler, device: torch.device) -> "NetworkSpeed":
+        """The network settings of a `SamplerConfig` (sampler.precision, channels_last, compile) on `device`,
+        precision `auto` resolved there."""
+        return cls(resolve_precision(sampler.precision, native_bf16(device)), sampler.channels_last, sampler.compile)
 
     def attrs(self) -> dict:
         """What shards record: the precision changes the samples, the other two only the speed."""

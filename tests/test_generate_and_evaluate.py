@@ -131,6 +131,13 @@ def test_bf16_network_precision_is_recorded_redraws_the_shards_and_stays_close(t
         difference = np.abs(fast.astype(int) - images.astype(int))
         # Measured: mean 0.07–0.15 levels, largest 8–14 (of 255) over the three shards.
         assert 0 < difference.mean() < 1 and difference.max() <= 64, (difference.mean(), difference.max())
+    # auto: bf16 where this CPU computes it natively (the bf16 shards kept), else fp32 (all redrawn)
+    from hpc_ncsn.network import native_bf16
+
+    native = native_bf16(torch.device("cpu"))
+    report = json.loads(check(generate_cmd(trained_run, out, "--precision", "auto"), env(tmp_path)).splitlines()[-1])
+    assert (report["kept"], report["generated"]) == (([0, 1, 2], []) if native else ([], [0, 1, 2]))
+    assert read_shard(out / "shard-00000.h5")[2]["network_precision"] == ("bf16" if native else "fp32")
 
 
 def test_settings_that_change_only_the_speed_keep_the_shards(trained_run, tmp_path):

@@ -10,7 +10,7 @@ from torch import nn
 from hpc_ncsn.config import arm_overrides, load_config
 from hpc_ncsn.ema import EMA
 from hpc_ncsn.model import build_score_model
-from hpc_ncsn.network import CompiledOrEager, NetworkSpeed, score_function
+from hpc_ncsn.network import CompiledOrEager, NetworkSpeed, native_bf16, resolve_precision, score_function
 from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
 from hpc_ncsn.train import Training
 from helpers import TINY
@@ -22,6 +22,27 @@ def tiny_config(*extra: str):
 
 def failing_backend(graph_module, example_inputs):
     raise RuntimeError("no working compiler on this machine")
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_instructions():
+    """native_bf16 against the kernel's own list of this CPU's flags; auto resolves by it, named values stay."""
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if not flags:
+        pytest.skip("no x86 flags in /proc/cpuinfo on this machine")
+    assert native_bf16(torch.device("cpu")) == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert [resolve_precision("auto", native) for native in (True, False)] == ["bf16", "fp32"]
+    assert [resolve_precision(named, native) for named in ("fp32", "bf16") for native in (True, False)] == \
+        ["fp32", "fp32", "bf16", "bf16"]
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", True)
+    sampler = load_config("configs/debug.yaml", []).sampler
+    assert sampler.precision == "auto"
+    assert NetworkSpeed.from_sampler(sampler, torch.device("cpu")).precision == \
+        resolve_precision("auto", native_bf16(torch.device("cpu")))
 
 
 def test_compile_failure_falls_back_to_eager_with_a_warning():

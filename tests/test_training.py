@@ -149,23 +149,33 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
 @slow
 def test_the_launchers_precision_is_used_unless_the_run_config_names_one(tmp_path):
     """`accelerate launch --mixed_precision bf16 train.py` trains in bf16 (train.mixed_precision: auto);
-    an explicit run-config value wins with a warning naming both; the precision in effect is recorded."""
+    an explicit run-config value wins with a warning naming both; without a launcher, auto is bf16 where
+    this CPU computes it natively (AVX-512 BF16, AMX) and fp32 elsewhere; the precision in effect is recorded."""
+    from hpc_ncsn.network import native_bf16
+
     common = ["train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
     launched = accelerate(1, "--mixed_precision", "bf16")
     quiet = run(train_cmd(tmp_path / "auto", *common, launcher=launched))
     loud = run(train_cmd(tmp_path / "explicit", *common, "train.mixed_precision=no", launcher=launched))
     plain = run(train_cmd(tmp_path / "plain", *common))
+    fp32_alone = run(train_cmd(tmp_path / "fp32", *common, "train.mixed_precision=no"))
     warning = "train.mixed_precision=no overrides the launcher's --mixed_precision bf16"
-    assert warning in loud.stderr and "overrides" not in quiet.stderr + plain.stderr
-    for name, precision in (("auto", "bf16"), ("explicit", "no"), ("plain", "no")):
+    assert warning in loud.stderr and "overrides" not in quiet.stderr + plain.stderr + fp32_alone.stderr
+    native = "bf16" if native_bf16(torch.device("cpu")) else "no"
+    for name, precision in (("auto", "bf16"), ("explicit", "no"), ("plain", native), ("fp32", "no")):
         assert {record["mixed_precision"] for record in metrics(tmp_path / name)} == {precision}, name
         meta = json.loads((tmp_path / name / "checkpoints/step-00000002/meta.json").read_text())
         assert meta["mixed_precision"] == precision, name
-    fp32 = final_state(tmp_path / "plain")[0]
+    fp32 = final_state(tmp_path / "fp32")[0]
     # fp32 under the launcher = fp32 without it, up to the summation order of its thread count
     assert_same(final_state(tmp_path / "explicit")[0], fp32, exact=False, atol=1e-5)
     auto = final_state(tmp_path / "auto")[0]
     assert max(float((auto[key] - fp32[key]).abs().max()) for key in fp32) > 1e-4  # bf16 autocast really ran
+    plain_state = final_state(tmp_path / "plain")[0]
+    if native == "bf16":
+        assert max(float((plain_state[key] - fp32[key]).abs().max()) for key in fp32) > 1e-4
+    else:
+        assert_same(plain_state, fp32, exact=False, atol=1e-5)
 
 
 def test_a_launcher_precision_training_cannot_use_is_one_line_naming_the_flag(monkeypatch):

@@ -159,7 +159,7 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
     settings = config.generate
     specs = plan_shards(settings.num_samples, settings.shard_size)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
-    speed = NetworkSpeed.from_sampler(config.sampler)
+    speed = NetworkSpeed.from_sampler(config.sampler, device)
     attrs = {**sampler_attrs(config, checkpoint, step, seed, out), **speed.attrs(),
              "num_samples": settings.num_samples, "shard_size": settings.shard_size}
     score = score_function(model, speed)

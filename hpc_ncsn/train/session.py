@@ -19,7 +19,7 @@ from ..distributed import is_main_process
 from ..errors import UserError
 from ..ema import EMA
 from ..model import build_score_model, count_parameters
-from ..network import network_call
+from ..network import native_bf16, network_call
 from ..schedules import ladder
 from .batches import load_training_data, micro_batch_size
 from .run_folder import RunFolder, TrainState
@@ -56,14 +56,15 @@ def resolve_mixed_precision(asked: str, on_cpu: bool) -> str:
 
     `accelerate launch` tells its processes its --mixed_precision (or its config file's
     value, "no" when neither says) in ACCELERATE_MIXED_PRECISION. `auto` takes that; without
-    a launcher, bf16 on a GPU that supports it and fp32 ("no") otherwise. An explicit value
+    a launcher, bf16 where the device computes it natively (hpc_ncsn.network.native_bf16: a GPU
+    that supports it, a CPU with AVX-512 BF16 or AMX) and fp32 ("no") otherwise. An explicit value
     wins over the launcher, with a warning when the launcher asked for another low precision
     (its "no" is also its silent default, so it is not taken as a request).
     """
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower() or None
     if asked == "auto":
         if launcher is None:
-            effective = "bf16" if not on_cpu and torch.cuda.is_bf16_supported() else "no"
+            effective = "bf16" if native_bf16(torch.device("cpu" if on_cpu else "cuda")) else "no"
         elif launcher in MIXED_PRECISIONS:
             effective = launcher
         else:
