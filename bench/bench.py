@@ -420,6 +420,8 @@ def bench_peers(args: argparse.Namespace, device: torch.device, gpu: bool) -> li
                 (", channels_last" if fast_channels_last(device) else "")
             runs.append((f"{our_label}, {switches}",
                          _peer(ours, *common, "--fast")))
+        if section == "train" and args.compile:
+            runs.append((f"{our_label}, {switches}, compiled", _peer(ours, *common, "--fast", "--compile")))
         baseline = None
         for label, result in runs:
             what = f"{label} ({result['threads']} threads, {result['max_rss_mb']:,.0f} MB)"
@@ -477,8 +479,10 @@ def bench_scale(counts: list[int], seed_counts: list[int], gpu: bool) -> list[di
     return rows
 
 
-def profile_step(config: Path, batch: int, device: torch.device, top: int = 10) -> str:
-    """The `top` operators of one fast training step by self time (torch.profiler), as a Markdown table."""
+def profile_step(config: Path, batch: int, device: torch.device, compile_network: bool, top: int = 10) -> str:
+    """The `top` operators of one fast training step by self time (torch.profiler), as a Markdown table.
+    Compiled (when `compile_network`), Inductor's fused kernels show as one "CompiledFxGraph" entry per graph
+    (forward, backward); the convolutions and matrix products it leaves to oneDNN/cuDNN/cuBLAS by name."""
     from torch.profiler import ProfilerActivity, profile
 
     from hpc_ncsn.config import load_config
@@ -489,7 +493,7 @@ def profile_step(config: Path, batch: int, device: torch.device, top: int = 10) 
             "data.name=digits", f"train.batch_size={batch}", "train.grad_accum=1", f"train.out_dir={out}",
             "train.mixed_precision=bf16", "train.fused_optimizer=true",
             f"train.channels_last={str(fast_channels_last(device)).lower()}",
-            "train.compile=false"]))
+            f"train.compile={str(compile_network).lower()}"]))
         shape = (run.config.data.channels, run.config.data.image_size, run.config.data.image_size)
         run.data = torch.randint(0, 256, (max(batch * 4, 256), *shape), dtype=torch.uint8, device=device)
         for _ in range(3):
@@ -503,7 +507,8 @@ def profile_step(config: Path, batch: int, device: torch.device, top: int = 10) 
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events)
-    switches = "bf16, fused" + (", channels_last" if fast_channels_last(device) else "")
+    switches = "bf16, fused" + (", channels_last" if fast_channels_last(device) else "") + \
+        (", compiled" if compile_network else "")
     lines = [f"Top {top} operators of 5 fast training steps ({switches}), batch {batch}, by self "
              f"{'CUDA' if device.type == 'cuda' else 'CPU'} time:", "",
              "| operator | calls | self ms per step | share |", "|---|---|---|---|"]
@@ -629,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, header)
     profile = None
     if "profile" in what:
-        profile = profile_step(args.config, 128 if gpu else 64, device)
+        profile = profile_step(args.config, 128 if gpu else 64, device, args.compile)
         print()
         print(profile)
     if args.json:

@@ -10,7 +10,7 @@ which splits "our code" from "our process". Every product row runs with that set
 as every hpc_ncsn entry point does.
 
     python bench/peers.py train-plain --config configs/debug.yaml --batch 64 --steps 20
-    python bench/peers.py train-ours --config configs/debug.yaml --batch 64 --steps 20 --fast
+    python bench/peers.py train-ours --config configs/debug.yaml --batch 64 --steps 20 --fast [--compile]
 
 Each call prints one JSON object: what ran, images, seconds (the best of --repeat timed
 runs after a warm-up) and the process's peak resident memory.
@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true",
                         help="our rows with the fast switches (training: bf16, fused Adam; channels_last on a GPU; "
                              "sampling: bf16)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train-ours: torch.compile the network too (the warm-up run compiles; not timed)")
     args = parser.parse_args(argv)
     ours = args.what.endswith("-ours")
     if ours or args.setup:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     fast = ["train.mixed_precision=bf16", "train.fused_optimizer=true",
             f"train.channels_last={str(args.device.startswith('cuda')).lower()}"]
     slow = ["train.mixed_precision=no", "train.fused_optimizer=false", "train.channels_last=false"]
-    overrides = ["data.name=digits", "train.compile=false", *(fast if args.fast else slow)]
+    overrides = ["data.name=digits", f"train.compile={str(args.compile).lower()}", *(fast if args.fast else slow)]
     config = load_config(args.config, overrides)
     images = None
     with tempfile.TemporaryDirectory() as scratch:
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds, images = fid_torch_fidelity(args.images, Path(scratch), device, args.repeat), args.images
         else:
             seconds, images = fid_ours(args.images, Path(scratch), device, args.repeat), args.images
-    print(json.dumps({"what": args.what, "setup": ours or args.setup, "fast": args.fast, "images": images,
+    print(json.dumps({"what": args.what, "setup": ours or args.setup, "fast": args.fast, "compile": args.compile,
+                      "images": images,
                       "seconds": seconds, "threads": torch.get_num_threads(), "max_rss_mb": peak_memory_mb()}))
     return 0
 

@@ -97,7 +97,8 @@ def test_short_training_on_digits_lowers_the_loss(tmp_path):
 
 @slow
 def test_one_and_two_processes_train_the_same_model(tmp_path):
-    common = ["train.steps=6", "train.checkpoint_every=3", "model.dropout=0.0"]
+    # fp32 both (auto would be bf16 alone on a CPU with bf16 instructions and fp32 under accelerate launch)
+    common = ["train.steps=6", "train.checkpoint_every=3", "model.dropout=0.0", "train.mixed_precision=no"]
     single = run(train_cmd(tmp_path / "one", *common))
     result = subprocess.run(train_cmd(tmp_path / "two", *common, launcher=accelerate(2, "--multi_gpu")),
                             env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
@@ -126,7 +127,8 @@ def l2(tensors: dict) -> float:
 
 @slow
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
-    common = ["train.steps=4", "train.checkpoint_every=2", "model.dropout=0.0"]
+    # fp32: the sums' order is all that differs (bf16 rounds each micro-batch's activations on its own)
+    common = ["train.steps=4", "train.checkpoint_every=2", "model.dropout=0.0", "train.mixed_precision=no"]
     run(train_cmd(tmp_path / "whole", *common))
     run(train_cmd(tmp_path / "accumulated", *common, "train.grad_accum=4"))
     losses = [[m["loss"] for m in metrics(tmp_path / name)] for name in ("whole", "accumulated")]
