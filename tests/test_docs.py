@@ -6,7 +6,8 @@ punctuation dropped, spaces to hyphens, -1, -2 … for repeated headings).
 
 Commands: each line of a ```bash block (continuation lines joined, `# comments` dropped, split
 at `&&` and `;`) is one of:
-  - setup, not run: `python3 -m venv …`, `pip …` (any path ending in pip), `apt-get …`;
+  - setup, not run: `python3 -m venv …`, `pip …` (any path ending in pip), `apt-get …`,
+    `source …/activate`;
   - the project's own commands, checked: `hpc-ncsn …`, `python -m hpc_ncsn …`, `python train.py …`,
     `python launch/sweep.py …`, `python bench/<script>.py …`, also behind leading VAR=value
     assignments, `accelerate launch [its options]` or `torchrun [its options]`. Each runs in this
@@ -131,7 +132,8 @@ def classify(tokens: list[str]) -> tuple[str, list[str]]:
     while tokens and re.match(r"^[A-Z_][A-Z0-9_]*=", tokens[0]):
         tokens = tokens[1:]
     head = tokens[0]
-    if head in ("apt-get", "apt") or head == "pip" or head.endswith("/pip") or head == "pip3":
+    if head in ("apt-get", "apt", "pip", "pip3") or head.endswith("/pip") or \
+            (head in ("source", ".") and tokens[-1].endswith("/activate")):
         return "setup", []
     if head in ("accelerate", "torchrun"):
         for index, token in enumerate(tokens[1:], start=1):
