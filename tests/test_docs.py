@@ -156,7 +156,7 @@ def classify(tokens: list[str]) -> tuple[str, list[str]]:
 
 def run_help(target: str, args: list[str]) -> tuple[int, str]:
     """Run a project command in this process with --help appended: (exit status, what it printed)."""
-    out, saved = io.StringIO(), sys.argv
+    out, saved, path = io.StringIO(), sys.argv, list(sys.path)  # scripts put their folders on sys.path
     sys.argv = [target, *args, "--help"]
     try:
         with redirect_stdout(out), redirect_stderr(out):
@@ -168,7 +168,7 @@ def run_help(target: str, args: list[str]) -> tuple[int, str]:
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
-        sys.argv = saved
+        sys.argv, sys.path[:] = saved, path
     return status, out.getvalue()
 
 
