@@ -5,7 +5,7 @@ exists, and a `#anchor` names a heading of its target under GitHub's slug rule (
 punctuation dropped, spaces to hyphens, -1, -2 … for repeated headings).
 
 Commands: each line of a ```bash block (continuation lines joined, `# comments` dropped, split
-at `&&` and `;`) is one of:
+at `&&`, `||`, `;` and `&`) is one of:
   - setup, not run: `python3 -m venv …`, `pip …` (any path ending in pip), `apt-get …`,
     `source …/activate`;
   - the project's own commands, checked: `hpc-ncsn …`, `python -m hpc_ncsn …`, `python train.py …`,
@@ -115,7 +115,7 @@ def bash_commands(page: Path) -> list[list[str]]:
             for command in text.splitlines():
                 tokens, current = shlex.split(command, comments=True), []
                 for token in tokens + ["&&"]:
-                    if token in ("&&", ";"):
+                    if token in ("&&", ";", "&", "||"):
                         if current:
                             commands.append(current)
                         current = []
