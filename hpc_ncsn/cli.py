@@ -24,7 +24,7 @@ import errno
 import json
 import sys
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import yaml
@@ -216,40 +216,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags of `evaluate` that are shorthands for keys of the evaluate section; their defaults come from the config.
+EVALUATE_FLAGS = ("extractor", "weights", "reference", "batch_size")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .samples.generate import run_folder
-    from .samples.shards import read_manifest
+    from .evaluate.evaluator import Scoring, config_for
 
-    meta = read_manifest(args.samples)["meta"] if args.samples else {}
-    if args.images:
-        config = load_config(args.config)
-    elif args.config is None and "run" not in meta:  # real images (hpc_ncsn.samples.real): their data set is recorded
-        from .config import config_from_dict
-
-        config = config_from_dict({"data": meta["data"]})
-    else:
-        config = load_config(args.config or run_folder(args.samples, meta) / "config.yaml")
-    from .evaluate.extractors import extractor_for
-    from .files import cache_dir
-
-    extractor = extractor_for(config.data.name, args.extractor or config.evaluate.extractor)
-    weights = args.weights or (Path(config.evaluate.weights) if config.evaluate.weights else None)
-    batch_size = args.batch_size or config.evaluate.batch_size
-    reference = args.reference or config.evaluate.reference
-    out = args.out or (args.samples or args.images) / "metrics.json"
+    source = args.samples or args.images
+    config = config_for(source, images=args.images is not None, config=args.config)
+    settings = replace(config.evaluate, **{name: str(value) if isinstance(value, Path) else value
+                                           for name in EVALUATE_FLAGS if (value := getattr(args, name)) is not None})
+    out = args.out or source / "metrics.json"
     if args.dry_run:
-        print(json.dumps({"samples": str(args.samples or args.images), "data": asdict(config.data), "extractor": extractor,
-                          "weights": str(weights) if weights else None, "batch_size": batch_size,
-                          "reference": reference, "out": str(out)}, indent=2))
+        job = Scoring(config.data, settings, args.cache)
+        print(json.dumps({"samples": str(source), "data": asdict(config.data), "extractor": job.extractor_name,
+                          "weights": str(job.weights) if job.weights else None, "batch_size": settings.batch_size,
+                          "reference": settings.reference, "out": str(out)}, indent=2))
         return 0
     setup_process()
-    from .evaluate.evaluator import evaluate, evaluate_images
+    from .evaluate.evaluator import evaluate
 
-    score = evaluate_images if args.images else evaluate
-    report = score(args.samples or args.images, config.data, extractor_name=extractor, weights_path=weights,
-                      cache_dir=args.cache or cache_dir() / "reference", batch_size=batch_size, out=out,
-                      reference_split=reference, reference_size=config.evaluate.reference_size,
-                      reference_npz=args.ref, save_stats=args.save_stats)
+    report = evaluate(source, config.data, settings, images=args.images is not None, out=out, reference_npz=args.ref,
+                      save_stats=args.save_stats, cache_dir=args.cache)
     if report is not None:
         print(json.dumps(report, indent=2))
         if report["warning"]:
