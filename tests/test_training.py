@@ -471,7 +471,7 @@ def test_a_tracker_that_is_unknown_or_not_installed_is_one_line_naming_the_fix()
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     from hpc_ncsn.config import ConfigError
-    from hpc_ncsn.train.session import tracker_names
+    from hpc_ncsn.train.trackers import tracker_names
 
     assert tracker_names("") == []
     needs("tensorboard", "tracking")

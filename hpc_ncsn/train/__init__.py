@@ -4,6 +4,7 @@
     step.py        one optimizer step (one code path; how the optimizer is told to skip differs)
     run_folder.py  config.yaml, metrics.jsonl, checkpoints and sample grids of a run folder
     session.py     what a training process holds: `Training.start(config)`
+    trackers.py    train.log_with's experiment trackers: checked, started, fed, closed
     loop.py        `train(config)`: the loop
 
 Accelerate and DeepSpeed are imported only in this package.
