@@ -27,9 +27,15 @@ def test_toy_command_writes_json_and_figure(tmp_path, capsys):
     assert (tmp_path / "toy_langevin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_toy_command_refuses_a_bad_mixture():
-    with pytest.raises(SystemExit, match="bad mixture"):
-        main(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1]"])
+def test_toy_and_plan_refuse_bad_input_in_one_error_line(capsys):
+    for command, said in [(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1]"], "error: toy: bad mixture ("),
+                          (["toy", "--means", "7"], "error: toy --means: expected a list"),
+                          (["plan", "--dim", "3072"], "error: plan --dim needs --sigma-max"),
+                          (["plan", "--dim", "3072", "--sigma-max", "50", "noise.sigma_min=0.1"],
+                           "error: plan: give either --dim")]:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == 1, (command, err)
 
 
 def test_plan_command_prints_the_published_cifar10_plan(capsys):
