@@ -22,6 +22,9 @@ with a warning that says how to rewrite them.
 
 This module imports only the standard library and PyYAML, so that reading a config
 (and every `--help`) stays fast.
+
+One concept, the config (its sections, their checks, loading, overrides, migration of old
+keys), kept in one module so that every default lives in one place; hence its length.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Image data sets: `digits` (scikit-learn's 1,797, offline, no split), `mnist` and
 and 10,000 test images of 28×28, zero-padded to 32×32 by default), `cifar10`
 (torchvision). IDX files are looked for in `data.data_root` and then in the shared
 cache's `data/` folder, where `install_idx` (`hpc-ncsn fetch`) puts them.
+`load_training_data` is the training set as a run sees it (the one place the toy points
+are drawn, with train.seed); `dataset_points` is the same in the model's space.
+
+One concept, the data sets (loaded, placed, scaled), hence a little over ~300 lines.
 """
 
 from __future__ import annotations
