@@ -1,7 +1,10 @@
-"""The evaluator: features of sample shards → FID, KID, IS against cached reference statistics.
+"""The evaluator: features of sample shards (or image files) → FID, KID, IS against cached reference statistics.
 
-Each process reads the shards k with k % world == rank, extracts features with a
-torch-fidelity feature extractor, and accumulates (n, Σx, Σxxᵀ) in float64; the
+`evaluate(source, data, settings)` takes the config's data and evaluate sections as they
+are, plus what varies per call (report file, reference .npz, statistics to save, cache).
+Each process reads the shards k with k % world == rank (image files: chunks, the same
+way), extracts features with a torch-fidelity feature extractor, and accumulates
+(n, Σx, Σxxᵀ) in float64; the
 sums are all-reduced, so FID does not depend on the number of processes or the
 order of the shards (up to float64 summation order). KID and IS need the
 individual vectors: they are gathered on rank 0. Every number is reported with
@@ -149,10 +152,12 @@ def config_for(source: Path, *, images: bool = False, config: Path | None = None
     images (hpc_ncsn.samples.real), the data section its manifest records; for an image folder, the defaults."""
     if images or config is not None:
         return load_config(config)
+    from ..samples.generate import run_folder
+
     meta = read_manifest(source)["meta"]
     if "run" not in meta:
         return config_from_dict({"data": meta["data"]})
-    return load_config(Path(source, meta["run"]).resolve() / "config.yaml")
+    return load_config(run_folder(source, meta) / "config.yaml")
 
 
 def evaluate(source: Path, data: DataConfig, settings: EvaluateConfig, *, images: bool = False,
