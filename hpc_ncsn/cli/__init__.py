@@ -11,14 +11,16 @@
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
     hpc-ncsn config --config configs/debug.yaml noise.ladder=linear     # the resolved config
 
-This package only parses and dispatches: one module per group of commands
-(training.py: train, config; samples.py: generate, evaluate, export; fetch.py; tools.py:
-plan, toy, aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing
-the parsed values to the library function that does the work. Parsing and --help import
-neither torch nor the heavy libraries; each command imports what it runs. A mistake a user can make ends in one line, `error: <what> (<file or
+Parsing and --help import neither torch nor the heavy libraries; each command imports
+what it runs. A mistake a user can make ends in one line, `error: <what> (<file or
 key>): <how to fix>`, and exit status 2 (hpc_ncsn.errors.UserError); `--debug` shows
 its traceback. Any other traceback is a bug in hpc_ncsn.
 """
+
+# (The docstring above is `hpc-ncsn --help`.) This package only parses and dispatches: one module per group of
+# commands (training.py: train, config; samples.py: generate, evaluate, export; fetch.py; tools.py: plan, toy,
+# aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing the parsed values to the library
+# function that does the work.
 
 from __future__ import annotations
 
