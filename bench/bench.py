@@ -348,7 +348,7 @@ def projected(rows: list[dict], device: torch.device) -> dict:
 def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: int, scratch: Path) -> dict:
     """hpc_ncsn's evaluate on `count` images in shards of 1,000, reference statistics cached (a first,
     untimed call computes them): shards → validation → features → FID, KID and IS."""
-    from hpc_ncsn.config import DataConfig
+    from hpc_ncsn.config import DataConfig, EvaluateConfig
     from hpc_ncsn.evaluate.evaluator import evaluate
     from hpc_ncsn.samples.shards import write_manifest
 
@@ -360,9 +360,9 @@ def bench_end_to_end(count: int, extractor: str, weights: Path | None, batch: in
     write_manifest(folder, entries, {"num_samples": count, "shard_size": specs[0].count})
     # The reference set: the offline digits at CIFAR-10's shape (1,797 images).
     data = DataConfig(name="digits", image_size=32, channels=3)
-    run = lambda: evaluate(folder, data, extractor_name=extractor, weights_path=weights,  # noqa: E731
-                           cache_dir=scratch / "reference", batch_size=batch,
-                           kid_subset_size=min(1000, count))
+    settings = EvaluateConfig(extractor=extractor, weights=str(weights) if weights else "", batch_size=batch,
+                              kid_subset_size=min(1000, count))
+    run = lambda: evaluate(folder, data, settings, cache_dir=scratch / "reference")  # noqa: E731
     run()
     start = time.perf_counter()
     report = run()

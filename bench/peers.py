@@ -213,7 +213,7 @@ def fid_torch_fidelity(count: int, scratch: Path, device: torch.device, repeat: 
 
 def fid_ours(count: int, scratch: Path, device: torch.device, repeat: int) -> float:
     """hpc_ncsn's evaluate from shards (verification, features, FID, KID and IS), reference statistics cached."""
-    from hpc_ncsn.config import DataConfig
+    from hpc_ncsn.config import DataConfig, EvaluateConfig
     from hpc_ncsn.evaluate.evaluator import evaluate
     from hpc_ncsn.samples.shards import plan_shards, shard_path, write_manifest, write_shard
 
@@ -224,8 +224,8 @@ def fid_ours(count: int, scratch: Path, device: torch.device, repeat: int) -> fl
                for spec in specs]
     write_manifest(folder, entries, {"num_samples": count, "shard_size": specs[0].count})
     data = DataConfig(name="digits", image_size=16, channels=1)
-    return best_of(lambda: evaluate(folder, data, extractor_name="digits-classifier", cache_dir=scratch / "reference",
-                                    batch_size=250, kid_subset_size=min(1000, count)), repeat, device)
+    settings = EvaluateConfig(extractor="digits-classifier", batch_size=250, kid_subset_size=min(1000, count))
+    return best_of(lambda: evaluate(folder, data, settings, cache_dir=scratch / "reference"), repeat, device)
 
 
 def main(argv: list[str] | None = None) -> int:

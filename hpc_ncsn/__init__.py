@@ -3,11 +3,11 @@
 The pipeline, stage by stage (README, Architecture):
 
     config  data → schedules, planning → model → loss → sampling        the science, pure functions
-            train/      Accelerate/DeepSpeed loop, EMA, checkpoints      (checkpoint.py: read a checkpoint back)
+            train/      Accelerate/DeepSpeed loop, EMA, checkpoints      (checkpoint.py: the checkpoint format)
             samples/    generation into HDF5 shards                      (h5py only in samples/shards.py)
             evaluate/   FID/KID/IS from shards                           (torch-fidelity only here)
             sweep/      schedule × seed grids on Slurm or locally, the table (submitit only here)
-    cli.py  every command; train.py and launch/sweep.py call it
+    cli/    every command, parsed and dispatched; train.py and launch/sweep.py call it
 
 The names below are resolved lazily (PEP 562): `import hpc_ncsn` or
 `import hpc_ncsn.config` does not import torch.

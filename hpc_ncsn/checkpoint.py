@@ -1,9 +1,11 @@
-"""Checkpoint folders: written atomically, rotated safely, found on restart, read for sampling.
+"""The checkpoint format, all of it: names, scratch folders, ema.pt, meta.json, what resume reads.
 
 A checkpoint is a folder `step-XXXXXXXX` under `<run>/checkpoints/`, holding
-Accelerate's state (model, optimizer, scaler, every process's RNG), `ema.pt` (the
-EMA weights as whole float32 tensors, with the resolved config and the step) and
-`meta.json` (written last: the completion mark). It is written under a temporary
+Accelerate's state (model, optimizer, scaler, every process's RNG; written by
+train/, which owns Accelerate), `ema.pt` (the EMA weights as whole float32 tensors,
+with the resolved config and the step: `write_ema`) and `meta.json` (the training
+counters a resume restores, `TrainState`, plus how the run was launched: written
+last by `write_meta`, the completion mark). It is written under a temporary
 name (`.tmp-step-XXXXXXXX`) and published with `hpc_ncsn.files.publish_dir`: a
 folder with the final name is always complete, and an interrupted save leaves only
 a temporary folder, which the next save removes. Old checkpoints are deleted only
@@ -19,20 +21,37 @@ are never rotated; generation reads one like a checkpoint.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from .config import Config, config_from_dict, config_to_dict
 from .errors import UserError
-from .files import publish_dir
+from .files import atomic_path, publish_dir
 
-__all__ = ["CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "NoCheckpoint", "checkpoint_name",
-           "latest_checkpoint", "load_ema_model", "publish", "resolve_checkpoint", "rotate", "scratch_dir", "snapshots"]
+__all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "NoCheckpoint",
+           "TrainState", "checkpoint_name", "checkpoints_dir", "latest_checkpoint", "load_ema_model", "publish",
+           "read_config", "read_ema_state", "read_meta", "resolve_checkpoint", "rotate", "save_snapshot",
+           "scratch_dir", "scratch_path", "size_on_disk", "snapshots", "write_ema", "write_meta"]
 
+CHECKPOINTS = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")
 COMPLETE_MARK = "meta.json"
 EMA_FILE = "ema.pt"
 SNAPSHOTS = "snapshots"
+
+
+@dataclass
+class TrainState:
+    """The training counters a checkpoint's meta.json carries and a resume restores."""
+
+    step: int = 0
+    skipped: int = 0
+    consecutive_skips: int = 0
+    levels: dict | None = None  # the per-level loss sums since the last log line, when the checkpoint was saved
 
 
 class NoCheckpoint(UserError, FileNotFoundError):
@@ -43,14 +62,80 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
+def checkpoints_dir(run: Path) -> Path:
+    """Where a run folder keeps its checkpoints."""
+    return Path(run) / CHECKPOINTS
+
+
+def scratch_path(root: Path, step: int) -> Path:
+    """The temporary name the checkpoint of `step` is written under (`scratch_dir` makes it)."""
+    return Path(root) / f".tmp-{checkpoint_name(step)}"
+
+
 def scratch_dir(root: Path, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of `step` (stale temporaries are removed)."""
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp-step-*"):
         shutil.rmtree(stale)
-    scratch = root / f".tmp-{checkpoint_name(step)}"
+    scratch = scratch_path(root, step)
     scratch.mkdir()
     return scratch
+
+
+def size_on_disk(folder: Path) -> int:
+    """Bytes of the files under a checkpoint folder (what the next save needs free)."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def write_ema(folder: Path, config: Config, step: int, ema) -> Path:
+    """ema.pt in `folder`, written atomically: the step, the resolved config and the EMA's state (its weights as
+    whole float32 tensors). The same record in a checkpoint as in a snapshot; `load_ema_model` reads it."""
+    import torch
+
+    with atomic_path(Path(folder) / EMA_FILE) as tmp:
+        torch.save({"step": step, "config": config_to_dict(config), "ema": ema.state_dict()}, tmp)
+    return Path(folder) / EMA_FILE
+
+
+def _read_ema(path: Path) -> dict:
+    import torch
+
+    path = Path(path)
+    return torch.load(path / EMA_FILE if path.is_dir() else path, map_location="cpu", weights_only=True)
+
+
+def read_ema_state(checkpoint: Path) -> dict:
+    """The EMA state a checkpoint folder's ema.pt holds (EMA.load_state_dict takes it)."""
+    return _read_ema(checkpoint)["ema"]
+
+
+def read_config(checkpoint: Path) -> Config:
+    """The resolved config a checkpoint folder's ema.pt (or the ema.pt given) was trained with."""
+    path = Path(checkpoint) / EMA_FILE if Path(checkpoint).is_dir() else Path(checkpoint)
+    return config_from_dict(_read_ema(path)["config"], source=str(path))
+
+
+def write_meta(folder: Path, state: TrainState, world_size: int, mixed_precision: str) -> None:
+    """meta.json, the completion mark: write it last, after every other file of the checkpoint."""
+    meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
+            "world_size": world_size, "mixed_precision": mixed_precision, "time": time.time(),
+            "levels": state.levels}
+    (Path(folder) / COMPLETE_MARK).write_text(json.dumps(meta))
+
+
+def read_meta(checkpoint: Path) -> TrainState:
+    """The training counters a complete checkpoint folder's meta.json records (what a resume restores)."""
+    meta = json.loads((Path(checkpoint) / COMPLETE_MARK).read_text())
+    return TrainState(step=meta["step"], skipped=meta["skipped"], consecutive_skips=meta["consecutive_skips"],
+                      levels=meta.get("levels"))
+
+
+def save_snapshot(run: Path, config: Config, step: int, ema) -> Path:
+    """The EMA weights of `step` in <run>/snapshots/step-*/ema.pt, the same record as a checkpoint's ema.pt."""
+    folder = Path(run) / SNAPSHOTS / checkpoint_name(step)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_ema(folder, config, step, ema)
+    return folder
 
 
 def publish(scratch: Path, step: int) -> Path:
@@ -100,7 +185,7 @@ def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
     path = Path(run_or_checkpoint)
     if (path / EMA_FILE).is_file():
         return path
-    latest = latest_checkpoint(path / "checkpoints")
+    latest = latest_checkpoint(checkpoints_dir(path))
     if latest is None:
         raise NoCheckpoint(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
                                 "train first, or pass a checkpoint folder")
@@ -112,15 +197,12 @@ def load_ema_model(checkpoint: Path, device="cpu"):
 
     Works for any run, DeepSpeed included: ema.pt holds whole float32 tensors.
     """
-    import torch
-
-    from .config import config_from_dict
     from .ema import EMA
     from .model import build_score_model
 
     path = Path(checkpoint)
     path = path / EMA_FILE if path.is_dir() else path
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _read_ema(path)
     config = config_from_dict(payload["config"], source=str(path))
     model = build_score_model(config.model, config.data)
     ema = EMA(model, rate=payload["ema"]["rate"])

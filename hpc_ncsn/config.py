@@ -22,6 +22,9 @@ with a warning that says how to rewrite them.
 
 This module imports only the standard library and PyYAML, so that reading a config
 (and every `--help`) stays fast.
+
+One concept, the config (its sections, their checks, loading, overrides, migration of old
+keys), kept in one module so that every default lives in one place; hence its length.
 """
 
 from __future__ import annotations
@@ -320,7 +323,9 @@ class EvaluateConfig(_Section):
     inception-2015-12-05.pt, with or without classifier), '' for the weights `hpc-ncsn fetch
     inception` placed in the cache, else torch-fidelity's download (needs the internet);
     `reference`: the split of the data set whose statistics the samples are compared with,
-    `reference_size`: how many of its images (a fixed seeded subset), 0 for all."""
+    `reference_size`: how many of its images (a fixed seeded subset), 0 for all;
+    `kid_subsets` × `kid_subset_size`: KID's random subsets (torch-fidelity's defaults),
+    `is_splits`: the splits of the Inception Score (its standard 10)."""
 
     SECTION: ClassVar[str] = "evaluate"
     extractor: str = ""
@@ -328,11 +333,17 @@ class EvaluateConfig(_Section):
     batch_size: int = 200
     reference: Literal["train", "test"] = "train"  # the data split the samples are compared with
     reference_size: int = 0  # images of that split in the reference statistics (a seeded subset); 0 = all
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000  # capped at the number of samples
+    is_splits: int = 10
 
     def validate(self) -> None:
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.reference_size == 0 or self.reference_size >= 2, "reference_size",
                  "must be 0 (the whole split) or at least 2")
+        _require(self.kid_subsets >= 1, "kid_subsets", "must be >= 1")
+        _require(self.kid_subset_size >= 2, "kid_subset_size", "must be >= 2 (KID compares pairs)")
+        _require(self.is_splits >= 1, "is_splits", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ Image data sets: `digits` (scikit-learn's 1,797, offline, no split), `mnist` and
 and 10,000 test images of 28×28, zero-padded to 32×32 by default), `cifar10`
 (torchvision). IDX files are looked for in `data.data_root` and then in the shared
 cache's `data/` folder, where `install_idx` (`hpc-ncsn fetch`) puts them.
+`load_training_data` is the training set as a run sees it (the one place the toy points
+are drawn, with train.seed); `dataset_points` is the same in the model's space.
+
+One concept, the data sets (loaded, placed, scaled), hence a little over ~300 lines.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, DataConfig
+from .config import Config, ConfigError, DataConfig
 from .errors import UserError
 from .files import atomic_path, cache_dir
 
@@ -313,3 +317,30 @@ def toy_mixture(means, weights, std: float) -> GaussianMixture:
     if (weights_t <= 0).any() or not math.isfinite(std) or std <= 0:
         raise ValueError("mixture weights and std must be positive")
     return GaussianMixture(means_t, weights_t / weights_t.sum(), float(std))
+
+
+def load_training_data(config: Config) -> torch.Tensor:
+    """The training set: uint8 images (N, C, H, W), or float32 toy points (N, 2). The one place the toy data set
+    is drawn: `data.toy_size` points of the mixture, with the run's seed (train.seed)."""
+    data = config.data
+    if data.name == "toy2d":
+        mixture = toy_mixture(data.toy_means, data.toy_weights, data.toy_std)
+        return mixture.sample(data.toy_size, torch.Generator().manual_seed(config.train.seed)).float()
+    return load_images(data)
+
+
+def dataset_points(config: Config) -> torch.Tensor:
+    """The training set in the model's space (toy points as they are, images on [0, 1]): what noise planning
+    measures distances in (`hpc-ncsn plan --config`)."""
+    points = load_training_data(config)
+    return points if config.data.name == "toy2d" else to_model_scale(points)
+
+
+def fetch_dataset(name: str, root: Path) -> list[str]:
+    """Download both splits of an IDX data set (fashion_mnist, mnist) with torchvision into `root`; one line per
+    split saying what is there. (`install_idx` places a local copy instead.)"""
+    lines = []
+    for split in ("train", "test"):
+        images, _ = load_dataset(DataConfig(name=name, data_root=str(root), download=True, image_size=28), split)
+        lines.append(f"{name} {split}: {len(images)} images in {root}")
+    return lines

@@ -3,7 +3,7 @@
 These switches change speed, not the model: the weights, their names and their
 checkpoints are the same with or without them (torch.compile wraps the module
 without renaming its parameters). Numbers move only within the precision asked
-for; tests/test_network_speed.py holds the optimized paths to the fp32 eager baseline.
+for; tests/test_network.py holds the optimized paths to the fp32 eager baseline.
 
 - `CompiledOrEager(module)`: calls torch.compile's wrapper of `module`; when
   compiling fails (no C++ compiler or Triton, an unsupported op, a backend error)
@@ -88,7 +88,7 @@ class CompiledOrEager:
         try:
             return self.compiled(*args, **kwargs)
         # torch has no public base class for compile errors; torch._dynamo.exc's is the one every backend
-        # failure (Inductor, Triton, a custom backend) is wrapped in. tests/test_network_speed.py checks both sides.
+        # failure (Inductor, Triton, a custom backend) is wrapped in. tests/test_network.py checks both sides.
         except torch._dynamo.exc.TorchDynamoException as error:
             self.compiled = None
             cause = getattr(error, "inner_exception", None) or error  # a backend's own error, when it raised one

@@ -1,12 +1,31 @@
-"""Shared settings of the tests that run the real pipeline at a tiny size."""
+"""What the tests share: the tiny settings of the real pipeline, a free port, a corrupted shard."""
 
-# A 2-level U-Net of width 8 on 8×8 digits, 6 σ levels, 4 training steps: seconds on a CPU.
+import socket
+
+# A 2-level U-Net of width 8 on 8×8 digits: seconds on a CPU.
+TINY_NETWORK = ["data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]"]
+
+# The tiny pipeline: 6 σ levels, 4 training steps, one checkpoint.
 TINY = [
-    "data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]",
-    "noise.sigma_max=8.5", "noise.num_levels=6", "sampler.steps_per_level=2", "sampler.step_lr=1e-4",
+    *TINY_NETWORK, "noise.sigma_max=8.5", "noise.num_levels=6", "sampler.steps_per_level=2", "sampler.step_lr=1e-4",
     "train.batch_size=16", "train.sample_images=4", "train.log_every=2", "train.steps=4",
     "train.checkpoint_every=4", "train.sample_every=1000",
 ]
+
+# The training tests' runs: dropout on (a resume must restore the RNG that draws it), 10 σ levels, a warm-up;
+# each test sets its steps and checkpoints.
+TINY_TRAINING = [
+    *TINY_NETWORK, "model.dropout=0.1", "noise.sigma_max=8.5", "noise.num_levels=10", "sampler.steps_per_level=2",
+    "sampler.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
+    "train.warmup_steps=3", "train.lr=2e-3", "train.sample_every=1000",
+]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that nobody listens on now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def flip_image_byte(path, offset: int = 37) -> None:

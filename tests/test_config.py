@@ -68,6 +68,8 @@ def test_yaml_then_overrides(tmp_path):
         ("train.lr=.nan", r"train.lr: expected a finite number"),
         ("sampler.step_lr=-1e-5", r"sampler.step_lr: must be > 0"),
         ("generate.num_samples=1", r"generate.num_samples: must be at least 2"),
+        ("evaluate.kid_subset_size=1", r"evaluate.kid_subset_size: must be >= 2"),
+        ("evaluate.is_splits=0", r"evaluate.is_splits: must be >= 1"),
         ("noise.num_levels=100000", r"noise.num_levels: must be at most 10,000"),
         ("data.image_size=4096", r"data.image_size: must be at most 512"),
         ("data.image_size=15", r"data.image_size: 15 must be divisible by 2 for model.channel_mults=\[1, 2\]"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hpc_ncsn.cli import main
-from hpc_ncsn.config import DataConfig
+from hpc_ncsn.config import DataConfig, EvaluateConfig
 from hpc_ncsn.data import load_images
 from hpc_ncsn.samples.real import write_real_shards
 from hpc_ncsn.samples.shards import read_shard
@@ -42,8 +42,8 @@ def test_exported_pngs_scored_by_torch_fidelity_give_our_fid(samples, tmp_path):
 
     assert main(["export", "--samples", str(samples), "--png", str(tmp_path / "png")]) == 0
     assert sorted(p.name for p in (tmp_path / "png").iterdir())[:2] == ["000000.png", "000001.png"]
-    ours = evaluate(samples, DIGITS, extractor_name=DIGITS_EXTRACTOR, cache_dir=tmp_path / "reference",
-                    kid_subsets=5, kid_subset_size=20)
+    ours = evaluate(samples, DIGITS, EvaluateConfig(extractor=DIGITS_EXTRACTOR, kid_subsets=5, kid_subset_size=20),
+                    cache_dir=tmp_path / "reference")
     register_extractors()
     reference = load_images(DIGITS).expand(-1, 3, -1, -1).contiguous()
 
@@ -94,21 +94,21 @@ def test_statistics_npz_round_trip_and_a_wrong_one_is_named(samples, tmp_path, c
     from hpc_ncsn.evaluate.scores import frechet_distance
 
     other = write_real_shards(DIGITS, tmp_path / "other", 40, 20, split="train", seed=2)
-    common = dict(extractor_name=DIGITS_EXTRACTOR, cache_dir=tmp_path / "reference", kid_subsets=5,
-                  kid_subset_size=20)
-    evaluate(samples, DIGITS, save_stats=tmp_path / "a.npz", **common)
-    evaluate(other, DIGITS, save_stats=tmp_path / "b.npz", **common)
-    itself = evaluate(samples, DIGITS, reference_npz=tmp_path / "a.npz", **common)
+    settings = EvaluateConfig(extractor=DIGITS_EXTRACTOR, kid_subsets=5, kid_subset_size=20)
+    common = dict(cache_dir=tmp_path / "reference")
+    evaluate(samples, DIGITS, settings, save_stats=tmp_path / "a.npz", **common)
+    evaluate(other, DIGITS, settings, save_stats=tmp_path / "b.npz", **common)
+    itself = evaluate(samples, DIGITS, settings, reference_npz=tmp_path / "a.npz", **common)
     assert abs(itself["fid"]) < 1e-6 and itself["kid_mean"] is None and "KID needs" in itself["kid_unavailable"]
-    against = evaluate(other, DIGITS, reference_npz=tmp_path / "a.npz", **common)
+    against = evaluate(other, DIGITS, settings, reference_npz=tmp_path / "a.npz", **common)
     expected = frechet_distance(*load_stats_npz(tmp_path / "b.npz"), *load_stats_npz(tmp_path / "a.npz"))
     assert against["fid"] == pytest.approx(expected, rel=1e-12) and against["fid"] > 1
     np.savez(tmp_path / "wrong.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048-d, digits-classifier's features are 64-d"):
-        evaluate(samples, DIGITS, reference_npz=tmp_path / "wrong.npz", **common)
+        evaluate(samples, DIGITS, settings, reference_npz=tmp_path / "wrong.npz", **common)
     np.savez(tmp_path / "junk.npz", means=np.zeros(3))
     with pytest.raises(ValueError, match="not a statistics .npz with 'mu' and 'sigma'"):
-        evaluate(samples, DIGITS, reference_npz=tmp_path / "junk.npz", **common)
+        evaluate(samples, DIGITS, settings, reference_npz=tmp_path / "junk.npz", **common)
 
 
 def test_evaluate_images_of_a_png_folder_gives_the_shards_scores_and_names_a_bad_file(samples, tmp_path):

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import torch
 from hpc_ncsn.config import load_config
 from hpc_ncsn.samples.shards import ShardError, file_sha256, read_shard
 from hpc_ncsn.samples.validation import validate_shard
-from helpers import TINY
+from helpers import TINY, free_port
 
 pytestmark = pytest.mark.slow  # real processes: train.py, hpc-ncsn generate/evaluate, torchrun
 
@@ -26,12 +25,6 @@ BIN = Path(sys.executable).parent
 
 def env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(tmp_path / "cache")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check(cmd: list[str], environment: dict, timeout: int = 300) -> str:
@@ -209,7 +202,7 @@ def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
     check(evaluate_cmd(samples, "--out", str(tmp_path / "two.json"), launcher=torchrun), env(tmp_path))
     one, two = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("one", "two"))
     assert one["n"] == two["n"] == 12 and one["n_reference"] == 1797
-    # The float64 sums do not depend on the process count (test_fid: 1e-12). The float32 extractor does depend on
+    # The float64 sums do not depend on the process count (test_scores: 1e-12). The float32 extractor does depend on
     # the threads each process gets (here 2 for one process, 1 each for two): measured 1.3e-8 (FID) and 2.7e-8
     # (KID) relative, against 2e-15 and 0 between 1 and 2 processes of one thread each.
     assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-7)

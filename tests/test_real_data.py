@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from hpc_ncsn.cli import main
-from hpc_ncsn.config import DataConfig
+from hpc_ncsn.config import DataConfig, EvaluateConfig
 
 pytestmark = pytest.mark.slow  # Inception at 299×299 on a CPU; an 87 MB network converted
 
@@ -142,8 +142,9 @@ def test_evaluate_with_the_real_inception_equals_torch_fidelity(cache, tmp_path)
     small = DataConfig(name="fashion_mnist", image_size=32, channels=1)
     samples = write_real_shards(small, tmp_path / "real", 40, 20, split="train", seed=3)
     # The reference: 60 of the test images (evaluate.reference_size), against 40 real training images.
-    report = evaluate(samples, small, extractor_name="inception-v3-compat", cache_dir=tmp_path / "reference",
-                      batch_size=20, kid_subsets=10, kid_subset_size=20, reference_split="test", reference_size=60)
+    settings = EvaluateConfig(extractor="inception-v3-compat", batch_size=20, kid_subsets=10, kid_subset_size=20,
+                              reference="test", reference_size=60)
+    report = evaluate(samples, small, settings, cache_dir=tmp_path / "reference")
     assert report["n"] == 40 and report["n_reference"] == 60 and report["reference_split"] == "test"
     assert report["is_mean"] is None and "no classifier" in report["is_unavailable"]
     assert report["weights_sha256"] == prepared_default(cache).source_sha256

@@ -27,9 +27,15 @@ def test_toy_command_writes_json_and_figure(tmp_path, capsys):
     assert (tmp_path / "toy_langevin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_toy_command_refuses_a_bad_mixture():
-    with pytest.raises(SystemExit, match="bad mixture"):
-        main(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1]"])
+def test_toy_and_plan_refuse_bad_input_in_one_error_line(capsys):
+    for command, said in [(["toy", "--means", "[[-4,0],[4,0]]", "--weights", "[1]"], "error: toy: bad mixture ("),
+                          (["toy", "--means", "7"], "error: toy --means: expected a list"),
+                          (["plan", "--dim", "3072"], "error: plan --dim needs --sigma-max"),
+                          (["plan", "--dim", "3072", "--sigma-max", "50", "noise.sigma_min=0.1"],
+                           "error: plan: give either --dim")]:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.startswith(said) and err.count("\n") == 1, (command, err)
 
 
 def test_plan_command_prints_the_published_cifar10_plan(capsys):
@@ -101,3 +107,20 @@ def test_train_help_lists_every_config_key_with_its_default_and_choices():
             assert f"{item.name}=" in keys, (section.name, item.name)
     assert f"steps={TrainConfig().steps} " in keys and "mixed_precision=auto (auto|no|bf16|fp16)" in keys
     assert all(len(line) <= 100 for line in keys.splitlines())
+
+
+def test_plan_measures_the_toy_points_training_draws_with_the_run_seed(capsys):
+    """`plan --config` on the toy measures σ_1 on the very points a training run of that config sees: the mixture
+    sampled with train.seed (not a seed of its own)."""
+    import torch
+
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.data import toy_mixture
+
+    overrides = ["train.seed=3", "data.toy_size=300"]
+    assert main(["plan", "--config", "configs/toy2d.yaml", "--num-levels", "10", *overrides]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    data = load_config("configs/toy2d.yaml", overrides).data
+    points = toy_mixture(data.toy_means, data.toy_weights, data.toy_std).sample(
+        300, torch.Generator().manual_seed(3)).float().double()
+    assert plan["sigma_max"] == pytest.approx(torch.cdist(points, points).max().item(), rel=1e-12)

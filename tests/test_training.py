@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,31 +16,20 @@ from hpc_ncsn.config import load_config
 from hpc_ncsn.train import train
 from hpc_ncsn.train.batches import batch_indices
 from hpc_ncsn.train.run_folder import RunFolder
+from helpers import TINY_TRAINING, free_port
 
 slow = pytest.mark.slow  # real processes (subprocess, gloo, DeepSpeed)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TINY = [
-    "data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]",
-    "model.dropout=0.1", "noise.sigma_max=8.5", "noise.num_levels=10", "sampler.steps_per_level=2",
-    "sampler.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
-    "train.warmup_steps=3", "train.lr=2e-3", "train.sample_every=1000",
-]
 
 
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # threads: the product sets them
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_cmd(out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
-    script = [str(ROOT / "train.py"), "--config", str(ROOT / "configs/debug.yaml"), *TINY,
+    script = [str(ROOT / "train.py"), "--config", str(ROOT / "configs/debug.yaml"), *TINY_TRAINING,
               f"train.out_dir={out}", *extra]
     return [*launcher, *script] if launcher else [sys.executable, *script]
 
@@ -297,8 +285,8 @@ sys.exit(train_main(["--config", *sys.argv[1:]]))  # train.py, with its losses p
 def nan_run(tmp_path: Path, bad: str, *extra: str) -> subprocess.CompletedProcess:
     script = tmp_path / "nan_train.py"
     script.write_text(NAN_SCRIPT.format(bad=bad))
-    cmd = [sys.executable, str(script), str(ROOT / "configs/debug.yaml"), *TINY, f"train.out_dir={tmp_path / 'run'}",
-           *extra]
+    cmd = [sys.executable, str(script), str(ROOT / "configs/debug.yaml"), *TINY_TRAINING,
+           f"train.out_dir={tmp_path / 'run'}", *extra]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
 
 
@@ -423,7 +411,7 @@ def test_two_simulated_nodes_on_loopback_train_together(tmp_path):
 
 def test_trainings_of_another_precision_run_one_after_the_other_in_one_process(tmp_path):
     """What a sweep with --cluster debug does: Accelerate's per-process state is renewed for the new precision."""
-    common = [*TINY, "train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
+    common = [*TINY_TRAINING, "train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
     for precision in ("no", "bf16", "no"):
         out = tmp_path / precision
         train(load_config(ROOT / "configs/debug.yaml", [*common, f"train.mixed_precision={precision}",
@@ -471,7 +459,7 @@ def test_a_tracker_that_is_unknown_or_not_installed_is_one_line_naming_the_fix()
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     from hpc_ncsn.config import ConfigError
-    from hpc_ncsn.train.session import tracker_names
+    from hpc_ncsn.train.trackers import tracker_names
 
     assert tracker_names("") == []
     needs("tensorboard", "tracking")

@@ -2,7 +2,9 @@
 
     scores.py      the metric maths on feature vectors (FeatureStats, FID, KID, IS), torch-fidelity's definitions
     extractors.py  feature extractors (torch-fidelity's Inception, a digits classifier) and the input checks
-    evaluator.py   shards → features → statistics all-reduced over ranks → the report; cached reference statistics
+    images.py      image folders as an input (files checked against the data set's shape, read in chunks)
+    evaluator.py   `evaluate(source, data, evaluate-section)`: shards or images → features → statistics all-reduced
+                   over ranks → the report; cached reference statistics
 
 torch-fidelity is imported only in this package.
 """

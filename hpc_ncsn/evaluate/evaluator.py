@@ -1,7 +1,10 @@
-"""The evaluator: features of sample shards → FID, KID, IS against cached reference statistics.
+"""The evaluator: features of sample shards (or image files) → FID, KID, IS against cached reference statistics.
 
-Each process reads the shards k with k % world == rank, extracts features with a
-torch-fidelity feature extractor, and accumulates (n, Σx, Σxxᵀ) in float64; the
+`evaluate(source, data, settings)` takes the config's data and evaluate sections as they
+are, plus what varies per call (report file, reference .npz, statistics to save, cache).
+Each process reads the shards k with k % world == rank (image files: chunks, the same
+way), extracts features with a torch-fidelity feature extractor, and accumulates
+(n, Σx, Σxxᵀ) in float64; the
 sums are all-reduced, so FID does not depend on the number of processes or the
 order of the shards (up to float64 summation order). KID and IS need the
 individual vectors: they are gathered on rank 0. Every number is reported with
@@ -16,22 +19,24 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..config import DataConfig
+from ..config import Config, DataConfig, EvaluateConfig, config_from_dict, load_config
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
+from ..files import cache_dir as default_cache_dir
 from ..progress import showing_progress
-from ..samples.shards import MANIFEST, read_shard
+from ..samples.shards import MANIFEST, read_manifest, read_shard
 from ..samples.validation import verify_folder
-from .extractors import Extractor, extract_features, load_extractor
+from .extractors import Extractor, extract_features, extractor_for, load_extractor
+from .images import image_pieces
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["BadImages", "environment", "evaluate", "evaluate_images", "load_stats_npz", "reference_statistics",
+__all__ = ["BadStatistics", "Scoring", "config_for", "environment", "evaluate", "load_stats_npz", "reference_statistics",
            "reference_subset", "save_stats_npz"]
 
 
@@ -120,118 +125,83 @@ def _read_ahead(infos: list):
             yield info, current
 
 
-def evaluate(samples: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
-             cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
-             is_splits: int = 10, out: Path | None = None, reference_split: str = "train",
-             reference_size: int = 0, reference_npz: Path | None = None,
-             save_stats: Path | None = None) -> dict | None:
-    """FID, KID and IS of the shards in `samples` against a split of the data set (the training set by default);
-    rank 0 returns (and writes) the report.
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring a set of images needs besides the images: the data set (the reference and the image shape),
+    the config's evaluate section, and the per-call choices (where to cache, report and save statistics)."""
 
-    Before a single image is used, the folder is verified against its manifest
-    (hpc_ncsn.samples.validation.verify_folder: the shard list, no stray files, file and
-    image-data checksums, one origin, the reference data's image shape); any problem is
-    a ShardError naming the file. `reference_npz`: compare with the μ/Σ of an .npz instead
-    (FID only: KID needs the reference's feature vectors); `save_stats`: write the
-    samples' μ/Σ there.
+    data: DataConfig
+    settings: EvaluateConfig
+    cache_dir: Path
+    out: Path | None = None  # the report JSON
+    reference_npz: Path | None = None  # compare with this μ/Σ instead of the data set (FID only)
+    save_stats: Path | None = None  # also write the samples' μ/Σ here
+
+    @property
+    def extractor_name(self) -> str:
+        return extractor_for(self.data.name, self.settings.extractor)
+
+    @property
+    def weights(self) -> Path | None:
+        return Path(self.settings.weights) if self.settings.weights else None
+
+
+def config_for(source: Path, *, images: bool = False, config: Path | None = None) -> Config:
+    """The config whose data set is the reference and whose evaluate section applies to `source`: the file
+    `config` if given; else, for a shard folder, its run's config.yaml (the manifest names the run) or, for real
+    images (hpc_ncsn.samples.real), the data section its manifest records; for an image folder, the defaults."""
+    if images or config is not None:
+        return load_config(config)
+    from ..samples.generate import run_folder
+
+    meta = read_manifest(source)["meta"]
+    if "run" not in meta:
+        return config_from_dict({"data": meta["data"]})
+    return load_config(run_folder(source, meta) / "config.yaml")
+
+
+def evaluate(source: Path, data: DataConfig, settings: EvaluateConfig, *, images: bool = False,
+             out: Path | None = None, reference_npz: Path | None = None, save_stats: Path | None = None,
+             cache_dir: Path | None = None) -> dict | None:
+    """FID, KID and IS of the samples in `source` against a split of the data set (`settings.reference`,
+    the training set by default); rank 0 returns (and writes to `out`) the report. Every caller (the CLI,
+    a sweep's cells, the benchmarks) passes its config's data and evaluate sections as they are.
+
+    `source` is a folder of sample shards: before a single image is used, it is verified
+    against its manifest (hpc_ncsn.samples.validation.verify_folder: the shard list, no
+    stray files, file and image-data checksums, one origin, the reference data's image
+    shape); any problem is a ShardError naming the file. With `images`, it is a folder of
+    image files instead (hpc_ncsn.evaluate.images: every image 8-bit gray or RGB of the data
+    set's size; one that is not is a BadImages error naming it). `reference_npz`: compare
+    with the μ/Σ of an .npz instead of the data set (FID only: KID needs the reference's
+    feature vectors); `save_stats`: write the samples' μ/Σ there; `cache_dir`: where
+    reference statistics are cached (default: the shared cache's reference/).
     """
     rank, world, _ = process_group()
-    manifest, infos = verify_folder(samples, image_shape=(data_cfg.image_size, data_cfg.image_size,
-                                                          data_cfg.channels))
-    pieces = ((info.start, images) for info, (images, _, _) in _read_ahead(infos[rank::world]))
-    return _score(samples, pieces, sum(info.stop - info.start for info in infos[rank::world]), manifest["meta"],
-                  data_cfg, extractor_name, weights_path, cache_dir, batch_size, kid_subsets, kid_subset_size,
-                  is_splits, out, reference_split, reference_size, reference_npz, save_stats)
-
-
-def evaluate_images(folder: Path, data_cfg: DataConfig, *, extractor_name: str, weights_path: Path | None = None,
-                    cache_dir: Path, batch_size: int = 200, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                    is_splits: int = 10, out: Path | None = None, reference_split: str = "train",
-                    reference_size: int = 0, reference_npz: Path | None = None,
-                    save_stats: Path | None = None) -> dict | None:
-    """`evaluate` for a folder of image files (PNG, JPEG, BMP, WebP, in subfolders too: what EDM, torch-fidelity
-    and image tools write), in the order of their paths. Every image must be 8-bit gray or RGB of the data
-    set's size; a file that is not is a BadImages error naming it."""
-    rank, world, _ = process_group()
-    files = image_files(folder, data_cfg)
-    mine = list(range(rank * IMAGE_CHUNK, len(files), world * IMAGE_CHUNK))
-    pieces = ((start, read_images(files[start:start + IMAGE_CHUNK], data_cfg)) for start in mine)
-    count = sum(len(files[start:start + IMAGE_CHUNK]) for start in mine)
-    return _score(folder, pieces, count, {"images": len(files)}, data_cfg, extractor_name, weights_path, cache_dir,
-                  batch_size, kid_subsets, kid_subset_size, is_splits, out, reference_split, reference_size,
+    job = Scoring(data, settings, Path(cache_dir) if cache_dir else default_cache_dir() / "reference", out,
                   reference_npz, save_stats)
+    if images:
+        pieces, count, meta = image_pieces(source, data, rank, world)
+    else:
+        manifest, infos = verify_folder(source, image_shape=(data.image_size, data.image_size, data.channels))
+        pieces = ((info.start, shard_images) for info, (shard_images, _, _) in _read_ahead(infos[rank::world]))
+        count, meta = sum(info.stop - info.start for info in infos[rank::world]), manifest["meta"]
+    return _score(source, pieces, count, meta, job)
 
 
-IMAGE_CHUNK = 1000  # image files read and scored at a time (and one process's unit of work)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class BadImages(UserError, ValueError):
-    """An image folder that cannot be scored as it is; the message names the file and the fix."""
-
-
-def image_files(folder: Path, data_cfg: DataConfig) -> list[Path]:
-    """The image files under `folder` (recursively), sorted by path; at least two, each of the data set's size
-    and channels (its header read: checked before a single image is used)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise BadImages(f"--images {folder}: not a folder; pass the folder that holds the image files")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
-    if len(files) < 2:
-        raise BadImages(f"--images {folder}: {len(files)} image file(s) ({', '.join(IMAGE_SUFFIXES)}); FID needs at "
-                        "least 2 (and thousands for a number worth comparing)")
-    for path in files:
-        _open_image(path, data_cfg).close()
-    return files
-
-
-def _open_image(path: Path, data_cfg: DataConfig):
-    """A PIL image of `path` whose header says 8-bit gray or RGB of the data set's size; else BadImages."""
-    from PIL import Image
-
-    mode, size = {1: "L", 3: "RGB"}[data_cfg.channels], data_cfg.image_size
-    try:
-        image = Image.open(path)
-    except (OSError, ValueError) as error:
-        raise BadImages(f"{path}: not a readable image ({error}); remove it or write it again") from None
-    if image.mode != mode or image.size != (size, size):
-        image.close()
-        raise BadImages(f"{path}: {image.mode} {image.size[0]}×{image.size[1]}, but {data_cfg.name} images are "
-                        f"{mode} {size}×{size} (8-bit, data.image_size, data.channels); write the images in that "
-                        "format or evaluate against a config whose data section matches them")
-    return image
-
-
-def read_images(files: list[Path], data_cfg: DataConfig):
-    """uint8 (n, H, W, C) of image files that must match the data set's size and channels."""
-    import numpy as np
-
-    size = data_cfg.image_size
-    images = np.empty((len(files), size, size, data_cfg.channels), np.uint8)
-    for position, path in enumerate(files):
-        with _open_image(path, data_cfg) as image:
-            try:
-                pixels = np.asarray(image)
-            except (OSError, ValueError) as error:  # a header that promised more than the file holds
-                raise BadImages(f"{path}: not a readable image ({error}); remove it or write it again") from None
-        images[position] = pixels.reshape(size, size, data_cfg.channels)
-    return images
-
-
-def _score(source: Path, pieces, count: int, meta: dict, data_cfg: DataConfig, extractor_name: str,
-           weights_path: Path | None, cache_dir: Path, batch_size: int, kid_subsets: int, kid_subset_size: int,
-           is_splits: int, out: Path | None, reference_split: str, reference_size: int, reference_npz: Path | None,
-           save_stats: Path | None) -> dict | None:
+def _score(source: Path, pieces, count: int, meta: dict, job: Scoring) -> dict | None:
     """The scores of this rank's `pieces` ((first index, uint8 NHWC images) in order, `count` images) and every
     other rank's, against the reference; rank 0 returns and writes the report."""
     rank, world, device = process_group()
-    extractor = load_extractor(extractor_name, weights_path, device)  # weights: the shared cache's
+    settings, reference_npz = job.settings, job.reference_npz
+    extractor = load_extractor(job.extractor_name, job.weights, device)  # weights: the shared cache's
     if reference_npz is not None:
         mu_ref, sigma_ref = load_stats_npz(reference_npz)
         reference = {"mu": mu_ref, "sigma": sigma_ref, "features": None, "n": None, "split": None,
                      "key": file_sha256(Path(reference_npz)), "npz": str(reference_npz)}
     else:
-        reference = reference_statistics(data_cfg, extractor, cache_dir, batch_size, reference_split, reference_size)
+        reference = reference_statistics(job.data, extractor, job.cache_dir, settings.batch_size,
+                                         settings.reference, settings.reference_size)
         reference["mu"], reference["sigma"] = reference["stats"].to_numpy()
         reference["n"] = reference["stats"].n
 
@@ -241,7 +211,8 @@ def _score(source: Path, pieces, count: int, meta: dict, data_cfg: DataConfig, e
     mine = []
     with showing_progress(count, "evaluate", "images") as bar:
         for start, images in pieces:
-            features, logits = extract_features(extractor, images, batch_size, layout="NHWC", advance=bar.update)
+            features, logits = extract_features(extractor, images, settings.batch_size, layout="NHWC",
+                                                advance=bar.update)
             if features.shape[1] != stats.dim:
                 raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
                                     f"features are {features.shape[1]}-d; use the extractor the file was made with")
@@ -251,24 +222,22 @@ def _score(source: Path, pieces, count: int, meta: dict, data_cfg: DataConfig, e
 
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.
     gathered = gather_to_main(mine)
-    report = _report(gathered, stats, reference, extractor, meta, source, kid_subsets, kid_subset_size, is_splits,
-                     device) if rank == 0 else None
+    report = _report(gathered, stats, reference, extractor, meta, source, settings, device) if rank == 0 else None
     if report is not None:  # what the number can be traced to: the exact shard bytes, and what computed it
         manifest = Path(source) / MANIFEST
         report["manifest_sha256"] = file_sha256(manifest) if manifest.is_file() else None
         report["environment"] = environment(world)
-        if save_stats is not None:
-            save_stats_npz(save_stats, *stats.to_numpy())
-    if report is not None and out is not None:
-        atomic_write(out, json.dumps(report, indent=2) + "\n")
+        if job.save_stats is not None:
+            save_stats_npz(job.save_stats, *stats.to_numpy())
+    if report is not None and job.out is not None:
+        atomic_write(job.out, json.dumps(report, indent=2) + "\n")
     # All ranks leave together: one that tore down its process group while rank 0 still computed aborted at exit
     # ('terminate called without an active exception') about 1 run in 12 on a cold cache under srun.
     barrier()
     return report
 
 
-def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, kid_subset_size, is_splits,
-            device) -> dict:
+def _report(gathered, stats, reference, extractor, meta, samples, settings: EvaluateConfig, device) -> dict:
     """Rank 0: FID from the all-reduced statistics, KID and IS from the gathered vectors in sample order."""
     pieces = sorted((piece for rank_pieces in gathered for piece in rank_pieces), key=lambda piece: piece[0])
     features = torch.cat([piece[1] for piece in pieces])
@@ -276,12 +245,13 @@ def _report(gathered, stats, reference, extractor, meta, samples, kid_subsets, k
     mu, sigma = stats.to_numpy()
     if reference["features"] is not None:
         kid_mean, kid_std = kernel_inception_distance(features.double().numpy(),
-                                                      reference["features"].double().numpy(), subsets=kid_subsets,
-                                                      subset_size=kid_subset_size, device=device)
+                                                      reference["features"].double().numpy(),
+                                                      subsets=settings.kid_subsets,
+                                                      subset_size=settings.kid_subset_size, device=device)
     else:
         kid_mean = kid_std = None
     if extractor.classifier:
-        is_mean, is_std = inception_score(logits, splits=is_splits)
+        is_mean, is_std = inception_score(logits, splits=settings.is_splits)
     else:
         is_mean = is_std = None
     report = {

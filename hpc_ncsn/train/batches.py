@@ -14,18 +14,10 @@ import functools
 import torch
 
 from .. import rng
-from ..config import Config, ConfigError, TrainConfig
-from ..data import load_images, to_model_scale, toy_mixture
+from ..config import ConfigError, TrainConfig
+from ..data import to_model_scale
 
-__all__ = ["batch_indices", "global_batch", "load_training_data", "micro_batch_size", "micro_slices"]
-
-
-def load_training_data(config: Config) -> torch.Tensor:
-    """The training set: uint8 images (N, C, H, W), or float toy points (N, 2) drawn with the run seed."""
-    if config.data.name == "toy2d":
-        mixture = toy_mixture(config.data.toy_means, config.data.toy_weights, config.data.toy_std)
-        return mixture.sample(config.data.toy_size, torch.Generator().manual_seed(config.train.seed)).float()
-    return load_images(config.data)
+__all__ = ["batch_indices", "global_batch", "micro_batch_size", "micro_slices"]
 
 
 @functools.lru_cache(maxsize=4)

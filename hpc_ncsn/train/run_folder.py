@@ -1,4 +1,5 @@
-"""A training run folder: the resolved config, the metrics log, checkpoints, sample grids.
+"""A training run folder: its lock, the resolved config (and the check of a restart against it), the metrics log,
+sample grids, and the moments checkpoints are saved and resumed (their format: hpc_ncsn.checkpoint).
 
     config.yaml            the resolved config (refuses a restart with another experiment)
     metrics.jsonl          one JSON line per log interval
@@ -13,18 +14,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import checkpoint as ckpt
-from ..config import Config, ConfigError, config_from_dict, config_to_dict, config_to_yaml, load_config
+from ..checkpoint import TrainState
+from ..config import Config, ConfigError, config_to_dict, config_to_yaml, load_config
 from ..distributed import is_main_process
 from ..errors import UserError
 from ..ema import EMA
-from ..files import DiskFull, atomic_path, atomic_write, disk_full, read_jsonl, require_free_space
+from ..files import DiskFull, atomic_write, disk_full, read_jsonl, require_free_space
 from ..locks import FolderLock
 
 __all__ = ["RunFolder", "RunFolderMismatch", "TrainState"]
@@ -34,21 +32,8 @@ _SAME_SECTIONS = ("data", "noise", "model")
 _SAME_TRAIN_KEYS = ("seed", "batch_size")
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    skipped: int = 0
-    consecutive_skips: int = 0
-    levels: dict | None = None  # the per-level loss sums since the last log line, when the checkpoint was saved
-
-
 class RunFolderMismatch(UserError, ValueError):
     """A run folder holds a run of another experiment; the message lists what differs."""
-
-
-def _ema_record(config: Config, step: int, ema: EMA) -> dict:
-    """What ema.pt holds, in a checkpoint as in a snapshot (checkpoint.load_ema_model reads it)."""
-    return {"step": step, "config": config_to_dict(config), "ema": ema.state_dict()}
 
 
 class RunFolder:
@@ -56,7 +41,7 @@ class RunFolder:
         self.path = Path(path)
         self.config_path = self.path / "config.yaml"
         self.metrics_path = self.path / "metrics.jsonl"
-        self.checkpoints = self.path / "checkpoints"
+        self.checkpoints = ckpt.checkpoints_dir(self.path)
         self.lock = FolderLock(self.path, "train", what="a training",
                                fix="two trainings in one folder would overwrite each other's checkpoints: wait for "
                                    "that one, or pick another train.out_dir")
@@ -73,8 +58,7 @@ class RunFolder:
         latest = ckpt.latest_checkpoint(self.checkpoints)
         if latest is None:
             return None
-        payload = torch.load(latest / ckpt.EMA_FILE, map_location="cpu", weights_only=True)
-        return config_to_dict(config_from_dict(payload["config"], source=str(latest / ckpt.EMA_FILE)))
+        return config_to_dict(ckpt.read_config(latest))
 
     def check(self, config: Config) -> None:
         """Refuse to resume a run folder that was started with a different experiment."""
@@ -117,11 +101,7 @@ class RunFolder:
 
     def save_snapshot(self, config: Config, step: int, ema: EMA) -> Path:
         """The EMA weights of `step` in snapshots/step-*/ema.pt, as a checkpoint's ema.pt (main process)."""
-        folder = self.path / ckpt.SNAPSHOTS / ckpt.checkpoint_name(step)
-        folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(folder / ckpt.EMA_FILE) as tmp:
-            torch.save(_ema_record(config, step, ema), tmp)
-        return folder
+        return ckpt.save_snapshot(self.path, config, step, ema)
 
     def save_checkpoint(self, accelerator, config: Config, state: TrainState, ema: EMA,
                         levels: dict | None = None) -> Path | None:
@@ -133,10 +113,10 @@ class RunFolder:
         a save that fails anyway leaves the published checkpoints as they were and no scratch folder.
         """
         main = is_main_process()
-        scratch = self.checkpoints / f".tmp-{ckpt.checkpoint_name(state.step)}"
+        scratch = ckpt.scratch_path(self.checkpoints, state.step)
         latest = ckpt.latest_checkpoint(self.checkpoints)
         if latest is not None:
-            require_free_space(self.checkpoints, sum(p.stat().st_size for p in latest.rglob("*") if p.is_file()),
+            require_free_space(self.checkpoints, ckpt.size_on_disk(latest),
                                f"the checkpoint of step {state.step}", "free some space or point train.out_dir "
                                "elsewhere; the run resumes from its newest checkpoint")
         if main:
@@ -147,11 +127,9 @@ class RunFolder:
             accelerator.wait_for_everyone()
             final = None
             if main:
-                torch.save(_ema_record(config, state.step, ema), scratch / ckpt.EMA_FILE)
-                meta = {"step": state.step, "skipped": state.skipped, "consecutive_skips": state.consecutive_skips,
-                        "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                        "time": time.time(), "levels": levels}
-                (scratch / ckpt.COMPLETE_MARK).write_text(json.dumps(meta))
+                ckpt.write_ema(scratch, config, state.step, ema)
+                ckpt.write_meta(scratch, TrainState(state.step, state.skipped, state.consecutive_skips, levels),
+                                accelerator.num_processes, accelerator.mixed_precision)
                 final = ckpt.publish(scratch, state.step)
                 ckpt.rotate(self.checkpoints, config.train.keep_checkpoints)
         except Exception as error:
@@ -171,10 +149,8 @@ class RunFolder:
         state = TrainState()
         if latest is not None:
             accelerator.load_state(str(latest))
-            ema.load_state_dict(torch.load(latest / ckpt.EMA_FILE, map_location="cpu", weights_only=True)["ema"])
-            meta = json.loads((latest / ckpt.COMPLETE_MARK).read_text())
-            state = TrainState(step=meta["step"], skipped=meta["skipped"], consecutive_skips=meta["consecutive_skips"],
-                               levels=meta.get("levels"))
+            ema.load_state_dict(ckpt.read_ema_state(latest))
+            state = ckpt.read_meta(latest)
             accelerator.print(f"resumed from {latest} at step {state.step}")
         if is_main_process():
             self.truncate_metrics(state.step)

@@ -21,11 +21,13 @@ from ..ema import EMA
 from ..model import build_score_model, count_parameters
 from ..network import native_bf16, network_call
 from ..schedules import ladder
-from .batches import load_training_data, micro_batch_size
+from ..data import load_training_data
+from .batches import micro_batch_size
 from .run_folder import RunFolder, TrainState
 from .step import TrainStep
+from .trackers import finish_trackers, log_image, start_trackers, tracker_names, tracker_record
 
-__all__ = ["Training", "TrainingDiverged", "make_accelerator", "resolve_mixed_precision", "tracker_names"]
+__all__ = ["Training", "TrainingDiverged", "make_accelerator", "resolve_mixed_precision"]
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -82,25 +84,6 @@ def resolve_mixed_precision(asked: str, on_cpu: bool) -> str:
     return effective
 
 
-TRACKER_PROJECT = "hpc_ncsn"  # the trackers' project; TensorBoard writes to <run>/trackers/hpc_ncsn
-TRACKING_EXTRA = {"tensorboard": "pip install 'hpc_ncsn[tracking]'"}
-
-
-def tracker_names(log_with: str) -> list[str]:
-    """`train.log_with` as Accelerate tracker names, each checked: known to Accelerate and installed here."""
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
-
-    names = [name.strip() for name in log_with.split(",") if name.strip()]
-    for name in names:
-        if name not in LOGGER_TYPE_TO_CLASS:
-            raise ConfigError(f"train.log_with: unknown tracker {name!r}; choose from "
-                              f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))} (comma-separated), or '' for none")
-        if name not in {str(tracker) for tracker in get_available_trackers()}:
-            raise ConfigError(f"train.log_with: {name} is not installed in this environment; "
-                              f"{TRACKING_EXTRA.get(name, f'pip install {name}')}, or drop it from train.log_with")
-    return names
-
-
 def make_accelerator(config: Config):
     """An Accelerator for the run config: its precision (`auto` resolved) and accumulation, gloo for several
     CPU processes, DeepSpeed when `accelerate launch` was given a DeepSpeed config (ZeRO-3 refused), the
@@ -140,29 +123,6 @@ def _replicas_agree(accelerator, model: torch.nn.Module) -> None:
     if not torch.equal(gathered, gathered[:1].expand_as(gathered)):
         bad = (gathered != gathered[:1]).any(dim=1).nonzero().flatten().tolist()
         raise RuntimeError(f"replicas diverged: ranks {bad} hold weights different from rank 0")
-
-
-def _start_trackers(accelerator, config: Config, folder: RunFolder, step: int) -> None:
-    """Start `train.log_with`'s trackers with the run config as hyperparameters. A resumed run's TensorBoard
-    writer hides the events after its checkpoint (they are logged again), as metrics.jsonl drops its lines."""
-    from ..config import config_to_dict
-
-    hyperparameters = {f"{section}.{key}": value if isinstance(value, (bool, int, float, str)) else str(value)
-                       for section, values in config_to_dict(config).items() for key, value in values.items()}
-    hyperparameters["train.mixed_precision"] = accelerator.mixed_precision  # the precision in effect
-    accelerator.init_trackers(TRACKER_PROJECT, config=hyperparameters, init_kwargs={
-        "tensorboard": {"purge_step": step + 1} if step else {},
-        "wandb": {"name": folder.path.name}, "mlflow": {"run_name": folder.path.name}})
-
-
-def tracker_record(record: dict) -> dict[str, float]:
-    """A metrics.jsonl record as trackers' scalars: the per-level losses as loss_per_level/00, 01, ...;
-    text and missing values left out."""
-    scalars = {key: float(value) for key, value in record.items()
-               if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)}
-    scalars.update({f"loss_per_level/{level:02d}": float(value)
-                    for level, value in enumerate(record.get("loss_per_level") or []) if value is not None})
-    return scalars
 
 
 class Training:
@@ -228,7 +188,7 @@ class Training:
                                label="score network (training)")
         state = folder.resume(accelerator, ema)
         if accelerator.log_with:
-            _start_trackers(accelerator, config, folder, state.step)
+            start_trackers(accelerator, config, folder.path.name, state.step)
         accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "
                           f"global batch {cfg.batch_size} = {accelerator.num_processes} × {cfg.grad_accum} × {micro}; "
                           f"precision {PRECISION_NAMES[accelerator.mixed_precision]}")
@@ -288,17 +248,11 @@ class Training:
 
     def log_sample_grid(self, grid: torch.Tensor) -> None:
         """The EMA sample grid (uint8, channels × height × width) to the trackers that take images."""
-        for tracker in self.accelerator.trackers:
-            if tracker.name == "tensorboard":  # NCHW
-                tracker.log_images({"samples": grid[None].numpy()}, step=self.state.step)
-            elif hasattr(tracker, "log_images"):  # wandb and the others: a list of height × width × channels
-                tracker.log_images({"samples": [grid.permute(1, 2, 0).numpy()]}, step=self.state.step)
+        log_image(self.accelerator, grid, self.state.step)
 
     def finish_trackers(self) -> None:
         """Close the trackers (their files complete); once, also when training stops early."""
-        trackers, self.accelerator.trackers = list(self.accelerator.trackers), []
-        for tracker in trackers:
-            tracker.finish()
+        finish_trackers(self.accelerator)
 
     def close(self) -> None:
         """Close the trackers; let another process train in this run folder (releases its lock)."""

@@ -2,7 +2,6 @@
 statistics across batches and across 2 real gloo processes, and the input checks."""
 
 import datetime
-import socket
 import time
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpc_ncsn.evaluate.extractors import check_images
+from helpers import free_port
 from hpc_ncsn.evaluate.scores import (
     FeatureStats,
     frechet_distance,
@@ -266,12 +266,6 @@ def test_too_few_samples_and_non_finite_features_are_refused():
         FeatureStats.empty(4).update(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="dim 4"):
         FeatureStats.empty(4).merge(FeatureStats.empty(5))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gloo_rank(rank: int, world_size: int, port: int, x: torch.Tensor, out: str) -> None:

@@ -1,0 +1,131 @@
+"""`plan`, `toy` and `aggregate`: the noise plan, NCSN's 2-D toy, a sweep's table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import typing
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import yaml
+
+from ..config import load_config
+from ..errors import UserError
+from ..toy import ToySettings
+from .common import add_config_args
+
+__all__ = ["add_aggregate_args", "add_plan_args", "add_toy_args", "cmd_aggregate", "cmd_plan", "cmd_toy"]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config = None
+    if args.dim is None:
+        config = load_config(args.config, args.overrides)
+        sigma_min = args.sigma_min if args.sigma_min is not None else config.noise.sigma_min
+    elif args.config is not None or args.overrides:
+        raise UserError("plan: give either --dim (with --sigma-max) or a data set through --config, not both")
+    elif args.sigma_max is None:
+        raise UserError("plan --dim needs --sigma-max (or use --config to measure σ_1 on a data set)")
+    else:
+        sigma_min = args.sigma_min if args.sigma_min is not None else 0.01
+    if args.dry_run:
+        print(json.dumps({"dim": args.dim, "data": config and asdict(config.data), "sigma_max": args.sigma_max,
+                          "sigma_min": sigma_min, "steps": args.steps, "num_levels": args.num_levels}, indent=2))
+        return 0
+    from ..data import dataset_points
+    from ..planning import max_pairwise_distance, plan_noise
+
+    dim, sigma_max, method = args.dim, args.sigma_max, "given"
+    if config is not None:
+        points = dataset_points(config)
+        dim = int(points[0].numel())
+        if sigma_max is None:
+            sigma_max, method = max_pairwise_distance(points)
+    plan = plan_noise(dim=dim, sigma_max=sigma_max, sigma_min=sigma_min, steps_per_level=args.steps,
+                      num_levels=args.num_levels, sigma_max_method=method)
+    print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _parse_json_list(text: str, what: str) -> list:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UserError(f"toy {what}: cannot parse {text!r} ({error})") from None
+    if not isinstance(value, list):
+        raise UserError(f"toy {what}: expected a list such as [[-5,-5],[5,5]], got {text!r}")
+    return value
+
+
+def cmd_toy(args: argparse.Namespace) -> int:
+    from ..data import toy_mixture
+    from ..files import atomic_write
+    from ..toy import run_toy, save_toy_figure
+
+    means = _parse_json_list(args.means, "--means")
+    weights = _parse_json_list(args.weights, "--weights")
+    try:
+        mixture = toy_mixture(means, weights, args.std)
+    except ValueError as error:
+        raise UserError(f"toy: bad mixture ({error}); example: --means '[[-5,-5],[5,5]]' "
+                        "--weights '[1,4]'") from None
+    settings = ToySettings(**{f.name: getattr(args, f.name) for f in fields(ToySettings)})
+    if args.dry_run:
+        print(json.dumps({"means": means, "weights": weights, "std": args.std, "settings": asdict(settings),
+                          "out": str(args.out)}, indent=2))
+        return 0
+    from ..progress import showing_progress
+
+    with showing_progress(settings.total_steps, "toy (Langevin, then annealed)", "steps") as bar:
+        report, samples = run_toy(mixture, settings, bar.update)
+    figure = args.out / "toy_langevin.png"
+    save_toy_figure(samples, mixture, report, figure)
+    report["figure"] = str(figure)
+    atomic_write(args.out / "toy_langevin.json", json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    from ..sweep.aggregate import aggregate
+    from ..sweep.plan import SweepSpec, plan
+
+    if args.dry_run:
+        sweep = plan(SweepSpec.load(args.sweep), args.sweep)
+        print(json.dumps({"sweep": str(args.sweep), "cells": [task.name for task in sweep.sample],
+                          "writes": ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png",
+                                     "samples.png"]}, indent=2))
+        return 0
+    aggregate(args.sweep, plots=not args.no_plots)
+    print((args.sweep / "table.md").read_text(), end="")
+    return 0
+
+
+def add_toy_args(toy: argparse.ArgumentParser) -> None:
+    toy.add_argument("--means", default="[[-5,-5],[5,5]]", help="mixture means, a list of [x, y]")
+    toy.add_argument("--weights", default="[0.2,0.8]", help="mixture weights (normalized)")
+    toy.add_argument("--std", type=float, default=1.0, help="component standard deviation")
+    types = typing.get_type_hints(ToySettings)
+    for setting in fields(ToySettings):
+        toy.add_argument("--" + setting.name.replace("_", "-"), dest=setting.name, type=types[setting.name],
+                         default=setting.default, help=setting.metadata["help"])
+    toy.add_argument("--out", type=Path, default=Path("runs/toy"), help="folder for the JSON and the figure")
+    toy.add_argument("--dry-run", action="store_true", help="print the settings and exit")
+
+
+def add_plan_args(plan: argparse.ArgumentParser) -> None:
+    add_config_args(plan)
+    plan.add_argument("--dim", type=int, default=None, help="data dimension D (instead of a data set)")
+    plan.add_argument("--sigma-max", type=float, default=None,
+                      help="σ_1; default: the largest pairwise distance in the config's data set")
+    plan.add_argument("--sigma-min", type=float, default=None, help="σ_L; default: the config's noise.sigma_min")
+    plan.add_argument("--steps", type=int, default=5, help="Langevin steps per level T")
+    plan.add_argument("--num-levels", type=int, default=None, help="fix L instead of choosing it by technique 2")
+    plan.add_argument("--dry-run", action="store_true", help="print the inputs and exit")
+
+
+def add_aggregate_args(agg: argparse.ArgumentParser) -> None:
+    agg.add_argument("--sweep", type=Path, required=True, help="sweep folder (holds sweep.json)")
+    agg.add_argument("--no-plots", action="store_true", help="write the tables only")
+    agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")

@@ -1,0 +1,46 @@
+"""`train` (= python train.py) and `config`: a run config, resolved, trained or printed."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import config_to_yaml, load_config
+from ..distributed import setup_process
+from .common import add_config_args
+
+__all__ = ["TRAIN_HELP", "add_train_args", "cmd_config", "cmd_train"]
+
+TRAIN_HELP = """Train a noise-conditional score network with denoising score matching.
+
+    python train.py --config configs/debug.yaml                       # one process
+    accelerate launch --num_processes 4 --mixed_precision bf16 train.py --config configs/debug.yaml
+    python train.py --config configs/debug.yaml --dry-run              # print the resolved config
+
+A run folder (train.out_dir) that already holds checkpoints is resumed from the
+newest complete one: rerunning the same command continues an interrupted run.
+On SIGUSR2 (a scheduler's time-limit warning) the run saves a checkpoint at the next
+step and exits with status 75 (EX_TEMPFAIL): requeue it (slurm/train.sbatch does).
+On SIGTERM (scancel) it saves the same way and exits with 143; nothing requeues it.
+"""
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser, "train.steps=500 train.lr=2e-4")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(config_to_yaml(config), end="")
+        return 0
+    setup_process()
+    from ..train import train
+
+    print(f"run folder: {train(config)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(config_to_yaml(load_config(args.config, args.overrides)), end="")
+    return 0
