@@ -62,10 +62,13 @@ def test_snr_step_size_sets_the_update_signal_to_noise_ratio():
 
 
 def test_arms_are_presets_of_the_configurable_ladders_and_step_rules():
-    assert set(LADDERS) == set(typing.get_args(typing.get_type_hints(NoiseConfig)["ladder"]))
+    assert set(typing.get_args(typing.get_type_hints(NoiseConfig)["ladder"])) == {"geometric", "linear"}
+    assert set(typing.get_args(typing.get_type_hints(SamplerConfig)["ladder"])) == set(LADDERS) | {"train"}
     assert set(STEP_RULES) == set(typing.get_args(typing.get_type_hints(SamplerConfig)["step_rule"]))
     assert {(arm.ladder, arm.step_rule) for arm in ARMS.values()} == {
         ("geometric", "ncsn"), ("linear", "ncsn"), ("geometric", "snr")}
+    for name in ARMS:  # every preset is recognised again from the config it makes
+        assert load_config(None, arm_overrides(name)).arm == name
     snr = load_config(None, arm_overrides("snr"))
     assert (snr.noise.ladder, snr.sampler.step_rule, snr.arm) == ("geometric", "snr", "snr")
     assert load_config(None, ["noise.ladder=linear"]).arm == "linear"
