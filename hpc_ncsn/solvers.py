@@ -28,7 +28,8 @@ import torch
 
 from .rng import sample_normal
 
-__all__ = ["Corrector", "ancestral", "ancestral_evaluations", "probability_flow", "probability_flow_evaluations"]
+__all__ = ["Corrector", "ancestral", "ancestral_evaluations", "denoise", "probability_flow",
+           "probability_flow_evaluations"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # corrector(x, level, step): one Langevin update at sigmas[level] drawing the noise of counter `step`.
@@ -62,9 +63,7 @@ def ancestral(score_fn: ScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *, seed:
             step += 1
         if callback is not None:
             callback(level, sigma, x)
-    if final_denoise:
-        x = x + sigmas_host[-1] ** 2 * score_fn(x, _batch(sigmas_host[-1], x))
-    return x
+    return denoise(score_fn, x, sigmas_host[-1]) if final_denoise else x
 
 
 def ancestral_evaluations(num_levels: int, corrector_steps: int, final_denoise: bool) -> int:
@@ -96,15 +95,18 @@ def probability_flow(score_fn: ScoreFn, x: torch.Tensor, sigmas: torch.Tensor, *
             x = euler
         if callback is not None:
             callback(level, nxt, x)
-    if final_denoise:
-        x = x + sigmas_host[-1] ** 2 * score_fn(x, _batch(sigmas_host[-1], x))
-    return x
+    return denoise(score_fn, x, sigmas_host[-1]) if final_denoise else x
 
 
 def probability_flow_evaluations(num_levels: int, heun: bool, final_denoise: bool) -> int:
     """Network evaluations per sample of `probability_flow`: (L − 1)·(2 for Heun, 1 for Euler), the final step.
     EDM's default, 18 levels with Heun and the step to 0: 17·2 + 1 = 35."""
     return (num_levels - 1) * (2 if heun else 1) + int(final_denoise)
+
+
+def denoise(score_fn: ScoreFn, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The step from σ to 0: D(x; σ) = x + σ²·s(x, σ), Tweedie's estimate of the clean x."""
+    return x + sigma**2 * score_fn(x, _batch(sigma, x))
 
 
 def _batch(sigma: float, x: torch.Tensor) -> torch.Tensor:
