@@ -221,7 +221,8 @@ class SamplerConfig(_Section):
 
     `init`: 'gaussian' starts the chains from N(1/2, σ_1²I), the level-1 prior of the sampling
     ladder; 'uniform' from U(0, 1) as NCSN/NCSNv2 did (the SNR rule overshoots from there when σ_1
-    dwarfs the data spread). `precision`, `channels_last`, `compile`: how the network is evaluated
+    dwarfs the data spread; the samplers other than langevin need 'gaussian').
+    `precision`, `channels_last`, `compile`: how the network is evaluated
     (bf16 moves samples within its rounding, so shards record the precision in effect; the sampler's
     state and its noise stay float32); precision `auto` is bf16 where the device computes it
     natively, fp32 elsewhere.
@@ -271,6 +272,9 @@ class SamplerConfig(_Section):
             _require(self.ladder != "train" or getattr(self, key) == 0, key,
                      "changes the sampling ladder, but sampler.ladder=train samples on the training ladder: "
                      "also set sampler.ladder to geometric, linear or edm")
+        _require(self.init == "gaussian" or self.kind == "langevin", "init",
+                 f"the {self.kind} sampler starts from the level-1 marginal, which uniform is far from (only Langevin "
+                 "steps pull a chain back); use sampler.init=gaussian")
         _require(self.ladder == "edm" or self.rho == 7.0, "rho", "shapes the edm ladder only; set "
                                                                  "sampler.ladder=edm or leave rho at 7")
 

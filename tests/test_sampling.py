@@ -204,6 +204,7 @@ def test_a_sampling_ladder_of_its_own_within_the_trained_range():
     (["sampler.kind=heun"], r"sampler\.kind: 'heun' is not a valid choice; choose one of langevin, ancestral, ode"),
     (["sampler.corrector_steps=1"], r"only the ancestral sampler has a corrector"),
     (["sampler.rho=5"], r"sampler\.rho: shapes the edm ladder only"),
+    (["sampler.kind=edm", "sampler.init=uniform"], r"sampler\.init: the edm sampler starts from the level-1 marginal"),
 ])
 def test_a_sampler_outside_what_was_trained_or_asked_wrong_is_refused_in_one_line(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as caught:
