@@ -207,7 +207,8 @@ class SamplerConfig(_Section):
     """How samples are drawn from the trained network: the sampler, its ladder, its constants, how the network runs.
 
     `kind`: 'langevin' is annealed Langevin dynamics (NCSN/NCSNv2), T = `steps_per_level`
-    steps per level with the step rule `step_rule` ('ncsn': α_i = step_lr·σ_i²/σ_L²; 'snr':
+    steps per level with the step rule `step_rule` ('ncsn': α_i = step_lr·σ_i²/σ_L², σ_L the
+    sampling ladder's last level; 'snr':
     a per-sample step from the signal-to-noise ratio `snr`); 'ancestral' the reverse-diffusion
     predictor of the variance-exploding SDE, with `corrector_steps` Langevin corrector steps
     (step rule as above) per level (score SDE's predictor-corrector); 'ode' Euler steps of the
