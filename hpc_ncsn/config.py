@@ -4,13 +4,16 @@ A config is a tree of frozen dataclasses, one per pipeline stage:
 
     data       the training images (or the 2-D toy)
     noise      the σ ladder: its shape (geometric | linear), σ_1, σ_L and L (what the network is trained on)
-    sampler    annealed Langevin: the step rule (ncsn | snr) and its constants, and how the network runs
+    sampler    how it is sampled: the sampler (annealed Langevin, ancestral, ODE, EDM's Heun), its own
+               ladder within the trained σ range (default: the training ladder), its constants,
+               and how the network runs
     model      the score network
     train      the training loop
     generate   how many samples, in which shards, in which batches
     evaluate   the feature extractor that scores them
 
-The ablation's arms are named presets of (noise.ladder, sampler.step_rule), see `ARMS`.
+The ablation's arms are named presets of (noise.ladder, sampler.step_rule, further sampler keys),
+see `ARMS`.
 Only `data`, `noise`, `model` and `train` change the trained weights; a sweep shares a
 training between cells that differ elsewhere.
 
@@ -59,6 +62,7 @@ __all__ = [
     "TrainConfig",
     "arm_of",
     "arm_overrides",
+    "check_sampling_range",
     "config_from_dict",
     "config_to_dict",
     "config_to_yaml",
@@ -76,31 +80,53 @@ class LegacyConfigWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm of the noise-schedule ablation: a σ ladder and a Langevin step-size rule."""
+    """One arm of the noise-schedule ablation: what is trained (the σ ladder) and how it is sampled
+    (the Langevin step rule, plus `sampler`: further sampler keys, as (key, value) pairs)."""
 
     ladder: str
     step_rule: str
+    sampler: tuple[tuple[str, Any], ...] = ()
 
 
-# The ablation's arms. The snr arm samples the geometric ladder's network with another step rule.
+# The ablation's arms. Every arm but linear samples the geometric ladder's network: a sweep trains it once.
 ARMS = {
     "geometric": Arm(ladder="geometric", step_rule="ncsn"),
     "linear": Arm(ladder="linear", step_rule="ncsn"),
     "snr": Arm(ladder="geometric", step_rule="snr"),
+    # The geometric network sampled on the linear ladder (same L, σ range, T, ε): the linear arm's sampling alone.
+    "linear-sampled": Arm(ladder="geometric", step_rule="ncsn", sampler=(("ladder", "linear"),)),
+    # Karras et al. (2022) Algorithm 1: Heun on their ρ = 7 ladder, 18 levels (17 Heun steps and the step to 0: 35 NFE).
+    "edm": Arm(ladder="geometric", step_rule="ncsn", sampler=(("kind", "edm"), ("ladder", "edm"), ("num_levels", 18))),
+    # The variance-exploding SDE's reverse-diffusion predictor on the training ladder (L NFE), no corrector.
+    "ancestral": Arm(ladder="geometric", step_rule="ncsn", sampler=(("kind", "ancestral"),)),
+    # Score SDE's predictor-corrector (VE): the predictor above and one Langevin corrector step per level at r = snr.
+    "pc": Arm(ladder="geometric", step_rule="snr", sampler=(("kind", "ancestral"), ("corrector_steps", 1))),
+    # Euler steps of the probability-flow ODE on the training ladder (L NFE).
+    "ode": Arm(ladder="geometric", step_rule="ncsn", sampler=(("kind", "ode"),)),
 }
 
 
 def arm_overrides(arm: str) -> list[str]:
-    """The overrides that select an arm: noise.ladder and sampler.step_rule."""
+    """The overrides that select an arm: noise.ladder, sampler.step_rule and the arm's further sampler keys."""
     if arm not in ARMS:
         raise ConfigError(f"unknown arm {arm!r}; choose one of {', '.join(ARMS)}")
-    return [f"noise.ladder={ARMS[arm].ladder}", f"sampler.step_rule={ARMS[arm].step_rule}"]
+    found = ARMS[arm]
+    return [f"noise.ladder={found.ladder}", f"sampler.step_rule={found.step_rule}",
+            *(f"sampler.{key}={value}" for key, value in found.sampler)]
 
 
 def arm_of(config: "Config") -> str | None:
-    """The name of the arm a config runs, or None when its (ladder, step rule) is no named arm."""
-    found = Arm(config.noise.ladder, config.sampler.step_rule)
-    return next((name for name, arm in ARMS.items() if arm == found), None)
+    """The name of the arm a config runs, or None when its ladder, step rule and sampling keys are no named arm
+    (the sampling keys, SamplerConfig.SAMPLING_KEYS, an arm does not name must be at their defaults)."""
+    defaults = SamplerConfig()
+
+    def identity(ladder: str, step_rule: str, sampler: Mapping[str, Any]) -> tuple:
+        return ladder, step_rule, tuple(sampler.get(key, getattr(defaults, key)) for key in SamplerConfig.SAMPLING_KEYS)
+
+    found = identity(config.noise.ladder, config.sampler.step_rule,
+                     {key: getattr(config.sampler, key) for key in SamplerConfig.SAMPLING_KEYS})
+    return next((name for name, arm in ARMS.items() if identity(arm.ladder, arm.step_rule, dict(arm.sampler)) == found),
+                None)
 
 
 class _Section:
@@ -181,15 +207,29 @@ class NoiseConfig(_Section):
 
 @dataclass(frozen=True)
 class SamplerConfig(_Section):
-    """Annealed Langevin along the ladder: the step rule, its constants, and how the network runs.
+    """How samples are drawn from the trained network: the sampler, its ladder, its constants, how the network runs.
 
-    `step_rule`: 'ncsn' uses α_i = step_lr·σ_i²/σ_L²; 'snr' a per-sample step from the
-    signal-to-noise ratio `snr`. `init`: 'gaussian' starts the chains from N(1/2, σ_1²I),
-    the level-1 prior; 'uniform' from U(0, 1) as NCSN/NCSNv2 did (the SNR rule overshoots
-    from there when σ_1 dwarfs the data spread). `precision`, `channels_last`, `compile`:
-    how the network is evaluated (bf16 moves samples within its rounding, so shards
-    record the precision in effect; the Langevin state and its noise stay float32);
-    precision `auto` is bf16 where the device computes it natively, fp32 elsewhere.
+    `kind`: 'langevin' is annealed Langevin dynamics (NCSN/NCSNv2), T = `steps_per_level`
+    steps per level with the step rule `step_rule` ('ncsn': α_i = step_lr·σ_i²/σ_L², σ_L the
+    sampling ladder's last level; 'snr':
+    a per-sample step from the signal-to-noise ratio `snr`); 'ancestral' the reverse-diffusion
+    predictor of the variance-exploding SDE, with `corrector_steps` Langevin corrector steps
+    (step rule as above) per level (score SDE's predictor-corrector); 'ode' Euler steps of the
+    probability-flow ODE; 'edm' Heun steps of it (Karras et al. 2022, Algorithm 1).
+    `final_denoise`: end with the step to σ = 0, x + σ_L²·s_θ(x, σ_L) (every kind).
+
+    The sampling ladder: `ladder` 'train' samples on the training ladder (noise.*); 'geometric',
+    'linear' or 'edm' (ρ = `rho`) build another one with `num_levels` levels (0: noise.num_levels)
+    from `sigma_max` to `sigma_min` (0: the trained range's end), which must lie within the trained
+    range [noise.sigma_min, noise.sigma_max]: the network is conditioned on σ, but only there.
+
+    `init`: 'gaussian' starts the chains from N(1/2, σ_1²I), the level-1 prior of the sampling
+    ladder; 'uniform' from U(0, 1) as NCSN/NCSNv2 did (the SNR rule overshoots from there when σ_1
+    dwarfs the data spread; the samplers other than langevin need 'gaussian').
+    `precision`, `channels_last`, `compile`: how the network is evaluated
+    (bf16 moves samples within its rounding, so shards record the precision in effect; the sampler's
+    state and its noise stay float32); precision `auto` is bf16 where the device computes it
+    natively, fp32 elsewhere.
     """
 
     SECTION: ClassVar[str] = "sampler"
@@ -202,6 +242,18 @@ class SamplerConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
     channels_last: bool = False
     compile: bool = False
+    kind: Literal["langevin", "ancestral", "ode", "edm"] = "langevin"
+    ladder: Literal["train", "geometric", "linear", "edm"] = "train"
+    num_levels: int = 0
+    sigma_max: float = 0.0
+    sigma_min: float = 0.0
+    rho: float = 7.0
+    corrector_steps: int = 0
+
+    # Keys of the sampling ladder and the sampler kind (issue 24); shards record them only where they differ
+    # from these defaults, so that folders drawn before they existed stay valid (their samples are the same).
+    SAMPLING_KEYS: ClassVar[tuple[str, ...]] = ("kind", "ladder", "num_levels", "sigma_max", "sigma_min", "rho",
+                                                "corrector_steps")
 
     def validate(self) -> None:
         _require(self.steps_per_level >= 1, "steps_per_level", "must be at least 1")
@@ -209,6 +261,26 @@ class SamplerConfig(_Section):
                                                                     "NCSNv2 5)")
         _require(self.step_lr > 0, "step_lr", "must be > 0")
         _require(self.snr > 0, "snr", "must be > 0")
+        _require(self.num_levels == 0 or 2 <= self.num_levels <= 10_000, "num_levels",
+                 "must be 0 (the training ladder's L) or in 2..10,000")
+        _require(self.sigma_max >= 0, "sigma_max", "must be >= 0 (0: the trained noise.sigma_max)")
+        _require(self.sigma_min >= 0, "sigma_min", "must be >= 0 (0: the trained noise.sigma_min)")
+        _require(not (self.sigma_max and self.sigma_min) or self.sigma_min < self.sigma_max, "sigma_min",
+                 f"must be smaller than sigma_max ({self.sigma_min} >= {self.sigma_max})")
+        _require(self.rho > 0, "rho", "must be > 0 (Karras et al. use 7)")
+        _require(0 <= self.corrector_steps <= 10_000, "corrector_steps", "must be in 0..10,000")
+        _require(self.corrector_steps == 0 or self.kind == "ancestral", "corrector_steps",
+                 f"only the ancestral sampler has a corrector (sampler.kind={self.kind}); set it to 0 or "
+                 "sampler.kind=ancestral")
+        for key in ("num_levels", "sigma_max", "sigma_min"):
+            _require(self.ladder != "train" or getattr(self, key) == 0, key,
+                     "changes the sampling ladder, but sampler.ladder=train samples on the training ladder: "
+                     "also set sampler.ladder to geometric, linear or edm")
+        _require(self.init == "gaussian" or self.kind == "langevin", "init",
+                 f"the {self.kind} sampler starts from the level-1 marginal, which uniform is far from (only Langevin "
+                 "steps pull a chain back); use sampler.init=gaussian")
+        _require(self.ladder == "edm" or self.rho == 7.0, "rho", "shapes the edm ladder only; set "
+                                                                 "sampler.ladder=edm or leave rho at 7")
 
 
 @dataclass(frozen=True)
@@ -367,6 +439,7 @@ class Config:
             raise ConfigError("model.kind: 'mlp' works on data.name=toy2d only; use 'unet'")
         if self.data.name == "toy2d" and self.model.kind != "mlp":
             raise ConfigError("model.kind: data.name=toy2d needs model.kind=mlp")
+        check_sampling_range(self.noise, self.sampler)
 
     @property
     def arm(self) -> str | None:
@@ -385,6 +458,21 @@ class Config:
         if unknown:
             raise ConfigError(f"model.attn_resolutions: {unknown} do not occur in this U-Net; its resolutions "
                               f"are {resolutions} (data.image_size halved per channel_mults level)")
+
+
+def check_sampling_range(noise: NoiseConfig, sampler: SamplerConfig) -> None:
+    """Refuse a sampling ladder that leaves the trained σ range [noise.sigma_min, noise.sigma_max]."""
+    low, high = noise.sigma_min, noise.sigma_max
+    for key in ("sigma_max", "sigma_min"):
+        value = getattr(sampler, key)
+        if value and not low <= value <= high:
+            raise ConfigError(f"sampler.{key}: {value} is outside the trained range [{low}, {high}] "
+                              "(noise.sigma_min..noise.sigma_max), where the network never saw σ; choose a value "
+                              f"within it, or 0 for the trained noise.{key}")
+    top, bottom = sampler.sigma_max or high, sampler.sigma_min or low
+    if not bottom < top:
+        raise ConfigError(f"sampler.sigma_min: the sampling ladder would run from {top} down to {bottom}; "
+                          "choose sampler.sigma_min below sampler.sigma_max (or 0 for noise.sigma_min)")
 
 
 class _Invalid(Exception):
@@ -469,7 +557,8 @@ def _legacy_assignments(key: str, value: Any) -> list[tuple[str, Any]] | None:
         if arm is None:
             raise ConfigError(f"noise.schedule: {value!r} is not a valid choice; choose one of {', '.join(ARMS)} "
                               "(the arms now set noise.ladder and sampler.step_rule)")
-        return [("noise.ladder", arm.ladder), ("sampler.step_rule", arm.step_rule)]
+        return [("noise.ladder", arm.ladder), ("sampler.step_rule", arm.step_rule),
+                *((f"sampler.{key}", value) for key, value in arm.sampler)]
     if key in _LEGACY_KEYS:
         return [(_LEGACY_KEYS[key], value)]
     if key.startswith("eval."):

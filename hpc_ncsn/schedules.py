@@ -21,6 +21,7 @@ import torch
 __all__ = [
     "LADDERS",
     "STEP_RULES",
+    "edm_sigmas",
     "geometric_sigmas",
     "ladder",
     "linear_sigmas",
@@ -52,6 +53,23 @@ def linear_sigmas(sigma_max: float, sigma_min: float, num_levels: int) -> torch.
     return torch.linspace(sigma_max, sigma_min, num_levels, dtype=torch.float64)
 
 
+def edm_sigmas(sigma_max: float, sigma_min: float, num_levels: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022, eq. 5) ladder, float64, decreasing: uniform in σ^{1/ρ}.
+
+    σ_i = (σ_1^{1/ρ} + (i−1)/(N−1)·(σ_N^{1/ρ} − σ_1^{1/ρ}))^ρ,  i = 1..N,
+    ρ = 7 by default (their choice: steps crowd towards σ_min). ρ = 1 is the linear
+    ladder; ρ → ∞ tends to the geometric one. Both ends are hit exactly.
+    """
+    _check_ladder(sigma_max, sigma_min, num_levels)
+    if not rho > 0:
+        raise ValueError(f"rho (ρ) must be > 0, got {rho}")
+    fraction = torch.linspace(0.0, 1.0, num_levels, dtype=torch.float64)
+    top, bottom = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    sigmas = (top + fraction * (bottom - top)) ** rho
+    sigmas[0], sigmas[-1] = sigma_max, sigma_min
+    return sigmas
+
+
 def ncsn_step_sizes(sigmas: torch.Tensor, step_lr: float) -> torch.Tensor:
     """Per-level Langevin step (NCSN Algorithm 1, NCSNv2 technique 4).
 
@@ -75,14 +93,17 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> torch
     return 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
 
 
-LADDERS = {"geometric": geometric_sigmas, "linear": linear_sigmas}
+LADDERS = {"geometric": geometric_sigmas, "linear": linear_sigmas, "edm": edm_sigmas}
 STEP_RULES = ("ncsn", "snr")  # ncsn_step_sizes (per level) and snr_step_size (per sample and step)
 
 
-def ladder(name: str, sigma_max: float, sigma_min: float, num_levels: int) -> torch.Tensor:
-    """The σ ladder named `name` in `LADDERS` (noise.ladder); the ablation's arms are in hpc_ncsn.config.ARMS."""
+def ladder(name: str, sigma_max: float, sigma_min: float, num_levels: int, *, rho: float = 7.0) -> torch.Tensor:
+    """The σ ladder named `name` in `LADDERS` (noise.ladder, sampler.ladder; `rho` for 'edm' only);
+    the ablation's arms are in hpc_ncsn.config.ARMS."""
     if name not in LADDERS:
         raise ValueError(f"unknown ladder {name!r}; choose one of {', '.join(LADDERS)}")
+    if name == "edm":
+        return edm_sigmas(sigma_max, sigma_min, num_levels, rho)
     return LADDERS[name](sigma_max, sigma_min, num_levels)
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_ncsn.config import load_config
-from hpc_ncsn.samples.shards import ShardError, file_sha256, read_shard
+from hpc_ncsn.config import arm_overrides, load_config
+from hpc_ncsn.samples.shards import ShardError, file_sha256, read_manifest, read_shard
 from hpc_ncsn.samples.validation import validate_shard
 from helpers import TINY, free_port
 
@@ -108,6 +108,23 @@ def test_changed_sampler_regenerates_everything(trained_run, tmp_path):
     report = json.loads(check(generate_cmd(trained_run, out, "sampler.step_rule=snr"), env(tmp_path)).splitlines()[-1])
     assert sorted(report["generated"]) == [0, 1, 2]
     assert read_shard(out / "shard-00000.h5")[2]["arm"] == "snr"
+
+
+def test_sampler_presets_on_the_same_network_record_their_nfe_and_default_shards_no_new_keys(trained_run, tmp_path):
+    check(generate_cmd(trained_run, tmp_path / "langevin"), env(tmp_path))
+    meta = read_manifest(tmp_path / "langevin")["meta"]
+    # Folders drawn before the sampler kinds existed recorded no such keys; a default one still records none.
+    assert not set(meta["sampler"]) & {"kind", "ladder", "num_levels", "sigma_max", "sigma_min", "rho",
+                                       "corrector_steps"}
+    assert meta["network_evaluations"] == 6 * 2 + 1  # TINY: L = 6, T = 2, the final step
+    for arm, nfe in (("edm", 35), ("ancestral", 6), ("linear-sampled", 13)):
+        out = tmp_path / arm
+        overrides = [item for item in arm_overrides(arm) if not item.startswith("noise.")]
+        check(generate_cmd(trained_run, out, *overrides), env(tmp_path))
+        meta = read_manifest(out)["meta"]
+        assert (meta["arm"], meta["network_evaluations"]) == (arm, nfe)
+        assert read_shard(out / "shard-00000.h5")[2]["network_evaluations"] == nfe
+        assert shard_digests(out) != shard_digests(tmp_path / "langevin")
 
 
 def test_bf16_network_precision_is_recorded_redraws_the_shards_and_stays_close(trained_run, tmp_path):

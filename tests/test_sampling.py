@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from hpc_ncsn.config import ARMS, NoiseConfig, SamplerConfig
+from hpc_ncsn.config import ARMS, ConfigError, NoiseConfig, SamplerConfig, arm_overrides, load_config
 from hpc_ncsn.rng import philox4x32, sample_normal, sample_uniform
-from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, draw, initial_state, sampling_ladder
+from hpc_ncsn.schedules import edm_sigmas, ladder, linear_sigmas
 
 
 @pytest.mark.parametrize(
@@ -174,3 +175,107 @@ def test_unet_samples_do_not_depend_on_batch_size():
     pieces = torch.cat([draw(torch.arange(0, 1)), draw(torch.arange(1, 4)), draw(torch.arange(4, 6))])
     torch.testing.assert_close(pieces, whole, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(whole[0], whole[1])
+
+
+# The sampling ladder (issue 24): another ladder than the training one, within the trained σ range --------
+
+def test_by_default_the_sampler_runs_the_training_ladder():
+    for ladder_name in ("geometric", "linear"):
+        noise = NoiseConfig(ladder=ladder_name, sigma_max=50.0, sigma_min=0.01, num_levels=30)
+        assert torch.equal(sampling_ladder(noise, SamplerConfig()), ladder(ladder_name, 50.0, 0.01, 30))
+
+
+def test_a_sampling_ladder_of_its_own_within_the_trained_range():
+    noise = NoiseConfig(ladder="geometric", sigma_max=50.0, sigma_min=0.01, num_levels=30)
+    own = sampling_ladder(noise, SamplerConfig(ladder="linear", num_levels=12, sigma_max=20.0, sigma_min=0.05))
+    assert torch.equal(own, linear_sigmas(20.0, 0.05, 12))
+    # 0 means the trained value: L, σ_1 and σ_L of noise.
+    assert torch.equal(sampling_ladder(noise, SamplerConfig(ladder="edm")), edm_sigmas(50.0, 0.01, 30, 7.0))
+    assert torch.equal(sampling_ladder(noise, SamplerConfig(ladder="edm", rho=3.0, num_levels=5)),
+                       edm_sigmas(50.0, 0.01, 5, 3.0))
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["sampler.ladder=geometric", "sampler.sigma_max=80"], r"sampler\.sigma_max: 80.0 is outside the trained range"),
+    (["sampler.ladder=edm", "sampler.sigma_min=0.002"], r"sampler\.sigma_min: 0.002 is outside the trained range"),
+    (["sampler.ladder=linear", "sampler.sigma_min=60"], r"sampler\.sigma_min: 60.0 is outside"),
+    (["sampler.ladder=linear", "sampler.sigma_min=49", "noise.sigma_max=40"], r"outside the trained range"),
+    (["sampler.num_levels=10"], r"sampler\.num_levels: .*sampler\.ladder=train samples on the training ladder"),
+    (["sampler.kind=heun"], r"sampler\.kind: 'heun' is not a valid choice; choose one of langevin, ancestral, ode"),
+    (["sampler.corrector_steps=1"], r"only the ancestral sampler has a corrector"),
+    (["sampler.rho=5"], r"sampler\.rho: shapes the edm ladder only"),
+    (["sampler.kind=edm", "sampler.init=uniform"], r"sampler\.init: the edm sampler starts from the level-1 marginal"),
+])
+def test_a_sampler_outside_what_was_trained_or_asked_wrong_is_refused_in_one_line(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern) as caught:
+        load_config(None, overrides)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_plan_built_from_sections_refuses_sigma_outside_the_trained_range():
+    # A SamplerConfig and NoiseConfig built apart (e.g. a run's noise and another sampler section) are checked too.
+    noise = NoiseConfig(sigma_max=10.0, sigma_min=0.1, num_levels=10)
+    with pytest.raises(ConfigError, match=r"sampler\.sigma_max: 50.0 is outside the trained range \[0.1, 10.0\]"):
+        SamplerPlan.from_config(noise, SamplerConfig(ladder="geometric", sigma_max=50.0))
+    with pytest.raises(ConfigError, match="sampling ladder would run from 10.0 down to 10.0"):
+        SamplerPlan.from_config(noise, SamplerConfig(ladder="geometric", sigma_min=10.0))
+
+
+def test_sampler_presets_share_the_geometric_network_and_sample_it_their_way():
+    geometric = load_config(None, arm_overrides("geometric"))
+    trained = ("data", "noise", "model", "train")
+    for name in ARMS:
+        config = load_config(None, arm_overrides(name))
+        assert (all(getattr(config, section) == getattr(geometric, section) for section in trained)
+                == (name != "linear")), name
+    noise = geometric.noise
+    linear_sampled = SamplerPlan.from_config(noise, load_config(None, arm_overrides("linear-sampled")).sampler)
+    linear = load_config(None, arm_overrides("linear"))
+    assert torch.equal(linear_sampled.sigmas, SamplerPlan.from_config(linear.noise, linear.sampler).sigmas)
+    edm = SamplerPlan.from_config(noise, load_config(None, arm_overrides("edm")).sampler)
+    assert (edm.kind, len(edm.sigmas), edm.network_evaluations) == ("edm", 18, 35)
+    assert torch.equal(edm.sigmas, edm_sigmas(noise.sigma_max, noise.sigma_min, 18, 7.0))
+    ancestral = SamplerPlan.from_config(noise, load_config(None, arm_overrides("ancestral")).sampler)
+    assert (ancestral.kind, ancestral.network_evaluations) == ("ancestral", noise.num_levels)
+
+
+def reference_annealed_langevin(model, config, indices, seed):
+    """NCSNv2 Algorithm 1 as the sampler ran it before issue 24 (samples/generate.py's _draw at e6bca86):
+    start N(1/2, σ_1²I), T steps per level of the step rule, the final denoising step."""
+    sigmas = ladder(config.noise.ladder, config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
+    shape = (config.data.channels, config.data.image_size, config.data.image_size)
+    x = initial_state(seed, indices, shape, init="gaussian", sigma_max=config.noise.sigma_max)
+    rule = config.sampler
+    step = 0
+    for level in range(len(sigmas)):
+        sigma_batch = sigmas.to(x.dtype)[level].expand(x.shape[0])
+        for _ in range(rule.steps_per_level):
+            score = model(x, sigma_batch)
+            z = sample_normal(seed, indices, shape, step=step, dtype=x.dtype)
+            if rule.step_rule == "ncsn":
+                alpha = rule.step_lr * (sigmas[level].item() / sigmas[-1].item()) ** 2
+                x = x + alpha * score + math.sqrt(2.0 * alpha) * z
+            else:
+                alpha = (2.0 * (rule.snr * z.flatten(1).norm(dim=1) / score.flatten(1).norm(dim=1)) ** 2)
+                x = x + alpha.reshape(-1, 1, 1, 1) * score + torch.sqrt(2.0 * alpha.reshape(-1, 1, 1, 1)) * z
+            step += 1
+    return x + sigmas[-1].item() ** 2 * model(x, sigmas.to(x.dtype)[-1].expand(x.shape[0]))
+
+
+@pytest.mark.parametrize("arm", ["geometric", "snr", "linear"])
+def test_existing_configs_draw_the_samples_they_drew_before(arm):
+    from hpc_ncsn.model import build_score_model
+
+    config = load_config(None, [*arm_overrides(arm), "data.image_size=8", "model.base_channels=8",
+                                "model.channel_mults=[1]", "model.attn_resolutions=[]", "noise.num_levels=4",
+                                "sampler.steps_per_level=2", "sampler.step_lr=1e-4"])
+    torch.manual_seed(0)
+    model = build_score_model(config.model, config.data).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        indices = torch.arange(3, 7)
+        ours = draw(model, SamplerPlan.from_config(config.noise, config.sampler), seed=5, indices=indices,
+                    shape=(1, 8, 8), init=config.sampler.init)
+        before = reference_annealed_langevin(model, config, indices, seed=5)
+    assert torch.equal(ours, before)

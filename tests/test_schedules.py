@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hpc_ncsn.config import ARMS, NoiseConfig, SamplerConfig, arm_overrides, load_config
+from hpc_ncsn.sampling import KINDS
 from hpc_ncsn.schedules import LADDERS, STEP_RULES, geometric_sigmas, ladder, linear_sigmas, ncsn_step_sizes, snr_step_size
 
 
@@ -62,10 +63,14 @@ def test_snr_step_size_sets_the_update_signal_to_noise_ratio():
 
 
 def test_arms_are_presets_of_the_configurable_ladders_and_step_rules():
-    assert set(LADDERS) == set(typing.get_args(typing.get_type_hints(NoiseConfig)["ladder"]))
+    assert set(typing.get_args(typing.get_type_hints(NoiseConfig)["ladder"])) == {"geometric", "linear"}
+    assert set(typing.get_args(typing.get_type_hints(SamplerConfig)["ladder"])) == set(LADDERS) | {"train"}
     assert set(STEP_RULES) == set(typing.get_args(typing.get_type_hints(SamplerConfig)["step_rule"]))
+    assert set(KINDS) == set(typing.get_args(typing.get_type_hints(SamplerConfig)["kind"]))
     assert {(arm.ladder, arm.step_rule) for arm in ARMS.values()} == {
         ("geometric", "ncsn"), ("linear", "ncsn"), ("geometric", "snr")}
+    for name in ARMS:  # every preset is recognised again from the config it makes
+        assert load_config(None, arm_overrides(name)).arm == name
     snr = load_config(None, arm_overrides("snr"))
     assert (snr.noise.ladder, snr.sampler.step_rule, snr.arm) == ("geometric", "snr", "snr")
     assert load_config(None, ["noise.ladder=linear"]).arm == "linear"

@@ -28,14 +28,14 @@ import torch
 
 from .. import __version__, preemption
 from ..checkpoint import load_ema_model, resolve_checkpoint
-from ..config import Config, ConfigError, arm_of, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, SamplerConfig, arm_of, config_from_dict, config_to_dict
 from ..data import to_uint8
 from ..distributed import barrier, process_group
 from ..files import make_folder, require_free_space
 from ..locks import FolderLock
 from ..network import NetworkSpeed, score_function
 from ..progress import showing_progress
-from ..sampling import SamplerPlan, annealed_langevin, initial_state
+from ..sampling import SamplerPlan, draw
 from .shards import (
     H5PY_VERSION,
     ShardError,
@@ -66,12 +66,17 @@ class GenerationResult:
 
 
 def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: Path) -> dict:
-    """What a shard records about how it was made (`ORIGIN_KEYS` and the image layout).
+    """What a shard records about how it was made (`ORIGIN_KEYS`, the image layout, the NFE per sample).
 
     The run folder is recorded relative to the shards' folder, so that a sweep folder
-    that moves with its runs keeps its shards (`run_folder` reads it back).
+    that moves with its runs keeps its shards (`run_folder` reads it back). The sampler's
+    ladder and kind (SamplerConfig.SAMPLING_KEYS) are recorded only where they differ from
+    their defaults: folders drawn before those keys existed stay valid.
     """
     tree = config_to_dict(config)
+    defaults = config_to_dict(SamplerConfig())
+    sampler = {key: value for key, value in tree["sampler"].items()
+               if key not in NETWORK_KEYS and not (key in SamplerConfig.SAMPLING_KEYS and value == defaults[key])}
     return {
         "run": os.path.relpath(checkpoint.parent.parent.resolve(), Path(out).resolve()),
         "checkpoint": checkpoint.name,
@@ -79,7 +84,8 @@ def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: P
         "arm": arm_of(config),
         "noise": tree["noise"],
         # How the network runs is not part of it, except its precision (NetworkSpeed.attrs records that).
-        "sampler": {key: value for key, value in tree["sampler"].items() if key not in NETWORK_KEYS},
+        "sampler": sampler,
+        "network_evaluations": SamplerPlan.from_config(config.noise, config.sampler).network_evaluations,
         "seed": seed,
         "image_layout": "NHWC",
     }
@@ -116,11 +122,9 @@ def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, 
     pieces = []
     for start in range(spec.start, spec.stop, batch_size):
         indices = torch.arange(start, min(start + batch_size, spec.stop), device=device)
-        x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
         count, levels = len(indices), len(plan.sigmas)  # whole samples per level, summing to the batch exactly
-        x = annealed_langevin(score, x.to(device), plan, seed=seed, indices=indices,
-                              callback=lambda level, sigma, x: advance(count * (level + 1) // levels
-                                                                       - count * level // levels))
+        x = draw(score, plan, seed=seed, indices=indices, shape=shape, init=config.sampler.init, device=device,
+                 callback=lambda level, sigma, x: advance(count * (level + 1) // levels - count * level // levels))
         pieces.append(to_uint8(x).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(pieces)
 

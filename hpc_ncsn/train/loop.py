@@ -19,7 +19,7 @@ from ..distributed import is_main_process
 from ..ema import EMA
 from ..model import build_score_model
 from ..progress import progress_bar
-from ..sampling import SamplerPlan, annealed_langevin, initial_state
+from ..sampling import SamplerPlan, draw
 from .session import Training
 
 __all__ = ["sample_grid", "train"]
@@ -41,9 +41,8 @@ def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> t
     count, seed = config.train.sample_images, config.train.seed
     indices = torch.arange(count, device=device)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
-    x = initial_state(seed, indices, shape, init=config.sampler.init, sigma_max=config.noise.sigma_max)
-    x = annealed_langevin(model, x.to(device), SamplerPlan.from_config(config.noise, config.sampler), seed=seed,
-                          indices=indices)
+    x = draw(model, SamplerPlan.from_config(config.noise, config.sampler), seed=seed, indices=indices, shape=shape,
+             init=config.sampler.init, device=device)
     nrow = int(math.ceil(math.sqrt(count)))
     images = to_uint8(x).float() / 255.0
     scale = max(1, GRID_PIXELS // (nrow * config.data.image_size))  # small images, enlarged without blurring
