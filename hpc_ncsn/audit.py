@@ -43,6 +43,7 @@ __all__ = [
     "audit_config",
     "chain_noise",
     "check",
+    "end_noise",
     "require_stable",
     "r_min",
 ]
@@ -191,37 +192,37 @@ class AuditRecord:
                 f"(limit {self.limit:g} σ_L; {cause}); {', or '.join(ways)}, or pass {flag} to run it anyway")
 
 
+def end_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
+              dim: int | None = None, init: str = "gaussian") -> float:
+    """The chain's noise at the end of the last level in units of σ_L, sqrt(u_L), before the final denoising
+    step, from the sampler's start: 'gaussian' N(μ, σ_1²I), u = 1 (spread 2/D); 'uniform' U(0, 1) about a
+    point at the centre of the pixel range, u = 1/(12σ_1²)."""
+    return math.sqrt(_trace(sigmas, step_rule, steps, step_lr, snr, dim, init)[-1])
+
+
+def _trace(sigmas, step_rule, steps, step_lr, snr, dim, init) -> list[float]:
+    return chain_noise(sigmas, step_rule=step_rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim,
+                       initial=_initial(init, float(sigmas[0]), dim))
+
+
 def audit(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
           dim: int | None = None, init: str = "gaussian", arm: str = "", limit: float = END_NOISE_LIMIT,
-          _search: bool = True) -> AuditRecord:
-    """Audit annealed Langevin on the ladder `sigmas` (σ_1 > … > σ_L) with the exact single-point score.
-
-    The chains start as the sampler starts them: 'gaussian' N(μ, σ_1²I), so u = 1 (spread 2/D);
-    'uniform' U(0, 1) about a point at the centre of the pixel range, u = 1/(12σ_1²).
-    """
+          ) -> AuditRecord:
+    """Audit annealed Langevin on the ladder `sigmas` (σ_1 > … > σ_L) with the exact single-point score:
+    the chain's noise per level and at the end (`end_noise`), r_min, r_needed and steps_needed."""
     sigmas = [float(sigma) for sigma in sigmas]
-    initial = _initial(init, sigmas[0], dim)
-    if not _search:  # only the verdict, for the searches below
-        return AuditRecord(arm, step_rule, steps, step_lr, snr, dim, len(sigmas), math.sqrt(chain_noise(
-            sigmas, step_rule=step_rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim, initial=initial)[-1]),
-            (), None, None, None, limit)
-
-    def end(t: int) -> float:
-        trace = chain_noise(sigmas, step_rule=step_rule, steps=t, step_lr=step_lr, snr=snr, dim=dim,
-                            initial=initial)
-        return math.sqrt(trace[-1])
-
-    trace = chain_noise(sigmas, step_rule=step_rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim, initial=initial)
-    level_noise = tuple(math.sqrt(u) for u in trace)
+    rule = dict(step_lr=step_lr, snr=snr, dim=dim, init=init)
+    level_noise = tuple(math.sqrt(u) for u in _trace(sigmas, step_rule, steps, step_lr, snr, dim, init))
     bound = needed = None
     if step_rule == "snr":
         bound = r_min(max(high / low for high, low in zip(sigmas, sigmas[1:])), steps)
-        needed = _smallest_snr(lambda r: audit(sigmas, step_rule="snr", steps=steps, snr=r, dim=dim, init=init,
-                                               limit=limit, _search=False).stable, bound)
+        needed = _smallest_snr(lambda r: end_noise(sigmas, step_rule="snr", steps=steps, **{**rule, "snr": r})
+                               <= limit, bound)
     return AuditRecord(
         arm=arm, step_rule=step_rule, steps_per_level=steps, step_lr=step_lr, snr=snr, dim=dim,
         num_levels=len(sigmas), end_noise=level_noise[-1], level_noise=level_noise, r_min=bound, r_needed=needed,
-        steps_needed=_smallest_steps(lambda t: end(t) <= limit) if _search else None, limit=limit,
+        steps_needed=_smallest_steps(lambda t: end_noise(sigmas, step_rule=step_rule, steps=t, **rule) <= limit),
+        limit=limit,
     )
 
 
@@ -268,14 +269,17 @@ def _smallest_steps(passes) -> int | None:
     return high
 
 
-def audit_config(config: Config, dim: int, *, arm: str | None = None, limit: float = END_NOISE_LIMIT,
+def audit_config(config: Config, dim: int | None = None, *, arm: str | None = None, limit: float = END_NOISE_LIMIT,
                  noise: NoiseConfig | None = None, sampler: SamplerConfig | None = None) -> AuditRecord:
-    """Audit the sampler a config runs (its ladder, step rule, T, ε or r, init) for data of dimension D.
+    """Audit the sampler a config runs (its ladder, step rule, T, ε or r, init) for data of dimension D
+    (default: the config's, channels × image_size², 2 for toy2d).
 
     `noise`/`sampler` replace the config's sections (e.g. a sampling ladder apart from the training one);
     `arm` names the record (default: the config's arm, else its ladder/step rule).
     """
     noise, sampler = noise or config.noise, sampler or config.sampler
+    if dim is None:
+        dim = 2 if config.data.name == "toy2d" else config.data.channels * config.data.image_size**2
     name = arm or arm_of(replace(config, noise=noise, sampler=sampler)) or f"{noise.ladder}/{sampler.step_rule}"
     sigmas = ladder(noise.ladder, noise.sigma_max, noise.sigma_min, noise.num_levels).tolist()
     return audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,

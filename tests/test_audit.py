@@ -27,11 +27,11 @@ DIM, CHAINS, MU = 1024, 100, 0.5
 FASHION = dict(sigma_max=22.4, sigma_min=0.01, num_levels=114)  # the Fashion-MNIST study's ladder, γ ≈ 1.0706
 
 
-def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, chains=CHAINS, seed=0):
+def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, chains=CHAINS, seed=0, dim=DIM):
     """Per-level chain variance per coordinate over τ_i² = s² + σ_i² (the mean over chains of w), by simulation."""
     indices = torch.arange(chains)
     plan = SamplerPlan(sigmas, rule, steps, step_lr=step_lr, snr=snr, final_denoise=False)
-    start = initial_state(seed, indices, (DIM,), init="gaussian", sigma_max=float(sigmas[0]), dtype=torch.float64)
+    start = initial_state(seed, indices, (dim,), init="gaussian", sigma_max=float(sigmas[0]), dtype=torch.float64)
     trace = []
 
     def score(x, sigma):
@@ -82,6 +82,20 @@ def test_snr_recursion_matches_simulation_on_a_gaussian_data_set():
     simulated = simulate(sigmas, rule="snr", steps=2, snr=0.30, data_variance=0.01)
     expected = predicted(sigmas, rule="snr", steps=2, snr=0.30, data_variance=0.01)
     assert expected == pytest.approx(simulated, rel=0.04)
+
+
+def test_small_dimensions_follow_the_spread_of_the_chains():
+    """The toy ladder (σ 20 → 0.1, L = 20, T = 100, r = 0.16): in D = 16 the first-order-in-1/D map matches the
+    simulation within 3 % in noise (the D → ∞ map settles lower); in D = 2 single chains escape and both the
+    simulation and the audit refuse, where the D → ∞ map would pass."""
+    sigmas = geometric_sigmas(20.0, 0.1, 20)
+    kwargs = dict(step_rule="snr", steps=100, snr=0.16)
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=100, snr=0.16, chains=500, dim=16)[-1])
+    assert audit(sigmas.tolist(), dim=16, **kwargs).end_noise == pytest.approx(simulated, rel=0.03)
+    assert audit(sigmas.tolist(), **kwargs).end_noise < simulated / 1.08
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=100, snr=0.16, chains=500, dim=2)[-1])
+    assert simulated > 3.0 and not audit(sigmas.tolist(), dim=2, **kwargs).stable
+    assert audit(sigmas.tolist(), **kwargs).stable
 
 
 def test_r_min_of_the_fashion_ladder_and_its_t_dependence():
