@@ -85,15 +85,15 @@ def test_snr_recursion_matches_simulation_on_a_gaussian_data_set():
 
 
 def test_small_dimensions_follow_the_spread_of_the_chains():
-    """The toy ladder (σ 20 → 0.1, L = 20, T = 100, r = 0.16): in D = 16 the first-order-in-1/D map matches the
+    """The toy ladder (σ 20 → 0.1, L = 20) at T = 20, r = 0.25: in D = 16 the first-order-in-1/D map matches the
     simulation within 3 % in noise (the D → ∞ map settles lower); in D = 2 single chains escape and both the
     simulation and the audit refuse, where the D → ∞ map would pass."""
     sigmas = geometric_sigmas(20.0, 0.1, 20)
-    kwargs = dict(step_rule="snr", steps=100, snr=0.16)
-    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=100, snr=0.16, chains=500, dim=16)[-1])
+    kwargs = dict(step_rule="snr", steps=20, snr=0.25)
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=20, snr=0.25, chains=500, dim=16)[-1])
     assert audit(sigmas.tolist(), dim=16, **kwargs).end_noise == pytest.approx(simulated, rel=0.03)
     assert audit(sigmas.tolist(), **kwargs).end_noise < simulated / 1.08
-    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=100, snr=0.16, chains=500, dim=2)[-1])
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=20, snr=0.25, chains=500, dim=2)[-1])
     assert simulated > 3.0 and not audit(sigmas.tolist(), dim=2, **kwargs).stable
     assert audit(sigmas.tolist(), **kwargs).stable
 
