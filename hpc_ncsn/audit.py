@@ -185,7 +185,7 @@ class AuditRecord:
                 ways.append(f"raise sampler.snr to >= {_round_up(self.r_needed):.3f}")
         else:
             cause = f"ε = {self.step_lr:g} at T = {self.steps_per_level}"
-            ways.append("raise sampler.step_lr (technique 4's ε for a geometric ladder: hpc-ncsn plan)")
+            ways.append("set sampler.step_lr to technique 4's ε (hpc-ncsn plan; a geometric ladder)")
         if self.steps_needed is not None:
             ways.append(f"raise sampler.steps_per_level to >= {self.steps_needed}")
         return (f"arm {self.arm}: with the exact score its Langevin chain ends at {self.end_noise:.3g} σ_L "
