@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .audit import audit
+from .schedules import geometric_sigmas
+
 __all__ = [
     "NoisePlan",
     "gamma_for_dimension",
@@ -166,6 +169,9 @@ class NoisePlan:
     step_lr: float
     objective: float
     snr_equivalent: float
+    snr_note: str
+    snr_r_min: float
+    chain_end_noise: dict
     network_evaluations: int
 
     def to_dict(self) -> dict:
@@ -185,7 +191,11 @@ def plan_noise(
 
     γ and L come from technique 2 unless `num_levels` fixes L (then γ follows from
     σ_1, σ_L and L); ε from technique 4. `snr_equivalent` is the r of the SNR rule
-    that matches ε at the last level, r = sqrt(ε/2)/σ_L (since ‖s‖ ≈ ‖z‖/σ there).
+    that matches ε at the last level, r = sqrt(ε/2)/σ_L (since ‖s‖ ≈ ‖z‖/σ there),
+    but never below what the sampler audit (hpc_ncsn.audit) needs: where that r is
+    smaller, it is the smallest r whose chain settles in D dimensions (≥ `snr_r_min`,
+    rounded up to 3 decimals) and `snr_note` says so. `chain_end_noise` is the audit's
+    chain noise at the end, in σ_L, for the ncsn rule at ε and the snr rule at that r.
     """
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
@@ -199,6 +209,16 @@ def plan_noise(
         gamma_method = f"from the given L={num_levels}"
     gamma = gamma_for_levels(sigma_max, sigma_min, num_levels)
     step_lr = step_lr_for(gamma, steps_per_level, sigma_min)
+    sigmas = geometric_sigmas(sigma_max, sigma_min, num_levels).tolist()
+    ncsn = audit(sigmas, step_rule="ncsn", steps=steps_per_level, step_lr=step_lr, dim=dim)
+    matching = math.sqrt(step_lr / 2.0) / sigma_min
+    snr, note = matching, ""
+    checked = audit(sigmas, step_rule="snr", steps=steps_per_level, snr=matching, dim=dim)
+    if checked.r_needed is not None and matching < checked.r_needed:
+        snr = math.ceil(checked.r_needed * 1000 - 1e-9) / 1000
+        note = (f"the r matching ε at σ_L ({matching:.3f}) leaves the chain at {checked.end_noise:.3g} σ_L; "
+                f"this is the smallest r (3 decimals) whose chain settles, r_min = {checked.r_min:.4f}")
+        checked = audit(sigmas, step_rule="snr", steps=steps_per_level, snr=snr, dim=dim)
     return NoisePlan(
         dim=dim,
         sigma_max=sigma_max,
@@ -211,6 +231,9 @@ def plan_noise(
         steps_per_level=steps_per_level,
         step_lr=step_lr,
         objective=step_lr_objective(step_lr, gamma, steps_per_level, sigma_min),
-        snr_equivalent=math.sqrt(step_lr / 2.0) / sigma_min,
+        snr_equivalent=snr,
+        snr_note=note,
+        snr_r_min=checked.r_min,
+        chain_end_noise={"ncsn": ncsn.end_noise, "snr": checked.end_noise},
         network_evaluations=num_levels * steps_per_level,
     )

@@ -44,8 +44,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
             sigma_max, method = max_pairwise_distance(points)
     plan = plan_noise(dim=dim, sigma_max=sigma_max, sigma_min=sigma_min, steps_per_level=args.steps,
                       num_levels=args.num_levels, sigma_max_method=method)
-    print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
+    report = plan.to_dict()
+    if config is not None:  # the sampler audit of the config's own arms, as they stand
+        from ..audit import audit_config
+        from ..config import ARMS, arm_overrides
+
+        report["config_audit"] = {arm: _audit_summary(audit_config(
+            load_config(args.config, [*args.overrides, *arm_overrides(arm)]), dim, arm=arm)) for arm in ARMS}
+    print(json.dumps(report, indent=2, ensure_ascii=False))
     return 0
+
+
+def _audit_summary(record) -> dict:
+    keys = ("step_rule", "steps_per_level", "step_lr", "snr", "end_noise", "r_min", "r_needed", "steps_needed",
+            "verdict")
+    return {key: record.to_dict()[key] for key in keys}
 
 
 def _parse_json_list(text: str, what: str) -> list:

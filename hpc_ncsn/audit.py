@@ -1,0 +1,304 @@
+"""Sampler audit: does annealed Langevin with the exact score settle, before any compute is spent.
+
+NCSNv2's Proposition 3 (Song & Ermon 2020) follows a chain on the data set of one
+point μ, whose blurred score is exact: s(x, σ) = −(x − μ)/σ². With u the chain's
+variance per coordinate over σ_i² (u = 1 is the level's own noise), one Langevin
+step x ← x + α·s + sqrt(2α)·z is, per coordinate,
+
+    ncsn rule (α_i = ε·σ_i²/σ_L², a = α_i/σ_i² = ε/σ_L²):   u ← (1 − a)²·u + 2a        (exact)
+    snr rule (α = 2(r‖z‖/‖s‖)², so a = 2r²ζ/w per chain):   u ← u − 4r² + 4r²(1 + r²)/u (D → ∞)
+
+and the next level rescales u ← u·σ_i²/σ_{i+1}² (γ² on a geometric ladder). The snr
+map holds when ‖z‖²/D = ζ and the chain's ‖x − μ‖²/(Dσ²) = w equal their means; in
+D dimensions they fluctuate by O(1/√D), and near the stability edge that matters.
+`chain_noise` therefore carries the mean m and the variance v of w across chains,
+to first order in 1/D (E ζ² = 1 + 2/D, E[1/w] ≈ (1 + v/m²)/m, the cross term e·z
+adds 8a(1 − a)²m/D to v); with `dim=None` it is the D → ∞ map exactly. A Gaussian
+data set N(μ, s²I) has the exact score −(x − μ)/(s² + σ²): the same maps with
+σ_i² replaced by τ_i² = s² + σ_i² (`data_variance` = s²).
+
+On a ladder of constant ratio γ the snr chain stays bounded only if r ≥ r_min(γ, T):
+below it the per-level map u ↦ γ²·g^T(u) has no fixed point and the excess grows
+geometrically. `r_min` finds it by bisection on the iterated map (no continuum
+approximation). A chain that ends above `END_NOISE_LIMIT` σ_L is refused
+(`check`, `require_stable`) unless the caller overrides, and the record says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Collection, Iterable, Sequence
+
+from .config import Config, NoiseConfig, SamplerConfig, arm_of
+from .errors import UserError
+from .schedules import ladder
+
+__all__ = [
+    "END_NOISE_LIMIT",
+    "OVERRIDE_FLAG",
+    "AuditRecord",
+    "UnstableSampler",
+    "audit",
+    "audit_config",
+    "chain_noise",
+    "check",
+    "end_noise",
+    "require_stable",
+    "r_min",
+]
+
+# Refuse a chain that ends with more than 3 σ_L of noise (docs/science.md, "The sampler audit").
+END_NOISE_LIMIT = 3.0
+# The option a command offers to run an arm the audit refuses.
+OVERRIDE_FLAG = "--allow-unstable-sampler"
+_MAX_STEPS = 10_000  # sampler.steps_per_level's upper bound
+_DIVERGED = 1e30
+
+
+class UnstableSampler(UserError, ValueError):
+    """An arm whose chain, with the exact score, does not settle by the last level."""
+
+
+def chain_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
+                dim: int | None = None, data_variance: float = 0.0, initial: tuple[float, float] = (1.0, 0.0),
+                ) -> list[float]:
+    """u at the end of each level (the chain's variance per coordinate over τ_i² = s² + σ_i²).
+
+    `initial` = (mean, variance across chains) of u at the start of level 1;
+    `dim=None` iterates the D → ∞ map (snr rule; the ncsn map does not depend on D).
+    """
+    taus = [data_variance + float(sigma) ** 2 for sigma in sigmas]
+    mean, spread = initial
+    trace = []
+    for level, tau2 in enumerate(taus):
+        if level:
+            ratio = taus[level - 1] / tau2
+            mean, spread = mean * ratio, spread * ratio**2
+        for _ in range(steps):
+            if mean > _DIVERGED:
+                break
+            if step_rule == "ncsn":
+                a = step_lr * float(sigmas[level]) ** 2 / float(sigmas[-1]) ** 2 / tau2
+                mean, spread = (1.0 - a) ** 2 * mean + 2.0 * a, (1.0 - a) ** 4 * spread
+            elif step_rule == "snr":
+                mean, spread = _snr_step(mean, spread, snr, dim)
+            else:
+                raise ValueError(f"unknown step rule {step_rule!r}; choose 'ncsn' or 'snr'")
+        trace.append(mean)
+    return trace
+
+
+def _snr_step(mean: float, spread: float, r: float, dim: int | None) -> tuple[float, float]:
+    """One snr step of the chains' (mean, variance) of w, to first order in 1/D."""
+    big = 4.0 * r * r * (1.0 + r * r)
+    if dim is None:
+        return mean - 4.0 * r * r + big / mean, 0.0
+    a = 2.0 * r * r / mean
+    new_mean = mean - 4.0 * r * r + big * (1.0 + 2.0 / dim) * (1.0 + spread / mean**2) / mean
+    slope_w, slope_zeta = 1.0 - big / mean**2, -4.0 * r * r + 2.0 * big / mean
+    new_spread = slope_w**2 * spread + (slope_zeta**2 * 2.0 + 8.0 * a * (1.0 - a) ** 2 * mean) / dim
+    return new_mean, new_spread
+
+
+def _bounded(r: float, gamma: float, steps: int, max_levels: int = 20_000) -> bool:
+    """Whether the D → ∞ snr map, from u = 1 at a ladder of constant ratio γ, stays bounded.
+
+    Above u* = 4Tr²γ²/(γ² − 1) the level map γ²·g^T(u) > γ²(u − 4Tr²) exceeds u and grows:
+    that certifies divergence; convergence to a fixed point certifies the opposite.
+    """
+    escape = 4.0 * steps * r * r * gamma**2 / (gamma**2 - 1.0)
+    u = 1.0
+    for _ in range(max_levels):
+        previous = u
+        for _ in range(steps):
+            u = u - 4.0 * r * r + 4.0 * r * r * (1.0 + r * r) / u
+        u *= gamma**2
+        if u > escape:
+            return False
+        if abs(u - previous) <= 1e-13 * u:
+            return True
+    return True
+
+
+def r_min(gamma: float, steps: int, *, tolerance: float = 1e-6) -> float:
+    """The smallest SNR r whose chain stays bounded on a ladder of constant ratio γ > 1 with T steps per
+    level: bisection on the iterated D → ∞ map (a saddle-node, where the level map's two fixed points meet).
+    For a ladder with varying ratios, r_min of its largest ratio (r_min grows with γ)."""
+    if gamma <= 1.0:
+        raise ValueError(f"the ladder ratio γ must be > 1, got {gamma}")
+    low, high = 0.0, 1.0
+    while not _bounded(high, gamma, steps):
+        low, high = high, 2.0 * high
+    while high - low > tolerance:
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if _bounded(middle, gamma, steps) else (middle, high)
+    return high
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """The audit of one arm: its sampler, the chain's noise with the exact score, and the verdict.
+
+    `level_noise[i]` = sqrt(u) at the end of level i (units of σ_i); `end_noise` the
+    last of them (units of σ_L, before the final denoising step). `r_min` (snr rule)
+    is `r_min` of the ladder's largest ratio (D → ∞); `r_needed` the smallest r ≥ r_min
+    whose chain passes in D dimensions (the spread of finite D raises it near the
+    edge: D = 256 needs more than r_min); `steps_needed` the smallest T whose chain
+    passes at the arm's own ε or r (None if no T up to 10,000 does).
+    """
+
+    arm: str
+    step_rule: str
+    steps_per_level: int
+    step_lr: float
+    snr: float
+    dim: int | None
+    num_levels: int
+    end_noise: float
+    level_noise: tuple[float, ...]
+    r_min: float | None
+    r_needed: float | None
+    steps_needed: int | None
+    limit: float = END_NOISE_LIMIT
+    overridden: bool = False
+
+    @property
+    def stable(self) -> bool:
+        return self.end_noise <= self.limit
+
+    @property
+    def verdict(self) -> str:
+        if self.stable:
+            return "settles"
+        return "refused, overridden" if self.overridden else "refused"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "stable": self.stable, "verdict": self.verdict}
+
+    def message(self, flag: str = OVERRIDE_FLAG) -> str:
+        """The one-line refusal: the arm, its end noise, r_min and the ways out."""
+        ways = []
+        if self.step_rule == "snr":
+            cause = f"r = {self.snr:g} at T = {self.steps_per_level}, r_min = {self.r_min:.3f}"
+            if self.r_needed is not None:
+                ways.append(f"raise sampler.snr to >= {_round_up(self.r_needed):.3f}")
+        else:
+            cause = f"ε = {self.step_lr:g} at T = {self.steps_per_level}"
+            ways.append("set sampler.step_lr to technique 4's ε (hpc-ncsn plan; a geometric ladder)")
+        if self.steps_needed is not None:
+            ways.append(f"raise sampler.steps_per_level to >= {self.steps_needed}")
+        return (f"arm {self.arm}: with the exact score its Langevin chain ends at {self.end_noise:.3g} σ_L "
+                f"(limit {self.limit:g} σ_L; {cause}); {', or '.join(ways)}, or pass {flag} to run it anyway")
+
+
+def end_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
+              dim: int | None = None, init: str = "gaussian") -> float:
+    """The chain's noise at the end of the last level in units of σ_L, sqrt(u_L), before the final denoising
+    step, from the sampler's start: 'gaussian' N(μ, σ_1²I), u = 1 (spread 2/D); 'uniform' U(0, 1) about a
+    point at the centre of the pixel range, u = 1/(12σ_1²)."""
+    return math.sqrt(_trace(sigmas, step_rule, steps, step_lr, snr, dim, init)[-1])
+
+
+def _trace(sigmas, step_rule, steps, step_lr, snr, dim, init) -> list[float]:
+    return chain_noise(sigmas, step_rule=step_rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim,
+                       initial=_initial(init, float(sigmas[0]), dim))
+
+
+def audit(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
+          dim: int | None = None, init: str = "gaussian", arm: str = "", limit: float = END_NOISE_LIMIT,
+          ) -> AuditRecord:
+    """Audit annealed Langevin on the ladder `sigmas` (σ_1 > … > σ_L) with the exact single-point score:
+    the chain's noise per level and at the end (`end_noise`), r_min, r_needed and steps_needed."""
+    sigmas = [float(sigma) for sigma in sigmas]
+    rule = dict(step_lr=step_lr, snr=snr, dim=dim, init=init)
+    level_noise = tuple(math.sqrt(u) for u in _trace(sigmas, step_rule, steps, step_lr, snr, dim, init))
+    bound = needed = None
+    if step_rule == "snr":
+        bound = r_min(max(high / low for high, low in zip(sigmas, sigmas[1:])), steps)
+        needed = _smallest_snr(lambda r: end_noise(sigmas, step_rule="snr", steps=steps, **{**rule, "snr": r})
+                               <= limit, bound)
+    return AuditRecord(
+        arm=arm, step_rule=step_rule, steps_per_level=steps, step_lr=step_lr, snr=snr, dim=dim,
+        num_levels=len(sigmas), end_noise=level_noise[-1], level_noise=level_noise, r_min=bound, r_needed=needed,
+        steps_needed=_smallest_steps(lambda t: end_noise(sigmas, step_rule=step_rule, steps=t, **rule) <= limit),
+        limit=limit,
+    )
+
+
+def _round_up(r: float) -> float:
+    return math.ceil(r * 1000 - 1e-9) / 1000
+
+
+def _smallest_snr(passes, start: float, tolerance: float = 1e-5) -> float | None:
+    """The smallest r ≥ `start` with passes(r), by doubling then bisection; None if none up to 4."""
+    if passes(start):
+        return start
+    low, high = start, start * 1.25
+    while not passes(high):
+        if high > 4.0:
+            return None
+        low, high = high, high * 1.25
+    while high - low > tolerance:
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if passes(middle) else (middle, high)
+    return high
+
+
+def _initial(init: str, sigma_max: float, dim: int | None) -> tuple[float, float]:
+    spread = 0.0 if dim is None else 1.0 / dim
+    if init == "gaussian":
+        return 1.0, 2.0 * spread  # w = ‖z‖²/D, variance 2/D
+    if init == "uniform":
+        mean = 1.0 / (12.0 * sigma_max**2)  # Var U(0, 1) = 1/12; Var (U − 1/2)² = 1/180
+        return mean, spread / (180.0 * sigma_max**4)
+    raise ValueError(f"unknown init {init!r}; choose 'uniform' or 'gaussian'")
+
+
+def _smallest_steps(passes) -> int | None:
+    """The smallest T in 1..10,000 with passes(T), by doubling then bisection (passing is monotone in T)."""
+    high = 1
+    while not passes(high):
+        if high >= _MAX_STEPS:
+            return None
+        high = min(2 * high, _MAX_STEPS)
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if passes(middle) else (middle, high)
+    return high
+
+
+def audit_config(config: Config, dim: int | None = None, *, arm: str | None = None, limit: float = END_NOISE_LIMIT,
+                 noise: NoiseConfig | None = None, sampler: SamplerConfig | None = None) -> AuditRecord:
+    """Audit the sampler a config runs (its ladder, step rule, T, ε or r, init) for data of dimension D
+    (default: the config's, channels × image_size², 2 for toy2d).
+
+    `noise`/`sampler` replace the config's sections (e.g. a sampling ladder apart from the training one);
+    `arm` names the record (default: the config's arm, else its ladder/step rule).
+    """
+    noise, sampler = noise or config.noise, sampler or config.sampler
+    if dim is None:
+        dim = 2 if config.data.name == "toy2d" else config.data.channels * config.data.image_size**2
+    name = arm or arm_of(replace(config, noise=noise, sampler=sampler)) or f"{noise.ladder}/{sampler.step_rule}"
+    sigmas = ladder(noise.ladder, noise.sigma_max, noise.sigma_min, noise.num_levels).tolist()
+    return audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,
+                 snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
+
+
+def check(record: AuditRecord, *, override: bool | Collection[str] = False, flag: str = OVERRIDE_FLAG,
+          ) -> AuditRecord:
+    """The record if its chain settles; if `override` (True, or a collection naming its arm), the record
+    marked overridden; else UnstableSampler with the one-line reason."""
+    if record.stable:
+        return record
+    if override is True or (not isinstance(override, bool) and record.arm in override):
+        return replace(record, overridden=True)
+    raise UnstableSampler(record.message(flag))
+
+
+def require_stable(records: Iterable[AuditRecord], *, override: bool | Collection[str] = False,
+                   flag: str = OVERRIDE_FLAG) -> list[AuditRecord]:
+    """`check` every record: the first refused arm raises (one line) unless `override` is True (every arm)
+    or names it; overridden records come back marked, for sweep.json and the table."""
+    return [check(record, override=override, flag=flag) for record in records]

@@ -1,0 +1,165 @@
+"""The sampler audit against direct simulation: the project's own annealed_langevin with the exact score
+of a one-point data set (−(x − μ)/σ²) and of a Gaussian data set (−(x − μ)/(s² + σ²)), D = 1024."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hpc_ncsn.audit import (
+    OVERRIDE_FLAG,
+    UnstableSampler,
+    audit,
+    audit_config,
+    chain_noise,
+    check,
+    r_min,
+    require_stable,
+)
+from hpc_ncsn.cli import main
+from hpc_ncsn.config import arm_overrides, load_config
+from hpc_ncsn.errors import UserError
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
+from hpc_ncsn.schedules import geometric_sigmas, linear_sigmas
+
+DIM, CHAINS, MU = 1024, 100, 0.5
+FASHION = dict(sigma_max=22.4, sigma_min=0.01, num_levels=114)  # the Fashion-MNIST study's ladder, γ ≈ 1.0706
+
+
+def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, chains=CHAINS, seed=0, dim=DIM):
+    """Per-level chain variance per coordinate over τ_i² = s² + σ_i² (the mean over chains of w), by simulation."""
+    indices = torch.arange(chains)
+    plan = SamplerPlan(sigmas, rule, steps, step_lr=step_lr, snr=snr, final_denoise=False)
+    start = initial_state(seed, indices, (dim,), init="gaussian", sigma_max=float(sigmas[0]), dtype=torch.float64)
+    trace = []
+
+    def score(x, sigma):
+        return -(x - MU) / (data_variance + sigma.reshape(-1, 1) ** 2)
+
+    def record(level, sigma, x):
+        trace.append(float(((x - MU) ** 2).mean()) / (data_variance + sigma**2))
+
+    annealed_langevin(score, start, plan, seed=seed, indices=indices, callback=record)
+    return trace
+
+
+def predicted(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, dim=DIM):
+    start = float(sigmas[0]) ** 2 / (data_variance + float(sigmas[0]) ** 2)  # chains start at N(μ, σ_1²I)
+    return chain_noise(sigmas.tolist(), step_rule=rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim,
+                       data_variance=data_variance, initial=(start, 2.0 * start**2 / dim))
+
+
+def test_snr_map_is_the_issue_map_in_the_large_d_limit():
+    r, u = 0.27, 1.7
+    one_step = chain_noise([1.0, 0.5], step_rule="snr", steps=1, snr=r, initial=(u, 0.0))
+    assert one_step[0] == pytest.approx(u - 4 * r * r + 4 * r * r * (1 + r * r) / u, rel=1e-12)
+    assert one_step[1] == pytest.approx(4.0 * one_step[0] - 4 * r * r + 4 * r * r * (1 + r * r) / (4.0 * one_step[0]))
+
+
+# Tolerance: 4 % on every level's variance ratio u (2 % in noise). Sampling error of 100 chains × 1024
+# coordinates is below 1 %; the large-D map alone misses the r = 0.24 chain by 9 % in noise (19 % in u).
+@pytest.mark.parametrize("r", [0.24, 0.30])
+def test_snr_recursion_matches_simulation_on_one_point(r):
+    sigmas = geometric_sigmas(**FASHION)
+    simulated = simulate(sigmas, rule="snr", steps=2, snr=r)
+    expected = predicted(sigmas, rule="snr", steps=2, snr=r)
+    assert expected == pytest.approx(simulated, rel=0.04)
+    if r == 0.24:  # the Fashion study's snr arm: its chain never settles
+        assert math.sqrt(simulated[-1]) > 150
+
+
+@pytest.mark.parametrize("ladder", [geometric_sigmas, linear_sigmas])
+def test_ncsn_recursion_matches_simulation_on_a_gaussian_data_set(ladder):
+    sigmas = ladder(8.54, 0.01, 49)
+    simulated = simulate(sigmas, rule="ncsn", steps=3, step_lr=1.94e-5, data_variance=0.02)
+    expected = predicted(sigmas, rule="ncsn", steps=3, step_lr=1.94e-5, data_variance=0.02)
+    assert expected == pytest.approx(simulated, rel=0.04)
+
+
+def test_snr_recursion_matches_simulation_on_a_gaussian_data_set():
+    sigmas = geometric_sigmas(**FASHION)
+    simulated = simulate(sigmas, rule="snr", steps=2, snr=0.30, data_variance=0.01)
+    expected = predicted(sigmas, rule="snr", steps=2, snr=0.30, data_variance=0.01)
+    assert expected == pytest.approx(simulated, rel=0.04)
+
+
+def test_small_dimensions_follow_the_spread_of_the_chains():
+    """The toy ladder (σ 20 → 0.1, L = 20) at T = 20, r = 0.25: in D = 16 the first-order-in-1/D map matches the
+    simulation within 3 % in noise (the D → ∞ map settles lower); in D = 2 single chains escape and both the
+    simulation and the audit refuse, where the D → ∞ map would pass."""
+    sigmas = geometric_sigmas(20.0, 0.1, 20)
+    kwargs = dict(step_rule="snr", steps=20, snr=0.25)
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=20, snr=0.25, chains=500, dim=16)[-1])
+    assert audit(sigmas.tolist(), dim=16, **kwargs).end_noise == pytest.approx(simulated, rel=0.03)
+    assert audit(sigmas.tolist(), **kwargs).end_noise < simulated / 1.08
+    simulated = math.sqrt(simulate(sigmas, rule="snr", steps=20, snr=0.25, chains=500, dim=2)[-1])
+    assert simulated > 3.0 and not audit(sigmas.tolist(), dim=2, **kwargs).stable
+    assert audit(sigmas.tolist(), **kwargs).stable
+
+
+def test_r_min_of_the_fashion_ladder_and_its_t_dependence():
+    gamma = (22.4 / 0.01) ** (1 / 113)
+    assert r_min(gamma, 2) == pytest.approx(0.266, abs=0.002)
+    assert r_min(gamma, 3) == pytest.approx(0.216, abs=0.002)
+    assert r_min(gamma, 5) == pytest.approx(0.167, abs=0.002)
+
+
+@pytest.mark.slow
+def test_r_min_against_bisection_on_the_simulation():
+    """A 300-level ladder of constant ratio γ = 1.0706 (so a chain below the edge has time to diverge),
+    T = 2, D = 1024, 50 chains: bisection on the simulation for the r at which the end noise crosses 3 σ_L.
+    The D → ∞ edge r_min lies below it by at most 0.008 (finite D lets single chains escape, which moves the
+    edge up); the audit's r_needed, bisection on its first-order-in-1/D map, within 0.004 of it."""
+    gamma, steps = 1.0706517, 2
+    sigmas = 0.01 * gamma ** torch.arange(299, -1, -1, dtype=torch.float64)
+    bound = r_min(gamma, steps)
+    needed = audit(sigmas.tolist(), step_rule="snr", steps=steps, snr=0.24, dim=DIM).r_needed
+
+    def settles(r):
+        return math.sqrt(simulate(sigmas, rule="snr", steps=steps, snr=r, chains=50)[-1]) <= 3.0
+
+    low, high = bound - 0.002, bound + 0.010
+    assert settles(high) and not settles(low)
+    while high - low > 0.001:
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if settles(middle) else (middle, high)
+    simulated = 0.5 * (low + high)
+    assert bound <= simulated <= bound + 0.008
+    assert needed == pytest.approx(simulated, abs=0.004)
+
+
+def test_fashion_snr_arm_is_refused_in_one_line_and_the_override_is_recorded():
+    config = load_config("configs/fashion.yaml", arm_overrides("snr"))
+    record = audit_config(config, 1024)
+    assert record.arm == "snr" and not record.stable and record.end_noise > 150
+    with pytest.raises(UserError) as refused:
+        require_stable([audit_config(load_config("configs/fashion.yaml", arm_overrides("geometric")), 1024), record])
+    message = str(refused.value)
+    assert isinstance(refused.value, UnstableSampler) and "\n" not in message
+    for part in ("arm snr", f"{record.end_noise:.3g} σ_L", "r_min = 0.266", "sampler.snr to >= 0.266",
+                 "sampler.steps_per_level to >= 3", OVERRIDE_FLAG):
+        assert part in message
+    [kept] = require_stable([record], override=True)
+    assert kept.overridden and kept.verdict == "refused, overridden" and kept.to_dict()["overridden"]
+    assert check(record, override={"snr"}).overridden
+    with pytest.raises(UnstableSampler):
+        check(record, override={"linear"})
+
+
+def test_the_ways_out_the_message_names_do_settle():
+    sigmas = geometric_sigmas(**FASHION).tolist()
+    record = audit(sigmas, step_rule="snr", steps=2, snr=0.24, dim=DIM)
+    assert audit(sigmas, step_rule="snr", steps=2, snr=record.r_needed, dim=DIM).stable
+    assert audit(sigmas, step_rule="snr", steps=record.steps_needed, snr=0.24, dim=DIM).stable
+    assert not audit(sigmas, step_rule="snr", steps=record.steps_needed - 1, snr=0.24, dim=DIM).stable
+
+
+def test_plan_reports_r_min_and_never_an_snr_below_it(capsys):
+    assert main(["plan", "--dim", "1024", "--sigma-max", "22.4", "--sigma-min", "0.01", "--num-levels", "114",
+                 "--steps", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["snr_r_min"] == pytest.approx(0.266, abs=0.002)
+    assert plan["snr_equivalent"] >= plan["snr_r_min"]
+    assert plan["snr_note"]  # the r matching ε (≈ 0.245) was raised
+    assert plan["chain_end_noise"]["snr"] <= 3.0 and plan["chain_end_noise"]["ncsn"] <= 3.0
