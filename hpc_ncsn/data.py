@@ -29,6 +29,7 @@ __all__ = [
     "DataUnavailableError",
     "GaussianMixture",
     "IDX_SETS",
+    "WITHOUT_TEST_SPLIT",
     "install_idx",
     "load_dataset",
     "load_images",
@@ -185,6 +186,8 @@ def _load_idx(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]
 
 DATASETS = {"digits": _load_digits, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
 SPLITS = ("train", "test")
+# Image data sets with a train split only: training leaves out a held-out part of it (hpc_ncsn.heldout).
+WITHOUT_TEST_SPLIT = frozenset({"digits"})
 
 
 def load_dataset(cfg: DataConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:

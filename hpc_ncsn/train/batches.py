@@ -16,16 +16,20 @@ import torch
 from .. import rng
 from ..config import Config, ConfigError, TrainConfig
 from ..data import load_images, to_model_scale, toy_mixture
+from ..heldout import training_rows
 
 __all__ = ["batch_indices", "global_batch", "load_training_data", "micro_batch_size", "micro_slices"]
 
 
 def load_training_data(config: Config) -> torch.Tensor:
-    """The training set: uint8 images (N, C, H, W), or float toy points (N, 2) drawn with the run seed."""
+    """The training set: uint8 images (N, C, H, W), or float toy points (N, 2) drawn with the run seed. A data set
+    without a test split loses its held-out rows here (hpc_ncsn.heldout.training_rows): no run trains on them."""
     if config.data.name == "toy2d":
         mixture = toy_mixture(config.data.toy_means, config.data.toy_weights, config.data.toy_std)
         return mixture.sample(config.data.toy_size, torch.Generator().manual_seed(config.train.seed)).float()
-    return load_images(config.data)
+    images = load_images(config.data)
+    rows = training_rows(config, images.shape[0])
+    return images if rows is None else images[rows]
 
 
 @functools.lru_cache(maxsize=4)
