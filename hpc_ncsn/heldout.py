@@ -27,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -132,16 +133,19 @@ def _standard_error(values: torch.Tensor) -> torch.Tensor:
 
 
 def heldout_record(model: torch.nn.Module, config: Config, device: torch.device | str, *,
-                   grid: torch.Tensor | None = None, limit: int = 1000, batch_size: int = 256) -> dict:
+                   grid: torch.Tensor | None = None, limit: int = 1000, batch_size: int = 256,
+                   score_fn: Callable | None = None) -> dict:
     """The held-out DSM loss of `model` (an nn.Module called as model(x, σ), e.g. the EMA network) as a JSON-ready
     record; `grid` defaults to the network's own trained range (pass `common_grid` of the sweep to compare
-    networks). The model runs in eval mode, fp32, and is put back in the mode it was in."""
+    networks). The model runs in eval mode and is put back in the mode it was in; it is called in fp32 eager
+    unless `score_fn` (e.g. hpc_ncsn.network.score_function(model, speed): compiled, bf16) says otherwise, which
+    must then be the same for every network compared."""
     grid = sigma_grid(config.noise.sigma_max, config.noise.sigma_min) if grid is None else grid
     x, source = heldout_data(config, limit)
     was_training = model.training
     model.eval()
     try:
-        loss = heldout_dsm(lambda noisy, sigma: model(noisy, sigma), x.to(device), grid, batch_size=batch_size)
+        loss = heldout_dsm(score_fn or model, x.to(device), grid, batch_size=batch_size)
     finally:
         model.train(was_training)
     low, high = config.noise.sigma_min, config.noise.sigma_max
@@ -155,10 +159,11 @@ def heldout_record(model: torch.nn.Module, config: Config, device: torch.device 
 
 
 def write_heldout_dsm(model: torch.nn.Module, config: Config, device: torch.device | str, folder: Path, *,
-                      grid: torch.Tensor | None = None, limit: int = 1000, batch_size: int = 256) -> Path:
+                      grid: torch.Tensor | None = None, limit: int = 1000, batch_size: int = 256,
+                      score_fn: Callable | None = None) -> Path:
     """`heldout_record` written atomically as folder/HELDOUT_FILE; returns its path. Cheap enough for the end of a
-    training task (limit × len(grid) network evaluations)."""
-    record = heldout_record(model, config, device, grid=grid, limit=limit, batch_size=batch_size)
+    training task: limit × len(grid) network evaluations (20,000 by default)."""
+    record = heldout_record(model, config, device, grid=grid, limit=limit, batch_size=batch_size, score_fn=score_fn)
     return atomic_write(Path(folder) / HELDOUT_FILE, json.dumps(record, indent=1) + "\n")
 
 
