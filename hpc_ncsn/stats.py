@@ -32,11 +32,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["BETTER", "Comparison", "NO_DIFFERENCE", "TOO_FEW", "WORSE", "bootstrap_interval", "minimal_detectable",
+__all__ = ["BETTER", "Comparison", "compare_to_baseline", "NO_DIFFERENCE", "TOO_FEW", "WORSE", "bootstrap_interval", "minimal_detectable",
            "paired_comparison", "paired_interval", "t_quantile", "verdict", "welch_comparison",
            "welch_interval"]
 
@@ -248,3 +248,23 @@ def welch_comparison(baseline: Sequence[float], arm: Sequence[float], *, metric:
                       bootstrap=(float(low), float(high)),
                       verdict=verdict(interval, lower_is_better=lower_is_better, level=level),
                       detectable=minimal_detectable(se, dof, level=level))
+
+
+def compare_to_baseline(values: Mapping[str, Mapping[int, float]], baseline: str, *, shares_networks: Callable[[str], bool],
+                        metric: str = "fid", lower_is_better: bool = True, level: float = 0.95,
+                        resamples: int = 10_000, seed: int = 0) -> list[Comparison]:
+    """Every arm of `values` ({arm: {seed: value}}, in the table's order) against `baseline`: paired by seed when
+    `shares_networks(arm)` says the arm's cells share the baseline's networks, else Welch's unpaired interval."""
+    if baseline not in values:
+        raise ValueError(f"baseline arm {baseline!r} has no values; arms: {', '.join(values)}")
+    comparisons = []
+    for arm, by_seed in values.items():
+        if arm == baseline:
+            continue
+        options = dict(metric=metric, lower_is_better=lower_is_better, names=(baseline, arm), level=level,
+                       resamples=resamples, seed=seed)
+        if shares_networks(arm):
+            comparisons.append(paired_comparison(values[baseline], by_seed, **options))
+        else:
+            comparisons.append(welch_comparison(list(values[baseline].values()), list(by_seed.values()), **options))
+    return comparisons

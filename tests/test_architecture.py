@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hpc_ncsn"
 
-SCIENCE = {"config", "rng", "data", "schedules", "planning", "model", "loss", "ema", "sampling", "toy"}
+SCIENCE = {"config", "rng", "data", "schedules", "planning", "model", "loss", "ema", "sampling", "toy", "heldout",
+           "stats"}
 # Heavy libraries and the one place each may be imported from.
 HOMES = {"accelerate": "train", "deepspeed": "train", "h5py": "samples.shards", "torch_fidelity": "evaluate",
          "submitit": "sweep"}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from hpc_ncsn.stats import (BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, bootstrap_interval, minimal_detectable,
+from hpc_ncsn.stats import (BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, bootstrap_interval, compare_to_baseline,
+                            minimal_detectable,
                             paired_comparison, paired_interval, t_quantile, welch_comparison, welch_interval)
 
 NO_DIFFERENCE_95 = NO_DIFFERENCE.format(percent="95 %")
@@ -147,3 +148,17 @@ def test_seeds_are_matched_and_missing_values_left_out():
     one = paired_comparison({0: 1.0, 1: 2.0}, {1: 3.0})
     assert one.verdict == TOO_FEW and one.interval is None and one.mean == 1.0 and "no interval" in one.power_line()
     assert welch_comparison([1.0], [2.0, 3.0]).verdict == TOO_FEW
+
+
+def test_arms_sharing_the_baselines_networks_are_paired_and_the_others_not():
+    # The Fashion-MNIST study's per-seed FIDs pattern: snr shares geometric's networks, linear trains its own.
+    values = {"geometric": {0: 80.0, 1: 120.0, 2: 95.0}, "snr": {0: 140.7, 1: 167.3, 2: 142.6},
+              "linear": {0: 300.0, 1: 260.0, 2: 350.0}}
+    snr, linear = compare_to_baseline(values, "geometric", shares_networks=lambda arm: arm == "snr", resamples=100)
+    assert (snr.arm, snr.paired, snr.differences) == ("snr", True, pytest.approx((60.7, 47.3, 47.6)))
+    assert snr.verdict == WORSE and "paired" in snr.power_line()
+    assert (linear.arm, linear.paired, linear.differences) == ("linear", False, ())
+    assert linear.mean == pytest.approx(np.mean([300, 260, 350]) - np.mean([80, 120, 95]))
+    assert "unpaired (no shared networks)" in linear.power_line()
+    with pytest.raises(ValueError, match="baseline arm 'edm'"):
+        compare_to_baseline(values, "edm", shares_networks=lambda arm: True)
