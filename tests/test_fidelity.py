@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, neighbour_distances
+from hpc_ncsn.evaluate.scores import frechet_distance, frechet_distances
 
 
 def normal(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -120,3 +121,11 @@ def test_fid_infinity_removes_the_small_sample_bias():
     assert abs(np.mean(estimates) - true) < 4 * standard_error
     # FID at N = 400 is biased up by far more than that.
     assert np.mean(smallest) - true > 20 * standard_error
+
+
+def test_distances_to_one_reference_equal_the_fid_of_each_pair():
+    rng = np.random.default_rng(7)
+    mu_r, sigma_r = rng.normal(size=5), np.cov(rng.normal(size=(50, 5)), rowvar=False)
+    others = [(rng.normal(size=5), np.cov(rng.normal(size=(n, 5)), rowvar=False)) for n in (3, 10, 40)]  # n=3: rank 2
+    assert frechet_distances(mu_r, sigma_r, iter(others)) == [frechet_distance(mu_r, sigma_r, *other)
+                                                              for other in others]

@@ -22,7 +22,7 @@ over N. Computing FID(N) for generated subsets of `num_points` sizes from N/5 to
 and reading the fit at 1/N = 0 removes that bias; the subsets are seeded.
 
 Pure functions on (N, d) tensors; the Fréchet distance and the feature statistics are
-hpc_ncsn.evaluate.scores's.
+hpc_ncsn.evaluate.scores's (`frechet_distances`: one reference, many subsets).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scores import FeatureStats, frechet_distance
+from .scores import FeatureStats, frechet_distances
 
 __all__ = ["FIDInfinity", "fid_infinity", "fidelity_diversity", "neighbour_distances"]
 
@@ -136,10 +136,13 @@ def fid_infinity(features, reference_mu, reference_sigma, *, num_points: int = 1
                          f"num_points={num_points}; generate more samples")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n)).to(x.device)
     sizes = tuple(int(size) for size in np.linspace(min_size, n, num_points).round())
-    stats, fids, done = FeatureStats.empty(x.shape[1], device=x.device), [], 0
-    for size in sizes:  # nested prefixes: the statistics of each subset grow from the previous one's
-        stats.update(x[order[done:size]])
-        done = size
-        fids.append(frechet_distance(*stats.to_numpy(), reference_mu, reference_sigma))
+    def subset_statistics():  # nested prefixes: each subset's statistics grow from the previous one's
+        stats, done = FeatureStats.empty(x.shape[1], device=x.device), 0
+        for size in sizes:
+            stats.update(x[order[done:size]])
+            done = size
+            yield stats.to_numpy()
+
+    fids = frechet_distances(reference_mu, reference_sigma, subset_statistics())  # the reference's √Σ once
     slope, value = np.polyfit(1.0 / np.asarray(sizes, dtype=np.float64), np.asarray(fids), 1)
     return FIDInfinity(float(value), float(slope), sizes, tuple(fids))
