@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import rng
 from .config import Config, ConfigError, DataConfig
 from .errors import UserError
 from .files import atomic_path, cache_dir
@@ -33,6 +34,9 @@ __all__ = [
     "DataUnavailableError",
     "GaussianMixture",
     "IDX_SETS",
+    "HELDOUT_SEED",
+    "HOLDOUT_FRACTION",
+    "WITHOUT_TEST_SPLIT",
     "install_idx",
     "load_dataset",
     "load_images",
@@ -189,6 +193,24 @@ def _load_idx(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]
 
 DATASETS = {"digits": _load_digits, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
 SPLITS = ("train", "test")
+# Image data sets with a train split only: training leaves out a held-out part of it (hpc_ncsn.heldout).
+WITHOUT_TEST_SPLIT = frozenset({"digits"})
+HELDOUT_SEED = 20190710  # one fixed seed, not the run's: every network sees the same held-out examples and noise
+HOLDOUT_FRACTION = 0.1
+
+
+def holdout_split(num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, held-out rows) of a train-only data set: a fixed permutation (`HELDOUT_SEED`), its
+    first ⌈HOLDOUT_FRACTION·N⌉ rows held out; both sorted."""
+    order = torch.randperm(num_items, generator=rng.generator(HELDOUT_SEED, rng.HELDOUT_NOISE, 0))
+    held = math.ceil(HOLDOUT_FRACTION * num_items)
+    return order[held:].sort().values, order[:held].sort().values
+
+
+def training_rows(config: Config, num_items: int) -> torch.Tensor | None:
+    """The rows of the training set that training may read; None when it reads all (the data set has a test
+    split, or is the toy)."""
+    return holdout_split(num_items)[0] if config.data.name in WITHOUT_TEST_SPLIT else None
 
 
 def load_dataset(cfg: DataConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,7 +348,9 @@ def load_training_data(config: Config) -> torch.Tensor:
     if data.name == "toy2d":
         mixture = toy_mixture(data.toy_means, data.toy_weights, data.toy_std)
         return mixture.sample(data.toy_size, torch.Generator().manual_seed(config.train.seed)).float()
-    return load_images(data)
+    images = load_images(data)
+    rows = training_rows(config, images.shape[0])  # a data set without a test split loses its held-out rows here
+    return images if rows is None else images[rows]
 
 
 def dataset_points(config: Config) -> torch.Tensor:

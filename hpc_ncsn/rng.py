@@ -22,6 +22,7 @@ import torch
 __all__ = [
     "BATCH",
     "EPOCH_ORDER",
+    "HELDOUT_NOISE",
     "LANGEVIN_INIT",
     "LANGEVIN_STEP",
     "generator",
@@ -35,6 +36,9 @@ __all__ = [
 EPOCH_ORDER, BATCH = 1, 2
 # Sampling streams (Philox counter word 2).
 LANGEVIN_STEP, LANGEVIN_INIT = 0, 1
+# The held-out DSM loss's noise (hpc_ncsn.heldout): Philox draws keyed by (held-out example, σ index), so every
+# network is scored on the same noise whatever the batch; also its stream_seed for drawing fresh toy points.
+HELDOUT_NOISE = 16
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M = (0xD2511F53, 0xCD9E8D57)

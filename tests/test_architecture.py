@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hpc_ncsn"
 
 SCIENCE = {"config", "rng", "data", "schedules", "planning", "audit", "model", "loss", "ema", "sampling", "solvers",
-           "toy"}
+           "toy", "heldout", "stats"}
 # Heavy libraries and the one place each may be imported from.
 HOMES = {"accelerate": "train", "deepspeed": "train", "h5py": "samples.shards", "torch_fidelity": "evaluate",
          "submitit": "sweep"}

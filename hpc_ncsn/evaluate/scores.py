@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "FeatureStats",
     "frechet_distance",
+    "frechet_distances",
     "inception_score",
     "kernel_inception_distance",
     "polynomial_kernel",
@@ -215,20 +216,24 @@ def _checked_psd_eigenvalues(eigenvalues: np.ndarray, name: str) -> np.ndarray:
     return _zero_round_off(eigenvalues, scale)
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr((Σ1Σ2)^{1/2}) = Σ_i √λ_i, λ_i the eigenvalues of the symmetric PSD S = A Σ2 A, A = Σ1^{1/2}.
+def _sqrt_psd(sigma1: np.ndarray) -> tuple[np.ndarray, float]:
+    """(A = Σ1^{1/2}, the largest eigenvalue of Σ1): A = V diag(√w) Vᵀ from Σ1 = V diag(w) Vᵀ (eigh), round-off
+    eigenvalues w set to 0."""
+    w1, v1 = np.linalg.eigh(sigma1)
+    w1 = _checked_psd_eigenvalues(w1, "sigma1")
+    return (v1 * np.sqrt(w1)) @ v1.T, w1.max(initial=0.0)
+
+
+def _trace_sqrt_product(a: np.ndarray, largest1: float, sigma2: np.ndarray) -> float:
+    """Tr((Σ1Σ2)^{1/2}) = Σ_i √λ_i, λ_i the eigenvalues of the symmetric PSD S = A Σ2 A, A = Σ1^{1/2} (`_sqrt_psd`).
 
     Σ1Σ2 = A (A Σ2 A) A⁻¹ on the range of A, so Σ1Σ2 and S share their non-zero eigenvalues,
     and S is symmetric PSD: eigvalsh gives real λ, and those at the round-off level of
     ‖Σ1‖·‖Σ2‖ (tiny negatives included) are set to 0 before the square root.
-    A = V diag(√w) Vᵀ from Σ1 = V diag(w) Vᵀ (eigh), round-off eigenvalues w set to 0.
     """
-    w1, v1 = np.linalg.eigh(sigma1)
-    w1 = _checked_psd_eigenvalues(w1, "sigma1")
     w2 = _checked_psd_eigenvalues(np.linalg.eigvalsh(sigma2), "sigma2")
-    a = (v1 * np.sqrt(w1)) @ v1.T
     s = a @ sigma2 @ a
-    eigenvalues = _zero_round_off(np.linalg.eigvalsh((s + s.T) / 2), w1.max(initial=0.0) * w2.max(initial=0.0))
+    eigenvalues = _zero_round_off(np.linalg.eigvalsh((s + s.T) / 2), largest1 * w2.max(initial=0.0))
     return float(np.sqrt(eigenvalues).sum())
 
 
@@ -247,15 +252,30 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     d² that round-off takes below 0 (d² is a squared Wasserstein-2 distance, ≥ 0). The
     result is always a finite real float; non-finite, non-square, non-symmetric, non-PSD or mismatched inputs raise ValueError.
     """
-    mu1, mu2 = _as_float64_array(mu1, "mu1"), _as_float64_array(mu2, "mu2")
-    if mu1.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"mu1 and mu2 must be vectors of one length D, got shapes {mu1.shape} and {mu2.shape}")
-    dim = mu1.shape[0]
-    sigma1 = _checked_covariance(_as_float64_array(sigma1, "sigma1"), "sigma1", dim)
-    sigma2 = _checked_covariance(_as_float64_array(sigma2, "sigma2"), "sigma2", dim)
-    diff = mu1 - mu2
-    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2)
-    return max(float(distance), 0.0)
+    return frechet_distances(mu1, sigma1, [(mu2, sigma2)])[0]
+
+
+def frechet_distances(mu1, sigma1, others) -> list[float]:
+    """`frechet_distance` from N(μ1, Σ1) to each N(μ2, Σ2) of the iterable `others` (pairs, read one at a time),
+    with Σ1's square root computed once: what FID at several subset sizes against one reference needs."""
+    mu1 = _as_float64_array(mu1, "mu1")
+    a = largest1 = sigma1_checked = None
+    distances = []
+    for mu2, sigma2 in others:
+        mu2 = _as_float64_array(mu2, "mu2")
+        if mu1.ndim != 1 or mu1.shape != mu2.shape:
+            raise ValueError(f"mu1 and mu2 must be vectors of one length D, got shapes {mu1.shape} and {mu2.shape}")
+        dim = mu1.shape[0]
+        if a is None:
+            sigma1_checked = _checked_covariance(_as_float64_array(sigma1, "sigma1"), "sigma1", dim)
+        sigma2 = _checked_covariance(_as_float64_array(sigma2, "sigma2"), "sigma2", dim)
+        if a is None:
+            a, largest1 = _sqrt_psd(sigma1_checked)
+        diff = mu1 - mu2
+        trace_term = _trace_sqrt_product(a, largest1, sigma2)
+        distance = diff @ diff + np.trace(sigma1_checked) + np.trace(sigma2) - 2 * trace_term
+        distances.append(max(float(distance), 0.0))
+    return distances
 
 
 def _as_float64_matrix(x, name: str) -> np.ndarray:
