@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Collection, Iterable, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
-from .config import Config, NoiseConfig, SamplerConfig, arm_of
+from .config import ARMS, Config, NoiseConfig, SamplerConfig, arm_of
 from .errors import UserError
-from .schedules import ladder
+from .sampling import sampling_ladder
 
 __all__ = [
     "END_NOISE_LIMIT",
@@ -40,6 +40,7 @@ __all__ = [
     "AuditRecord",
     "UnstableSampler",
     "audit",
+    "audit_arms",
     "audit_config",
     "chain_noise",
     "check",
@@ -162,19 +163,33 @@ class AuditRecord:
     steps_needed: int | None
     limit: float = END_NOISE_LIMIT
     overridden: bool = False
+    kind: str = "langevin"
+    reason: str = ""  # why an unsettled chain runs anyway: the arm's design (config.Arm) or the user's override
+
+    @property
+    def audited(self) -> bool:
+        """The audit models annealed Langevin chains only (sampler.kind 'langevin')."""
+        return self.kind == "langevin"
 
     @property
     def stable(self) -> bool:
-        return self.end_noise <= self.limit
+        return not self.audited or self.end_noise <= self.limit
 
     @property
     def verdict(self) -> str:
+        if not self.audited:
+            return f"not audited ({self.kind} sampler: the audit covers annealed Langevin chains)"
         if self.stable:
             return "settles"
-        return "refused, overridden" if self.overridden else "refused"
+        if self.overridden:
+            return f"unsettled, run anyway: {self.reason}" if self.reason else "refused, overridden"
+        return "refused"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "stable": self.stable, "verdict": self.verdict}
+        record = {**asdict(self), "audited": self.audited, "stable": self.stable, "verdict": self.verdict}
+        if not self.audited:  # the Langevin figures would describe a chain this sampler does not run
+            record.update(end_noise=None, level_noise=None, r_min=None, r_needed=None, steps_needed=None)
+        return record
 
     def message(self, flag: str = OVERRIDE_FLAG) -> str:
         """The one-line refusal: the arm, its end noise, r_min and the ways out."""
@@ -281,16 +296,17 @@ def audit_config(config: Config, dim: int | None = None, *, arm: str | None = No
     if dim is None:
         dim = 2 if config.data.name == "toy2d" else config.data.channels * config.data.image_size**2
     name = arm or arm_of(replace(config, noise=noise, sampler=sampler)) or f"{noise.ladder}/{sampler.step_rule}"
-    sigmas = ladder(noise.ladder, noise.sigma_max, noise.sigma_min, noise.num_levels).tolist()
-    return audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,
-                 snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
+    sigmas = sampling_ladder(noise, sampler).tolist()  # the ladder the sampler runs, not the one trained on
+    record = audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,
+                   snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
+    return replace(record, kind=sampler.kind if sampler.corrector_steps == 0 else f"{sampler.kind}+corrector")
 
 
 def check(record: AuditRecord, *, override: bool | Collection[str] = False, flag: str = OVERRIDE_FLAG,
           ) -> AuditRecord:
     """The record if its chain settles; if `override` (True, or a collection naming its arm), the record
     marked overridden; else UnstableSampler with the one-line reason."""
-    if record.stable:
+    if record.stable or record.overridden:
         return record
     if override is True or (not isinstance(override, bool) and record.arm in override):
         return replace(record, overridden=True)
@@ -302,3 +318,18 @@ def require_stable(records: Iterable[AuditRecord], *, override: bool | Collectio
     """`check` every record: the first refused arm raises (one line) unless `override` is True (every arm)
     or names it; overridden records come back marked, for sweep.json and the table."""
     return [check(record, override=override, flag=flag) for record in records]
+
+
+def audit_arms(configs: Mapping[str, Config], *, override: bool | Collection[str] = False,
+               flag: str = OVERRIDE_FLAG) -> dict[str, AuditRecord]:
+    """Audit each arm's resolved config ({arm: config}), before anything runs: an unsettled chain is refused in
+    one line (UnstableSampler) unless `override` covers the arm, or the arm's preset says the unsettled chain is
+    what it tests (config.Arm.unsettled_by_design: the linear-ladder arms); those run, marked with the reason."""
+    records = {}
+    for name, config in configs.items():
+        record = audit_config(config, arm=name)
+        design = ARMS[name].unsettled_by_design if name in ARMS else ""
+        if not record.stable and design:
+            record = replace(record, overridden=True, reason=design)
+        records[name] = check(record, override=override, flag=flag)
+    return records

@@ -86,15 +86,22 @@ class Arm:
     ladder: str
     step_rule: str
     sampler: tuple[tuple[str, Any], ...] = ()
+    # Why the sampler audit (hpc_ncsn.audit) reports this arm's unsettled chain instead of refusing it: set for
+    # the arms whose object of study is the linear ladder, whose wide last gaps NCSN's technique 1 predicts
+    # cannot be crossed at the shared ε and T. Empty: an unsettled chain is a setting to fix, and is refused.
+    unsettled_by_design: str = ""
 
+
+_LINEAR_LADDER = "the linear ladder is what this arm tests (its last gaps are too wide for T steps at ε)"
 
 # The ablation's arms. Every arm but linear samples the geometric ladder's network: a sweep trains it once.
 ARMS = {
     "geometric": Arm(ladder="geometric", step_rule="ncsn"),
-    "linear": Arm(ladder="linear", step_rule="ncsn"),
+    "linear": Arm(ladder="linear", step_rule="ncsn", unsettled_by_design=_LINEAR_LADDER),
     "snr": Arm(ladder="geometric", step_rule="snr"),
     # The geometric network sampled on the linear ladder (same L, σ range, T, ε): the linear arm's sampling alone.
-    "linear-sampled": Arm(ladder="geometric", step_rule="ncsn", sampler=(("ladder", "linear"),)),
+    "linear-sampled": Arm(ladder="geometric", step_rule="ncsn", sampler=(("ladder", "linear"),),
+                          unsettled_by_design=_LINEAR_LADDER),
     # Karras et al. (2022) Algorithm 1: Heun on their ρ = 7 ladder, 18 levels (17 Heun steps and the step to 0: 35 NFE).
     "edm": Arm(ladder="geometric", step_rule="ncsn", sampler=(("kind", "edm"), ("ladder", "edm"), ("num_levels", 18))),
     # The variance-exploding SDE's reverse-diffusion predictor on the training ladder (L NFE), no corrector.

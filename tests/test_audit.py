@@ -11,6 +11,7 @@ from hpc_ncsn.audit import (
     OVERRIDE_FLAG,
     UnstableSampler,
     audit,
+    audit_arms,
     audit_config,
     chain_noise,
     check,
@@ -163,3 +164,33 @@ def test_plan_reports_r_min_and_never_an_snr_below_it(capsys):
     assert plan["snr_equivalent"] >= plan["snr_r_min"]
     assert plan["snr_note"]  # the r matching ε (≈ 0.245) was raised
     assert plan["chain_end_noise"]["snr"] <= 3.0 and plan["chain_end_noise"]["ncsn"] <= 3.0
+
+
+def test_a_preset_is_audited_on_the_ladder_it_samples_and_non_langevin_kinds_are_named_not_judged():
+    fashion = ("sampler.steps_per_level=2", "sampler.step_lr=1.2e-5")  # fashion.yaml's ladder, at T = 2
+    records = {arm: audit_config(load_config("configs/fashion.yaml", [*fashion, *arm_overrides(arm)]), arm=arm)
+               for arm in ("linear", "linear-sampled", "edm", "pc")}
+    # linear-sampled trains on the geometric ladder but samples the linear one: its chain is the linear arm's
+    assert records["linear-sampled"].end_noise == pytest.approx(records["linear"].end_noise, rel=1e-12)
+    assert not records["linear-sampled"].stable
+    linear = linear_sigmas(22.4, 0.01, 114)
+    simulated = simulate(linear, rule="ncsn", steps=2, step_lr=1.2e-5)[-1]
+    assert math.sqrt(simulated) == pytest.approx(records["linear-sampled"].end_noise, rel=0.05)
+    for arm in ("edm", "pc"):  # no annealed Langevin chain to follow: passed, and the record says why
+        assert records[arm].stable and not records[arm].audited
+        assert "not audited" in records[arm].to_dict()["verdict"] and records[arm].to_dict()["end_noise"] is None
+        assert check(records[arm]) is records[arm]
+
+
+def test_a_sweep_audit_runs_the_linear_ladder_arms_marked_and_refuses_a_step_rule_set_below_its_threshold():
+    def arm(name, *extra):
+        return load_config("configs/fashion.yaml", ["sampler.steps_per_level=2", *extra, *arm_overrides(name)])
+
+    records = audit_arms({name: arm(name, "sampler.snr=0.28") for name in ("geometric", "linear", "snr")})
+    assert records["geometric"].verdict == "settles" and records["snr"].verdict == "settles"
+    linear = records["linear"]
+    assert linear.end_noise > 3 and linear.overridden and linear.verdict.startswith("unsettled, run anyway: ")
+    with pytest.raises(UnstableSampler, match="arm snr: .*r_min = 0.266"):
+        audit_arms({"geometric": arm("geometric"), "snr": arm("snr", "sampler.snr=0.24")})
+    kept = audit_arms({"snr": arm("snr", "sampler.snr=0.24")}, override=True)["snr"]
+    assert kept.overridden and kept.verdict == "refused, overridden"
