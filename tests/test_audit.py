@@ -131,7 +131,7 @@ def test_r_min_against_bisection_on_the_simulation():
 
 
 def test_fashion_snr_arm_is_refused_in_one_line_and_the_override_is_recorded():
-    config = load_config("configs/fashion.yaml", arm_overrides("snr"))
+    config = load_config("configs/fashion.yaml", ["sampler.snr=0.24", *arm_overrides("snr")])  # the first study's r
     record = audit_config(config, 1024)
     assert record.arm == "snr" and not record.stable and record.end_noise > 150
     with pytest.raises(UserError) as refused:
