@@ -42,6 +42,7 @@ from .errors import UserError
 
 __all__ = [
     "ARMS",
+    "DEBUG_CONFIG",
     "config_reference",
     "Arm",
     "Config",
@@ -85,6 +86,10 @@ ARMS = {
     "linear": Arm(ladder="linear", step_rule="ncsn"),
     "snr": Arm(ladder="geometric", step_rule="snr"),
 }
+
+
+# The config a command falls back to where it needs a file and is given none (the sweep: digits on a CPU).
+DEBUG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
 
 def arm_overrides(arm: str) -> list[str]:

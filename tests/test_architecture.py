@@ -188,3 +188,17 @@ def test_help_answers_without_importing_torch(command):
     result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout
+
+
+def test_the_queue_is_asked_by_the_launcher_and_the_table_never_by_a_job_about_itself():
+    """squeue runs once per poll of the whole sweep (the launcher's wait and --status, the table); the code a
+    job runs (its task record, its body, the status store) never calls it."""
+    callers = set()
+    for name, imported in MODULES.items():
+        if not name.startswith("sweep."):
+            continue
+        tree = ast.parse(PACKAGE.joinpath(*name.split(".")).with_suffix(".py").read_text())
+        calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        if calls & {"scheduler.queue", "queue", "scheduler_queue"} and name != "sweep.scheduler":
+            callers.add(name)
+    assert callers == {"sweep.launch", "sweep.slurm", "sweep.aggregate"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpc_ncsn.config import ConfigError, load_config
-from hpc_ncsn.sweep.jobs import sbatch_text, slurm_parameters
-from hpc_ncsn.sweep.launch import add_arguments
+from hpc_ncsn.sweep.launch import add_arguments, slurm_options
 from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
+from hpc_ncsn.sweep.slurm import SlurmOptions, sbatch_text, slurm_parameters
 from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +88,17 @@ def test_tasks_travel_to_jobs_as_objects():
     assert isinstance(sweep.train[0], TrainTask) and isinstance(sweep.sample[0], SampleTask)
 
 
+def test_a_pickled_task_brings_only_the_task_records_along(tmp_path):
+    """A job unpickles its task: that imports the records' module, not the status store, the table writer
+    or the bodies (hpc_ncsn.sweep.work)."""
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps(plan(spec(), tmp_path).sample[0]))
+    probe = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
+             "print(sorted(m for m in sys.modules if m.startswith('hpc_ncsn.sweep')))")
+    loaded = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "task.pkl")], capture_output=True,
+                            text=True, check=True).stdout
+    assert loaded.strip() == "['hpc_ncsn.sweep', 'hpc_ncsn.sweep.tasks']"
+
+
 def test_cells_that_would_share_a_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"would share the folder .*give the axis values that differ"):
         plan(spec(**{"data.data_root": ["a/b", "ab"]}), tmp_path)
@@ -131,8 +142,16 @@ def test_the_training_array_sbatch_script_is_what_submitit_submits():
     args = parser.parse_args(["--partition", "gpu", "--gpus-per-node", "4", "--nodes", "2", "--time-train", "2880",
                               "--setup", "module load cuda", "--sbatch", "exclusive=true",
                               "--python", "apptainer exec --nv /images/hpc_ncsn.sif python"])
-    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4, args.python)
+    options = slurm_options(args)
+    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(options, "train", "x"), 4, options.python)
     assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")
+
+
+def test_slurm_options_refuse_a_malformed_sbatch_or_setup_line_when_built():
+    with pytest.raises(ConfigError, match=r"--sbatch 'exclusive': write KEY=VALUE"):
+        SlurmOptions(sbatch=("exclusive",))
+    with pytest.raises(ConfigError, match=r"--setup .*: give each command as its own --setup"):
+        SlurmOptions(setup=("module load cuda\nrm -rf /",))
 
 
 def test_anchors_are_one_row_per_seed_and_travel_in_sweep_json(tmp_path):

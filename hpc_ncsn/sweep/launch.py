@@ -38,22 +38,22 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import ARMS, ConfigError
+from ..config import ARMS, DEBUG_CONFIG, ConfigError
 from ..errors import UserError
 from ..locks import FolderLock
-from . import jobs, scheduler
-from .jobs import todo
+from . import scheduler, slurm
+from .local import check_python, run_here
 from .plan import ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, plan
-from .status import describe, format_status
+from .slurm import SlurmOptions
+from .status import describe, format_status, todo, unfinished
 
-__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main"]
+__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
 CLUSTERS = ("slurm", "local", "debug")
 
 
 class SweepMismatch(UserError, ValueError):
     """The sweep folder holds another sweep, or none; the message says which folder and what to do."""
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 
 def _values(text: str) -> list:
@@ -65,7 +65,7 @@ def _values(text: str) -> list:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid = parser.add_argument_group("the grid")
-    grid.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+    grid.add_argument("--config", type=Path, default=DEBUG_CONFIG,
                       help="base config (default: configs/debug.yaml, digits on a CPU)")
     grid.add_argument("--schedules", default="geometric,linear,snr",
                       help=f"comma-separated arms, from {', '.join(ARMS)} (default: all three)")
@@ -127,6 +127,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="stop the sweep's queued and running jobs (they save first); a rerun resumes them")
 
 
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The --cluster slurm flags as the Slurm driver's record (built once, here)."""
+    return SlurmOptions(
+        partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
+        time_train=args.time_train, time_sample=args.time_sample, nodes=args.nodes, sample_nodes=args.sample_nodes,
+        gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb, signal_delay_s=args.signal_delay_s, array_parallelism=args.array_parallelism,
+        sbatch=tuple(args.sbatch), setup=tuple(args.setup), max_requeues=args.max_requeues, python=args.python)
+
+
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     axes = {ARM_AXIS: _values(args.schedules), SEED_AXIS: _values(args.seeds)}
     unknown = [arm for arm in axes[ARM_AXIS] if arm not in ARMS]
@@ -160,10 +170,10 @@ def prepare_folder(root: Path, spec: SweepSpec) -> None:
 
 def print_plan(sweep: Plan) -> None:
     print(f"sweep folder: {sweep.root}")
-    print(f"train ({len(sweep.train)} tasks, {len(todo(sweep, sweep.train))} to run):")
+    print(f"train ({len(sweep.train)} tasks, {len(todo(sweep.root, sweep.train))} to run):")
     for task in sweep.train:
         print(f"  {task.name}: {task.folder}")
-    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep, sweep.sample))} to run):")
+    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep.root, sweep.sample))} to run):")
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
         print(f"  {task.name}: {source}, samples in {task.folder}")
@@ -183,11 +193,11 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
     root = _sweep_root(args)
     if args.status:
-        latest, _ = jobs.submitted_tasks(root)
+        latest, _ = slurm.submitted_tasks(root)
         print(format_status(describe(_saved_plan(root), scheduler.queue(), latest)))  # the saved sweep
         return 0
     if args.cancel:
-        print(jobs.cancel(root, _saved_plan(root)))
+        print(slurm.cancel(root, _saved_plan(root)))
         return 0
     spec = build_spec(args)
     sweep = plan(spec, root)
@@ -195,44 +205,54 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         if args.cluster == "debug":
             raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
                               "--cluster local or slurm, or run the launcher itself with that Python")
-        print(f"tasks start with: {jobs.check_python(args.python)}", flush=True)
-    if args.dry_run:
-        print_plan(sweep)
-        if args.cluster == "slurm":
-            for stage, tasks in sweep.stages():
-                params = jobs.slurm_parameters(args, stage, root.name)
-                if stage != sweep.stages()[0][0]:
-                    params["dependency"] = "afterany:<previous>"
-                count = len(todo(sweep, tasks))
-                print(f"--- {stage} stage: array of {count} ---\n{jobs.sbatch_text(root, params, count, args.python)}")
-        return 0
+        print(f"tasks start with: {check_python(args.python)}", flush=True)
     if args.cluster != "slurm":
+        if args.dry_run:
+            print_plan(sweep)
+            return 0
         with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
+                        fields={"cluster": args.cluster},
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
             prepare_folder(root, spec)
-            return jobs.run_here(root, sweep, args.cluster, parallel=args.local_parallel,
-                                 timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
-    jobs.check_submission(root, sweep, args)  # before anything is written
+            return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
+                            timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
+    return _on_slurm(root, spec, sweep, slurm_options(args), dry_run=args.dry_run, wait=args.wait,
+                     poll_s=args.poll_s, script=script)
+
+
+def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, *, dry_run: bool, wait: bool,
+              poll_s: float, script: str) -> int:
+    """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
+    if dry_run:
+        print_plan(sweep)
+        for stage, tasks in sweep.stages():
+            params = slurm.slurm_parameters(options, stage, root.name)
+            if stage != sweep.stages()[0][0]:
+                params["dependency"] = "afterany:<previous>"
+            count = len(todo(root, tasks))
+            print(f"--- {stage} stage: array of {count} ---\n{slurm.sbatch_text(root, params, count, options.python)}")
+        return 0
+    slurm.check_submission(root, sweep, options)  # before anything is written
     cancel_hint = f"{script} --cancel --out {root}"
-    with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)",
+    with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        live = jobs.live_jobs(root, sweep, scheduler.queue())
+        live = slurm.live_jobs(root, sweep, scheduler.queue())
         if live:
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
             prepare_folder(root, spec)
-            submitted = jobs.submit(root, sweep, args)
+            submitted = slurm.submit(root, sweep, options)
             if not submitted:
                 print("every task is done; nothing to submit")
-    if not args.wait:
+    if not wait:
         print(f"watch: {script} --status --out {root}   (or squeue --me)\ncancel: {cancel_hint}\n"
               "rerun the same command to resume what failed, was cancelled or was lost")
         return 0
-    rows = jobs.wait(root, sweep, args.poll_s, cancel_hint)
+    rows = slurm.wait(root, sweep, poll_s, cancel_hint)
     print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    unfinished = jobs.unfinished(rows)
-    latest, _ = jobs.submitted_tasks(root)
+    failed = unfinished(rows)
+    latest, _ = slurm.submitted_tasks(root)
     print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
-                                                   for stage, ids in latest.items()}, "failed": unfinished}))
-    return 1 if unfinished else 0
+                                                   for stage, ids in latest.items()}, "failed": failed}))
+    return 1 if failed else 0
