@@ -20,18 +20,18 @@ DEBUG = ROOT / "configs" / "debug.yaml"
 
 
 def spec(**axes) -> SweepSpec:
-    return SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear", "snr"], "seed": [0, 1], **axes})
+    return SweepSpec.from_config(DEBUG, {"arm": ["geometric", "linear", "snr"], "seed": [0, 1], **axes})
 
 
 def test_the_snr_arm_and_sampler_axes_share_the_trainings_they_do_not_change(tmp_path):
     sweep = plan(spec(**{"sampler.steps_per_level": [3, 5]}), tmp_path)
     assert len(sweep.sample) == 12 and len(sweep.train) == 4  # (geometric, linear) × 2 seeds
     by_name = {task.name: task for task in sweep.sample}
-    snr = by_name["schedule-snr_seed-1_sampler.steps_per_level-5"]
-    assert snr.train.name == "schedule-geometric_seed-1_sampler.steps_per_level-3"
+    snr = by_name["arm-snr_seed-1_sampler.steps_per_level-5"]
+    assert snr.train.name == "arm-geometric_seed-1_sampler.steps_per_level-3"
     assert snr.config["sampler"]["step_rule"] == "snr" and snr.config["sampler"]["steps_per_level"] == 5
     assert snr.train.config["train"]["out_dir"] == str(tmp_path / "train" / snr.train.name)
-    assert snr.seed == 1 and snr.group == (("schedule", "snr"), ("sampler.steps_per_level", 5))
+    assert snr.seed == 1 and snr.group == (("arm", "snr"), ("sampler.steps_per_level", 5))
     assert "sampler.steps_per_level=5" in snr.sampling_overrides()
 
 
@@ -58,9 +58,9 @@ def test_a_plan_read_back_from_sweep_json_names_every_task_as_the_launcher_did(t
     first = plan(original, tmp_path)
     assert [t.name for t in again.train] == [t.name for t in first.train]
     assert [t.name for t in again.sample] == [t.name for t in first.sample]
-    assert first.sample[0].name == "schedule-geometric_seed-0_data.image_size-8_model.base_channels-8"
+    assert first.sample[0].name == "arm-geometric_seed-0_data.image_size-8_model.base_channels-8"
     assert SweepSpec.load(tmp_path).differences(original) == []
-    reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "schedule": ["geometric", "linear", "snr"],
+    reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "arm": ["geometric", "linear", "snr"],
                                               "data.image_size": [8, 16], "model.base_channels": [8]})
     assert reordered.differences(original)
 
@@ -106,7 +106,7 @@ def test_cells_that_would_share_a_folder_are_refused(tmp_path):
 
 def test_a_repeated_axis_value_is_refused():
     with pytest.raises(ConfigError, match=r"axis 'seed' repeats a value: \[0, 0\]"):
-        SweepSpec.from_config(DEBUG, {"schedule": ["geometric"], "seed": [0, 0]})
+        SweepSpec.from_config(DEBUG, {"arm": ["geometric"], "seed": [0, 0]})
 
 
 GOLDEN_TRAIN_SBATCH = """#!/bin/bash
@@ -155,7 +155,7 @@ def test_slurm_options_refuse_a_malformed_sbatch_or_setup_line_when_built():
 
 
 def test_anchors_are_one_row_per_seed_and_travel_in_sweep_json(tmp_path):
-    fashion = SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear"], "seed": [0, 3]},
+    fashion = SweepSpec.from_config(DEBUG, {"arm": ["geometric", "linear"], "seed": [0, 3]},
                                     ("data.name=fashion_mnist", "evaluate.reference=test"), ("real", "untrained"))
     sweep = plan(fashion, tmp_path)
     anchors = [task for task in sweep.sample if task.train is None]
@@ -230,3 +230,18 @@ def test_the_container_recipes_copy_files_that_exist_and_install_an_extra_the_pa
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for recipe in (definition, dockerfile):
         assert "pip install --no-cache-dir '/opt/hpc_ncsn[deepspeed]'" in recipe and "deepspeed" in extras
+
+
+def test_a_sweep_json_from_before_the_arm_rename_is_read_as_migrated_and_keeps_its_cell_names(tmp_path):
+    new = spec()
+    record = json.loads(new.to_json())
+    assert [key for key, _ in record["axes"]] == ["arm", "seed"]
+    record["axes"] = [["schedule", values] if key == "arm" else [key, values] for key, values in record["axes"]]
+    old = SweepSpec.from_json(json.dumps(record))
+    assert list(old.axes) == ["arm", "seed"] and old.differences(new) == []  # the same sweep
+    assert [task.name for task in plan(old, tmp_path).sample][:2] == ["schedule-geometric_seed-0",
+                                                                       "schedule-geometric_seed-1"]
+    assert plan(old, tmp_path).sample[0].group == (("arm", "geometric"),)
+    assert [task.name for task in plan(new, tmp_path).sample][:2] == ["arm-geometric_seed-0", "arm-geometric_seed-1"]
+    assert [task.name for task in plan(new.named_like(old), tmp_path).train] == [task.name for task in
+                                                                                 plan(old, tmp_path).train]

@@ -1,4 +1,4 @@
-"""Run a sweep (schedule × seed × any other config key): train → sample → evaluate → table.
+"""Run a sweep (arm × seed × any other config key): train → sample → evaluate → table.
 
 Stages, each a job array submitted with submitit, each depending on the one before:
   train      one task per distinct network (the snr arm reuses the geometric arm's network)
@@ -22,10 +22,10 @@ killed, out of memory, node failure). A rerun resumes cancelled and lost tasks.
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
-  python launch/sweep.py --cluster slurm --schedules geometric,linear,snr --seeds 0,1,2,3,4 \\
+  python launch/sweep.py --cluster slurm --arms geometric,linear,snr --seeds 0,1,2,3,4 \\
       --config configs/cifar10.yaml --partition gpu --nodes 2 --gpus-per-node 4 --time-train 2880 \\
       train.mixed_precision=bf16
-  python launch/sweep.py --schedules geometric,snr --seeds 0,1,2 train.steps=2000
+  python launch/sweep.py --arms geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
   python launch/sweep.py --status --out runs/sweep-debug
@@ -67,8 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid = parser.add_argument_group("the grid")
     grid.add_argument("--config", type=Path, default=DEBUG_CONFIG,
                       help="base config (default: configs/debug.yaml, digits on a CPU)")
-    grid.add_argument("--schedules", default="geometric,linear,snr",
-                      help=f"comma-separated arms, from {', '.join(ARMS)} (default: all three)")
+    grid.add_argument("--arms", "--schedules", dest="arms", default="geometric,linear,snr",
+                      help=f"comma-separated arms, from {', '.join(ARMS)} (default: all three; --schedules is "
+                           "the same flag under its earlier name)")
     grid.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     grid.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2",
                       help="a further axis over any config key, e.g. sampler.steps_per_level=5,10 (repeatable)")
@@ -138,10 +139,10 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
-    axes = {ARM_AXIS: _values(args.schedules), SEED_AXIS: _values(args.seeds)}
+    axes = {ARM_AXIS: _values(args.arms), SEED_AXIS: _values(args.seeds)}
     unknown = [arm for arm in axes[ARM_AXIS] if arm not in ARMS]
     if unknown:
-        raise ConfigError(f"--schedules: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        raise ConfigError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     for item in args.axis:
         key, sep, values = item.partition("=")
         if not sep or not values:
@@ -181,6 +182,16 @@ def print_plan(sweep: Plan) -> None:
           + (", fid_vs_step.png" if sweep.spec.base["train"]["eval_every"] else ""))
 
 
+def _named_like_saved(root: Path, spec: SweepSpec) -> SweepSpec:
+    """The requested spec, with the cell names of the same sweep saved in `root` (one made before the arm axis
+    had its name keeps its folders); prepare_folder refuses a different sweep."""
+    path = root / SPEC_FILE
+    if not path.is_file():
+        return spec
+    saved = SweepSpec.from_json(path.read_text())
+    return spec if saved.differences(spec) else spec.named_like(saved)
+
+
 def _sweep_root(args: argparse.Namespace) -> Path:
     return (args.out or Path("runs") / f"sweep-{args.config.stem}").resolve()
 
@@ -199,7 +210,7 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
     if args.cancel:
         print(slurm.cancel(root, _saved_plan(root)))
         return 0
-    spec = build_spec(args)
+    spec = _named_like_saved(root, build_spec(args))
     sweep = plan(spec, root)
     if args.python is not None:
         if args.cluster == "debug":
