@@ -245,3 +245,16 @@ def test_a_sweep_json_from_before_the_arm_rename_is_read_as_migrated_and_keeps_i
     assert [task.name for task in plan(new, tmp_path).sample][:2] == ["arm-geometric_seed-0", "arm-geometric_seed-1"]
     assert [task.name for task in plan(new.named_like(old), tmp_path).train] == [task.name for task in
                                                                                  plan(old, tmp_path).train]
+
+
+@pytest.mark.parametrize("status", [75, 143, 0, 1])
+def test_the_sbatch_scripts_requeue_a_run_stopped_at_usr2_only(status):
+    """slurm/common.sh's requeue_if_stopped: exit 75 (saved at USR2) requeues, 143 (saved at SIGTERM: scancel)
+    and any other status does not (hpc_ncsn.preemption's codes)."""
+    from hpc_ncsn.preemption import EXIT_REQUEUE, EXIT_STOPPED
+
+    assert (EXIT_REQUEUE, EXIT_STOPPED) == (75, 143)
+    script = (f"scontrol() {{ echo \"scontrol $*\"; }}; source {ROOT / 'slurm' / 'common.sh'}; "
+              f"SLURM_JOB_ID=42 requeue_if_stopped {status}")
+    said = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert said == ("preempted: requeueing job 42\nscontrol requeue 42\n" if status == 75 else "")
