@@ -157,16 +157,22 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                                  tuple(item.strip() for item in args.anchors.split(",") if item.strip()))
 
 
+def _saved_spec(root: Path) -> SweepSpec | None:
+    """The spec in the folder's sweep.json (an older one read as migrated), None if there is none yet."""
+    path = root / SPEC_FILE
+    return SweepSpec.from_json(path.read_text()) if path.is_file() else None
+
+
 def prepare_folder(root: Path, spec: SweepSpec) -> None:
     """Write sweep.json, or check that a rerun asks for the same sweep."""
-    path = root / SPEC_FILE
-    if path.is_file():
-        changes = SweepSpec.from_json(path.read_text()).differences(spec)
-        if changes:
-            raise SweepMismatch(f"{root} holds another sweep ({path}); saved → requested: " + "; ".join(changes)
-                                + "; rerun with the same config and options, or pick a new --out")
+    saved = _saved_spec(root)
+    if saved is None:
+        spec.save(root)
         return
-    spec.save(root)
+    changes = saved.differences(spec)
+    if changes:
+        raise SweepMismatch(f"{root} holds another sweep ({root / SPEC_FILE}); saved → requested: "
+                            + "; ".join(changes) + "; rerun with the same config and options, or pick a new --out")
 
 
 def print_plan(sweep: Plan) -> None:
@@ -185,11 +191,8 @@ def print_plan(sweep: Plan) -> None:
 def _named_like_saved(root: Path, spec: SweepSpec) -> SweepSpec:
     """The requested spec, with the cell names of the same sweep saved in `root` (one made before the arm axis
     had its name keeps its folders); prepare_folder refuses a different sweep."""
-    path = root / SPEC_FILE
-    if not path.is_file():
-        return spec
-    saved = SweepSpec.from_json(path.read_text())
-    return spec if saved.differences(spec) else spec.named_like(saved)
+    saved = _saved_spec(root)
+    return spec if saved is None or saved.differences(spec) else spec.named_like(saved)
 
 
 def _sweep_root(args: argparse.Namespace) -> Path:
