@@ -258,3 +258,37 @@ def test_the_sbatch_scripts_requeue_a_run_stopped_at_usr2_only(status):
               f"SLURM_JOB_ID=42 requeue_if_stopped {status}")
     said = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     assert said == ("preempted: requeueing job 42\nscontrol requeue 42\n" if status == 75 else "")
+
+
+HOLDER = """
+import signal, sys, time
+from hpc_ncsn.locks import FolderLock
+signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM", flush=True), sys.exit(0)))
+lock = FolderLock(sys.argv[1], "sweep", what=sys.argv[2], fields={"cluster": sys.argv[3]}).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_says(tmp_path, cluster):
+    """--cancel SIGTERMs a local sweep's launcher (it stops its tasks); it reads the lock's `cluster` field, so
+    the free text `what` (here misleading on purpose) decides nothing. A debug sweep runs in its launcher and
+    is not signalled."""
+    from hpc_ncsn.sweep.slurm import cancel
+
+    sweep = plan(spec(), tmp_path)
+    what = "launch/sweep.py --cluster slurm" if cluster == "local" else "launch/sweep.py --cluster local"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), what, cluster], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        said = cancel(tmp_path, sweep)
+        if cluster == "local":
+            assert said.startswith(f"sent SIGTERM to the local sweep (pid {holder.pid})")
+            assert holder.stdout.readline().strip() == "SIGTERM" and holder.wait(timeout=30) == 0
+        else:
+            assert said == "no job of this sweep is queued or running" and holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
