@@ -97,26 +97,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--account", help="sbatch --account")
     slurm.add_argument("--qos", help="sbatch --qos")
     slurm.add_argument("--constraint", help="sbatch --constraint, e.g. a100|h100")
-    slurm.add_argument("--time-train", type=int, default=24 * 60, help="training time limit, minutes")
-    slurm.add_argument("--time-sample", type=int, default=4 * 60, help="sampling + evaluation time limit, minutes")
-    slurm.add_argument("--nodes", type=int, default=1, help="nodes per training task")
-    slurm.add_argument("--sample-nodes", type=int, default=1, help="nodes per sampling task")
-    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (0: CPU-only jobs)")
+    slurm.add_argument("--time-train", type=int, default=SlurmOptions.time_train, help="training time limit, minutes")
+    slurm.add_argument("--time-sample", type=int, default=SlurmOptions.time_sample,
+                       help="sampling + evaluation time limit, minutes")
+    slurm.add_argument("--nodes", type=int, default=SlurmOptions.nodes, help="nodes per training task")
+    slurm.add_argument("--sample-nodes", type=int, default=SlurmOptions.sample_nodes, help="nodes per sampling task")
+    slurm.add_argument("--gpus-per-node", type=int, default=SlurmOptions.gpus_per_node,
+                       help="GPUs per node (0: CPU-only jobs)")
     slurm.add_argument("--tasks-per-node", type=int, default=None,
                        help="processes per node (default: one per GPU, else 1)")
     slurm.add_argument("--cpus-per-task", type=int, default=None, help="sbatch --cpus-per-task")
     slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
-    slurm.add_argument("--signal-delay-s", type=int, default=120,
+    slurm.add_argument("--signal-delay-s", type=int, default=SlurmOptions.signal_delay_s,
                        help="seconds before the time limit at which Slurm sends USR2 (save, requeue)")
-    slurm.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--array-parallelism", type=int, default=SlurmOptions.array_parallelism,
+                       help="array tasks running at once")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
                             "(repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
                        help="a line run before each task, e.g. 'module load cuda' (repeatable)")
-    slurm.add_argument("--max-requeues", type=int, default=5,
+    slurm.add_argument("--max-requeues", type=int, default=SlurmOptions.max_requeues,
                        help="requeues per task (USR2 at the time limit, node failures) before it is failed "
-                            "(default 5)")
+                            "(default %(default)s)")
     slurm.add_argument("--wait", action="store_true",
                        help="wait until every job of the sweep has left the queue, with a one-line progress "
                             "summary every --poll-s seconds, then print the table (otherwise submit and return)")
