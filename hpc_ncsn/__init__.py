@@ -6,7 +6,7 @@ The pipeline, stage by stage (README, Architecture):
             train/      Accelerate/DeepSpeed loop, EMA, checkpoints      (checkpoint.py: the checkpoint format)
             samples/    generation into HDF5 shards                      (h5py only in samples/shards.py)
             evaluate/   FID/KID/IS from shards                           (torch-fidelity only here)
-            sweep/      schedule × seed grids on Slurm or locally, the table (submitit only here)
+            sweep/      arm × seed grids on Slurm or locally, the table (submitit only here)
     cli/    every command, parsed and dispatched; train.py and launch/sweep.py call it
 
 The names below are resolved lazily (PEP 562): `import hpc_ncsn` or

@@ -48,6 +48,7 @@ from .errors import UserError
 
 __all__ = [
     "ARMS",
+    "DEBUG_CONFIG",
     "config_reference",
     "Arm",
     "Config",
@@ -111,6 +112,10 @@ ARMS = {
     # Euler steps of the probability-flow ODE on the training ladder (L NFE).
     "ode": Arm(ladder="geometric", step_rule="ncsn", sampler=(("kind", "ode"),)),
 }
+
+
+# The config a command falls back to where it needs a file and is given none (the sweep: digits on a CPU).
+DEBUG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
 
 def arm_overrides(arm: str) -> list[str]:

@@ -53,9 +53,10 @@ def describe_holder(holder: dict) -> str:
 class FolderLock:
     """`with FolderLock(folder, "sweep", what="launch/sweep.py"):` holds `folder/.lock-sweep` for the block."""
 
-    def __init__(self, folder: Path, name: str, *, what: str, fix: str = "wait for it to finish or stop it"):
+    def __init__(self, folder: Path, name: str, *, what: str, fix: str = "wait for it to finish or stop it",
+                 fields: dict | None = None):
         self.path = Path(folder) / f".lock-{name}"
-        self.what, self.fix = what, fix
+        self.what, self.fix, self.fields = what, fix, dict(fields or {})  # fields: more facts for the holder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,7 +81,7 @@ class FolderLock:
 
     def acquire(self) -> "FolderLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
+        record = json.dumps({**self.fields, "host": socket.gethostname(), "pid": os.getpid(), "what": self.what,
                              "job_id": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
         for _ in range(3):
             try:

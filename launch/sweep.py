@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run a sweep: `python launch/sweep.py --cluster slurm --schedules geometric,linear,snr`.
+"""Run a sweep: `python launch/sweep.py --cluster slurm --arms geometric,linear,snr` (--schedules: the same).
 
 `python launch/sweep.py --help` lists the options; the code is hpc_ncsn.sweep.
 """

@@ -1,7 +1,8 @@
 # Sourced by slurm/train.sbatch and slurm/sample.sbatch: what both do around their srun lines.
 #
 #   job_setup                      cd to the repository, export MASTER_ADDR/MASTER_PORT for the ranks
-#   requeue_if_stopped STATUS      on exit status 75 (a run that saved at USR2/SIGTERM), requeue this job
+#   requeue_if_stopped STATUS      on exit status 75 (a run that saved at USR2: the time limit's warning or a
+#                                  preemption), requeue this job; 143 (saved at SIGTERM: scancel) stays stopped
 #
 # (The sweep's submitit jobs requeue themselves through hpc_ncsn.preemption.requeue.)
 

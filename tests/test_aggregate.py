@@ -21,12 +21,12 @@ FID = {("geometric", 0): 10.0, ("geometric", 1): 12.0, ("geometric", 2): 17.0, (
 
 @pytest.fixture
 def sweep_folder(tmp_path):
-    """A 2-schedule × 3-seed sweep: five cells scored, linear seed 2 failed in training."""
-    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"schedule": ["geometric", "linear"], "seed": [0, 1, 2]})
+    """A 2-arm × 3-seed sweep: five cells scored, linear seed 2 failed in training."""
+    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"arm": ["geometric", "linear"], "seed": [0, 1, 2]})
     (tmp_path / "sweep.json").write_text(spec.to_json())
     sweep = plan(spec, tmp_path)
     for task in sweep.train:
-        failed = task.name == "schedule-linear_seed-2"
+        failed = task.name == "arm-linear_seed-2"
         write_status(tmp_path, TaskStatus("train", task.name, "failed" if failed else "done", started=1.0,
                                           error="TrainingDiverged: 20 non-finite steps" if failed else None,
                                           log="logs/7_0_log.err" if failed else None))
@@ -35,7 +35,7 @@ def sweep_folder(tmp_path):
         (task.folder / "metrics.jsonl").write_text("".join(
             json.dumps({"step": step, "loss_per_level": list(levels / step)}) + "\n" for step in (1, 2, 3)))
     for task in sweep.sample:
-        key = (dict(task.group)["schedule"], task.seed)
+        key = (dict(task.group)["arm"], task.seed)
         if key not in FID:
             continue
         task.folder.mkdir(parents=True)
@@ -49,7 +49,7 @@ def sweep_folder(tmp_path):
 def test_table_statistics_over_seeds(sweep_folder):
     table = aggregate(sweep_folder)
     geometric, linear = table["rows"]
-    assert geometric["group"] == {"schedule": "geometric"} and geometric["seeds_done"] == 3
+    assert geometric["group"] == {"arm": "geometric"} and geometric["seeds_done"] == 3
     assert geometric["fid"]["mean"] == pytest.approx(13.0)
     std = math.sqrt(((10 - 13) ** 2 + (12 - 13) ** 2 + (17 - 13) ** 2) / 2)
     assert geometric["fid"]["std"] == pytest.approx(std)
@@ -60,21 +60,21 @@ def test_table_statistics_over_seeds(sweep_folder):
 
 
 def test_failed_and_missing_cells_stay_in_the_table(sweep_folder):
-    (sweep_folder / "status" / "sample" / "schedule-geometric_seed-2.json").unlink()
+    (sweep_folder / "status" / "sample" / "arm-geometric_seed-2.json").unlink()
     table = aggregate(sweep_folder)
     geometric, linear = table["rows"]
     assert geometric["seeds_done"] == 2 and geometric["problems"] == ["seed 2: pending"]
     assert linear["problems"] == ["seed 2: failed (train: TrainingDiverged: 20 non-finite steps "
                                   "(log: logs/7_0_log.err))"]
     states = {cell["name"]: cell["state"] for cell in table["cells"]}
-    assert states["schedule-linear_seed-2"] == "failed" and states["schedule-geometric_seed-2"] == "pending"
+    assert states["arm-linear_seed-2"] == "failed" and states["arm-geometric_seed-2"] == "pending"
     markdown = (sweep_folder / "table.md").read_text()
-    assert "| schedule-linear_seed-2 | failed |" in markdown and "2/3" in markdown
+    assert "| arm-linear_seed-2 | failed |" in markdown and "2/3" in markdown
 
 
 def test_one_seed_has_no_spread(sweep_folder):
     for seed in (1, 2):
-        (sweep_folder / "status" / "sample" / f"schedule-geometric_seed-{seed}.json").unlink()
+        (sweep_folder / "status" / "sample" / f"arm-geometric_seed-{seed}.json").unlink()
     geometric = aggregate(sweep_folder)["rows"][0]
     assert geometric["fid"] == {"mean": 10.0, "std": None, "ci95": None}
 
@@ -85,7 +85,7 @@ def test_outputs_are_identical_on_rerun_and_parse(sweep_folder):
     aggregate(sweep_folder)
     assert first == {name: (sweep_folder / name).read_bytes() for name in first}
     rows = list(csv.DictReader(io.StringIO(first["table.csv"].decode())))
-    assert [row["schedule"] for row in rows] == ["geometric", "linear"]
+    assert [row["arm"] for row in rows] == ["geometric", "linear"]
     assert float(rows[1]["fid_mean"]) == 32.0 and rows[1]["seeds_done"] == "2"
     for plot in ("fid.png", "loss_per_level.png", "samples.png"):
         assert (sweep_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -96,9 +96,9 @@ def test_a_cell_whose_process_died_without_a_word_is_lost_not_running(sweep_fold
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_status(sweep_folder, TaskStatus("sample", "schedule-geometric_seed-2", "running", started=1.0,
+    write_status(sweep_folder, TaskStatus("sample", "arm-geometric_seed-2", "running", started=1.0,
                                           pid=int(dead.stdout), heartbeat=1.0, log="logs/9_0_log.err"))
-    (sweep_folder / "cells" / "schedule-geometric_seed-2" / "samples" / "metrics.json").unlink()
+    (sweep_folder / "cells" / "arm-geometric_seed-2" / "samples" / "metrics.json").unlink()
     geometric = aggregate(sweep_folder)["rows"][0]
     assert geometric["seeds_done"] == 2
     assert geometric["problems"] == [f"seed 2: lost (sample: its process {dead.stdout.strip()} is gone without a "
@@ -135,7 +135,7 @@ def test_fid_over_training_gives_each_row_its_curve_and_best_step(sweep_folder):
               ("geometric", 2): {100: 45.0, 200: 22.0},  # its step 300 was not scored: the row uses 100 and 200
               ("linear", 0): {100: 90.0, 200: 80.0, 300: 70.0}, ("linear", 1): {100: 95.0, 200: 85.0, 300: 60.0}}
     for task in plan(SweepSpec.load(sweep_folder), sweep_folder).sample:
-        key = (dict(task.group)["schedule"], task.seed)
+        key = (dict(task.group)["arm"], task.seed)
         if key in curves:
             (task.folder.parent / "over_training").mkdir()
             (task.folder.parent / "over_training" / "fid_vs_step.json").write_text(json.dumps(

@@ -184,7 +184,7 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "sweep"
     command = [sys.executable, str(root / "launch" / "sweep.py"), "--cluster", "debug", "--out", str(out),
-               "--schedules", "geometric,linear", "--seeds", "0", "--anchors", "real,untrained", *TINY,
+               "--arms", "geometric,linear", "--seeds", "0", "--anchors", "real,untrained", *TINY,
                "data.name=fashion_mnist", "evaluate.extractor=digits-classifier", "evaluate.reference=test",
                "evaluate.reference_size=200", "generate.num_samples=40", "generate.shard_size=20", "train.steps=40",
                "train.checkpoint_every=40"]
@@ -195,7 +195,7 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
     fid = {json.dumps(row["group"]): row["fid"]["mean"] for row in table["rows"]}
     real, untrained = fid['{"anchor": "real"}'], fid['{"anchor": "untrained"}']
     print(f"FID (digits classifier, N=40 vs 200 test images): {fid}")
-    assert real < fid['{"schedule": "geometric"}'] < untrained and real < fid['{"schedule": "linear"}'] < untrained
+    assert real < fid['{"arm": "geometric"}'] < untrained and real < fid['{"arm": "linear"}'] < untrained
     report = json.loads((out / "cells" / "anchor-real_seed-0" / "samples" / "metrics.json").read_text())
     assert report["n"] == 40 and report["n_reference"] == 200 and report["reference_split"] == "test"
     manifest = json.loads((out / "cells" / "anchor-real_seed-0" / "samples" / "manifest.json").read_text())

@@ -76,7 +76,7 @@ def test_sweep_of_three_schedules_and_two_seeds_reaches_the_table(cluster, tmp_p
     result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", *SWEEP)
     print(f"slurm sweep 3 schedules x 2 seeds: {time.time() - start:.1f} s")
     table = json.loads((out / "table.json").read_text())
-    assert [(row["group"]["schedule"], row["seeds_done"]) for row in table["rows"]] == [
+    assert [(row["group"]["arm"], row["seeds_done"]) for row in table["rows"]] == [
         ("geometric", 2), ("linear", 2), ("snr", 2)]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and set(summary["jobs"]) == {"train", "sample", "aggregate"}
@@ -109,19 +109,19 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
     long = [*SWEEP, "train.steps=2000", "train.checkpoint_every=100", "train.log_every=10"]
     out = tmp_path / "sweep"
     process = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--wait",
-                                "--out", str(out), "--schedules", "geometric", "--seeds", "0", *long],
+                                "--out", str(out), "--arms", "geometric", "--seeds", "0", *long],
                                env={**os.environ, **cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     if interruption == "USR2 warning":  # what Slurm sends --signal-delay-s before the time limit
-        status = running_training(out, "schedule-geometric_seed-0", min_step=30)
+        status = running_training(out, "arm-geometric_seed-0", min_step=30)
         command = ["scancel", "--signal=USR2", status["job_id"]]
     else:  # a requeue from outside, e.g. an admin or a node failure: SIGTERM, then SIGKILL
-        status = running_training(out, "schedule-geometric_seed-0", min_step=120)
+        status = running_training(out, "arm-geometric_seed-0", min_step=120)
         command = ["scontrol", "requeue", status["job_id"]]
     subprocess.run(command, env={**os.environ, **cluster}, check=True)
     stdout, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
-    final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    final = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     assert final["state"] == "done" and final["attempts"] == 2
     log = Path(status["log"]).with_suffix(".out").read_text()  # prints; status["log"] is the .err (progress bars)
     assert "resumed from" in log
@@ -139,7 +139,7 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
         str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={reference}"],
         capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stderr[-3000:]
-    interrupted, uninterrupted = ema_of(out / "train" / "schedule-geometric_seed-0"), ema_of(reference)
+    interrupted, uninterrupted = ema_of(out / "train" / "arm-geometric_seed-0"), ema_of(reference)
     assert interrupted["step"] == uninterrupted["step"] == 2000
     for key, value in uninterrupted["ema"].items():
         if isinstance(value, torch.Tensor):
@@ -148,14 +148,14 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
 
 def test_a_failing_task_is_reported_while_its_siblings_finish(cluster, tmp_path):
     out = tmp_path / "sweep"
-    bad = out / "train" / "schedule-linear_seed-0"
+    bad = out / "train" / "arm-linear_seed-0"
     bad.mkdir(parents=True)
     (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
-    result = sweep(cluster, out, "--schedules", "geometric,linear", "--seeds", "0", *SWEEP, check=False)
+    result = sweep(cluster, out, "--arms", "geometric,linear", "--seeds", "0", *SWEEP, check=False)
     assert result.returncode == 1
     assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == [
-        "sample/schedule-linear_seed-0", "train/schedule-linear_seed-0"]
-    failed = json.loads((out / "status" / "train" / "schedule-linear_seed-0.json").read_text())
+        "sample/arm-linear_seed-0", "train/arm-linear_seed-0"]
+    failed = json.loads((out / "status" / "train" / "arm-linear_seed-0.json").read_text())
     assert "another config" in failed["error"] and Path(failed["log"]).is_file()
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert rows[0]["seeds_done"] == 1 and rows[1]["problems"][0].startswith("seed 0: failed")
@@ -163,11 +163,11 @@ def test_a_failing_task_is_reported_while_its_siblings_finish(cluster, tmp_path)
 
 def test_training_spans_two_nodes(cluster, tmp_path):
     out = tmp_path / "sweep"
-    sweep(cluster, out, "--schedules", "geometric", "--seeds", "0", "--nodes", "2", "--tasks-per-node", "1", *SWEEP)
-    run = out / "train" / "schedule-geometric_seed-0"
+    sweep(cluster, out, "--arms", "geometric", "--seeds", "0", "--nodes", "2", "--tasks-per-node", "1", *SWEEP)
+    run = out / "train" / "arm-geometric_seed-0"
     meta = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("meta.json").read_text())
     assert meta["world_size"] == 2
-    status = json.loads((out / "status" / "sample" / "schedule-geometric_seed-0.json").read_text())
+    status = json.loads((out / "status" / "sample" / "arm-geometric_seed-0.json").read_text())
     assert status["state"] == "done"
 
 
@@ -194,7 +194,7 @@ def test_plain_sbatch_templates_train_on_two_nodes_then_sample_and_evaluate(clus
 # The control plane on a real cluster -----------------------------------------------------------
 
 LONG = [*SWEEP, "train.steps=2500", "train.checkpoint_every=200", "train.log_every=10"]
-ONE = ["--schedules", "geometric", "--seeds", "0"]
+ONE = ["--arms", "geometric", "--seeds", "0"]
 
 
 def launch(cluster: dict, out: Path, *args: str) -> subprocess.Popen:
@@ -209,7 +209,7 @@ def squeue(cluster: dict) -> list[str]:
     return listed.stdout.split()
 
 
-def status_of(out: Path, stage: str = "train", name: str = "schedule-geometric_seed-0") -> dict:
+def status_of(out: Path, stage: str = "train", name: str = "arm-geometric_seed-0") -> dict:
     return json.loads((out / "status" / stage / f"{name}.json").read_text())
 
 
@@ -242,10 +242,10 @@ def test_extra_axes_run_to_the_table_with_every_task_started_by_the_python_comma
     wrapper = tmp_path / "exec-in-image"
     wrapper.write_text(f'#!/bin/sh\necho "$*" >> {noted}\nexec "$@"\n')
     wrapper.chmod(0o755)
-    result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", "--axis",
+    result = sweep(cluster, out, "--arms", "geometric,linear,snr", "--seeds", "0,1", "--axis",
                    "data.image_size=8,16", "--python", f"{wrapper} {sys.executable}", *SWEEP)
     rows = json.loads((out / "table.json").read_text())["rows"]
-    assert [(row["group"]["schedule"], row["group"]["data.image_size"], row["seeds_done"]) for row in rows] == [
+    assert [(row["group"]["arm"], row["group"]["data.image_size"], row["seeds_done"]) for row in rows] == [
         (arm, size, 2) for arm in ("geometric", "linear", "snr") for size in (8, 16)]
     assert json.loads(result.stdout.strip().splitlines()[-1])["failed"] == []
     assert len(list((out / "train").iterdir())) == 8  # snr shares the geometric networks
@@ -258,12 +258,12 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
     out = tmp_path / "sweep"
     first = launch(cluster, out, *ONE, *LONG)
     assert first.wait(timeout=120) == 0, first.stderr.read()
-    running = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+    running = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
                        and status_of(out)["progress"] is not None and status_of(out),
                        what="the training start", show=lambda: status_of(out))
     names = subprocess.run(["squeue", "-h", "-o", "%j"], env={**os.environ, **cluster}, capture_output=True,
                            text=True).stdout.split()
-    assert "ncsn:sweep:train:schedule-geometric_seed-0" in names  # each task names its cell in squeue
+    assert "ncsn:sweep:train:arm-geometric_seed-0" in names  # each task names its cell in squeue
     # While the jobs are live, the same command attaches instead of submitting again.
     again = sweep(cluster, out, *ONE, *LONG, wait=False)
     assert "attaching to them instead of submitting again" in again.stdout
@@ -299,13 +299,13 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
 def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, undisturbed, tmp_path):
     out = tmp_path / "sweep"
     waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
-    running = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+    running = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
                        and status_of(out)["state"] == "running" and status_of(out),
                        what="the training start", show=lambda: status_of(out))
     os.kill(running["pid"], signal.SIGKILL)  # an OOM kill: nothing is written
     stdout, stderr = waiting.communicate(timeout=300)
     assert waiting.returncode == 1, stdout[-2000:] + stderr[-2000:]
-    assert "train/schedule-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["failed"]
+    assert "train/arm-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["failed"]
     assert re.search(r"^\d\d:\d\d:\d\d train: 1 \w+; sample: 1 \w+; aggregate: 1 \w+; \d job\(s\) live; cancel: ",
                      stdout, re.M)  # --wait's one-line progress
     lines = sweep(cluster, out, "--status").stdout.splitlines()
@@ -320,8 +320,8 @@ def test_a_failed_node_requeues_its_job_which_resumes_elsewhere(cluster, undistu
     waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
     # Keyed on the checkpoint folder itself, not on the status file's progress: that is refreshed every 30 s, and a
     # machine that trains the 2,500 steps faster than that would never show it (CI did, once).
-    checkpoints = out / "train" / "schedule-geometric_seed-0" / "checkpoints"
-    wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+    checkpoints = out / "train" / "arm-geometric_seed-0" / "checkpoints"
+    wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
              and status_of(out)["state"] == "running" and any(checkpoints.glob("step-*")),
              what="the first checkpoint", show=lambda: status_of(out))
     nodes = subprocess.run(["squeue", "-h", "-o", "%N", "-t", "running"], env={**os.environ, **cluster},
@@ -344,7 +344,7 @@ def test_requeues_beyond_the_cap_fail_the_task_with_the_reason(cluster, tmp_path
     assert launch(cluster, out, *ONE, "--max-requeues", "1", *LONG).wait(timeout=120) == 0
     env = {**os.environ, **cluster}
     for attempt in (1, 2):  # the time-limit warning, twice
-        job = wait_for(lambda: (out / "status/train/schedule-geometric_seed-0.json").is_file()
+        job = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
                        and status_of(out)["state"] == "running" and status_of(out)["attempts"] == attempt
                        and status_of(out)["job_id"], what=f"attempt {attempt}", show=lambda: status_of(out))
         subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)

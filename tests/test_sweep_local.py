@@ -45,13 +45,13 @@ def summary(result: subprocess.CompletedProcess) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("sweep") / "sweep"
-    return out, sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
+    return out, sweep(out, "--arms", "geometric,linear,snr", "--seeds", "0,1")
 
 
 def test_sweep_runs_every_cell_to_the_table(finished):
     out, result = finished
     table = json.loads((out / "table.json").read_text())
-    assert [row["group"]["schedule"] for row in table["rows"]] == ["geometric", "linear", "snr"]
+    assert [row["group"]["arm"] for row in table["rows"]] == ["geometric", "linear", "snr"]
     assert all(row["seeds_done"] == 2 and row["n_per_cell"] == 20 for row in table["rows"])
     assert all(row["fid"]["ci95"] is not None and row["fid"]["mean"] > 0 for row in table["rows"])
     assert "| snr | 2/2 | 20 |" in result.stdout
@@ -62,17 +62,17 @@ def test_sweep_runs_every_cell_to_the_table(finished):
 def test_the_snr_arm_samples_the_geometric_network(finished):
     out, _ = finished
     assert sorted(p.name for p in (out / "train").iterdir()) == [
-        "schedule-geometric_seed-0", "schedule-geometric_seed-1", "schedule-linear_seed-0", "schedule-linear_seed-1"]
-    attrs = read_shard(out / "cells" / "schedule-snr_seed-1" / "samples" / "shard-00000.h5")[2]
+        "arm-geometric_seed-0", "arm-geometric_seed-1", "arm-linear_seed-0", "arm-linear_seed-1"]
+    attrs = read_shard(out / "cells" / "arm-snr_seed-1" / "samples" / "shard-00000.h5")[2]
     assert attrs["arm"] == "snr" and attrs["seed"] == 1
-    assert attrs["run"] == "../../../train/schedule-geometric_seed-1"  # relative: the folder may move
+    assert attrs["run"] == "../../../train/arm-geometric_seed-1"  # relative: the folder may move
 
 
 def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
     out, _ = finished
     table = (out / "table.json").read_bytes()
     logs = sorted(p.name for p in (out / "logs").iterdir())
-    again = summary(sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1"))
+    again = summary(sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1"))  # the same flag
     assert set(again["seconds"]) == {"train", "sample", "aggregate"} and again["failed"] == {}
     new_logs = sorted(set(p.name for p in (out / "logs").iterdir()) - set(logs))
     assert len(new_logs) == 1  # only the aggregation ran again
@@ -81,35 +81,35 @@ def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
 
 def test_a_different_sweep_in_the_same_folder_is_refused(finished):
     out, _ = finished
-    result = sweep(out, "--schedules", "geometric", "--seeds", "0,1", check=False)
+    result = sweep(out, "--arms", "geometric", "--seeds", "0,1", check=False)
     assert result.returncode != 0 and "holds another sweep" in result.stderr
 
 
 def test_status_lists_every_task(finished):
     out, _ = finished
-    lines = sweep(out, "--status", "--schedules", "geometric,linear,snr", "--seeds", "0,1").stdout.splitlines()
+    lines = sweep(out, "--status", "--arms", "geometric,linear,snr", "--seeds", "0,1").stdout.splitlines()
     assert len(lines) == 1 + 4 + 6 + 1 and all(" done " in line for line in lines[1:])
 
 
 def test_a_failed_training_fails_its_cells_and_spares_the_others(tmp_path):
     out = tmp_path / "sweep"
-    bad = out / "train" / "schedule-linear_seed-0"
+    bad = out / "train" / "arm-linear_seed-0"
     bad.mkdir(parents=True)
     (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
-    result = sweep(out, "--schedules", "geometric,linear", "--seeds", "0", check=False)
+    result = sweep(out, "--arms", "geometric,linear", "--seeds", "0", check=False)
     assert result.returncode == 1
-    assert summary(result)["failed"] == {"sample": ["schedule-linear_seed-0"], "train": ["schedule-linear_seed-0"]}
+    assert summary(result)["failed"] == {"sample": ["arm-linear_seed-0"], "train": ["arm-linear_seed-0"]}
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert rows[0]["seeds_done"] == 1 and rows[0]["problems"] == []
     assert rows[1]["seeds_done"] == 0 and "another config" in rows[1]["problems"][0]
-    status = sweep(out, "--status", "--schedules", "geometric,linear", "--seeds", "0").stdout
+    status = sweep(out, "--status", "--arms", "geometric,linear", "--seeds", "0").stdout
     assert "failed" in status and "log:" in status
 
 
 def test_debug_cluster_runs_everything_in_one_process(tmp_path):
     out = tmp_path / "sweep"
-    result = sweep(out, "--cluster", "debug", "--schedules", "linear", "--seeds", "3")
-    assert "[train] schedule-linear_seed-3: done" in result.stdout
+    result = sweep(out, "--cluster", "debug", "--arms", "linear", "--seeds", "3")
+    assert "[train] arm-linear_seed-3: done" in result.stdout
     statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
     assert len(statuses) == 3 and all(s["state"] == "done" for s in statuses)
     assert len({s["pid"] for s in statuses}) == 1  # submitit's DebugExecutor: all in the sweep's own process
@@ -130,7 +130,7 @@ def container_like(folder: Path) -> tuple[str, Path]:
 def test_every_local_task_starts_through_the_python_command(tmp_path):
     python, noted = container_like(tmp_path)
     out = tmp_path / "sweep"
-    result = sweep(out, "--python", python, "--schedules", "linear", "--seeds", "3")
+    result = sweep(out, "--python", python, "--arms", "linear", "--seeds", "3")
     assert result.stdout.startswith(f"tasks start with: {python} → {sys.executable}: hpc_ncsn ")
     started = noted.read_text().splitlines()
     assert started[0].startswith(f"{sys.executable} -c ")  # the check before anything ran
@@ -161,30 +161,30 @@ def test_local_tasks_run_side_by_side_with_the_cpus_shared_among_them(finished):
 
 def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go_on(tmp_path):
     out = tmp_path / "sweep"
-    bad = out / "train" / "schedule-linear_seed-0"
+    bad = out / "train" / "arm-linear_seed-0"
     bad.mkdir(parents=True)
     (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
-    result = sweep(out, "--cluster", "debug", "--schedules", "geometric,linear", "--seeds", "0", check=False)
+    result = sweep(out, "--cluster", "debug", "--arms", "geometric,linear", "--seeds", "0", check=False)
     assert result.returncode == 1
-    assert summary(result)["failed"] == {"sample": ["schedule-linear_seed-0"], "train": ["schedule-linear_seed-0"]}
+    assert summary(result)["failed"] == {"sample": ["arm-linear_seed-0"], "train": ["arm-linear_seed-0"]}
     assert json.loads((out / "table.json").read_text())["rows"][0]["seeds_done"] == 1
 
 
 def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
     out = tmp_path / "sweep"
-    args = ("--schedules", "geometric", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
+    args = ("--arms", "geometric", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
     first = sweep(out, *args)
     assert summary(first)["failed"] == {}
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert [row["group"] for row in rows] == [
-        {"schedule": "geometric", "sampler.steps_per_level": 1, "data.channels": 1},
-        {"schedule": "geometric", "sampler.steps_per_level": 2, "data.channels": 1}]
+        {"arm": "geometric", "sampler.steps_per_level": 1, "data.channels": 1},
+        {"arm": "geometric", "sampler.steps_per_level": 2, "data.channels": 1}]
     assert all(row["seeds_done"] == 1 for row in rows)
     assert len(list((out / "train").iterdir())) == 1  # the sampler axis shares one training
     assert summary(sweep(out, *args))["failed"] == {}
 
 
-LONG = ("--schedules", "geometric", "--seeds", "0", "train.steps=300", "train.checkpoint_every=20",
+LONG = ("--arms", "geometric", "--seeds", "0", "train.steps=300", "train.checkpoint_every=20",
         "train.log_every=10")
 
 
@@ -195,8 +195,8 @@ def start(out: Path, *args: str) -> subprocess.Popen:
 
 def training_status(out: Path, min_step: int, timeout: float = 300) -> dict:
     """The training task's status once it runs and has logged `min_step`."""
-    status, metrics = out / "status" / "train" / "schedule-geometric_seed-0.json", \
-        out / "train" / "schedule-geometric_seed-0" / "metrics.jsonl"
+    status, metrics = out / "status" / "train" / "arm-geometric_seed-0.json", \
+        out / "train" / "arm-geometric_seed-0" / "metrics.jsonl"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if status.is_file() and metrics.is_file():
@@ -229,17 +229,17 @@ def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_fi
     finally:
         first.kill()
     assert first.returncode == 1
-    assert "[train] schedule-geometric_seed-0: CANCELLED (stop requested (SIGTERM) at step " in stdout
-    final = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    assert "[train] arm-geometric_seed-0: CANCELLED (stop requested (SIGTERM) at step " in stdout
+    final = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     assert final["state"] == "cancelled" and "SIGTERM" in final["error"] and final["pid"] == status["pid"]
-    assert json.loads((out / "status" / "sample" / "schedule-geometric_seed-0.json").read_text())["state"] == \
+    assert json.loads((out / "status" / "sample" / "arm-geometric_seed-0.json").read_text())["state"] == \
         "cancelled"
     lines = sweep(out, "--status").stdout.splitlines()
-    assert lines[1].split()[:3] == ["train", "schedule-geometric_seed-0", "cancelled"]
+    assert lines[1].split()[:3] == ["train", "arm-geometric_seed-0", "cancelled"]
     # A rerun resumes from the checkpoint saved at the cancel and ends with the undisturbed numbers.
     again = sweep(out, *LONG)
     assert summary(again)["failed"] == {}
-    resumed = json.loads((out / "status" / "train" / "schedule-geometric_seed-0.json").read_text())
+    resumed = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     log = Path(resumed["log"])  # the .err file, where the progress bar is; prints go to the .out beside it
     assert log.suffix == ".err" and "train:" in log.read_text()
     assert resumed["state"] == "done" and resumed["attempts"] == 2 and "resumed from" in log.with_suffix(".out").read_text()
@@ -271,23 +271,54 @@ def test_a_moved_sweep_folder_resumes_without_redrawing_its_shards(finished, tmp
     out, _ = finished
     moved = tmp_path / "elsewhere" / "sweep"
     shutil.copytree(out, moved)
-    cell = moved / "cells" / "schedule-snr_seed-0" / "samples"
-    (moved / "status" / "sample" / "schedule-snr_seed-0.json").unlink()  # this cell's sampling runs again
+    cell = moved / "cells" / "arm-snr_seed-0" / "samples"
+    (moved / "status" / "sample" / "arm-snr_seed-0.json").unlink()  # this cell's sampling runs again
     (cell / "metrics.json").unlink()
     shards = {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")}
-    again = sweep(moved, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
-    assert summary(again)["failed"] == {} and "[sample] schedule-snr_seed-0: done" in again.stdout
+    again = sweep(moved, "--arms", "geometric,linear,snr", "--seeds", "0,1")
+    assert summary(again)["failed"] == {} and "[sample] arm-snr_seed-0: done" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")} == shards  # kept, not redrawn
     assert json.loads((moved / "table.json").read_text())["rows"] == json.loads((out / "table.json").read_text())["rows"]
 
 
+def test_a_sweep_made_before_the_arm_rename_resumes_where_it_is(finished, tmp_path):
+    """An older sweep folder: its axis was `schedule` in sweep.json, its cells, runs and status files were named
+    schedule-<arm>_seed-<n>. Built here by renaming a finished sweep's back; the documented command resumes it."""
+    import shutil
+
+    out, _ = finished
+    old = tmp_path / "old" / "sweep"
+    shutil.copytree(out, old)
+    for folder in [old / "cells", old / "train", *(old / "status").iterdir()]:
+        for path in folder.iterdir():
+            path.rename(path.with_name(path.name.replace("arm-", "schedule-", 1)))
+    record = json.loads((old / "sweep.json").read_text())
+    record["axes"] = [["schedule" if key == "arm" else key, values] for key, values in record["axes"]]
+    (old / "sweep.json").write_text(json.dumps(record))
+    for status in (old / "status").rglob("*.json"):
+        status.write_text(status.read_text().replace('"arm-', '"schedule-'))
+    (old / "status" / "sample" / "schedule-snr_seed-0.json").unlink()  # this cell's scoring runs again
+    (old / "cells" / "schedule-snr_seed-0" / "samples" / "metrics.json").unlink()
+    for table in old.glob("table.*"):
+        table.unlink()
+    again = sweep(old, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
+    assert summary(again)["failed"] == {} and "[train]" not in again.stdout  # every training is done
+    assert "[sample] schedule-snr_seed-0: done" in again.stdout  # the one cell not done, under its own name
+    table = json.loads((old / "table.json").read_text())
+    assert table["rows"] == json.loads((out / "table.json").read_text())["rows"]  # rows keyed by "arm"
+    assert [cell["name"] for cell in table["cells"]][:2] == ["schedule-geometric_seed-0", "schedule-geometric_seed-1"]
+    assert json.loads((old / "sweep.json").read_text()) == record  # read as migrated, never rewritten
+    status = sweep(old, "--status").stdout.splitlines()
+    assert all(line.split()[2] == "done" for line in status[1:]), status
+
+
 def test_fid_over_training_scores_every_snapshot_of_each_cell_and_the_table_names_the_best_step(tmp_path):
     out = tmp_path / "sweep"
-    result = sweep(out, "--schedules", "geometric,snr", "--seeds", "0", "train.steps=4", "train.eval_every=2",
+    result = sweep(out, "--arms", "geometric,snr", "--seeds", "0", "train.steps=4", "train.eval_every=2",
                    "train.eval_samples=20", "train.keep_checkpoints=1")
-    snapshots = out / "train" / "schedule-geometric_seed-0" / "snapshots"
+    snapshots = out / "train" / "arm-geometric_seed-0" / "snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["step-00000002", "step-00000004"]  # never rotated
-    for cell in ("schedule-geometric_seed-0", "schedule-snr_seed-0"):
+    for cell in ("arm-geometric_seed-0", "arm-snr_seed-0"):
         curve = json.loads((out / "cells" / cell / "over_training" / "fid_vs_step.json").read_text())
         assert [point["step"] for point in curve] == [2, 4] and all(point["n"] == 20 for point in curve)
         # The last snapshot is the final EMA, drawn with the same seed and N: the cell's own samples and FID.
@@ -296,9 +327,9 @@ def test_fid_over_training_scores_every_snapshot_of_each_cell_and_the_table_name
             folder = out / "cells" / cell / "over_training" / f"step-0000000{point['step']}"
             assert json.loads((folder / "metrics.json").read_text())["fid"] == point["fid"]
             assert read_shard(folder / "shard-00000.h5")[2]["checkpoint_step"] == point["step"]
-    snr = json.loads((out / "cells" / "schedule-snr_seed-0" / "over_training" / "step-00000004" / "metrics.json")
+    snr = json.loads((out / "cells" / "arm-snr_seed-0" / "over_training" / "step-00000004" / "metrics.json")
                      .read_text())
-    geometric = json.loads((out / "cells" / "schedule-geometric_seed-0" / "over_training" / "step-00000004" /
+    geometric = json.loads((out / "cells" / "arm-geometric_seed-0" / "over_training" / "step-00000004" /
                             "metrics.json").read_text())
     assert snr["fid"] != geometric["fid"]  # one network, each cell's own sampler
     rows = json.loads((out / "table.json").read_text())["rows"]

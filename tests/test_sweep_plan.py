@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from hpc_ncsn.config import ConfigError, load_config
-from hpc_ncsn.sweep.jobs import sbatch_text, slurm_parameters
-from hpc_ncsn.sweep.launch import add_arguments
+from hpc_ncsn.sweep.launch import add_arguments, slurm_options
 from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
+from hpc_ncsn.sweep.slurm import SlurmOptions, sbatch_text, slurm_parameters
 from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,18 +20,18 @@ DEBUG = ROOT / "configs" / "debug.yaml"
 
 
 def spec(**axes) -> SweepSpec:
-    return SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear", "snr"], "seed": [0, 1], **axes})
+    return SweepSpec.from_config(DEBUG, {"arm": ["geometric", "linear", "snr"], "seed": [0, 1], **axes})
 
 
 def test_the_snr_arm_and_sampler_axes_share_the_trainings_they_do_not_change(tmp_path):
     sweep = plan(spec(**{"sampler.steps_per_level": [3, 5]}), tmp_path)
     assert len(sweep.sample) == 12 and len(sweep.train) == 4  # (geometric, linear) × 2 seeds
     by_name = {task.name: task for task in sweep.sample}
-    snr = by_name["schedule-snr_seed-1_sampler.steps_per_level-5"]
-    assert snr.train.name == "schedule-geometric_seed-1_sampler.steps_per_level-3"
+    snr = by_name["arm-snr_seed-1_sampler.steps_per_level-5"]
+    assert snr.train.name == "arm-geometric_seed-1_sampler.steps_per_level-3"
     assert snr.config["sampler"]["step_rule"] == "snr" and snr.config["sampler"]["steps_per_level"] == 5
     assert snr.train.config["train"]["out_dir"] == str(tmp_path / "train" / snr.train.name)
-    assert snr.seed == 1 and snr.group == (("schedule", "snr"), ("sampler.steps_per_level", 5))
+    assert snr.seed == 1 and snr.group == (("arm", "snr"), ("sampler.steps_per_level", 5))
     assert "sampler.steps_per_level=5" in snr.sampling_overrides()
 
 
@@ -58,9 +58,9 @@ def test_a_plan_read_back_from_sweep_json_names_every_task_as_the_launcher_did(t
     first = plan(original, tmp_path)
     assert [t.name for t in again.train] == [t.name for t in first.train]
     assert [t.name for t in again.sample] == [t.name for t in first.sample]
-    assert first.sample[0].name == "schedule-geometric_seed-0_data.image_size-8_model.base_channels-8"
+    assert first.sample[0].name == "arm-geometric_seed-0_data.image_size-8_model.base_channels-8"
     assert SweepSpec.load(tmp_path).differences(original) == []
-    reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "schedule": ["geometric", "linear", "snr"],
+    reordered = SweepSpec.from_config(DEBUG, {"seed": [0, 1], "arm": ["geometric", "linear", "snr"],
                                               "data.image_size": [8, 16], "model.base_channels": [8]})
     assert reordered.differences(original)
 
@@ -88,6 +88,17 @@ def test_tasks_travel_to_jobs_as_objects():
     assert isinstance(sweep.train[0], TrainTask) and isinstance(sweep.sample[0], SampleTask)
 
 
+def test_a_pickled_task_brings_only_the_task_records_along(tmp_path):
+    """A job unpickles its task: that imports the records' module, not the status store, the table writer
+    or the bodies (hpc_ncsn.sweep.work)."""
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps(plan(spec(), tmp_path).sample[0]))
+    probe = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
+             "print(sorted(m for m in sys.modules if m.startswith('hpc_ncsn.sweep')))")
+    loaded = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "task.pkl")], capture_output=True,
+                            text=True, check=True).stdout
+    assert loaded.strip() == "['hpc_ncsn.sweep', 'hpc_ncsn.sweep.tasks']"
+
+
 def test_cells_that_would_share_a_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"would share the folder .*give the axis values that differ"):
         plan(spec(**{"data.data_root": ["a/b", "ab"]}), tmp_path)
@@ -95,7 +106,7 @@ def test_cells_that_would_share_a_folder_are_refused(tmp_path):
 
 def test_a_repeated_axis_value_is_refused():
     with pytest.raises(ConfigError, match=r"axis 'seed' repeats a value: \[0, 0\]"):
-        SweepSpec.from_config(DEBUG, {"schedule": ["geometric"], "seed": [0, 0]})
+        SweepSpec.from_config(DEBUG, {"arm": ["geometric"], "seed": [0, 0]})
 
 
 GOLDEN_TRAIN_SBATCH = """#!/bin/bash
@@ -131,12 +142,20 @@ def test_the_training_array_sbatch_script_is_what_submitit_submits():
     args = parser.parse_args(["--partition", "gpu", "--gpus-per-node", "4", "--nodes", "2", "--time-train", "2880",
                               "--setup", "module load cuda", "--sbatch", "exclusive=true",
                               "--python", "apptainer exec --nv /images/hpc_ncsn.sif python"])
-    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(args, "train", "x"), 4, args.python)
+    options = slurm_options(args)
+    text = sbatch_text(Path("/sweeps/x"), slurm_parameters(options, "train", "x"), 4, options.python)
     assert text == GOLDEN_TRAIN_SBATCH.replace("\\\n", "")
 
 
+def test_slurm_options_refuse_a_malformed_sbatch_or_setup_line_when_built():
+    with pytest.raises(ConfigError, match=r"--sbatch 'exclusive': write KEY=VALUE"):
+        SlurmOptions(sbatch=("exclusive",))
+    with pytest.raises(ConfigError, match=r"--setup .*: give each command as its own --setup"):
+        SlurmOptions(setup=("module load cuda\nrm -rf /",))
+
+
 def test_anchors_are_one_row_per_seed_and_travel_in_sweep_json(tmp_path):
-    fashion = SweepSpec.from_config(DEBUG, {"schedule": ["geometric", "linear"], "seed": [0, 3]},
+    fashion = SweepSpec.from_config(DEBUG, {"arm": ["geometric", "linear"], "seed": [0, 3]},
                                     ("data.name=fashion_mnist", "evaluate.reference=test"), ("real", "untrained"))
     sweep = plan(fashion, tmp_path)
     anchors = [task for task in sweep.sample if task.train is None]
@@ -211,3 +230,65 @@ def test_the_container_recipes_copy_files_that_exist_and_install_an_extra_the_pa
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for recipe in (definition, dockerfile):
         assert "pip install --no-cache-dir '/opt/hpc_ncsn[deepspeed]'" in recipe and "deepspeed" in extras
+
+
+def test_a_sweep_json_from_before_the_arm_rename_is_read_as_migrated_and_keeps_its_cell_names(tmp_path):
+    new = spec()
+    record = json.loads(new.to_json())
+    assert [key for key, _ in record["axes"]] == ["arm", "seed"]
+    record["axes"] = [["schedule", values] if key == "arm" else [key, values] for key, values in record["axes"]]
+    old = SweepSpec.from_json(json.dumps(record))
+    assert list(old.axes) == ["arm", "seed"] and old.differences(new) == []  # the same sweep
+    assert [task.name for task in plan(old, tmp_path).sample][:2] == ["schedule-geometric_seed-0",
+                                                                       "schedule-geometric_seed-1"]
+    assert plan(old, tmp_path).sample[0].group == (("arm", "geometric"),)
+    assert [task.name for task in plan(new, tmp_path).sample][:2] == ["arm-geometric_seed-0", "arm-geometric_seed-1"]
+    assert [task.name for task in plan(new.named_like(old), tmp_path).train] == [task.name for task in
+                                                                                 plan(old, tmp_path).train]
+
+
+@pytest.mark.parametrize("status", [75, 143, 0, 1])
+def test_the_sbatch_scripts_requeue_a_run_stopped_at_usr2_only(status):
+    """slurm/common.sh's requeue_if_stopped: exit 75 (saved at USR2) requeues, 143 (saved at SIGTERM: scancel)
+    and any other status does not (hpc_ncsn.preemption's codes)."""
+    from hpc_ncsn.preemption import EXIT_REQUEUE, EXIT_STOPPED
+
+    assert (EXIT_REQUEUE, EXIT_STOPPED) == (75, 143)
+    script = (f"scontrol() {{ echo \"scontrol $*\"; }}; source {ROOT / 'slurm' / 'common.sh'}; "
+              f"SLURM_JOB_ID=42 requeue_if_stopped {status}")
+    said = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert said == ("preempted: requeueing job 42\nscontrol requeue 42\n" if status == 75 else "")
+
+
+HOLDER = """
+import signal, sys, time
+from hpc_ncsn.locks import FolderLock
+signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM", flush=True), sys.exit(0)))
+lock = FolderLock(sys.argv[1], "sweep", what=sys.argv[2], fields={"cluster": sys.argv[3]}).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_says(tmp_path, cluster):
+    """--cancel SIGTERMs a local sweep's launcher (it stops its tasks); it reads the lock's `cluster` field, so
+    the free text `what` (here misleading on purpose) decides nothing. A debug sweep runs in its launcher and
+    is not signalled."""
+    from hpc_ncsn.sweep.slurm import cancel
+
+    sweep = plan(spec(), tmp_path)
+    what = "launch/sweep.py --cluster slurm" if cluster == "local" else "launch/sweep.py --cluster local"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), what, cluster], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        said = cancel(tmp_path, sweep)
+        if cluster == "local":
+            assert said.startswith(f"sent SIGTERM to the local sweep (pid {holder.pid})")
+            assert holder.stdout.readline().strip() == "SIGTERM" and holder.wait(timeout=30) == 0
+        else:
+            assert said == "no job of this sweep is queued or running" and holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()

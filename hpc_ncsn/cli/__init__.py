@@ -1,7 +1,7 @@
 """`hpc-ncsn` (or `python -m hpc_ncsn`): every command of the pipeline.
 
     hpc-ncsn train --config configs/debug.yaml                          # = python train.py (accelerate launch)
-    hpc-ncsn sweep --schedules geometric,linear,snr                     # = python launch/sweep.py
+    hpc-ncsn sweep --arms geometric,linear,snr                          # = python launch/sweep.py
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
@@ -65,7 +65,7 @@ def _sweep_description() -> str:
 COMMANDS = [
     ("train", "train a score network (same as train.py; run it under accelerate launch for several processes)",
      RAW, add_train_args, cmd_train, ""),
-    ("sweep", "run a sweep: schedule × seed (× any key) → train → sample → evaluate → table (= launch/sweep.py)",
+    ("sweep", "run a sweep: arm × seed (× any key) → train → sample → evaluate → table (= launch/sweep.py)",
      RAW, None, None, None),
     ("generate", "draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)", DEFAULTS,
      add_generate_args, cmd_generate,

@@ -1,6 +1,6 @@
 """Sweep results → the ablation table (Markdown, CSV, JSON) and its plots.
 
-One row per group of cells that differ only in the seed (one schedule, for the
+One row per group of cells that differ only in the seed (one arm, for the
 noise-schedule ablation): mean, sample standard deviation and 95% confidence
 interval over seeds (Student t, n−1 degrees of freedom) of FID, KID and IS, with
 the number of samples per cell. A cell that failed, is still running or was never

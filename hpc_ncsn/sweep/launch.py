@@ -1,4 +1,4 @@
-"""Run a sweep (schedule × seed × any other config key): train → sample → evaluate → table.
+"""Run a sweep (arm × seed × any other config key): train → sample → evaluate → table.
 
 Stages, each a job array submitted with submitit, each depending on the one before:
   train      one task per distinct network (the snr arm reuses the geometric arm's network)
@@ -22,10 +22,10 @@ killed, out of memory, node failure). A rerun resumes cancelled and lost tasks.
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
-  python launch/sweep.py --cluster slurm --schedules geometric,linear,snr --seeds 0,1,2,3,4 \\
+  python launch/sweep.py --cluster slurm --arms geometric,linear,snr --seeds 0,1,2,3,4 \\
       --config configs/cifar10.yaml --partition gpu --nodes 2 --gpus-per-node 4 --time-train 2880 \\
       train.mixed_precision=bf16
-  python launch/sweep.py --schedules geometric,snr --seeds 0,1,2 train.steps=2000
+  python launch/sweep.py --arms geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
   python launch/sweep.py --status --out runs/sweep-debug
@@ -38,22 +38,22 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import ARMS, ConfigError
+from ..config import ARMS, DEBUG_CONFIG, ConfigError
 from ..errors import UserError
 from ..locks import FolderLock
-from . import jobs, scheduler
-from .jobs import todo
+from . import scheduler, slurm
+from .local import check_python, run_here
 from .plan import ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, plan
-from .status import describe, format_status
+from .slurm import SlurmOptions
+from .status import describe, format_status, todo, unfinished
 
-__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main"]
+__all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
 CLUSTERS = ("slurm", "local", "debug")
 
 
 class SweepMismatch(UserError, ValueError):
     """The sweep folder holds another sweep, or none; the message says which folder and what to do."""
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "debug.yaml"
 
 
 def _values(text: str) -> list:
@@ -65,10 +65,11 @@ def _values(text: str) -> list:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid = parser.add_argument_group("the grid")
-    grid.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+    grid.add_argument("--config", type=Path, default=DEBUG_CONFIG,
                       help="base config (default: configs/debug.yaml, digits on a CPU)")
-    grid.add_argument("--schedules", default="geometric,linear,snr",
-                      help=f"comma-separated arms, from {', '.join(ARMS)} (default: all three)")
+    grid.add_argument("--arms", "--schedules", dest="arms", default="geometric,linear,snr",
+                      help=f"comma-separated arms, from {', '.join(ARMS)} (default: all three; --schedules is "
+                           "the same flag under its earlier name)")
     grid.add_argument("--seeds", default="0,1", help="comma-separated seeds (default: 0,1)")
     grid.add_argument("--axis", action="append", default=[], metavar="KEY=V1,V2",
                       help="a further axis over any config key, e.g. sampler.steps_per_level=5,10 (repeatable)")
@@ -96,26 +97,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     slurm.add_argument("--account", help="sbatch --account")
     slurm.add_argument("--qos", help="sbatch --qos")
     slurm.add_argument("--constraint", help="sbatch --constraint, e.g. a100|h100")
-    slurm.add_argument("--time-train", type=int, default=24 * 60, help="training time limit, minutes")
-    slurm.add_argument("--time-sample", type=int, default=4 * 60, help="sampling + evaluation time limit, minutes")
-    slurm.add_argument("--nodes", type=int, default=1, help="nodes per training task")
-    slurm.add_argument("--sample-nodes", type=int, default=1, help="nodes per sampling task")
-    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (0: CPU-only jobs)")
+    slurm.add_argument("--time-train", type=int, default=SlurmOptions.time_train, help="training time limit, minutes")
+    slurm.add_argument("--time-sample", type=int, default=SlurmOptions.time_sample,
+                       help="sampling + evaluation time limit, minutes")
+    slurm.add_argument("--nodes", type=int, default=SlurmOptions.nodes, help="nodes per training task")
+    slurm.add_argument("--sample-nodes", type=int, default=SlurmOptions.sample_nodes, help="nodes per sampling task")
+    slurm.add_argument("--gpus-per-node", type=int, default=SlurmOptions.gpus_per_node,
+                       help="GPUs per node (0: CPU-only jobs)")
     slurm.add_argument("--tasks-per-node", type=int, default=None,
                        help="processes per node (default: one per GPU, else 1)")
     slurm.add_argument("--cpus-per-task", type=int, default=None, help="sbatch --cpus-per-task")
     slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
-    slurm.add_argument("--signal-delay-s", type=int, default=120,
+    slurm.add_argument("--signal-delay-s", type=int, default=SlurmOptions.signal_delay_s,
                        help="seconds before the time limit at which Slurm sends USR2 (save, requeue)")
-    slurm.add_argument("--array-parallelism", type=int, default=64, help="array tasks running at once")
+    slurm.add_argument("--array-parallelism", type=int, default=SlurmOptions.array_parallelism,
+                       help="array tasks running at once")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
                             "(repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
                        help="a line run before each task, e.g. 'module load cuda' (repeatable)")
-    slurm.add_argument("--max-requeues", type=int, default=5,
+    slurm.add_argument("--max-requeues", type=int, default=SlurmOptions.max_requeues,
                        help="requeues per task (USR2 at the time limit, node failures) before it is failed "
-                            "(default 5)")
+                            "(default %(default)s)")
     slurm.add_argument("--wait", action="store_true",
                        help="wait until every job of the sweep has left the queue, with a one-line progress "
                             "summary every --poll-s seconds, then print the table (otherwise submit and return)")
@@ -127,11 +131,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="stop the sweep's queued and running jobs (they save first); a rerun resumes them")
 
 
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    """The --cluster slurm flags as the Slurm driver's record (built once, here)."""
+    return SlurmOptions(
+        partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
+        time_train=args.time_train, time_sample=args.time_sample, nodes=args.nodes, sample_nodes=args.sample_nodes,
+        gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb, signal_delay_s=args.signal_delay_s, array_parallelism=args.array_parallelism,
+        sbatch=tuple(args.sbatch), setup=tuple(args.setup), max_requeues=args.max_requeues, python=args.python)
+
+
 def build_spec(args: argparse.Namespace) -> SweepSpec:
-    axes = {ARM_AXIS: _values(args.schedules), SEED_AXIS: _values(args.seeds)}
+    axes = {ARM_AXIS: _values(args.arms), SEED_AXIS: _values(args.seeds)}
     unknown = [arm for arm in axes[ARM_AXIS] if arm not in ARMS]
     if unknown:
-        raise ConfigError(f"--schedules: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        raise ConfigError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     for item in args.axis:
         key, sep, values = item.partition("=")
         if not sep or not values:
@@ -146,29 +160,42 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
                                  tuple(item.strip() for item in args.anchors.split(",") if item.strip()))
 
 
+def _saved_spec(root: Path) -> SweepSpec | None:
+    """The spec in the folder's sweep.json (an older one read as migrated), None if there is none yet."""
+    path = root / SPEC_FILE
+    return SweepSpec.from_json(path.read_text()) if path.is_file() else None
+
+
 def prepare_folder(root: Path, spec: SweepSpec) -> None:
     """Write sweep.json, or check that a rerun asks for the same sweep."""
-    path = root / SPEC_FILE
-    if path.is_file():
-        changes = SweepSpec.from_json(path.read_text()).differences(spec)
-        if changes:
-            raise SweepMismatch(f"{root} holds another sweep ({path}); saved → requested: " + "; ".join(changes)
-                                + "; rerun with the same config and options, or pick a new --out")
+    saved = _saved_spec(root)
+    if saved is None:
+        spec.save(root)
         return
-    spec.save(root)
+    changes = saved.differences(spec)
+    if changes:
+        raise SweepMismatch(f"{root} holds another sweep ({root / SPEC_FILE}); saved → requested: "
+                            + "; ".join(changes) + "; rerun with the same config and options, or pick a new --out")
 
 
 def print_plan(sweep: Plan) -> None:
     print(f"sweep folder: {sweep.root}")
-    print(f"train ({len(sweep.train)} tasks, {len(todo(sweep, sweep.train))} to run):")
+    print(f"train ({len(sweep.train)} tasks, {len(todo(sweep.root, sweep.train))} to run):")
     for task in sweep.train:
         print(f"  {task.name}: {task.folder}")
-    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep, sweep.sample))} to run):")
+    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep.root, sweep.sample))} to run):")
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
         print(f"  {task.name}: {source}, samples in {task.folder}")
     print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png"
           + (", fid_vs_step.png" if sweep.spec.base["train"]["eval_every"] else ""))
+
+
+def _named_like_saved(root: Path, spec: SweepSpec) -> SweepSpec:
+    """The requested spec, with the cell names of the same sweep saved in `root` (one made before the arm axis
+    had its name keeps its folders); prepare_folder refuses a different sweep."""
+    saved = _saved_spec(root)
+    return spec if saved is None or saved.differences(spec) else spec.named_like(saved)
 
 
 def _sweep_root(args: argparse.Namespace) -> Path:
@@ -183,56 +210,66 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
     root = _sweep_root(args)
     if args.status:
-        latest, _ = jobs.submitted_tasks(root)
+        latest, _ = slurm.submitted_tasks(root)
         print(format_status(describe(_saved_plan(root), scheduler.queue(), latest)))  # the saved sweep
         return 0
     if args.cancel:
-        print(jobs.cancel(root, _saved_plan(root)))
+        print(slurm.cancel(root, _saved_plan(root)))
         return 0
-    spec = build_spec(args)
+    spec = _named_like_saved(root, build_spec(args))
     sweep = plan(spec, root)
     if args.python is not None:
         if args.cluster == "debug":
             raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
                               "--cluster local or slurm, or run the launcher itself with that Python")
-        print(f"tasks start with: {jobs.check_python(args.python)}", flush=True)
-    if args.dry_run:
-        print_plan(sweep)
-        if args.cluster == "slurm":
-            for stage, tasks in sweep.stages():
-                params = jobs.slurm_parameters(args, stage, root.name)
-                if stage != sweep.stages()[0][0]:
-                    params["dependency"] = "afterany:<previous>"
-                count = len(todo(sweep, tasks))
-                print(f"--- {stage} stage: array of {count} ---\n{jobs.sbatch_text(root, params, count, args.python)}")
-        return 0
+        print(f"tasks start with: {check_python(args.python)}", flush=True)
     if args.cluster != "slurm":
+        if args.dry_run:
+            print_plan(sweep)
+            return 0
         with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
+                        fields={"cluster": args.cluster},
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
             prepare_folder(root, spec)
-            return jobs.run_here(root, sweep, args.cluster, parallel=args.local_parallel,
-                                 timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
-    jobs.check_submission(root, sweep, args)  # before anything is written
+            return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
+                            timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
+    return _on_slurm(root, spec, sweep, slurm_options(args), dry_run=args.dry_run, wait=args.wait,
+                     poll_s=args.poll_s, script=script)
+
+
+def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, *, dry_run: bool, wait: bool,
+              poll_s: float, script: str) -> int:
+    """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
+    if dry_run:
+        print_plan(sweep)
+        for stage, tasks in sweep.stages():
+            params = slurm.slurm_parameters(options, stage, root.name)
+            if stage != sweep.stages()[0][0]:
+                params["dependency"] = "afterany:<previous>"
+            count = len(todo(root, tasks))
+            print(f"--- {stage} stage: array of {count} ---\n{slurm.sbatch_text(root, params, count, options.python)}")
+        return 0
+    slurm.check_submission(root, sweep, options)  # before anything is written
     cancel_hint = f"{script} --cancel --out {root}"
-    with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)",
+    with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        live = jobs.live_jobs(root, sweep, scheduler.queue())
+        live = slurm.live_jobs(root, sweep, scheduler.queue())
         if live:
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
             prepare_folder(root, spec)
-            submitted = jobs.submit(root, sweep, args)
+            submitted = slurm.submit(root, sweep, options)
             if not submitted:
                 print("every task is done; nothing to submit")
-    if not args.wait:
+    if not wait:
         print(f"watch: {script} --status --out {root}   (or squeue --me)\ncancel: {cancel_hint}\n"
               "rerun the same command to resume what failed, was cancelled or was lost")
         return 0
-    rows = jobs.wait(root, sweep, args.poll_s, cancel_hint)
+    rows = slurm.wait(root, sweep, poll_s, cancel_hint)
     print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    unfinished = jobs.unfinished(rows)
-    latest, _ = jobs.submitted_tasks(root)
+    failed = unfinished(rows)
+    latest, _ = slurm.submitted_tasks(root)
     print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
-                                                   for stage, ids in latest.items()}, "failed": unfinished}))
-    return 1 if unfinished else 0
+                                                   for stage, ids in latest.items()}, "failed": failed}))
+    return 1 if failed else 0

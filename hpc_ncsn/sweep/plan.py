@@ -1,6 +1,6 @@
 """A sweep as data: its grid of cells, the tasks that compute them, and where everything lands.
 
-A sweep is a base config plus axes: `schedule` (an arm of hpc_ncsn.config.ARMS, which
+A sweep is a base config plus axes: `arm` (an arm of hpc_ncsn.config.ARMS, which
 sets noise.ladder and sampler.step_rule) and `seed` (train.seed) first, then any other
 config key (`sampler.steps_per_level`, `train.lr`, ...). A cell is one point of the
 grid, named after its axis values in axis order.
@@ -17,10 +17,16 @@ On disk, under the sweep folder:
     status/<stage>/<task>.json state of every task: running, done or failed (+ error, log)
     logs/                      job logs (submitit)
     table.md/.csv/.json, *.png the aggregated ablation
+
+Sweeps made before the arm axis had its name called it `schedule` (cells such as
+`schedule-geometric_seed-0`). Their sweep.json is read as the config reads old keys: the
+axis becomes `arm`, and `arm_word` keeps the word their folders were named with, so
+they resume, report and aggregate where they are without moving a file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -33,9 +39,10 @@ from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "plan", "training_identity"]
+__all__ = ["ARM_AXIS", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "plan", "training_identity"]
 
-ARM_AXIS, SEED_AXIS = "schedule", "seed"
+ARM_AXIS, SEED_AXIS = "arm", "seed"
+LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
 SPEC_FILE = "sweep.json"
 # Sections that never change the trained weights.
 SAMPLING_SECTIONS = ("sampler", "generate", "evaluate")
@@ -54,10 +61,11 @@ class Cell:
     """One point of the grid: an ordered tuple of (axis, value)."""
 
     axes: tuple[tuple[str, Any], ...]
+    arm_word: str = ARM_AXIS  # how the arm axis is spelled in the name (LEGACY_ARM_AXIS in an older sweep)
 
     @property
     def name(self) -> str:
-        parts = [f"{key}-{value}" for key, value in self.axes]
+        parts = [f"{self.arm_word if key == ARM_AXIS else key}-{value}" for key, value in self.axes]
         return re.sub(r"[^A-Za-z0-9.,=+_-]", "", "_".join(parts))
 
     @property
@@ -93,6 +101,7 @@ class SweepSpec:
     axes: dict[str, list]
     overrides: tuple[str, ...] = ()
     anchors: tuple[str, ...] = ()  # calibration rows of the table (tasks.ANCHORS), one per seed
+    arm_word: str = ARM_AXIS  # the arm axis's word in cell names: LEGACY_ARM_AXIS in a sweep made before the rename
 
     def __post_init__(self):
         if not self.axes or any(not values for values in self.axes.values()):
@@ -116,7 +125,7 @@ class SweepSpec:
 
     def cells(self) -> list[Cell]:
         keys = list(self.axes)
-        return [Cell(tuple(zip(keys, values))) for values in itertools.product(*self.axes.values())]
+        return [Cell(tuple(zip(keys, values)), self.arm_word) for values in itertools.product(*self.axes.values())]
 
     def cell_config(self, cell: Cell, *extra: str) -> dict:
         """The cell's resolved config as a plain dict (ConfigError names a bad axis key or value)."""
@@ -127,6 +136,11 @@ class SweepSpec:
                                                                         self.axes.items()],
                   "overrides": list(self.overrides)}
         return record | ({"anchors": list(self.anchors)} if self.anchors else {})  # sweeps without: as before
+
+    def named_like(self, saved: "SweepSpec") -> "SweepSpec":
+        """This spec with the cell names of `saved`, the same sweep as saved in its folder (an older sweep
+        keeps its folders' names)."""
+        return dataclasses.replace(self, arm_word=saved.arm_word)
 
     def differences(self, other: "SweepSpec") -> list[str]:
         """Human-readable differences from another spec (empty when they describe the same sweep)."""
@@ -140,13 +154,14 @@ class SweepSpec:
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
         data = json.loads(text)
-        axes = data["axes"]
+        axes = [list(item) for item in (data["axes"] if isinstance(data["axes"], list) else data["axes"].items())]
+        legacy = any(key == LEGACY_ARM_AXIS for key, _ in axes)  # made before the rename: migrate the key
+        axes = [[ARM_AXIS if key == LEGACY_ARM_AXIS else key, values] for key, values in axes]
         # Resolved again: a key added to hpc_ncsn since the sweep was saved takes its default (which keeps the
         # old behaviour), so an upgrade does not turn a sweep folder into "another sweep".
         base = config_to_dict(config_from_dict(data["base"], source=SPEC_FILE))
-        return cls(config=data["config"], base=base,
-                   axes=dict(axes) if isinstance(axes, list) else axes, overrides=tuple(data.get("overrides", ())),
-                   anchors=tuple(data.get("anchors", ())))
+        return cls(config=data["config"], base=base, axes=dict(axes), overrides=tuple(data.get("overrides", ())),
+                   anchors=tuple(data.get("anchors", ())), arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS)
 
     @classmethod
     def load(cls, root: Path) -> "SweepSpec":

@@ -35,10 +35,10 @@ from ..distributed import is_main_process
 from ..files import atomic_write
 from ..locks import pid_alive
 from ..preemption import Preempted
-from .tasks import NotRun, Task
+from .tasks import AggregateTask, NotRun, Task
 
-__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "TaskStatus", "describe", "format_status", "observe", "read_status",
-           "run_tracked", "status_path", "write_status"]
+__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "TaskStatus", "describe", "format_status", "mark_cancelled", "observe",
+           "read_status", "run_tracked", "status_path", "todo", "unfinished", "write_status"]
 
 HEARTBEAT_S = float(os.environ.get("HPC_NCSN_HEARTBEAT_S", 30))
 LOST_AFTER_S = max(5 * HEARTBEAT_S, 60.0)  # a running task that has not written for this long is lost
@@ -84,6 +84,23 @@ def read_status(root: Path, task: Task) -> TaskStatus | None:
         return None
     fields = json.loads(path.read_text())
     return TaskStatus(**{key: value for key, value in fields.items() if key in TaskStatus.__dataclass_fields__})
+
+
+def todo(root: Path, tasks: list[Task]) -> list[Task]:
+    """The tasks that are not done yet (the table is always rewritten)."""
+    return [task for task in tasks
+            if isinstance(task, AggregateTask) or (status := read_status(root, task)) is None
+            or status.state != "done"]
+
+
+def mark_cancelled(root: Path, tasks: list[Task], why: str) -> None:
+    """Record `cancelled` for tasks that never started (a running task records its own state)."""
+    for task in tasks:
+        previous = read_status(root, task)
+        if previous is None or previous.state not in ("done", "running"):
+            write_status(root, TaskStatus(task.stage, task.name, "cancelled", started=time.time(),
+                                          finished=time.time(), error=why,
+                                          attempts=previous.attempts if previous else 0))
 
 
 def _progress(root: Path, task: Task) -> dict | None:
@@ -275,3 +292,8 @@ def summary(rows: list[dict]) -> str:
                 counts[row["state"]] = counts.get(row["state"], 0) + 1
         parts.append(f"{stage}: " + ", ".join(f"{count} {state}" for state, count in counts.items()))
     return "; ".join(parts)
+
+
+def unfinished(rows: list[dict]) -> list[str]:
+    """'stage/task' of every row that ended without being done."""
+    return sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] in NOT_DONE)

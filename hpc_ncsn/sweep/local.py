@@ -1,0 +1,199 @@
+"""Run a sweep on this machine: submitit's LocalExecutor (each task its own process) or DebugExecutor (this
+process), the stages one after the other, and the check of the Python that starts the tasks (--python).
+
+While a local sweep runs, its launcher holds the sweep folder's lock with `cluster: local` in
+it; `--cancel` (hpc_ncsn.sweep.slurm.cancel) reads that field and sends the launcher SIGTERM,
+which stops the running tasks (they save and record `cancelled`) and starts no further one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ..config import ConfigError
+from ..distributed import visible_cpus
+from .plan import Plan
+from .status import mark_cancelled, read_status, todo
+from .tasks import Task
+from .work import JobOptions, job
+
+__all__ = ["check_python", "local_parallel", "run_here"]
+
+
+class _LocalCancel:
+    """While a local sweep runs, SIGTERM/SIGINT to the launcher stop its running jobs (they save and record
+    `cancelled`) and no further task starts."""
+
+    def __init__(self):
+        self.requested, self.running = False, []
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        for pid in self.running:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def __enter__(self):
+        self.saved = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+
+
+def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: JobOptions,
+              cancel: _LocalCancel | None) -> dict[str, str]:
+    """Run `tasks` with a submitit executor, up to `parallel` at a time (the next one starts as soon as one
+    ends); {task name: error} of those not done."""
+    from submitit.local.debug import DebugJob
+
+    failures, queue, running = {}, list(tasks), []
+    while queue or running:
+        while queue and len(running) < parallel and not (cancel is not None and cancel.requested):
+            task = queue.pop(0)
+            submitted = executor.submit(job, str(root), task, options)
+            running.append((task, submitted))
+            print(f"[{task.stage}] {task.name}: job {submitted.job_id}, log {submitted.paths.stderr}", flush=True)
+        if cancel is not None:
+            cancel.running = [int(j.job_id) for _, j in running if j.job_id.isdigit()]
+            if cancel.requested and queue:
+                mark_cancelled(root, queue, "the sweep was cancelled before it started")
+                failures.update({task.name: "cancelled" for task in queue})
+                queue = []
+        # A debug job runs inside result() (below); its done() would run it outside the error handling.
+        ended = [(task, submitted) for task, submitted in running
+                 if isinstance(submitted, DebugJob) or submitted.done()]
+        if not ended:
+            time.sleep(0.2)
+        for task, submitted in ended:
+            running.remove((task, submitted))
+            try:
+                submitted.result()
+                print(f"[{task.stage}] {task.name}: done", flush=True)
+            except Exception as error:  # noqa: BLE001 - a failed task is reported, its siblings go on
+                status = read_status(root, task)  # the task's own words (submitit's are its traceback's tail)
+                text = str(error).strip()
+                failures[task.name] = (status.error if status is not None and status.error else
+                                       text.splitlines()[-1] if text else repr(error))
+                state = status.state if status is not None and status.state == "cancelled" else "failed"
+                print(f"[{task.stage}] {task.name}: {state.upper()} ({failures[task.name]}); log "
+                      f"{submitted.paths.stderr}", flush=True)
+    return failures
+
+
+def local_parallel(requested: int | None) -> int:
+    """Tasks at once for --cluster local: as asked, else one per CPU (at most 8) on a machine without a GPU
+    and 1 with one (the tasks would share it).
+
+    On a CPU, one thread per task beats all threads on one task: a small network's operators do not
+    split well over threads, and a single-threaded task loses only its share of the cores to another
+    program, where a task with an OpenMP team slows down several times (each team waits for its
+    slowest thread). Measured on the README's 2-core machine: see its Sweeps section.
+    """
+    if requested is not None:
+        return max(1, requested)
+    import torch
+
+    return 1 if torch.cuda.is_available() else min(visible_cpus(), 8)
+
+
+def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = None, timeout_min: int = 24 * 60,
+             max_requeues: int = 5, python: str | None = None) -> int:
+    """--cluster local or debug: the stages one after the other on this machine; prints the table.
+
+    Local tasks run `local_parallel(parallel)` at a time, each with that share of this machine's CPUs
+    for its threads, each started by `python` (a command line; default: this interpreter).
+    """
+    import submitit
+
+    if cluster == "local":
+        executor = submitit.LocalExecutor(folder=root / "logs" / "%j", python=python)
+        executor.update_parameters(timeout_min=timeout_min)
+        parallel = local_parallel(parallel)
+        # The share does not depend on how many tasks are left: a rerun of one cell computes with the
+        # threads its siblings had, so it reproduces their numbers (float rounding follows the thread count).
+        options = JobOptions(cpus=max(1, visible_cpus() // parallel), max_requeues=max_requeues)
+    else:
+        executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
+        parallel, options = 1, JobOptions(max_requeues=max_requeues)
+    started = time.time()
+    timings, failures = {}, {}
+    with _LocalCancel() if cluster == "local" else _NoCancel() as cancel:
+        for stage, tasks in sweep.stages():
+            t0 = time.time()
+            pending = todo(root, tasks)
+            if pending:
+                failures[stage] = _run_jobs(executor, root, pending, parallel, options,
+                                            cancel if cluster == "local" else None)
+            timings[stage] = round(time.time() - t0, 1)
+    _remove_if_empty(root / "logs" / "%j")
+    print()
+    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
+    print(json.dumps({"sweep": str(root), "seconds": timings, "total_seconds": round(time.time() - started, 1),
+                      "failed": {stage: sorted(names) for stage, names in failures.items() if names}}))
+    return 1 if any(failures.values()) else 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """submitit's local job controller creates its folder pattern literally (logs/%j) and leaves it empty;
+    the jobs' own folders are logs/<job id>."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or not empty: leave it
+        pass
+
+
+class _NoCancel:
+    requested = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+_PROBE = ("import sys, hpc_ncsn, submitit, torch; "
+          "print('PROBE', hpc_ncsn.__version__, hpc_ncsn.__file__, torch.__version__, sys.executable)")
+
+
+def check_python(command: str, timeout_s: float = 300) -> str:
+    """`--python COMMAND` (e.g. 'apptainer exec --nv img.sif python') starts a Python that imports this
+    version of hpc_ncsn, submitit and torch: run it once here, before anything is submitted. Returns a
+    description of what it found; ConfigError naming the problem and the fix otherwise."""
+    from .. import __version__
+
+    words = shlex.split(command)
+    if not words:
+        raise ConfigError("--python '': give the command that starts Python in each task, e.g. "
+                          "--python 'apptainer exec --nv hpc_ncsn.sif python'")
+    if shutil.which(words[0]) is None:
+        raise ConfigError(f"--python {command!r}: {words[0]!r} is not a command on this machine; check its "
+                          "spelling, or load its module first (e.g. module load apptainer)")
+    try:
+        probe = subprocess.run([*words, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s,
+                               stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"--python {command!r} did not start Python within {timeout_s:.0f} s") from None
+    found = [line.split(" ", 4)[1:] for line in probe.stdout.splitlines() if line.startswith("PROBE ")]
+    if probe.returncode != 0 or not found:
+        said = (probe.stderr.strip() or probe.stdout.strip() or f"exit status {probe.returncode}").splitlines()[-1]
+        raise ConfigError(f"--python {command!r} cannot run the tasks ({said}); it must start a Python that imports "
+                          "hpc_ncsn, submitit and torch: install the project in the image (README, Containers) "
+                          "or point PYTHONPATH at this checkout")
+    version, where, torch_version, executable = found[-1]
+    if version != __version__:
+        raise ConfigError(f"--python {command!r} imports hpc_ncsn {version} from {where}, but this launcher is "
+                          f"hpc_ncsn {__version__}: tasks and launcher must run the same version; rebuild the image "
+                          "or point PYTHONPATH at this checkout")
+    return f"{command} → {executable}: hpc_ncsn {version} ({where}), torch {torch_version}"

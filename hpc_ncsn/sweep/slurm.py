@@ -1,0 +1,213 @@
+"""Run a sweep on Slurm: the stages as dependent job arrays (submitit), waiting for them, cancelling them.
+
+The driver takes a `SlurmOptions` record (what lands in the sbatch scripts), built once by
+the sweep command from its flags. Every poll of the whole sweep asks Slurm once
+(`scheduler.queue()`: one squeue) and reconciles every task's recorded status with it;
+the jobs themselves never query the scheduler. `submitted.json` keeps every submission
+(the array ids and which job each task was), so a rerun attaches to live jobs instead of
+submitting again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError
+from ..files import atomic_write
+from ..locks import FolderLock
+from . import scheduler
+from .plan import Plan
+from .status import describe, mark_cancelled, summary, todo
+from .tasks import AggregateTask, SampleTask, TrainTask
+from .work import JobOptions, job
+
+__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "sbatch_text", "slurm_parameters", "submit",
+           "submitted_tasks", "wait"]
+
+SUBMITTED = "submitted.json"
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Where and how the jobs of a Slurm sweep run (the sweep command's `--cluster slurm` flags)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time_train: int = 24 * 60  # minutes
+    time_sample: int = 4 * 60
+    nodes: int = 1  # per training task
+    sample_nodes: int = 1
+    gpus_per_node: int = 0  # 0: CPU-only jobs
+    tasks_per_node: int | None = None  # default: one per GPU, else 1
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    signal_delay_s: int = 120
+    array_parallelism: int = 64
+    sbatch: tuple[str, ...] = ()  # KEY=VALUE: any other sbatch option
+    setup: tuple[str, ...] = ()  # lines run before each task
+    max_requeues: int = 5
+    python: str | None = None  # the command that starts Python in each task (default: this interpreter)
+
+    def __post_init__(self):
+        for line in self.setup:
+            if any(c in line for c in "\n\r"):
+                raise ConfigError(f"--setup {line!r}: give each command as its own --setup (no line breaks)")
+        _sbatch_extra(self.sbatch)  # a malformed --sbatch is refused when the record is built
+
+
+def _sbatch_extra(items: list[str]) -> dict:
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--sbatch {item!r}: write KEY=VALUE (an sbatch long option without the dashes)")
+        if any(c in item for c in "\n\r"):
+            raise ConfigError(f"--sbatch {item!r}: a value may not contain a line break (it would become its own "
+                              "line of the job script)")
+        extra[key.replace("-", "_")] = True if value.lower() == "true" else value
+    return extra
+
+
+def slurm_parameters(options: SlurmOptions, stage: str, sweep_name: str = "sweep") -> dict:
+    """submitit SlurmExecutor parameters of one stage."""
+    resources = {  # nodes, GPUs per node, time limit in minutes
+        TrainTask.stage: (options.nodes, options.gpus_per_node, options.time_train),
+        SampleTask.stage: (options.sample_nodes, options.gpus_per_node, options.time_sample),
+        AggregateTask.stage: (1, 0, 30),
+    }
+    nodes, gpus, minutes = resources[stage]
+    tasks = 1 if stage == AggregateTask.stage else (options.tasks_per_node or max(gpus, 1))
+    params = {"job_name": f"ncsn:{sweep_name}:{stage}", "time": minutes, "nodes": nodes, "ntasks_per_node": tasks,
+              "signal_delay_s": options.signal_delay_s, "array_parallelism": options.array_parallelism,
+              "partition": options.partition, "account": options.account, "qos": options.qos,
+              "constraint": options.constraint, "cpus_per_task": options.cpus_per_task,
+              "mem": f"{options.mem_gb}GB" if options.mem_gb else None, "gpus_per_node": gpus or None,
+              "setup": list(options.setup) or None, "additional_parameters": _sbatch_extra(options.sbatch) or None}
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def sbatch_text(root: Path, params: dict, count: int, python: str | None = None) -> str:
+    """The sbatch script submitit writes for an array of `count` tasks with `params`, each started by `python`
+    (a command line; default: this interpreter), without Slurm.
+
+    submitit has no public way to render its script without submitting it; its executor
+    renders it with submitit.slurm.slurm._make_sbatch_string, which this calls.
+    tests/test_sweep_plan.py pins the text (golden test), so a submitit change that
+    alters it shows there.
+    """
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = f"{python or shlex.quote(sys.executable)} -u -m submitit.core._submit {root / 'logs' / '%j'}"
+    return _make_sbatch_string(command=command, folder=root / "logs" / "%j", map_count=count, **params)
+
+
+def check_submission(root: Path, sweep: Plan, options: SlurmOptions) -> None:
+    """Ask Slurm (sbatch --test-only) whether it would take every stage's array; ConfigError naming why not."""
+    for stage, tasks in sweep.stages():
+        problem = scheduler.test_submission(sbatch_text(root, slurm_parameters(options, stage, root.name), len(tasks),
+                                                        options.python))
+        if problem:
+            raise scheduler.Refused(f"Slurm refuses the {stage} jobs: {problem}; check --partition, --account, "
+                                    "--qos, --constraint and the resources (nothing was submitted or written)")
+
+
+def submitted_tasks(root: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """({stage: {task name: job id}} of the latest submission of each task, every array id ever submitted)."""
+    record = root / SUBMITTED
+    latest: dict[str, dict[str, str]] = {}
+    arrays = []
+    for submission in json.loads(record.read_text()) if record.is_file() else []:
+        for stage, jobs in submission["jobs"].items():
+            latest.setdefault(stage, {}).update(jobs["tasks"])
+            arrays.append(jobs["array"])
+    return latest, arrays
+
+
+LIVE = ("pending", "running", "preempted")
+
+
+def live_jobs(root: Path, sweep: Plan, queue: dict | None) -> list[str]:
+    """The sweep's job ids that are queued or running for a task that is not finished (a job that recorded its
+    task's final state and is only leaving the queue does not count)."""
+    if not queue:
+        return []
+    latest, _ = submitted_tasks(root)
+    return [row["job_id"] for row in describe(sweep, queue, latest) if row["state"] in LIVE
+            and row["job_id"] in queue]
+
+
+def submit(root: Path, sweep: Plan, options: SlurmOptions) -> dict:
+    """Submit the stages' unfinished tasks as dependent job arrays; returns {stage: {'array', 'tasks'}}."""
+    import submitit
+
+    submitted, previous = {}, None
+    for stage, tasks in sweep.stages():
+        pending = todo(root, tasks)
+        if not pending:
+            continue
+        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j", python=options.python)
+        params = slurm_parameters(options, stage, root.name)
+        if previous is not None:  # afterany: a failed task must not block its siblings' later stages
+            params["dependency"] = f"afterany:{previous}"
+        executor.update_parameters(**params)
+        job_options = JobOptions(max_requeues=options.max_requeues, name=params["job_name"])
+        jobs = executor.map_array(job, [str(root)] * len(pending), pending, [job_options] * len(pending))
+        previous = jobs[0].job_id.split("_")[0]
+        submitted[stage] = {"array": previous, "tasks": {task.name: j.job_id for task, j in zip(pending, jobs)}}
+        print(f"[{stage}] submitted array {previous}: {len(pending)} task(s)", flush=True)
+    record = root / SUBMITTED
+    history = json.loads(record.read_text()) if record.is_file() else []
+    history.append({"time": time.time(), "jobs": submitted})
+    atomic_write(record, json.dumps(history, indent=2) + "\n")
+    return submitted
+
+
+def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str) -> list[dict]:
+    """Until none of the sweep's jobs is queued or running: a one-line summary every `poll_s` seconds.
+    Returns the final status rows."""
+    latest, _ = submitted_tasks(root)
+    last_line = 0.0
+    while True:
+        queue = scheduler.queue()
+        rows = describe(sweep, queue, latest)
+        live = [row["job_id"] for row in rows if row["state"] in LIVE and queue and row["job_id"] in queue]
+        if not live:
+            return rows
+        if time.time() - last_line >= poll_s:
+            print(f"{time.strftime('%H:%M:%S')} {summary(rows)}; {len(live)} job(s) live; cancel: {cancel_hint}",
+                  flush=True)
+            last_line = time.time()
+        time.sleep(min(poll_s, 5.0))
+
+
+def cancel(root: Path, sweep: Plan) -> str:
+    """Stop the sweep's live jobs (Slurm: scancel; this machine: SIGTERM to the launcher); what was done."""
+    lock = FolderLock(root, "sweep", what="")
+    holder = lock.holder()
+    if holder and holder.get("cluster") == "local" and not lock.stale(holder):
+        os.kill(int(holder["pid"]), signal.SIGTERM)
+        return f"sent SIGTERM to the local sweep (pid {holder['pid']}); its running tasks save and stop"
+    queue = scheduler.queue()
+    latest, arrays = submitted_tasks(root)
+    live = live_jobs(root, sweep, queue)
+    if not live:
+        return "no job of this sweep is queued or running"
+    problem = scheduler.cancel(sorted({job_id.split("_")[0] for job_id in live}))
+    if problem:
+        raise scheduler.Refused(f"scancel refused: {problem}")
+    waiting = [task for stage, tasks in sweep.stages() for task in tasks
+               if latest.get(stage, {}).get(task.name) in live
+               and queue[latest[stage][task.name]][0] != "RUNNING"]
+    mark_cancelled(root, waiting, "cancelled before it started (--cancel)")
+    return (f"cancelled {len(live)} job(s) ({', '.join(sorted(set(j.split('_')[0] for j in live)))}); running "
+            f"tasks save and record 'cancelled', {len(waiting)} waiting task(s) recorded 'cancelled'; "
+            "rerun the sweep to resume")
