@@ -32,7 +32,6 @@ from typing import Collection, Iterable, Mapping, Sequence
 
 from .config import ARMS, Config, NoiseConfig, SamplerConfig, arm_of
 from .errors import UserError
-from .sampling import sampling_ladder
 
 __all__ = [
     "END_NOISE_LIMIT",
@@ -40,6 +39,7 @@ __all__ = [
     "AuditRecord",
     "UnstableSampler",
     "audit",
+    "audit_arm",
     "audit_arms",
     "audit_config",
     "chain_noise",
@@ -296,6 +296,8 @@ def audit_config(config: Config, dim: int | None = None, *, arm: str | None = No
     if dim is None:
         dim = 2 if config.data.name == "toy2d" else config.data.channels * config.data.image_size**2
     name = arm or arm_of(replace(config, noise=noise, sampler=sampler)) or f"{noise.ladder}/{sampler.step_rule}"
+    from .sampling import sampling_ladder  # torch, only once an audit runs (commands' --help stays light)
+
     sigmas = sampling_ladder(noise, sampler).tolist()  # the ladder the sampler runs, not the one trained on
     record = audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,
                    snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
@@ -320,16 +322,23 @@ def require_stable(records: Iterable[AuditRecord], *, override: bool | Collectio
     return [check(record, override=override, flag=flag) for record in records]
 
 
+def audit_arm(config: Config, arm: str, *, name: str | None = None, override: bool | Collection[str] = False,
+              flag: str = OVERRIDE_FLAG) -> AuditRecord:
+    """Audit one arm's resolved config before anything runs: an unsettled chain is refused in one line
+    (UnstableSampler) unless `override` covers the arm (True, or a collection naming it), or the arm's preset
+    says the unsettled chain is what it tests (config.Arm.unsettled_by_design: the linear-ladder arms); those
+    run, marked with the reason. `name` labels the record (default: the arm)."""
+    record = audit_config(config, arm=name or arm)
+    design = ARMS[arm].unsettled_by_design if arm in ARMS else ""
+    if not record.stable and design:
+        record = replace(record, overridden=True, reason=design)
+    if not record.stable and not record.overridden and (override is True or (
+            not isinstance(override, bool) and arm in override)):
+        record = replace(record, overridden=True, reason=f"{flag} given")
+    return check(record, flag=flag)
+
+
 def audit_arms(configs: Mapping[str, Config], *, override: bool | Collection[str] = False,
                flag: str = OVERRIDE_FLAG) -> dict[str, AuditRecord]:
-    """Audit each arm's resolved config ({arm: config}), before anything runs: an unsettled chain is refused in
-    one line (UnstableSampler) unless `override` covers the arm, or the arm's preset says the unsettled chain is
-    what it tests (config.Arm.unsettled_by_design: the linear-ladder arms); those run, marked with the reason."""
-    records = {}
-    for name, config in configs.items():
-        record = audit_config(config, arm=name)
-        design = ARMS[name].unsettled_by_design if name in ARMS else ""
-        if not record.stable and design:
-            record = replace(record, overridden=True, reason=design)
-        records[name] = check(record, override=override, flag=flag)
-    return records
+    """`audit_arm` for each {arm: resolved config}."""
+    return {arm: audit_arm(config, arm, override=override, flag=flag) for arm, config in configs.items()}

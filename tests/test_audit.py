@@ -193,4 +193,4 @@ def test_a_sweep_audit_runs_the_linear_ladder_arms_marked_and_refuses_a_step_rul
     with pytest.raises(UnstableSampler, match="arm snr: .*r_min = 0.266"):
         audit_arms({"geometric": arm("geometric"), "snr": arm("snr", "sampler.snr=0.24")})
     kept = audit_arms({"snr": arm("snr", "sampler.snr=0.24")}, override=True)["snr"]
-    assert kept.overridden and kept.verdict == "refused, overridden"
+    assert kept.overridden and kept.verdict == f"unsettled, run anyway: {OVERRIDE_FLAG} given"

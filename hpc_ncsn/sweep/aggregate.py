@@ -1,10 +1,18 @@
-"""Sweep results → the ablation table (Markdown, CSV, JSON) and its plots.
+"""Sweep results → the ablation table (Markdown, CSV, JSON) and its plots (hpc_ncsn.sweep.plots).
 
 One row per group of cells that differ only in the seed (one arm, for the
 noise-schedule ablation): mean, sample standard deviation and 95% confidence
 interval over seeds (Student t, n−1 degrees of freedom) of FID, KID and IS, with
 the number of samples per cell. A cell that failed, is still running or was never
 run stays in the table as such. The same inputs give byte-identical tables.
+
+Each row also carries what it cost and what the samples' features say beyond FID:
+network evaluations per sample (NFE), training images, wall seconds, the held-out
+DSM loss of its networks (hpc_ncsn.heldout, where the training wrote one), precision,
+recall, density, coverage and FID∞ (where the evaluator reported them), and the
+sampler audit of sweep.json's time (audit.json). Every arm is compared with the
+baseline arm (the first of --arms) seed by seed (hpc_ncsn.stats.compare_to_baseline:
+paired where the arms share networks, Welch otherwise), with a verdict and a power line.
 
 With FID over training (train.eval_every), a row also gets its curve (mean and std
 over seeds at each snapshot step all its scored seeds share) and its best step: the
@@ -20,17 +28,21 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ..files import atomic_path, atomic_write, read_jsonl
-from .plan import ARM_AXIS, Plan, SweepSpec, plan
+from ..config import config_from_dict
+from ..files import atomic_write
+from ..stats import compare_to_baseline, t_quantile
+from .plan import ARM_AXIS, AUDIT_FILE, Plan, SweepSpec, plan, row_label
+from .plots import mean_over_seeds, plot_all
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 from .tasks import CURVE, SampleTask
 
-__all__ = ["CellResult", "aggregate", "collect", "summarize"]
+__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize"]
 
 METRICS = ("fid", "kid_mean", "is_mean")
+# Further per-cell figures, averaged per row like METRICS where present (None where a cell has none).
+EXTRA = ("fid_infinity", "precision", "recall", "density", "coverage", "heldout_dsm", "nfe", "training_images",
+         "train_seconds", "sample_seconds")
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,7 @@ class CellResult:
     train: str
     samples: Path
     over_training: tuple = field(default=())  # ({step, fid, kid_mean, n}, ...) of a done cell's snapshots
+    extra: dict = field(default_factory=dict)  # EXTRA's figures this cell has
 
 
 def _cell_state(statuses: dict, queue: dict | None) -> tuple[str, str]:
@@ -67,9 +80,11 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
         if task.train is not None:  # an anchor has no training task
             statuses[task.train.stage] = read_status(sweep.root, task.train)
         curve: tuple = ()
+        extra = _compute(task, statuses)
         if report_path.is_file() and statuses[task.stage] is not None and statuses[task.stage].state == "done":
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
+            extra |= _beyond_fid(report)
             state, detail = "done", ""
             if isinstance(task, SampleTask) and (task.over_training / CURVE).is_file():
                 curve = tuple(json.loads((task.over_training / CURVE).read_text()))
@@ -77,14 +92,37 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
             metrics = {}
             state, detail = _cell_state(statuses, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
-                                  task.train.name if task.train is not None else "", task.folder, curve))
+                                  task.train.name if task.train is not None else "", task.folder, curve, extra))
     return results
 
 
-def _t_quantile_975(dof: int) -> float:
-    from scipy.stats import t
+def _compute(task, statuses: dict) -> dict:
+    """What a cell cost: NFE per sample, training images, wall seconds of each stage's last attempt, and the
+    held-out DSM loss of its network (heldout_dsm.json's mean, where training wrote one)."""
+    from ..heldout import HELDOUT_FILE  # torch: only when a table is made (commands' --help stays light)
+    from ..sampling import SamplerPlan
 
-    return float(t.ppf(0.975, dof))
+    figures = {}
+    if isinstance(task, SampleTask):
+        config = config_from_dict(task.config)
+        figures["nfe"] = SamplerPlan.from_config(config.noise, config.sampler).network_evaluations
+        figures["training_images"] = config.train.steps * config.train.batch_size
+        heldout = task.train.folder / HELDOUT_FILE
+        if heldout.is_file():
+            figures["heldout_dsm"] = json.loads(heldout.read_text())["mean"]
+    for stage, status in statuses.items():
+        if status is not None and status.state == "done" and status.finished:
+            figures[f"{stage}_seconds"] = status.finished - status.started
+    return figures
+
+
+def _beyond_fid(report: dict) -> dict:
+    """Precision, recall, density, coverage and FID∞ of an evaluator report, where it has them."""
+    figures = {key: report[key] for key in ("precision", "recall", "density", "coverage")
+               if isinstance(report.get(key), (int, float))}
+    infinity = report.get("fid_infinity")
+    value = infinity.get("value") if isinstance(infinity, dict) else infinity
+    return figures | ({"fid_infinity": value} if isinstance(value, (int, float)) else {})
 
 
 def _spread(values: list[float | None]) -> dict:
@@ -98,7 +136,7 @@ def _spread(values: list[float | None]) -> dict:
     if n == 1:
         return {"mean": mean, "std": None, "ci95": None}
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"mean": mean, "std": std, "ci95": _t_quantile_975(n - 1) * std / math.sqrt(n)}
+    return {"mean": mean, "std": std, "ci95": t_quantile(0.975, n - 1) * std / math.sqrt(n)}
 
 
 def summarize(cells: list[CellResult]) -> list[dict]:
@@ -117,6 +155,10 @@ def summarize(cells: list[CellResult]) -> list[dict]:
                             for cell in members if cell.state != "done"]}
         for metric in METRICS:
             row[metric] = _spread([cell.metrics[metric] for cell in done])
+        for key in EXTRA:
+            values = [cell.extra.get(key) for cell in done]
+            if any(value is not None for value in values):
+                row[key] = _spread(values)
         curve = _over_training([cell for cell in done if cell.over_training])
         if curve:
             best = min(curve, key=lambda point: (point["fid"]["mean"], point["step"]))
@@ -140,19 +182,46 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}g}"
 
 
-def _group_label(group: dict) -> str:
-    """A row's name: the arm by itself (`geometric`), an anchor as `anchor: real`, other axes as key=value."""
-    parts = [str(value) if key == ARM_AXIS else f"{key}: {value}" if key == "anchor" else f"{key}={value}"
-             for key, value in group.items()]
-    return ", ".join(parts) or "(all)"
-
-
 def _best_step(row: dict) -> str:
     best = row.get("best_step")
     return "–" if best is None else f"{best['step']} ({_fmt(best['fid']['mean'])} at N={best['n']})"
 
 
-def markdown(rows: list[dict], cells: list[CellResult]) -> str:
+def _mean(row: dict, key: str, digits: int = 4) -> str:
+    return _fmt(row[key]["mean"], digits) if key in row else "–"
+
+
+def compare(rows: list[dict], cells: list[CellResult], spec: SweepSpec) -> list[dict]:
+    """FID of every arm against the baseline arm (the first of the arm axis), within each setting of the other
+    axes: paired by seed where the arm's cells sample the baseline's networks, Welch's interval otherwise."""
+    arms = spec.axes.get(ARM_AXIS, [])
+    if len(arms) < 2:
+        return []
+    baseline = arms[0]
+    settings: dict[tuple, dict[str, list[CellResult]]] = {}
+    for cell in cells:
+        group = dict(cell.group)
+        if ARM_AXIS in group:
+            context = tuple((key, value) for key, value in cell.group if key != ARM_AXIS)
+            settings.setdefault(context, {}).setdefault(group[ARM_AXIS], []).append(cell)
+    found = []
+    for context, by_arm in settings.items():
+        if baseline not in by_arm:
+            continue
+        values = {arm: {c.seed: c.metrics["fid"] for c in by_arm[arm] if c.state == "done"}
+                  for arm in arms if arm in by_arm}
+        networks = {c.seed: c.train for c in by_arm[baseline]}
+
+        def shares(arm: str) -> bool:
+            return all(networks.get(c.seed) == c.train for c in by_arm[arm])
+
+        for comparison in compare_to_baseline(values, baseline, shares_networks=shares):
+            found.append({"setting": dict(context), **comparison.to_dict()})
+    return found
+
+
+def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
+             ) -> str:
     over_training = any("best_step" in row for row in rows)  # the column only where snapshots were scored
     extra = (" best step (FID) |", "---|") if over_training else ("", "")
     lines = [f"| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean |{extra[0]} problems |",
@@ -161,10 +230,35 @@ def markdown(rows: list[dict], cells: list[CellResult]) -> str:
         fid = row["fid"]
         ci = "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}"
         best = f" {_best_step(row)} |" if over_training else ""
-        lines.append(f"| {_group_label(row['group'])} | {row['seeds_done']}/{row['seeds_total']} | "
+        lines.append(f"| {row_label(tuple(row['group'].items()))} | {row['seeds_done']}/{row['seeds_total']} | "
                      f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'} | {_fmt(fid['mean'])} | "
                      f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} |"
                      f"{best} {'; '.join(row['problems']) or ''} |")
+    if comparisons:
+        lines += ["", f"Against {comparisons[0]['baseline']}, FID difference (arm − baseline; lower is better), "
+                      "paired by seed where the arms share networks:", "",
+                  "| arm | setting | paired | seeds | differences | mean | 95% CI (t) | bootstrap CI | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in comparisons:
+            setting = ", ".join(f"{k}={v}" for k, v in c["setting"].items()) or "–"
+            interval = "–" if c["interval"] is None else f"[{_fmt(c['interval'][0])}, {_fmt(c['interval'][1])}]"
+            boot = "–" if c["bootstrap"] is None else f"[{_fmt(c['bootstrap'][0])}, {_fmt(c['bootstrap'][1])}]"
+            lines.append(f"| {c['arm']} | {setting} | {'yes' if c['paired'] else 'no'} | {c['n']} | "
+                         f"{', '.join(_fmt(d) for d in c['differences']) or '–'} | {_fmt(c['mean'])} | {interval} | "
+                         f"{boot} | {c['verdict']} |")
+        lines += [""] + [f"- {c['power_line']}" for c in comparisons]
+    lines += ["", "Beyond FID, and what it cost (means over seeds; – where not measured):", "",
+              "| arm | FID∞ | precision | recall | density | coverage | held-out DSM | NFE | training images | "
+              "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        label = row_label(tuple(row["group"].items()))
+        audit = (audits or {}).get(label, {})
+        noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "
+        lines.append(f"| {label} | {_mean(row, 'fid_infinity')} | {_mean(row, 'precision', 3)} | "
+                     f"{_mean(row, 'recall', 3)} | {_mean(row, 'density', 3)} | {_mean(row, 'coverage', 3)} | "
+                     f"{_mean(row, 'heldout_dsm')} | {_mean(row, 'nfe')} | {_mean(row, 'training_images')} | "
+                     f"{_mean(row, 'train_seconds', 3)} | {_mean(row, 'sample_seconds', 3)} | "
+                     f"{noise}{audit.get('verdict', '–')} |")
     lines += ["", "Per cell:", "", "| cell | state | FID | KID | IS | N | detail |", "|---|---|---|---|---|---|---|"]
     for cell in cells:
         m = cell.metrics
@@ -196,142 +290,22 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def aggregate(root: Path, plots: bool = True) -> dict:
-    """Write table.md/.csv/.json (and fid.png, loss_per_level.png, samples.png) in the sweep folder."""
+    """Write table.md/.csv/.json (and the plots of hpc_ncsn.sweep.plots) in the sweep folder."""
     root = Path(root)
-    sweep = plan(SweepSpec.load(root), root)
+    spec = SweepSpec.load(root)
+    sweep = plan(spec, root)
     cells = collect(sweep, scheduler_queue())
     rows = summarize(cells)
+    comparisons = compare(rows, cells, spec)
+    audits = json.loads((root / AUDIT_FILE).read_text()) if (root / AUDIT_FILE).is_file() else None
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
-                                      "detail": c.detail, "metrics": c.metrics, "train": c.train}
+                                      "detail": c.detail, "metrics": c.metrics, "train": c.train, "extra": c.extra}
                                      | ({"over_training": list(c.over_training)} if c.over_training else {})
-                                     for c in cells]}
+                                     for c in cells],
+             "comparisons": comparisons, "audit": audits}
     atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     atomic_write(root / "table.csv", csv_text(rows))
-    atomic_write(root / "table.md", markdown(rows, cells))
+    atomic_write(root / "table.md", markdown(rows, cells, comparisons, audits))
     if plots:
-        _plot_fid(rows, cells, root / "fid.png")
-        _plot_losses(sweep, cells, root / "loss_per_level.png")
-        _plot_samples(cells, root / "samples.png")
-        if any("over_training" in row for row in rows):
-            _plot_over_training(rows, root / "fid_vs_step.png")
+        plot_all(sweep, rows, cells, comparisons, root)
     return table
-
-
-# Plots ------------------------------------------------------------------------------------
-
-def _figure(columns: int, width: float = 3.2, height: float = 3.0):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(1, max(columns, 1), figsize=(width * max(columns, 1), height), squeeze=False)
-
-
-def _save(plt, figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format=path.suffix[1:], dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(figure)
-
-
-def _plot_fid(rows: list[dict], cells: list[CellResult], path: Path) -> None:
-    plt, (figure, axes) = _figure(1, width=1.6 * max(len(rows), 2))
-    ax = axes[0, 0]
-    for x, row in enumerate(rows):
-        values = [c.metrics["fid"] for c in cells if c.group == tuple(row["group"].items()) and c.state == "done"]
-        ax.scatter([x] * len(values), values, color="0.6", s=12, zorder=2)
-        if row["fid"]["mean"] is not None:
-            ax.errorbar([x], [row["fid"]["mean"]], yerr=[[row["fid"]["ci95"] or 0.0]], fmt="o", capsize=6,
-                        color="C0", zorder=3)
-        ax.annotate(f"{row['seeds_done']}/{row['seeds_total']}", (x, 0), xycoords=("data", "axes fraction"),
-                    xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
-    ax.set_xticks(range(len(rows)), [_group_label(row["group"]) for row in rows], rotation=20)
-    ax.set_xlim(-0.5, len(rows) - 0.5)
-    ax.set_ylabel("FID (mean, 95% CI over seeds; dots: seeds)")
-    _save(plt, figure, path)
-
-
-def _plot_over_training(rows: list[dict], path: Path) -> None:
-    plt, (figure, axes) = _figure(1, width=5.0, height=3.4)
-    ax = axes[0, 0]
-    for k, row in enumerate(row for row in rows if row.get("over_training")):
-        steps = [point["step"] for point in row["over_training"]]
-        mean = np.array([point["fid"]["mean"] for point in row["over_training"]])
-        std = np.array([point["fid"]["std"] or 0.0 for point in row["over_training"]])
-        label = f"{_group_label(row['group'])} ({row['over_training'][0]['seeds']} seeds)"
-        ax.plot(steps, mean, marker="o", markersize=3, color=f"C{k}", label=label)
-        ax.fill_between(steps, mean - std, mean + std, color=f"C{k}", alpha=0.2, linewidth=0)
-        ax.scatter([row["best_step"]["step"]], [row["best_step"]["fid"]["mean"]], marker="*", s=90, color=f"C{k}",
-                   zorder=3)
-    ax.set_xlabel("training step")
-    n = next(row["best_step"]["n"] for row in rows if row.get("best_step"))
-    ax.set_ylabel(f"FID at N={n} (mean ± std over seeds)")
-    ax.set_title("FID over training (★ best step)", fontsize=9)
-    ax.legend(fontsize=7)
-    _save(plt, figure, path)
-
-
-def _read_losses(run: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    records = [r for r in read_jsonl(run / "metrics.jsonl") if "loss_per_level" in r]
-    if not records:
-        return None
-    return np.array([r["step"] for r in records]), np.array([r["loss_per_level"] for r in records], dtype=float)
-
-
-def mean_over_seeds(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """(every logged step, the per-level loss averaged over the seeds that logged that step): a seed still
-    training does not cut the others' curves short."""
-    steps = np.array(sorted({int(step) for run_steps, _ in curves for step in run_steps}))
-    padded = np.full((len(curves), len(steps), curves[0][1].shape[1]), np.nan)
-    for k, (run_steps, losses) in enumerate(curves):
-        padded[k, np.searchsorted(steps, run_steps)] = losses
-    return steps, np.nanmean(padded, axis=0)
-
-
-def _plot_losses(sweep: Plan, cells: list[CellResult], path: Path) -> None:
-    groups: dict[tuple, set[str]] = {}
-    for cell in cells:
-        groups.setdefault(cell.group, set()).add(cell.train)
-    plt, (figure, axes) = _figure(len(groups))
-    folders = {task.name: task.folder for task in sweep.train}
-    for ax, (group, trains) in zip(axes[0], groups.items()):
-        curves = [c for c in (_read_losses(folders[name]) for name in sorted(trains) if name in folders)
-                  if c is not None]
-        ax.set_title(_group_label(dict(group)), fontsize=9)
-        if not curves:
-            ax.text(0.5, 0.5, "no training log", ha="center", transform=ax.transAxes)
-            continue
-        steps, mean = mean_over_seeds(curves)
-        levels = sorted({round(i) for i in np.linspace(0, mean.shape[1] - 1, 5)})
-        for level in levels:
-            ax.plot(steps, mean[:, level], label=f"level {level + 1}")
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("DSM loss per σ level (mean over seeds)")
-    _save(plt, figure, path)
-
-
-def _plot_samples(cells: list[CellResult], path: Path, count: int = 36) -> None:
-    from ..samples.shards import read_shard
-
-    firsts: dict[tuple, CellResult | None] = {}
-    for cell in cells:
-        if firsts.get(cell.group) is None:
-            firsts[cell.group] = cell if cell.state == "done" else None
-    plt, (figure, axes) = _figure(len(firsts))
-    for ax, (group, cell) in zip(axes[0], firsts.items()):
-        ax.set_title(_group_label(dict(group)) + (f", seed {cell.seed}" if cell else ""), fontsize=9)
-        ax.axis("off")
-        if cell is None:
-            ax.text(0.5, 0.5, "no finished cell", ha="center", transform=ax.transAxes)
-            continue
-        images, _, _ = read_shard(sorted(cell.samples.glob("shard-*.h5"))[0])
-        images = images[:count]
-        side = math.ceil(math.sqrt(len(images)))
-        h, w, c = images.shape[1:]
-        grid = np.zeros((side * h, side * w, c), np.uint8)
-        for k, image in enumerate(images):
-            grid[(k // side) * h:(k // side + 1) * h, (k % side) * w:(k % side + 1) * w] = image
-        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
-    _save(plt, figure, path)

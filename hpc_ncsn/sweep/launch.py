@@ -38,12 +38,14 @@ import argparse
 import json
 from pathlib import Path
 
+from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
 from ..config import ARMS, DEBUG_CONFIG, ConfigError
+from ..files import atomic_write
 from ..errors import UserError
 from ..locks import FolderLock
 from . import scheduler, slurm
 from .local import check_python, run_here
-from .plan import ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, plan
+from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
 from .slurm import SlurmOptions
 from .status import describe, format_status, todo, unfinished
 
@@ -77,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="calibration rows, one per seed, scored like the cells: 'real' (N held-out real images: "
                            "the FID floor at this N) and 'untrained' (the initialised network's samples: the "
                            "ceiling) (default: none)")
+    grid.add_argument(OVERRIDE_FLAG, dest="allow_unstable", nargs="?", const="all", default="", metavar="ARMS",
+                      help="run arms whose Langevin chain the sampler audit refuses (it would end above "
+                           f"{END_NOISE_LIMIT:g} σ_L with the exact score): all, or the comma-separated arms named; "
+                           "recorded in sweep.json and shown in the table")
     grid.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides for every cell, e.g. train.steps=500 generate.num_samples=1000")
     where = parser.add_argument_group("where and how")
@@ -157,7 +163,8 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     if not config.is_file():
         raise ConfigError(f"--config {args.config}: no such file; pass a YAML config such as configs/debug.yaml")
     return SweepSpec.from_config(config, axes, tuple(args.overrides),
-                                 tuple(item.strip() for item in args.anchors.split(",") if item.strip()))
+                                 tuple(item.strip() for item in args.anchors.split(",") if item.strip()),
+                                 tuple(item.strip() for item in args.allow_unstable.split(",") if item.strip()))
 
 
 def _saved_spec(root: Path) -> SweepSpec | None:
@@ -166,11 +173,13 @@ def _saved_spec(root: Path) -> SweepSpec | None:
     return SweepSpec.from_json(path.read_text()) if path.is_file() else None
 
 
-def prepare_folder(root: Path, spec: SweepSpec) -> None:
-    """Write sweep.json, or check that a rerun asks for the same sweep."""
+def prepare_folder(root: Path, spec: SweepSpec, audits: dict | None = None) -> None:
+    """Write sweep.json (and the sampler audit, AUDIT_FILE), or check that a rerun asks for the same sweep."""
     saved = _saved_spec(root)
     if saved is None:
         spec.save(root)
+        if audits is not None:
+            atomic_write(root / AUDIT_FILE, json.dumps(audits, indent=2, sort_keys=True) + "\n")
         return
     changes = saved.differences(spec)
     if changes:
@@ -178,8 +187,12 @@ def prepare_folder(root: Path, spec: SweepSpec) -> None:
                             + "; ".join(changes) + "; rerun with the same config and options, or pick a new --out")
 
 
-def print_plan(sweep: Plan) -> None:
+def print_plan(sweep: Plan, audits: dict) -> None:
     print(f"sweep folder: {sweep.root}")
+    print("sampler audit (the chain's noise at the last level, exact score, in σ_L):")
+    for row, record in audits.items():
+        noise = "" if record["end_noise"] is None else f"{record['end_noise']:.3g} σ_L, "
+        print(f"  {row}: {noise}{record['verdict']}")
     print(f"train ({len(sweep.train)} tasks, {len(todo(sweep.root, sweep.train))} to run):")
     for task in sweep.train:
         print(f"  {task.name}: {task.folder}")
@@ -218,6 +231,7 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         return 0
     spec = _named_like_saved(root, build_spec(args))
     sweep = plan(spec, root)
+    audits = audit_plan(sweep)  # refuses an arm whose chain would not settle, before anything is written
     if args.python is not None:
         if args.cluster == "debug":
             raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
@@ -225,23 +239,23 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         print(f"tasks start with: {check_python(args.python)}", flush=True)
     if args.cluster != "slurm":
         if args.dry_run:
-            print_plan(sweep)
+            print_plan(sweep, audits)
             return 0
         with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
                         fields={"cluster": args.cluster},
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
-            prepare_folder(root, spec)
+            prepare_folder(root, spec, audits)
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
                             timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
-    return _on_slurm(root, spec, sweep, slurm_options(args), dry_run=args.dry_run, wait=args.wait,
+    return _on_slurm(root, spec, sweep, slurm_options(args), audits, dry_run=args.dry_run, wait=args.wait,
                      poll_s=args.poll_s, script=script)
 
 
-def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, *, dry_run: bool, wait: bool,
-              poll_s: float, script: str) -> int:
+def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
+              wait: bool, poll_s: float, script: str) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
     if dry_run:
-        print_plan(sweep)
+        print_plan(sweep, audits)
         for stage, tasks in sweep.stages():
             params = slurm.slurm_parameters(options, stage, root.name)
             if stage != sweep.stages()[0][0]:
@@ -258,7 +272,7 @@ def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, *
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
-            prepare_folder(root, spec)
+            prepare_folder(root, spec, audits)
             submitted = slurm.submit(root, sweep, options)
             if not submitted:
                 print("every task is done; nothing to submit")

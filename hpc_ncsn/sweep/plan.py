@@ -34,16 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..audit import OVERRIDE_FLAG, audit_arm
 from ..config import ConfigError, arm_overrides, config_from_dict, config_to_dict, load_config
 from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "plan", "training_identity"]
+__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan", "plan",
+           "row_label", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
 SPEC_FILE = "sweep.json"
+AUDIT_FILE = "audit.json"  # the sampler audit of every row, written with sweep.json
 # Sections that never change the trained weights.
 SAMPLING_SECTIONS = ("sampler", "generate", "evaluate")
 
@@ -101,6 +104,8 @@ class SweepSpec:
     axes: dict[str, list]
     overrides: tuple[str, ...] = ()
     anchors: tuple[str, ...] = ()  # calibration rows of the table (tasks.ANCHORS), one per seed
+    # Arms (or "all") the sampler audit lets run although their chain does not settle (--allow-unstable-sampler)
+    allow_unstable: tuple[str, ...] = ()
     arm_word: str = ARM_AXIS  # the arm axis's word in cell names: LEGACY_ARM_AXIS in a sweep made before the rename
 
     def __post_init__(self):
@@ -118,10 +123,11 @@ class SweepSpec:
 
     @classmethod
     def from_config(cls, path: Path, axes: dict[str, list], overrides: tuple[str, ...] = (),
-                    anchors: tuple[str, ...] = ()) -> "SweepSpec":
+                    anchors: tuple[str, ...] = (), allow_unstable: tuple[str, ...] = ()) -> "SweepSpec":
         """Resolve the config file and the sweep-wide overrides (ConfigError names a bad key)."""
         base = config_to_dict(load_config(path, overrides))
-        return cls(config=str(path), base=base, axes=axes, overrides=tuple(overrides), anchors=tuple(anchors))
+        return cls(config=str(path), base=base, axes=axes, overrides=tuple(overrides), anchors=tuple(anchors),
+                   allow_unstable=tuple(allow_unstable))
 
     def cells(self) -> list[Cell]:
         keys = list(self.axes)
@@ -135,7 +141,8 @@ class SweepSpec:
         record = {"config": self.config, "base": self.base, "axes": [[key, list(values)] for key, values in
                                                                         self.axes.items()],
                   "overrides": list(self.overrides)}
-        return record | ({"anchors": list(self.anchors)} if self.anchors else {})  # sweeps without: as before
+        record |= {"anchors": list(self.anchors)} if self.anchors else {}  # sweeps without: as before
+        return record | ({"allow_unstable_sampler": list(self.allow_unstable)} if self.allow_unstable else {})
 
     def named_like(self, saved: "SweepSpec") -> "SweepSpec":
         """This spec with the cell names of `saved`, the same sweep as saved in its folder (an older sweep
@@ -161,7 +168,8 @@ class SweepSpec:
         # old behaviour), so an upgrade does not turn a sweep folder into "another sweep".
         base = config_to_dict(config_from_dict(data["base"], source=SPEC_FILE))
         return cls(config=data["config"], base=base, axes=dict(axes), overrides=tuple(data.get("overrides", ())),
-                   anchors=tuple(data.get("anchors", ())), arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS)
+                   anchors=tuple(data.get("anchors", ())), allow_unstable=tuple(data.get("allow_unstable_sampler", ())),
+                   arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS)
 
     @classmethod
     def load(cls, root: Path) -> "SweepSpec":
@@ -232,3 +240,25 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
             samples.append(AnchorTask(name, root / "cells" / name / "samples", config, int(seed),
                                       (("anchor", kind),), kind))
     return Plan(root, spec, list(trainings.values()), samples, AggregateTask())
+
+
+def row_label(group: tuple[tuple[str, Any], ...]) -> str:
+    """A row's name: the arm by itself (`geometric`), an anchor as `anchor: real`, other axes as key=value."""
+    parts = [str(value) if key == ARM_AXIS else f"{key}: {value}" if key == "anchor" else f"{key}={value}"
+             for key, value in group]
+    return ", ".join(parts) or "(all)"
+
+
+def audit_plan(sweep: Plan) -> dict[str, dict]:
+    """The sampler audit (hpc_ncsn.audit) of every row of the sweep, {row label: record}, before anything
+    runs: UnstableSampler (one line) for an arm whose chain would not settle, unless the spec lets it run."""
+    allowed = sweep.spec.allow_unstable
+    override = True if "all" in allowed else set(allowed)
+    records = {}
+    for task in sweep.sample:
+        label = row_label(task.group)
+        if isinstance(task, SampleTask) and label not in records:
+            arm = dict(task.group).get(ARM_AXIS, "")
+            record = audit_arm(config_from_dict(task.config), arm, name=label, override=override, flag=OVERRIDE_FLAG)
+            records[label] = record.to_dict()
+    return records
