@@ -292,3 +292,29 @@ def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_say
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_first_studys_snr_setting_is_refused_before_anything_is_written_and_an_override_is_recorded(tmp_path):
+    fashion = ("--config", str(ROOT / "configs" / "fashion.yaml"), "--arms", "geometric,linear,snr",
+               "sampler.snr=0.24", "sampler.steps_per_level=2")
+    refused = launcher(tmp_path, *fashion)
+    assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("error: arm snr: ") and "r_min = 0.266" in refused.stderr
+    assert "--allow-unstable-sampler" in refused.stderr
+    assert not (tmp_path / "sweep").exists()
+    planned = launcher(tmp_path, *fashion, "--allow-unstable-sampler", "snr", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "snr: 226 σ_L, unsettled, run anyway: --allow-unstable-sampler given" in planned.stdout
+    assert "linear: 50.6 σ_L, unsettled, run anyway: the linear ladder is what this arm tests" in planned.stdout
+    recorded = SweepSpec.from_config(DEBUG, {"arm": ["snr"], "seed": [0]}, allow_unstable=("snr",))
+    assert SweepSpec.from_json(recorded.to_json()).allow_unstable == ("snr",)
+    assert recorded.differences(SweepSpec.from_config(DEBUG, {"arm": ["snr"], "seed": [0]}))
+
+
+def test_sampler_presets_share_the_geometric_network_so_six_arms_train_two_networks_per_seed(tmp_path):
+    arms = ["geometric", "linear", "snr", "linear-sampled", "edm", "ancestral"]
+    sweep = plan(SweepSpec.from_config(DEBUG, {"arm": arms, "seed": [0, 1, 2]}), tmp_path)
+    assert len(sweep.sample) == 18 and len(sweep.train) == 6  # geometric and linear networks, 3 seeds each
+    for task in sweep.sample:
+        ladder = "linear" if dict(task.group)["arm"] == "linear" else "geometric"
+        assert task.train.name == f"arm-{ladder}_seed-{task.seed}"
