@@ -335,3 +335,35 @@ def test_fid_over_training_scores_every_snapshot_of_each_cell_and_the_table_name
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert all(row["best_step"]["step"] in (2, 4) for row in rows)
     assert "best step (FID)" in result.stdout and (out / "fid_vs_step.png").stat().st_size > 0
+
+
+def test_six_arms_run_to_a_table_with_paired_verdicts_and_what_each_cell_cost(tmp_path):
+    out = tmp_path / "sweep"
+    arms = ["geometric", "linear", "snr", "linear-sampled", "edm", "ancestral"]
+    result = sweep(out, "--arms", ",".join(arms), "--seeds", "0,1")
+    statuses = [json.loads(p.read_text()) for p in (out / "status" / "train").glob("*.json")]
+    assert len(statuses) == 4  # trainings: geometric and linear, 2 seeds; the other arms sample geometric's
+    table = json.loads((out / "table.json").read_text())
+    assert [row["group"]["arm"] for row in table["rows"]] == arms
+    cells = {(cell["group"]["arm"], cell["seed"]): cell for cell in table["cells"]}
+    for (arm, seed), cell in cells.items():
+        assert cell["state"] == "done"
+        assert cell["train"] == f"arm-{'linear' if arm == 'linear' else 'geometric'}_seed-{seed}"
+    nfe = {arm: cells[arm, 0]["extra"]["nfe"] for arm in arms}
+    levels, steps = 49, 3  # configs/debug.yaml: L = 49, T = 3, a final denoising step
+    assert nfe == {"geometric": levels * steps + 1, "linear": levels * steps + 1, "snr": levels * steps + 1,
+                   "linear-sampled": levels * steps + 1, "edm": 35, "ancestral": levels}
+    comparisons = {c["arm"]: c for c in table["comparisons"]}
+    assert set(comparisons) == set(arms) - {"geometric"} and all(c["baseline"] == "geometric" for c in comparisons.values())
+    assert not comparisons["linear"]["paired"] and all(comparisons[arm]["paired"] for arm in arms[2:])
+    for arm in arms[2:]:  # the paired differences are the cells' own FIDs, seed by seed
+        expected = [cells[arm, s]["metrics"]["fid"] - cells["geometric", s]["metrics"]["fid"] for s in (0, 1)]
+        assert comparisons[arm]["differences"] == pytest.approx(expected, rel=1e-12)
+        assert comparisons[arm]["verdict"] in ("better", "worse", "no difference seen at 95 %")
+    assert table["audit"]["linear"]["verdict"].startswith("unsettled, run anyway")
+    assert table["audit"]["edm"]["verdict"].startswith("not audited")
+    markdown = (out / "table.md").read_text()
+    assert "Against geometric, FID difference" in markdown and "cannot be seen" in markdown
+    for plot in ("paired.png", "fid_vs_nfe.png"):
+        assert (out / plot).stat().st_size > 0
+    assert "| edm | 2/2 | 20 |" in result.stdout
