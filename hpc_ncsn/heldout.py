@@ -40,7 +40,7 @@ from .loss import dsm_loss
 
 __all__ = ["GRID_SIZE", "HELDOUT_FILE", "HELDOUT_SEED", "HOLDOUT_FRACTION", "HeldoutLoss", "common_grid",
            "configured_grid", "heldout_data", "heldout_dsm", "heldout_record", "holdout_split", "is_current",
-           "read_heldout_dsm", "score_weights", "sigma_grid", "training_rows", "write_heldout_dsm"]
+           "read_heldout_dsm", "sigma_grid", "training_rows", "write_heldout_dsm"]
 
 HELDOUT_FILE = "heldout_dsm.json"
 GRID_SIZE = 20
@@ -177,22 +177,3 @@ def is_current(folder: Path, grid: torch.Tensor, limit: int, step: int, precisio
                 and all(math.isfinite(value) for value in record["per_sigma"]))
     except (OSError, ValueError, KeyError, TypeError):  # absent, torn or of another format: compute it again
         return False
-
-
-def score_weights(model: torch.nn.Module, config: Config, device: torch.device | str, folder: Path, *, step: int,
-                  precision: str = "fp32", compile: bool = False, channels_last: bool = False,
-                  grid: torch.Tensor | None = None, limit: int | None = None, batch_size: int = 256) -> Path | None:
-    """folder/HELDOUT_FILE for `model` (EMA weights of `step`), on `grid` (default: `configured_grid`) with `limit`
-    examples (default train.heldout_examples; 0: nothing, returns None), the network run at `precision` (fp32 or
-    bf16 autocast) and compiled as the run trains; left as it is when `is_current`."""
-    from .network import NetworkSpeed, score_function
-
-    grid = configured_grid(config) if grid is None else grid
-    limit = config.train.heldout_examples if limit is None else limit
-    if limit == 0:
-        return None
-    if is_current(folder, grid, limit, step, precision):
-        return Path(folder) / HELDOUT_FILE
-    score_fn = score_function(model, NetworkSpeed(precision, channels_last, compile))
-    return write_heldout_dsm(model, config, device, folder, grid=grid, limit=limit, batch_size=batch_size,
-                             score_fn=score_fn, extra={"step": step, "precision": precision})

@@ -20,6 +20,7 @@ from ..ema import EMA
 from ..model import build_score_model
 from ..progress import progress_bar
 from ..sampling import SamplerPlan, draw
+from .heldout import score_weights
 from .session import Training
 
 __all__ = ["ema_model", "sample_grid", "score_heldout", "train"]
@@ -41,10 +42,9 @@ def score_heldout(config: Config, run: Training) -> Path | None:
     cfg, device = config.train, run.accelerator.device
     precision = "bf16" if run.accelerator.mixed_precision == "bf16" else "fp32"
     started = time.time()
-    path = heldout.score_weights(ema_model(config, run.ema, device), config, device, run.folder.path,
-                                 step=run.state.step, precision=precision,
-                                 compile=cfg.compile and not run.deepspeed,
-                                 channels_last=cfg.channels_last and config.model.kind == "unet")
+    path = score_weights(ema_model(config, run.ema, device), config, device, run.folder.path,
+                         step=run.state.step, precision=precision, compile=cfg.compile and not run.deepspeed,
+                         channels_last=cfg.channels_last and config.model.kind == "unet")
     if path is not None:
         record = heldout.read_heldout_dsm(path)
         run.accelerator.print(f"held-out DSM loss of the EMA weights: {record['mean']:.4g} ± {record['mean_se']:.2g} "
