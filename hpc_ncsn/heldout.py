@@ -39,8 +39,8 @@ from .files import atomic_write
 from .loss import dsm_loss
 
 __all__ = ["GRID_SIZE", "HELDOUT_FILE", "HELDOUT_SEED", "HOLDOUT_FRACTION", "HeldoutLoss", "common_grid",
-           "heldout_data", "heldout_dsm", "heldout_record", "holdout_split", "read_heldout_dsm", "sigma_grid",
-           "training_rows", "write_heldout_dsm"]
+           "configured_grid", "heldout_data", "heldout_dsm", "heldout_record", "holdout_split", "is_current",
+           "read_heldout_dsm", "sigma_grid", "training_rows", "write_heldout_dsm"]
 
 HELDOUT_FILE = "heldout_dsm.json"
 GRID_SIZE = 20
@@ -145,13 +145,35 @@ def heldout_record(model: torch.nn.Module, config: Config, device: torch.device 
 
 def write_heldout_dsm(model: torch.nn.Module, config: Config, device: torch.device | str, folder: Path, *,
                       grid: torch.Tensor | None = None, limit: int = 1000, batch_size: int = 256,
-                      score_fn: Callable | None = None) -> Path:
-    """`heldout_record` written atomically as folder/HELDOUT_FILE; returns its path. Cheap enough for the end of a
-    training task: limit × len(grid) network evaluations (20,000 by default)."""
+                      score_fn: Callable | None = None, extra: dict | None = None) -> Path:
+    """`heldout_record` (with the fields of `extra`, e.g. the step) written atomically as folder/HELDOUT_FILE;
+    returns its path. Cheap enough for the end of a training task: limit × len(grid) network evaluations (20,000
+    by default)."""
     record = heldout_record(model, config, device, grid=grid, limit=limit, batch_size=batch_size, score_fn=score_fn)
+    record.update({"limit": limit, **(extra or {})})
     return atomic_write(Path(folder) / HELDOUT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def read_heldout_dsm(path: Path) -> dict:
     """The record `write_heldout_dsm` wrote."""
     return json.loads(Path(path).read_text())
+
+
+def configured_grid(config: Config) -> torch.Tensor:
+    """The grid the run config asks for: train.heldout_sigma_max .. heldout_sigma_min, 0 meaning the network's own
+    trained end (a sweep sets both to its widest range: one grid for all its networks)."""
+    train, noise = config.train, config.noise
+    return sigma_grid(train.heldout_sigma_max or noise.sigma_max, train.heldout_sigma_min or noise.sigma_min)
+
+
+def is_current(folder: Path, grid: torch.Tensor, limit: int, step: int, precision: str) -> bool:
+    """Whether folder/HELDOUT_FILE already scores these weights (`step`) on `grid` with `limit` examples at
+    `precision`, every value finite: then it need not be computed again."""
+    try:
+        record = read_heldout_dsm(Path(folder) / HELDOUT_FILE)
+        return (record.get("step") == step and record.get("limit") == limit
+                and record.get("precision") == precision and len(record["sigmas"]) == len(grid)
+                and torch.allclose(torch.tensor(record["sigmas"], dtype=torch.float64), grid.cpu(), rtol=1e-12)
+                and all(math.isfinite(value) for value in record["per_sigma"]))
+    except (OSError, ValueError, KeyError, TypeError):  # absent, torn or of another format: compute it again
+        return False

@@ -82,6 +82,10 @@ def test_yaml_then_overrides(tmp_path):
         ("noise=3", r"noise must be a mapping"),
         ("noise.sigma_max", r"must look like section.key=value"),
         ("model.kind=mlp", r"model.kind: 'mlp' works on data.name=toy2d only"),
+        ("train.heldout_examples=-1", r"train.heldout_examples: must be >= 0 \(0: no held-out DSM loss"),
+        ("train.heldout_sigma_max=-2", r"train.heldout_sigma_max: must be >= 0"),
+        ("train.heldout_sigma_min=.nan", r"train.heldout_sigma_min: expected a finite number"),
+        ("train.heldout_sigma_min=1000", r"train.heldout_sigma_min: 1000.0 is not below the held-out grid's top σ 50"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::hpc_ncsn.config.LegacyConfigWarning")

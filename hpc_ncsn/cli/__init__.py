@@ -4,6 +4,7 @@
     hpc-ncsn sweep --arms geometric,linear,snr                          # = python launch/sweep.py
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
+    hpc-ncsn heldout --run-dir runs/debug                               # DSM loss of the EMA on held-out data
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
     hpc-ncsn export --samples runs/debug/samples --png runs/debug/png   # samples for other tools
     hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table and plots
@@ -18,9 +19,9 @@ its traceback. Any other traceback is a bug in hpc_ncsn.
 """
 
 # (The docstring above is `hpc-ncsn --help`.) This package only parses and dispatches: one module per group of
-# commands (training.py: train, config; samples.py: generate, evaluate, export; fetch.py; tools.py: plan, toy,
-# aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing the parsed values to the library
-# function that does the work.
+# commands (training.py: train, config; samples.py: generate, evaluate, export; heldout.py; fetch.py; tools.py:
+# plan, toy, aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing the parsed values to the
+# library function that does the work.
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from ..errors import UserError
 from ..preemption import Preempted
 from .common import DEFAULTS, RAW, add_config_args, add_debug, keys_help
 from .fetch import add_fetch_args, cmd_fetch
+from .heldout import HELDOUT_EPILOG, add_heldout_args, cmd_heldout
 from .samples import add_evaluate_args, add_export_args, add_generate_args, cmd_evaluate, cmd_export, cmd_generate
 from .tools import add_aggregate_args, add_plan_args, add_toy_args, cmd_aggregate, cmd_plan, cmd_toy
 from .training import TRAIN_HELP, add_train_args, cmd_config, cmd_train
@@ -77,6 +79,8 @@ COMMANDS = [
      "examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
      "--weights weights-inception-2015-12-05.pth"),
+    ("heldout", "DSM loss of a run's (or a snapshot's) EMA weights on held-out data, on a σ grid (heldout_dsm.json)",
+     DEFAULTS, add_heldout_args, cmd_heldout, HELDOUT_EPILOG),
     ("export", "a sample folder as PNG files or one .npz, for other tools (checked against its manifest)", DEFAULTS,
      add_export_args, cmd_export,
      "examples: hpc-ncsn export --samples runs/debug/samples --png runs/debug/png\n"

@@ -6,6 +6,7 @@
                    and resumed (their format: hpc_ncsn.checkpoint)
     session.py     what a training process holds: `Training.start(config)`
     trackers.py    train.log_with's experiment trackers: checked, started, fed, closed
+    heldout.py     the held-out DSM loss of the EMA weights at the end of training (and of any checkpoint)
     loop.py        `train(config)`: the loop
 
 Accelerate and DeepSpeed are imported only in this package.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .. import preemption
+from .. import heldout, preemption
 from ..config import Config
 from ..data import to_uint8
 from ..distributed import is_main_process
@@ -20,11 +20,37 @@ from ..ema import EMA
 from ..model import build_score_model
 from ..progress import progress_bar
 from ..sampling import SamplerPlan, draw
+from .heldout import score_weights
 from .session import Training
 
-__all__ = ["sample_grid", "train"]
+__all__ = ["ema_model", "sample_grid", "score_heldout", "train"]
 
 GRID_PIXELS = 512  # a sample grid's images are enlarged (nearest neighbour) to about this width in all
+
+
+def ema_model(config: Config, ema: EMA, device: torch.device) -> torch.nn.Module:
+    """A plain fp32 network holding the EMA weights (the weights that get sampled), in eval mode."""
+    model = build_score_model(config.model, config.data).to(device).eval()
+    ema.copy_to(model)
+    return model
+
+
+def score_heldout(config: Config, run: Training) -> Path | None:
+    """heldout_dsm.json in the run folder: the EMA weights' DSM loss on held-out data (hpc_ncsn.heldout), run as
+    the training runs the network (bf16 autocast and compiled only if it trains so); a file that already scores
+    this step on the configured grid is kept, so a finished run rerun computes nothing."""
+    cfg, device = config.train, run.accelerator.device
+    precision = "bf16" if run.accelerator.mixed_precision == "bf16" else "fp32"
+    started = time.time()
+    path = score_weights(ema_model(config, run.ema, device), config, device, run.folder.path,
+                         step=run.state.step, precision=precision, compile=cfg.compile and not run.deepspeed,
+                         channels_last=cfg.channels_last and config.model.kind == "unet")
+    if path is not None:
+        record = heldout.read_heldout_dsm(path)
+        run.accelerator.print(f"held-out DSM loss of the EMA weights: {record['mean']:.4g} ± {record['mean_se']:.2g} "
+                              f"({record['num_examples']} examples × {len(record['sigmas'])} σ, {precision}; "
+                              f"{time.time() - started:.1f} s) in {path}")
+    return path
 
 
 @torch.no_grad()
@@ -36,8 +62,7 @@ def sample_grid(config: Config, ema: EMA, device: torch.device, path: Path) -> t
 
     from ..files import atomic_path
 
-    model = build_score_model(config.model, config.data).to(device).eval()
-    ema.copy_to(model)
+    model = ema_model(config, ema, device)
     count, seed = config.train.sample_images, config.train.seed
     indices = torch.arange(count, device=device)
     shape = (config.data.channels, config.data.image_size, config.data.image_size)
@@ -113,6 +138,10 @@ def _loop(config: Config, run: Training) -> Path:
     finally:
         progress.close()  # the bar's line ends before any message that follows it
     run.read_skips()
+
+    # Score the EMA weights on held-out data (main process; kept if a finished run already has it).
+    if is_main_process():
+        score_heldout(config, run)
     run.accelerator.wait_for_everyone()
     run.finish_trackers()
     run.accelerator.end_training()
