@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..config import EvaluateConfig
-from .scores import FeatureStats, frechet_distances
+from .scores import FeatureStats, frechet_distance_to_rows, frechet_distances
 
 __all__ = ["FIDInfinity", "fid_infinity", "fidelity_diversity", "fidelity_entries", "neighbour_distances"]
 
@@ -128,8 +128,8 @@ def fid_infinity(features, reference_mu, reference_sigma, *, num_points: int = 1
     """FID∞ of generated `features` (N, d) against reference statistics (μ, Σ) (Chong and Forsyth 2020).
 
     FID of `num_points` subsets, sizes evenly spaced from `min_size` (default N//5) to N, each the first n rows of
-    one seeded permutation (numpy default_rng(seed)), so the statistics are gathered in one pass; least-squares
-    line FID = FID∞ + c/n."""
+    one seeded permutation (numpy default_rng(seed)), so the statistics are gathered in one pass (a subset of
+    n <= d rows: its n × n form, scores.frechet_distance_to_rows); least-squares line FID = FID∞ + c/n."""
     x = _features(features, "generated features")
     n = x.shape[0]
     min_size = max(2, n // 5) if min_size is None else min_size
@@ -138,14 +138,18 @@ def fid_infinity(features, reference_mu, reference_sigma, *, num_points: int = 1
                          f"num_points={num_points}; generate more samples")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n)).to(x.device)
     sizes = tuple(int(size) for size in np.linspace(min_size, n, num_points).round())
+    dim = x.shape[1]
+    small = [size for size in sizes if size <= dim]  # rank-deficient subsets: their n × n form is cheaper
+
     def subset_statistics():  # nested prefixes: each subset's statistics grow from the previous one's
-        stats, done = FeatureStats.empty(x.shape[1], device=x.device), 0
-        for size in sizes:
+        stats, done = FeatureStats.empty(dim, device=x.device), 0
+        for size in sizes[len(small):]:
             stats.update(x[order[done:size]])
             done = size
             yield stats.to_numpy()
 
-    fids = frechet_distances(reference_mu, reference_sigma, subset_statistics())  # the reference's √Σ once
+    fids = [frechet_distance_to_rows(reference_mu, reference_sigma, x[order[:size]].cpu().numpy()) for size in small]
+    fids += frechet_distances(reference_mu, reference_sigma, subset_statistics())  # the reference's √Σ once
     slope, value = np.polyfit(1.0 / np.asarray(sizes, dtype=np.float64), np.asarray(fids), 1)
     return FIDInfinity(float(value), float(slope), sizes, tuple(fids))
 
