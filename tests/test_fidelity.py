@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_ncsn.config import DataConfig, EvaluateConfig
+from hpc_ncsn.config import EvaluateConfig
 from hpc_ncsn.evaluate.evaluator import evaluate
 from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
-from hpc_ncsn.samples.real import write_real_shards
 from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, neighbour_distances
 from hpc_ncsn.evaluate.scores import frechet_distance, frechet_distances
+from hpc_ncsn.samples.real import write_real_shards
+from helpers import DIGITS
 
 
 def normal(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -142,18 +143,7 @@ def test_distances_to_one_reference_equal_the_fid_of_each_pair():
 
 # --- In the evaluator's report --------------------------------------------------------------------------------
 
-DIGITS = DataConfig(name="digits", image_size=16, channels=1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache for the module: the digits classifier is trained once, the reference features extracted once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPC_NCSN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
-def test_evaluate_reports_fidelity_and_fid_infinity_in_metrics_json_and_its_printout(cache, tmp_path):
+def test_evaluate_reports_fidelity_and_fid_infinity_in_metrics_json_and_its_printout(digits_cache, tmp_path):
     samples = write_real_shards(DIGITS, tmp_path / "samples", 60, 25, split="train", seed=1)
     done = subprocess.run([sys.executable, "-m", "hpc_ncsn", "evaluate", "--samples", str(samples)],
                           capture_output=True, text=True, timeout=300,
@@ -175,7 +165,7 @@ def test_evaluate_reports_fidelity_and_fid_infinity_in_metrics_json_and_its_prin
     assert (report["fid_infinity"], fit["slope"]) == pytest.approx((value, slope), rel=1e-9)
 
 
-def test_identical_image_sets_are_fully_precise_and_recalled(cache, tmp_path):
+def test_identical_image_sets_are_fully_precise_and_recalled(digits_cache, tmp_path):
     """The samples are exactly the reference: the 300 training digits that reference_size=300 draws (seed 0)."""
     samples = write_real_shards(DIGITS, tmp_path / "samples", 300, 100, split="train", seed=0)
     settings = EvaluateConfig(extractor=DIGITS_EXTRACTOR, reference_size=300, kid_subsets=5, kid_subset_size=20)
@@ -185,7 +175,7 @@ def test_identical_image_sets_are_fully_precise_and_recalled(cache, tmp_path):
     assert report["fid"] < 1e-6
 
 
-def test_switched_off_or_without_reference_features_the_entries_say_why(cache, tmp_path):
+def test_switched_off_or_without_reference_features_the_entries_say_why(digits_cache, tmp_path):
     samples = write_real_shards(DIGITS, tmp_path / "samples", 40, 40, split="train", seed=2)
     off = EvaluateConfig(extractor=DIGITS_EXTRACTOR, kid_subsets=5, kid_subset_size=20, fidelity=False,
                          fid_infinity=False)
