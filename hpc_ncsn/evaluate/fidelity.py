@@ -186,8 +186,8 @@ def fidelity_entries(features: torch.Tensor, reference_features, reference_mu, r
     elif rows <= k:
         entries["fidelity_unavailable"] = f"{rows} rows per side; the {k}-th nearest neighbour needs more"
     else:
-        fake = _seeded_rows(features.to(device), rows)
-        real = _seeded_rows(torch.as_tensor(reference_features).to(device), rows)
+        fake = _seeded_rows(features, rows).to(device)
+        real = _seeded_rows(torch.as_tensor(reference_features), rows).to(device)
         entries.update(fidelity_diversity(real, fake, k_pr=settings.precision_k, k_dc=settings.density_k),
                        fidelity_n=rows)
     if not settings.fid_infinity:
