@@ -15,7 +15,7 @@ import torch
 from hpc_ncsn.config import EvaluateConfig
 from hpc_ncsn.evaluate.evaluator import evaluate
 from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
-from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, neighbour_distances
+from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, fidelity_entries, neighbour_distances
 from hpc_ncsn.evaluate.scores import frechet_distance, frechet_distances
 from hpc_ncsn.samples.real import write_real_shards
 from helpers import DIGITS
@@ -188,3 +188,16 @@ def test_switched_off_or_without_reference_features_the_entries_say_why(digits_c
     report = evaluate(samples, DIGITS, on, cache_dir=tmp_path / "reference", reference_npz=tmp_path / "stats.npz")
     assert report["precision"] is None and ".npz" in report["fidelity_unavailable"]
     assert report["fid_infinity_fit"]["fids"][-1] < 1e-6 and math.isfinite(report["fid_infinity"])
+
+
+def test_report_entries_draw_equal_subsets_and_say_why_when_too_few_rows():
+    x = normal(50, 4, 7)
+    mu, sigma = x.mean(0).numpy(), np.cov(x.numpy(), rowvar=False)
+    entries = fidelity_entries(x, x.clone(), mu, sigma, EvaluateConfig(fidelity_size=20))
+    # The same seeded 20 rows of two identical sets: identical subsets.
+    assert entries["fidelity_n"] == 20 and entries["precision"] == entries["recall"] == 1.0
+    assert entries["fid_infinity_fit"]["sizes"] == [10, 20, 30, 40, 50]
+    few = fidelity_entries(x[:5], x, mu, sigma, EvaluateConfig())
+    assert few["precision"] is None and "the 5-th nearest neighbour needs more" in few["fidelity_unavailable"]
+    two = fidelity_entries(x[:2], x, mu, sigma, EvaluateConfig())
+    assert two["fid_infinity"] is None and "needs 3 or more" in two["fid_infinity_unavailable"]
