@@ -423,7 +423,12 @@ class EvaluateConfig(_Section):
     `reference`: the split of the data set whose statistics the samples are compared with,
     `reference_size`: how many of its images (a fixed seeded subset), 0 for all;
     `kid_subsets` × `kid_subset_size`: KID's random subsets (torch-fidelity's defaults),
-    `is_splits`: the splits of the Inception Score (its standard 10)."""
+    `is_splits`: the splits of the Inception Score (its standard 10);
+    `fidelity`: precision and recall (k = `precision_k`, Kynkäänniemi et al. 2019) and density and
+    coverage (k = `density_k`, Naeem et al. 2020) on seeded subsets of `fidelity_size` samples and as
+    many reference images (capped at the smaller set, so both sides are equal, as in both papers);
+    `fid_infinity`: FID∞ (Chong and Forsyth 2020) fitted to FID at `fid_infinity_points` subset sizes
+    from N/5 to N. All from the features the FID uses (hpc_ncsn.evaluate.fidelity)."""
 
     SECTION: ClassVar[str] = "evaluate"
     extractor: str = ""
@@ -434,6 +439,12 @@ class EvaluateConfig(_Section):
     kid_subsets: int = 100
     kid_subset_size: int = 1000  # capped at the number of samples
     is_splits: int = 10
+    fidelity: bool = True  # precision, recall, density, coverage
+    fidelity_size: int = 10_000  # rows per side (seeded subsets); the cost grows as its square
+    precision_k: int = 3
+    density_k: int = 5
+    fid_infinity: bool = True
+    fid_infinity_points: int = 5  # FIDs fitted; each one costs about one FID
 
     def validate(self) -> None:
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -442,6 +453,12 @@ class EvaluateConfig(_Section):
         _require(self.kid_subsets >= 1, "kid_subsets", "must be >= 1")
         _require(self.kid_subset_size >= 2, "kid_subset_size", "must be >= 2 (KID compares pairs)")
         _require(self.is_splits >= 1, "is_splits", "must be >= 1")
+        _require(self.precision_k >= 1, "precision_k", "must be >= 1 (the k-th nearest neighbour)")
+        _require(self.density_k >= 1, "density_k", "must be >= 1 (the k-th nearest neighbour)")
+        _require(self.fidelity_size > max(self.precision_k, self.density_k), "fidelity_size",
+                 f"must exceed precision_k and density_k ({max(self.precision_k, self.density_k)}): each point needs "
+                 "that many neighbours")
+        _require(self.fid_infinity_points >= 2, "fid_infinity_points", "must be >= 2 (a line needs two points)")
 
 
 @dataclass(frozen=True)

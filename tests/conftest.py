@@ -34,6 +34,14 @@ def no_thread_setting_leaks_out_of_a_test():
     assert after == before, f"the test changed the thread variables of the test process: {before} → {after}"
 
 
+@pytest.fixture(scope="module")
+def digits_cache(tmp_path_factory):
+    """One HPC_NCSN_CACHE per test module: the digits classifier is trained once there."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPC_NCSN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 # Real data and the real FID weights, from the package managers (never committed) --------------------
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist

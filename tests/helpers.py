@@ -1,6 +1,9 @@
-"""What the tests share: the tiny settings of the real pipeline, a free port, a corrupted shard."""
+"""What the tests share: the tiny settings of the real pipeline, the digits evaluator tests score, a free port, a
+corrupted shard."""
 
 import socket
+
+from hpc_ncsn.config import DataConfig
 
 # A 2-level U-Net of width 8 on 8×8 digits: seconds on a CPU.
 TINY_NETWORK = ["data.image_size=8", "model.base_channels=8", "model.channel_mults=[1,2]", "model.attn_resolutions=[]"]
@@ -19,6 +22,10 @@ TINY_TRAINING = [
     "sampler.step_lr=1e-4", "train.batch_size=16", "train.sample_images=4", "train.log_every=2",
     "train.warmup_steps=3", "train.lr=2e-3", "train.sample_every=1000",
 ]
+
+
+# The offline digits at 16×16, one channel: what evaluator tests score with the digits classifier.
+DIGITS = DataConfig(name="digits", image_size=16, channels=1)
 
 
 def free_port() -> int:

@@ -8,24 +8,14 @@ import pytest
 import torch
 
 from hpc_ncsn.cli import main
-from hpc_ncsn.config import DataConfig, EvaluateConfig
+from hpc_ncsn.config import EvaluateConfig
 from hpc_ncsn.data import load_images
 from hpc_ncsn.samples.real import write_real_shards
 from hpc_ncsn.samples.shards import read_shard
-
-DIGITS = DataConfig(name="digits", image_size=16, channels=1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """One cache for the module: the digits classifier is trained once."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HPC_NCSN_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
-
+from helpers import DIGITS
 
 @pytest.fixture
-def samples(tmp_path, cache):
+def samples(tmp_path, digits_cache):
     return write_real_shards(DIGITS, tmp_path / "samples", 50, 20, split="train", seed=1)  # 3 shards: 20, 20, 10
 
 

@@ -1,14 +1,24 @@
 """Precision/recall, density/coverage and FID∞ (hpc_ncsn.evaluate.fidelity) against limits, closed forms and a
-brute-force transcription of the papers' definitions."""
+brute-force transcription of the papers' definitions; and in the evaluator's report, on real digit shards."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, neighbour_distances
+from hpc_ncsn.config import EvaluateConfig
+from hpc_ncsn.evaluate.evaluator import evaluate
+from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
+from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, fidelity_entries, neighbour_distances
 from hpc_ncsn.evaluate.scores import frechet_distance, frechet_distances
+from hpc_ncsn.samples.real import write_real_shards
+from helpers import DIGITS
 
 
 def normal(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -129,3 +139,65 @@ def test_distances_to_one_reference_equal_the_fid_of_each_pair():
     others = [(rng.normal(size=5), np.cov(rng.normal(size=(n, 5)), rowvar=False)) for n in (3, 10, 40)]  # n=3: rank 2
     assert frechet_distances(mu_r, sigma_r, iter(others)) == [frechet_distance(mu_r, sigma_r, *other)
                                                               for other in others]
+
+
+# --- In the evaluator's report --------------------------------------------------------------------------------
+
+def test_evaluate_reports_fidelity_and_fid_infinity_in_metrics_json_and_its_printout(digits_cache, tmp_path):
+    samples = write_real_shards(DIGITS, tmp_path / "samples", 60, 25, split="train", seed=1)
+    done = subprocess.run([sys.executable, "-m", "hpc_ncsn", "evaluate", "--samples", str(samples)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    report = json.loads((samples / "metrics.json").read_text())
+    assert printed == report and report["extractor"] == "digits-classifier"
+    points = EvaluateConfig().fid_infinity_points
+    # 60 real training digits against all 1,797: 60 rows per side, each of the four a fraction (density: a ratio).
+    assert report["fidelity_n"] == 60 and report["fidelity_unavailable"] is None
+    assert all(0 < report[key] <= 1 for key in ("precision", "recall", "coverage")) and report["density"] > 0
+    fit = report["fid_infinity_fit"]
+    assert len(fit["sizes"]) == len(fit["fids"]) == points and fit["sizes"][0] == 12 and fit["sizes"][-1] == 60
+    assert fit["fids"][-1] == pytest.approx(report["fid"], rel=1e-9)  # the largest subset is all samples
+    assert math.isfinite(report["fid_infinity"]) and report["fid_infinity_unavailable"] is None
+    # A line through the fitted points: its value at 1/N = 0 and its slope reproduce the fit.
+    slope, value = np.polyfit(1 / np.array(fit["sizes"]), fit["fids"], 1)
+    assert (report["fid_infinity"], fit["slope"]) == pytest.approx((value, slope), rel=1e-9)
+
+
+def test_identical_image_sets_are_fully_precise_and_recalled(digits_cache, tmp_path):
+    """The samples are exactly the reference: the 300 training digits that reference_size=300 draws (seed 0)."""
+    samples = write_real_shards(DIGITS, tmp_path / "samples", 300, 100, split="train", seed=0)
+    settings = EvaluateConfig(extractor=DIGITS_EXTRACTOR, reference_size=300, kid_subsets=5, kid_subset_size=20)
+    report = evaluate(samples, DIGITS, settings, cache_dir=tmp_path / "reference")
+    assert report["n"] == report["n_reference"] == report["fidelity_n"] == 300
+    assert report["precision"] == 1.0 and report["recall"] == 1.0 and report["coverage"] == 1.0
+    assert report["fid"] < 1e-6
+
+
+def test_switched_off_or_without_reference_features_the_entries_say_why(digits_cache, tmp_path):
+    samples = write_real_shards(DIGITS, tmp_path / "samples", 40, 40, split="train", seed=2)
+    off = EvaluateConfig(extractor=DIGITS_EXTRACTOR, kid_subsets=5, kid_subset_size=20, fidelity=False,
+                         fid_infinity=False)
+    report = evaluate(samples, DIGITS, off, cache_dir=tmp_path / "reference", save_stats=tmp_path / "stats.npz")
+    assert all(report[key] is None for key in ("precision", "recall", "density", "coverage", "fid_infinity"))
+    assert "evaluate.fidelity: false" in report["fidelity_unavailable"]
+    assert "evaluate.fid_infinity: false" in report["fid_infinity_unavailable"]
+    # Against μ/Σ of an .npz (here the samples' own): FID∞ needs only those, precision … coverage the vectors.
+    on = EvaluateConfig(extractor=DIGITS_EXTRACTOR, kid_subsets=5, kid_subset_size=20)
+    report = evaluate(samples, DIGITS, on, cache_dir=tmp_path / "reference", reference_npz=tmp_path / "stats.npz")
+    assert report["precision"] is None and ".npz" in report["fidelity_unavailable"]
+    assert report["fid_infinity_fit"]["fids"][-1] < 1e-6 and math.isfinite(report["fid_infinity"])
+
+
+def test_report_entries_draw_equal_subsets_and_say_why_when_too_few_rows():
+    x = normal(50, 4, 7)
+    mu, sigma = x.mean(0).numpy(), np.cov(x.numpy(), rowvar=False)
+    entries = fidelity_entries(x, x.clone(), mu, sigma, EvaluateConfig(fidelity_size=20))
+    # The same seeded 20 rows of two identical sets: identical subsets.
+    assert entries["fidelity_n"] == 20 and entries["precision"] == entries["recall"] == 1.0
+    assert entries["fid_infinity_fit"]["sizes"] == [10, 20, 30, 40, 50]
+    few = fidelity_entries(x[:5], x, mu, sigma, EvaluateConfig())
+    assert few["precision"] is None and "the 5-th nearest neighbour needs more" in few["fidelity_unavailable"]
+    two = fidelity_entries(x[:2], x, mu, sigma, EvaluateConfig())
+    assert two["fid_infinity"] is None and "needs 3 or more" in two["fid_infinity_unavailable"]

@@ -225,6 +225,12 @@ def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
     assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-7)
     assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-7)
     assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-7)
+    # Rank 0 computes these from the gathered vectors: the same with any number of processes (FID∞ to the rounding
+    # of the FIDs it extrapolates from, which may be far larger than it).
+    scale = max(one["fid_infinity_fit"]["fids"])
+    assert one["fid_infinity"] == pytest.approx(two["fid_infinity"], rel=1e-6, abs=1e-6 * scale)
+    assert [one[key] for key in ("precision", "recall", "coverage")] == [two[key] for key in ("precision", "recall",
+                                                                                             "coverage")]
     assert "biased upward" in one["warning"] and one["extractor"] == "digits-classifier"
 
 

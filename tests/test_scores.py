@@ -16,6 +16,7 @@ from helpers import free_port
 from hpc_ncsn.evaluate.scores import (
     FeatureStats,
     frechet_distance,
+    frechet_distance_to_rows,
     inception_score,
     kernel_inception_distance,
     polynomial_kernel,
@@ -60,6 +61,18 @@ def test_frechet_distance_matches_the_closed_form_for_commuting_covariances(zero
     assert frechet_distance(mu1, np.diag(lam1), mu2, np.diag(lam2)) == pytest.approx(expected, rel=1e-10)
     sigma1, sigma2 = q @ np.diag(lam1) @ q.T, q @ np.diag(lam2) @ q.T
     assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("n", [3, 20, 40])
+def test_the_distance_to_rows_through_their_n_by_n_form_is_the_frechet_distance_of_their_statistics(n):
+    """n < D (rank-deficient Σ2, the case it exists for) and n > D; the reference Σ1 itself rank-deficient."""
+    dim = 24
+    reference = features(15, dim, seed=5)  # 15 rows: Σ1 of rank 14
+    rows = features(n, dim, seed=6, shift=0.3)
+    mu1, sigma1 = stats_of(reference).to_numpy()
+    expected = frechet_distance(mu1, sigma1, *stats_of(rows).to_numpy())
+    assert frechet_distance_to_rows(mu1, sigma1, rows) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance_to_rows(*stats_of(rows).to_numpy(), rows) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_frechet_distance_matches_scipy_sqrtm_on_well_conditioned_matrices():

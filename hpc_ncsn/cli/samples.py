@@ -61,7 +61,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         job = Scoring(config.data, settings, args.cache)
         print(json.dumps({"samples": str(source), "data": asdict(config.data), "extractor": job.extractor_name,
                           "weights": str(job.weights) if job.weights else None, "batch_size": settings.batch_size,
-                          "reference": settings.reference, "out": str(out)}, indent=2))
+                          "reference": settings.reference, "fidelity": settings.fidelity,
+                          "fid_infinity": settings.fid_infinity, "out": str(out)}, indent=2))
         return 0
     setup_process()
     from ..evaluate.evaluator import evaluate

@@ -1,4 +1,5 @@
-"""The evaluator: features of sample shards (or image files) → FID, KID, IS against cached reference statistics.
+"""The evaluator: features of sample shards (or image files) → FID, KID, IS, precision/recall/density/coverage
+and FID∞ against cached reference statistics.
 
 `evaluate(source, data, settings)` takes the config's data and evaluate sections as they
 are, plus what varies per call (report file, reference .npz, statistics to save, cache).
@@ -7,8 +8,11 @@ way), extracts features with a torch-fidelity feature extractor, and accumulates
 (n, Σx, Σxxᵀ) in float64; the
 sums are all-reduced, so FID does not depend on the number of processes or the
 order of the shards (up to float64 summation order). KID and IS need the
-individual vectors: they are gathered on rank 0. Every number is reported with
-its N, and a warning when N is below the standard 50,000.
+individual vectors: they are gathered on rank 0, which also computes precision,
+recall, density and coverage (against a seeded subset of the reference's cached
+feature vectors) and FID∞ from them (hpc_ncsn.evaluate.fidelity; no second
+network). Every number is reported with its N, and a warning when N is below the
+standard 50,000.
 
 Reference statistics of a data set are computed once per (data, extractor,
 weights) and cached under a key hashing all three.
@@ -33,6 +37,7 @@ from ..progress import showing_progress
 from ..samples.shards import MANIFEST, read_manifest, read_shard
 from ..samples.validation import verify_folder
 from .extractors import Extractor, extract_features, extractor_for, load_extractor
+from .fidelity import fidelity_entries
 from .images import image_pieces
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
@@ -238,7 +243,8 @@ def _score(source: Path, pieces, count: int, meta: dict, job: Scoring) -> dict |
 
 
 def _report(gathered, stats, reference, extractor, meta, samples, settings: EvaluateConfig, device) -> dict:
-    """Rank 0: FID from the all-reduced statistics, KID and IS from the gathered vectors in sample order."""
+    """Rank 0: FID from the all-reduced statistics; KID, IS, precision … coverage and FID∞ from the gathered
+    vectors in sample order."""
     pieces = sorted((piece for rank_pieces in gathered for piece in rank_pieces), key=lambda piece: piece[0])
     features = torch.cat([piece[1] for piece in pieces])
     logits = torch.cat([piece[2] for piece in pieces])
@@ -279,6 +285,8 @@ def _report(gathered, stats, reference, extractor, meta, samples, settings: Eval
         "checkpoint_step": meta.get("checkpoint_step"),
         "warning": small_sample_warning(stats.n),
     }
+    report.update(fidelity_entries(features, reference["features"], reference["mu"], reference["sigma"], settings,
+                                   device))
     return report
 
 

@@ -23,6 +23,7 @@ and reading the fit at 1/N = 0 removes that bias; the subsets are seeded.
 
 Pure functions on (N, d) tensors; the Fréchet distance and the feature statistics are
 hpc_ncsn.evaluate.scores's (`frechet_distances`: one reference, many subsets).
+`fidelity_entries` is what the evaluator's report adds, as the evaluate section asks.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scores import FeatureStats, frechet_distances
+from ..config import EvaluateConfig
+from .scores import FeatureStats, frechet_distance_to_rows, frechet_distances
 
-__all__ = ["FIDInfinity", "fid_infinity", "fidelity_diversity", "neighbour_distances"]
+__all__ = ["FIDInfinity", "fid_infinity", "fidelity_diversity", "fidelity_entries", "neighbour_distances"]
 
 CHUNK_ENTRIES = 1 << 24  # distances held at once (128 MiB of float64)
 TIE_RTOL = 1e-9  # squared distances this close to a radius are ties (round-off of the norm expansion is ~1e-15)
@@ -126,8 +128,8 @@ def fid_infinity(features, reference_mu, reference_sigma, *, num_points: int = 1
     """FID∞ of generated `features` (N, d) against reference statistics (μ, Σ) (Chong and Forsyth 2020).
 
     FID of `num_points` subsets, sizes evenly spaced from `min_size` (default N//5) to N, each the first n rows of
-    one seeded permutation (numpy default_rng(seed)), so the statistics are gathered in one pass; least-squares
-    line FID = FID∞ + c/n."""
+    one seeded permutation (numpy default_rng(seed)), so the statistics are gathered in one pass (a subset of
+    n <= d rows: its n × n form, scores.frechet_distance_to_rows); least-squares line FID = FID∞ + c/n."""
     x = _features(features, "generated features")
     n = x.shape[0]
     min_size = max(2, n // 5) if min_size is None else min_size
@@ -136,13 +138,65 @@ def fid_infinity(features, reference_mu, reference_sigma, *, num_points: int = 1
                          f"num_points={num_points}; generate more samples")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n)).to(x.device)
     sizes = tuple(int(size) for size in np.linspace(min_size, n, num_points).round())
+    dim = x.shape[1]
+    small = [size for size in sizes if size <= dim]  # rank-deficient subsets: their n × n form is cheaper
+
     def subset_statistics():  # nested prefixes: each subset's statistics grow from the previous one's
-        stats, done = FeatureStats.empty(x.shape[1], device=x.device), 0
-        for size in sizes:
+        stats, done = FeatureStats.empty(dim, device=x.device), 0
+        for size in sizes[len(small):]:
             stats.update(x[order[done:size]])
             done = size
             yield stats.to_numpy()
 
-    fids = frechet_distances(reference_mu, reference_sigma, subset_statistics())  # the reference's √Σ once
+    fids = [frechet_distance_to_rows(reference_mu, reference_sigma, x[order[:size]].cpu().numpy()) for size in small]
+    fids += frechet_distances(reference_mu, reference_sigma, subset_statistics())  # the reference's √Σ once
     slope, value = np.polyfit(1.0 / np.asarray(sizes, dtype=np.float64), np.asarray(fids), 1)
     return FIDInfinity(float(value), float(slope), sizes, tuple(fids))
+
+
+FIDELITY_KEYS = ("precision", "recall", "density", "coverage")
+SUBSET_SEED = 0  # the seeded subsets of samples and reference features that precision … coverage compare
+
+
+def _seeded_rows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`size` rows of x drawn without replacement by SUBSET_SEED (all of them, in order, when size >= len(x))."""
+    if size >= x.shape[0]:
+        return x
+    chosen = np.sort(np.random.default_rng(SUBSET_SEED).permutation(x.shape[0])[:size])
+    return x[torch.from_numpy(chosen).to(x.device)]
+
+
+def fidelity_entries(features: torch.Tensor, reference_features, reference_mu, reference_sigma,
+                     settings: EvaluateConfig, device="cpu") -> dict:
+    """The report's precision, recall, density, coverage (with the rows per side, `fidelity_n`) and FID∞ (with
+    its fit) of generated `features` (N, d) against the reference's features (None: μ/Σ only) and (μ, Σ).
+
+    Each entry is None, with a `…_unavailable` reason, when switched off in `settings` or not computable."""
+    entries: dict = dict.fromkeys(FIDELITY_KEYS)
+    entries.update(fidelity_n=None, fidelity_unavailable=None, fid_infinity=None, fid_infinity_fit=None,
+                   fid_infinity_unavailable=None)
+    k = max(settings.precision_k, settings.density_k)
+    rows = min(settings.fidelity_size, features.shape[0],
+               reference_features.shape[0] if reference_features is not None else features.shape[0])
+    if not settings.fidelity:
+        entries["fidelity_unavailable"] = "switched off (evaluate.fidelity: false)"
+    elif reference_features is None:
+        entries["fidelity_unavailable"] = ("the reference is μ/Σ from an .npz; precision … coverage need its feature "
+                                           "vectors: evaluate against the data set")
+    elif rows <= k:
+        entries["fidelity_unavailable"] = f"{rows} rows per side; the {k}-th nearest neighbour needs more"
+    else:
+        fake = _seeded_rows(features, rows).to(device)
+        real = _seeded_rows(torch.as_tensor(reference_features), rows).to(device)
+        entries.update(fidelity_diversity(real, fake, k_pr=settings.precision_k, k_dc=settings.density_k),
+                       fidelity_n=rows)
+    if not settings.fid_infinity:
+        entries["fid_infinity_unavailable"] = "switched off (evaluate.fid_infinity: false)"
+    elif features.shape[0] < 3:
+        entries["fid_infinity_unavailable"] = f"{features.shape[0]} samples; FID at two subset sizes needs 3 or more"
+    else:
+        fit = fid_infinity(features.to(device), reference_mu, reference_sigma,
+                           num_points=settings.fid_infinity_points).to_dict()
+        entries["fid_infinity"] = fit.pop("fid_infinity")
+        entries["fid_infinity_fit"] = fit
+    return entries

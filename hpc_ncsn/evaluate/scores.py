@@ -28,6 +28,7 @@ __all__ = [
     "FeatureStats",
     "frechet_distance",
     "frechet_distances",
+    "frechet_distance_to_rows",
     "inception_score",
     "kernel_inception_distance",
     "polynomial_kernel",
@@ -276,6 +277,29 @@ def frechet_distances(mu1, sigma1, others) -> list[float]:
         distance = diff @ diff + np.trace(sigma1_checked) + np.trace(sigma2) - 2 * trace_term
         distances.append(max(float(distance), 0.0))
     return distances
+
+
+def frechet_distance_to_rows(mu1, sigma1, rows) -> float:
+    """`frechet_distance` from N(μ1, Σ1) to the mean and unbiased covariance of `rows` (n, D), through their
+    n × n form: what FID of a subset with n ≤ D costs far less that way (no D × D eigendecomposition).
+
+    With X the centred rows, Σ2 = XᵀX/(n − 1): Tr(Σ2) = ‖X‖²_F/(n − 1), and Σ1Σ2 = (Σ1Xᵀ)(X/(n − 1)) has the
+    non-zero eigenvalues of the symmetric PSD n × n matrix X Σ1 Xᵀ/(n − 1) (AB and BA share them), whose
+    round-off eigenvalues are set to 0 as in `frechet_distance`."""
+    x = _as_float64_matrix(rows, "rows")
+    mu1 = _as_float64_array(mu1, "mu1")
+    if mu1.ndim != 1 or x.shape[1] != mu1.shape[0] or x.shape[0] < 2:
+        raise ValueError(f"rows must be (n >= 2, D) with D the length of mu1 {mu1.shape}, got {x.shape}")
+    sigma1 = _checked_covariance(_as_float64_array(sigma1, "sigma1"), "sigma1", mu1.shape[0])
+    mu2 = x.mean(axis=0)
+    centred = x - mu2
+    gram = centred @ sigma1 @ centred.T / (x.shape[0] - 1)
+    eigenvalues = np.linalg.eigvalsh((gram + gram.T) / 2)
+    eigenvalues = _checked_psd_eigenvalues(eigenvalues, "sigma1 seen through the rows")
+    diff = mu1 - mu2
+    distance = (diff @ diff + np.trace(sigma1) + np.einsum("ij,ij->", centred, centred) / (x.shape[0] - 1)
+                - 2 * np.sqrt(eigenvalues).sum())
+    return max(float(distance), 0.0)
 
 
 def _as_float64_matrix(x, name: str) -> np.ndarray:
