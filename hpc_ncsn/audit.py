@@ -54,6 +54,7 @@ END_NOISE_LIMIT = 3.0
 # The option a command offers to run an arm the audit refuses.
 OVERRIDE_FLAG = "--allow-unstable-sampler"
 _MAX_STEPS = 10_000  # sampler.steps_per_level's upper bound
+_MAX_SNR = 4.0  # the largest r the audit tries (score SDE uses 0.16; r ≥ 1 steps farther than the noise)
 _DIVERGED = 1e30
 
 
@@ -125,11 +126,14 @@ def _bounded(r: float, gamma: float, steps: int, max_levels: int = 20_000) -> bo
 def r_min(gamma: float, steps: int, *, tolerance: float = 1e-6) -> float:
     """The smallest SNR r whose chain stays bounded on a ladder of constant ratio γ > 1 with T steps per
     level: bisection on the iterated D → ∞ map (a saddle-node, where the level map's two fixed points meet).
-    For a ladder with varying ratios, r_min of its largest ratio (r_min grows with γ)."""
+    For a ladder with varying ratios, r_min of its largest ratio (r_min grows with γ); inf when no r up to
+    `_MAX_SNR` keeps it bounded."""
     if gamma <= 1.0:
         raise ValueError(f"the ladder ratio γ must be > 1, got {gamma}")
     low, high = 0.0, 1.0
     while not _bounded(high, gamma, steps):
+        if high >= _MAX_SNR:  # no r keeps the chain bounded: the ladder's gaps are too wide for T steps
+            return math.inf
         low, high = high, 2.0 * high
     while high - low > tolerance:
         middle = 0.5 * (low + high)
@@ -187,6 +191,8 @@ class AuditRecord:
 
     def to_dict(self) -> dict:
         record = {**asdict(self), "audited": self.audited, "stable": self.stable, "verdict": self.verdict}
+        if self.r_min is not None and math.isinf(self.r_min):
+            record["r_min"] = None  # no r settles the chain (JSON has no infinity); the verdict and message say so
         if not self.audited:  # the Langevin figures would describe a chain this sampler does not run
             record.update(end_noise=None, level_noise=None, r_min=None, r_needed=None, steps_needed=None)
         return record
@@ -195,7 +201,8 @@ class AuditRecord:
         """The one-line refusal: the arm, its end noise, r_min and the ways out."""
         ways = []
         if self.step_rule == "snr":
-            cause = f"r = {self.snr:g} at T = {self.steps_per_level}, r_min = {self.r_min:.3f}"
+            bound = "no r up to 4 settles it" if math.isinf(self.r_min) else f"r_min = {self.r_min:.3f}"
+            cause = f"r = {self.snr:g} at T = {self.steps_per_level}, {bound}"
             if self.r_needed is not None:
                 ways.append(f"raise sampler.snr to >= {_round_up(self.r_needed):.3f}")
         else:
@@ -204,7 +211,8 @@ class AuditRecord:
         if self.steps_needed is not None:
             ways.append(f"raise sampler.steps_per_level to >= {self.steps_needed}")
         return (f"arm {self.arm}: with the exact score its Langevin chain ends at {self.end_noise:.3g} σ_L "
-                f"(limit {self.limit:g} σ_L; {cause}); {', or '.join(ways)}, or pass {flag} to run it anyway")
+                f"(limit {self.limit:g} σ_L; {cause}); {', or '.join(ways)}, or pass {flag} {self.arm.split(',')[0]} "
+                "to run it anyway")
 
 
 def end_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
@@ -231,8 +239,8 @@ def audit(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float
     bound = needed = None
     if step_rule == "snr":
         bound = r_min(max(high / low for high, low in zip(sigmas, sigmas[1:])), steps)
-        needed = _smallest_snr(lambda r: end_noise(sigmas, step_rule="snr", steps=steps, **{**rule, "snr": r})
-                               <= limit, bound)
+        needed = None if math.isinf(bound) else _smallest_snr(
+            lambda r: end_noise(sigmas, step_rule="snr", steps=steps, **{**rule, "snr": r}) <= limit, bound)
     return AuditRecord(
         arm=arm, step_rule=step_rule, steps_per_level=steps, step_lr=step_lr, snr=snr, dim=dim,
         num_levels=len(sigmas), end_noise=level_noise[-1], level_noise=level_noise, r_min=bound, r_needed=needed,
@@ -251,7 +259,7 @@ def _smallest_snr(passes, start: float, tolerance: float = 1e-5) -> float | None
         return start
     low, high = start, start * 1.25
     while not passes(high):
-        if high > 4.0:
+        if high > _MAX_SNR:
             return None
         low, high = high, high * 1.25
     while high - low > tolerance:

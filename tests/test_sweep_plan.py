@@ -300,7 +300,7 @@ def test_the_first_studys_snr_setting_is_refused_before_anything_is_written_and_
     refused = launcher(tmp_path, *fashion)
     assert refused.returncode == 2 and refused.stdout == "" and refused.stderr.count("\n") == 1, refused.stderr
     assert refused.stderr.startswith("error: arm snr: ") and "r_min = 0.266" in refused.stderr
-    assert "--allow-unstable-sampler" in refused.stderr
+    assert "or pass --allow-unstable-sampler snr to run it anyway" in refused.stderr
     assert not (tmp_path / "sweep").exists()
     planned = launcher(tmp_path, *fashion, "--allow-unstable-sampler", "snr", "--dry-run")
     assert planned.returncode == 0, planned.stderr
@@ -318,3 +318,12 @@ def test_sampler_presets_share_the_geometric_network_so_six_arms_train_two_netwo
     for task in sweep.sample:
         ladder = "linear" if dict(task.group)["arm"] == "linear" else "geometric"
         assert task.train.name == f"arm-{ladder}_seed-{task.seed}"
+
+
+def test_networks_trained_on_different_sigma_ranges_get_one_held_out_grid(tmp_path):
+    narrow = plan(SweepSpec.from_config(DEBUG, {"arm": ["geometric"], "seed": [0], "noise.sigma_max": [4.0, 8.5]}),
+                  tmp_path)
+    assert {(t.config["train"]["heldout_sigma_max"], t.config["train"]["heldout_sigma_min"]) for t in narrow.train} \
+        == {(8.5, 0.01)}
+    same = plan(spec(), tmp_path)  # geometric and linear share σ_1 and σ_L: each network's own range is common
+    assert {t.config["train"]["heldout_sigma_max"] for t in same.train} == {0}

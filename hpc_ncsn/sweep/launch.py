@@ -79,9 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="calibration rows, one per seed, scored like the cells: 'real' (N held-out real images: "
                            "the FID floor at this N) and 'untrained' (the initialised network's samples: the "
                            "ceiling) (default: none)")
-    grid.add_argument(OVERRIDE_FLAG, dest="allow_unstable", nargs="?", const="all", default="", metavar="ARMS",
-                      help="run arms whose Langevin chain the sampler audit refuses (it would end above "
-                           f"{END_NOISE_LIMIT:g} σ_L with the exact score): all, or the comma-separated arms named; "
+    grid.add_argument(OVERRIDE_FLAG, dest="allow_unstable", default="", metavar="ARMS",
+                      help="run these arms (comma-separated, or 'all') although the sampler audit refuses them "
+                           f"(their Langevin chain would end above {END_NOISE_LIMIT:g} σ_L with the exact score); "
                            "recorded in sweep.json and shown in the table")
     grid.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides for every cell, e.g. train.steps=500 generate.num_samples=1000")

@@ -219,6 +219,7 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
     trainings: dict[str, TrainTask] = {}
     samples: list[SampleTask] = []
     names: dict[str, Cell] = {}
+    common = _heldout_grid(spec)
     for cell in spec.cells():
         if cell.name in names:
             raise ConfigError(f"cells {dict(names[cell.name].axes)} and {dict(cell.axes)} would share the folder "
@@ -229,7 +230,7 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
         identity = training_identity(config)
         if identity not in trainings:
             folder = root / "train" / cell.name
-            run_config = spec.cell_config(cell, f"train.out_dir={folder}")
+            run_config = spec.cell_config(cell, f"train.out_dir={folder}", *common)
             trainings[identity] = TrainTask(cell.name, folder, run_config)
         samples.append(SampleTask(cell.name, root / "cells" / cell.name / "samples", config, trainings[identity],
                                   cell.seed, cell.group()))
@@ -240,6 +241,19 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
             samples.append(AnchorTask(name, root / "cells" / name / "samples", config, int(seed),
                                       (("anchor", kind),), kind))
     return Plan(root, spec, list(trainings.values()), samples, AggregateTask())
+
+
+def _heldout_grid(spec: SweepSpec) -> list[str]:
+    """Overrides that put every network of the sweep on one held-out σ grid (hpc_ncsn.heldout): the widest
+    trained range, where the networks' ranges differ and the config leaves the grid at its default."""
+    train = spec.base["train"]
+    if train.get("heldout_sigma_max") or train.get("heldout_sigma_min"):
+        return []  # the config names its grid: the same for every network already
+    ranges = {(c["noise"]["sigma_max"], c["noise"]["sigma_min"]) for c in map(spec.cell_config, spec.cells())}
+    if len(ranges) == 1:
+        return []  # each network's own range is the common one
+    return [f"train.heldout_sigma_max={max(high for high, _ in ranges)}",
+            f"train.heldout_sigma_min={min(low for _, low in ranges)}"]
 
 
 def row_label(group: tuple[tuple[str, Any], ...]) -> str:
