@@ -364,7 +364,7 @@ def test_six_arms_run_to_a_table_with_paired_verdicts_and_what_each_cell_cost(tm
         expected = [cells[arm, s]["metrics"]["fid"] - cells["geometric", s]["metrics"]["fid"] for s in (0, 1)]
         assert comparisons[arm]["differences"] == pytest.approx(expected, rel=1e-12)
         assert comparisons[arm]["verdict"] in ("better", "worse", "no difference seen at 95 %")
-    assert table["audit"]["linear"]["verdict"].startswith("unsettled, run anyway")
+    assert table["audit"]["snr"]["verdict"] == "unsettled, run anyway: --allow-unstable-sampler given"
     assert table["audit"]["edm"]["verdict"].startswith("not audited")
     markdown = (out / "table.md").read_text()
     assert "Against geometric, FID difference" in markdown and "cannot be seen" in markdown
