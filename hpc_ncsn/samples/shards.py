@@ -1,5 +1,7 @@
 """HDF5 sample shards: atomic writes, validation that cannot hang, a checksummed manifest.
 
+One concept, the shard format (written, validated, listed, viewed), hence over ~300 lines.
+
 Layout of one shard (format version 3), `shard-KKKKK.h5`:
 
     /images    uint8 (N, H, W, C)   NHWC, C = 1 or 3; N = stop - start
