@@ -73,18 +73,23 @@ def sweep(cluster: dict, out: Path, *args: str, timeout: int = 900, check: bool 
     return result
 
 
-def test_sweep_of_three_schedules_and_two_seeds_reaches_the_table(cluster, tmp_path):
+def test_sweep_of_six_arms_and_two_seeds_reaches_the_paired_table(cluster, tmp_path):
     out = tmp_path / "sweep"
+    arms = ["geometric", "linear", "snr", "linear-sampled", "edm", "ancestral"]
     start = time.time()
-    result = sweep(cluster, out, "--schedules", "geometric,linear,snr", "--seeds", "0,1", *SWEEP)
-    print(f"slurm sweep 3 schedules x 2 seeds: {time.time() - start:.1f} s")
+    result = sweep(cluster, out, "--schedules", ",".join(arms), "--seeds", "0,1", *SWEEP)
+    print(f"slurm sweep 6 arms x 2 seeds: {time.time() - start:.1f} s")
     table = json.loads((out / "table.json").read_text())
-    assert [(row["group"]["arm"], row["seeds_done"]) for row in table["rows"]] == [
-        ("geometric", 2), ("linear", 2), ("snr", 2)]
+    assert [(row["group"]["arm"], row["seeds_done"]) for row in table["rows"]] == [(arm, 2) for arm in arms]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["failed"] == [] and set(summary["jobs"]) == {"train", "sample", "aggregate"}
     statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
-    assert len(statuses) == 4 + 6 + 1 and all(s["state"] == "done" and s["job_id"] for s in statuses)
+    # trainings: geometric and linear per seed; every other arm samples the geometric network
+    assert len(statuses) == 4 + 12 + 1 and all(s["state"] == "done" and s["job_id"] for s in statuses)
+    paired = {c["arm"]: c["paired"] for c in table["comparisons"]}
+    assert paired == {"linear": False, "snr": True, "linear-sampled": True, "edm": True, "ancestral": True}
+    assert all(row["nfe"]["mean"] > 0 and row["precision"]["mean"] is not None for row in table["rows"])
+    assert all(row["heldout_dsm"]["mean"] > 0 for row in table["rows"])
 
 
 def running_training(out: Path, name: str, min_step: int, timeout: float = 300) -> dict:
