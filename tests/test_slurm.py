@@ -117,7 +117,7 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
     long = [*SWEEP, "train.steps=2000", "train.checkpoint_every=100", "train.log_every=10"]
     out = tmp_path / "sweep"
     process = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--wait",
-                                "--out", str(out), "--arms", "geometric", "--seeds", "0", *long],
+                                "--out", str(out), *UNSTABLE_OK, "--arms", "geometric", "--seeds", "0", *long],
                                env={**os.environ, **cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     if interruption == "USR2 warning":  # what Slurm sends --signal-delay-s before the time limit
@@ -206,7 +206,8 @@ ONE = ["--arms", "geometric", "--seeds", "0"]
 
 
 def launch(cluster: dict, out: Path, *args: str) -> subprocess.Popen:
-    command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(out), *args]
+    command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(out),
+               *UNSTABLE_OK, *args]
     return subprocess.Popen(command, env={**os.environ, **cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 

@@ -41,8 +41,10 @@ __all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "
 
 METRICS = ("fid", "kid_mean", "is_mean")
 # Further per-cell figures, averaged per row like METRICS where present (None where a cell has none).
-EXTRA = ("fid_infinity", "precision", "recall", "density", "coverage", "heldout_dsm", "nfe", "training_images",
-         "train_seconds", "sample_seconds")
+EXTRA = ("fid_infinity", "precision", "recall", "density", "coverage", "heldout_dsm", "nfe", "training_images")
+# Wall seconds of each stage: per cell in table.json and averaged in table.md, but not in the rows, which the
+# same results must reproduce exactly whichever run (a resumed one, a slower machine) computed them.
+SECONDS = ("train_seconds", "sample_seconds")
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,8 @@ def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] 
               "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         label = row_label(tuple(row["group"].items()))
+        done = [c for c in cells if c.state == "done" and dict(c.group) == row["group"]]
+        row = row | {key: _spread([c.extra.get(key) for c in done]) for key in SECONDS}
         audit = (audits or {}).get(label, {})
         noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "
         lines.append(f"| {label} | {_mean(row, 'fid_infinity')} | {_mean(row, 'precision', 3)} | "
