@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Keep this machine's cores busy, as another user's job would: float32 matrix products on `--threads`
-OpenMP threads for `--seconds`. The competing program of the README's contended measurements:
+OpenMP threads for `--seconds`. The competing program of docs/performance.md's contended measurements:
 
     python bench/busy.py --threads 2 --seconds 1200 &   # then the command to measure
 """

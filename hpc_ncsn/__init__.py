@@ -1,6 +1,6 @@
 """hpc_ncsn: score-based generative modeling (NCSN, NCSNv2) experiments on HPC clusters.
 
-The pipeline, stage by stage (README, Architecture):
+The pipeline, stage by stage (docs/architecture.md):
 
     config  data → schedules, planning → model → loss → sampling        the science, pure functions
             train/      Accelerate/DeepSpeed loop, EMA, checkpoints      (checkpoint.py: the checkpoint format)

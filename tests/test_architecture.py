@@ -1,4 +1,4 @@
-"""The package's rooms and who may enter them (README, Architecture), read from the source's import statements."""
+"""The package's rooms and who may enter them (docs/architecture.md), read from the source's import statements."""
 
 import ast
 import subprocess

@@ -3,7 +3,7 @@
 Each fault is a real file operation (a flipped byte, a copied or linked shard, an edited
 manifest, a torn log line, a full filesystem, ...). For `evaluate` no fault may yield a
 number; every refusal is one line `error: ...` with exit status 2 and no traceback.
-README, "Results you can trust", has the table of these faults.
+docs/trust.md, "The faults the tests inject", has the table of these faults.
 """
 
 import json

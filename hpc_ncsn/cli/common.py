@@ -30,7 +30,7 @@ def add_config_args(parser: argparse.ArgumentParser, example: str = "noise.sigma
 
 def keys_help() -> str:
     return ("config keys (section: key=built-in default (choices); set any as KEY=VALUE, e.g. train.steps=500;\n"
-            f"what each means: the README's Configs section):\n{config_reference()}")
+            f"what each means: docs/configs.md):\n{config_reference()}")
 
 
 def add_debug(parser: argparse.ArgumentParser) -> None:

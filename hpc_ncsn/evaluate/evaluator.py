@@ -295,7 +295,7 @@ def environment(world: int = 1) -> dict:
     """What a result was computed with: processes, threads per process, library versions, machine.
 
     Float rounding of CPU kernels depends on these: the same code, data and seed give the
-    same numbers to the last digit only in the same environment (README, Measured).
+    same numbers to the last digit only in the same environment (docs/trust.md, Reproducibility).
     """
     import platform
 

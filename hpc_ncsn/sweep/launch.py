@@ -14,7 +14,7 @@ Rerunning the same command on the same --out skips finished tasks, reruns failed
 or unfinished ones (a training resumes from its checkpoint, a sampling keeps its
 valid shards) and rewrites the table. While jobs of the sweep are still queued or
 running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
-folder cannot run at once (a lock file, see README).
+folder cannot run at once (a lock file, see docs/sweeps.md).
 
 states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
 --cancel), preempted (USR2 and requeued), lost (the job vanished without a word:

@@ -98,7 +98,7 @@ def local_parallel(requested: int | None) -> int:
     On a CPU, one thread per task beats all threads on one task: a small network's operators do not
     split well over threads, and a single-threaded task loses only its share of the cores to another
     program, where a task with an OpenMP team slows down several times (each team waits for its
-    slowest thread). Measured on the README's 2-core machine: see its Sweeps section.
+    slowest thread). Measured on a 2-core machine: docs/performance.md, Threads on a shared node.
     """
     if requested is not None:
         return max(1, requested)
@@ -189,7 +189,7 @@ def check_python(command: str, timeout_s: float = 300) -> str:
     if probe.returncode != 0 or not found:
         said = (probe.stderr.strip() or probe.stdout.strip() or f"exit status {probe.returncode}").splitlines()[-1]
         raise ConfigError(f"--python {command!r} cannot run the tasks ({said}); it must start a Python that imports "
-                          "hpc_ncsn, submitit and torch: install the project in the image (README, Containers) "
+                          "hpc_ncsn, submitit and torch: install the project in the image (docs/sweeps.md, Containers) "
                           "or point PYTHONPATH at this checkout")
     version, where, torch_version, executable = found[-1]
     if version != __version__:
