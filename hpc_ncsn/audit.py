@@ -307,9 +307,11 @@ def audit_config(config: Config, dim: int | None = None, *, arm: str | None = No
         dim = 2 if config.data.name == "toy2d" else config.data.channels * config.data.image_size**2
     name = arm or arm_of(replace(config, noise=noise, sampler=sampler)) or f"{noise.ladder}/{sampler.step_rule}"
     from .sampling import sampling_ladder  # torch, only once an audit runs (commands' --help stays light)
+    from .schedules import planned_step_lr
 
     sigmas = sampling_ladder(noise, sampler).tolist()  # the ladder the sampler runs, not the one trained on
-    record = audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=sampler.step_lr,
+    step_lr = sampler.step_lr or planned_step_lr(sigmas, sampler.steps_per_level)  # 0: technique 4's ε
+    record = audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=step_lr,
                    snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
     return replace(record, kind=sampler.kind if sampler.corrector_steps == 0 else f"{sampler.kind}+corrector")
 

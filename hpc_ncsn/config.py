@@ -223,7 +223,8 @@ class SamplerConfig(_Section):
 
     `kind`: 'langevin' is annealed Langevin dynamics (NCSN/NCSNv2), T = `steps_per_level`
     steps per level with the step rule `step_rule` ('ncsn': α_i = step_lr·σ_i²/σ_L², σ_L the
-    sampling ladder's last level; 'snr':
+    sampling ladder's last level; step_lr 0 plans ε by NCSNv2's technique 4 for this T on the sampling
+    ladder, so that an axis over steps_per_level keeps ε matched to T; 'snr':
     a per-sample step from the signal-to-noise ratio `snr`); 'ancestral' the reverse-diffusion
     predictor of the variance-exploding SDE, with `corrector_steps` Langevin corrector steps
     (step rule as above) per level (score SDE's predictor-corrector); 'ode' Euler steps of the
@@ -271,7 +272,8 @@ class SamplerConfig(_Section):
         _require(self.steps_per_level >= 1, "steps_per_level", "must be at least 1")
         _require(self.steps_per_level <= 10_000, "steps_per_level", "must be at most 10,000 (NCSN used 100, "
                                                                     "NCSNv2 5)")
-        _require(self.step_lr > 0, "step_lr", "must be > 0")
+        _require(self.step_lr >= 0, "step_lr", "must be > 0, or 0 for technique 4's ε at this steps_per_level "
+                                               "(hpc-ncsn plan)")
         _require(self.snr > 0, "snr", "must be > 0")
         _require(self.num_levels == 0 or 2 <= self.num_levels <= 10_000, "num_levels",
                  "must be 0 (the training ladder's L) or in 2..10,000")

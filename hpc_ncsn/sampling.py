@@ -25,7 +25,7 @@ import torch
 
 from .config import NoiseConfig, SamplerConfig, check_sampling_range
 from .rng import LANGEVIN_INIT, sample_normal, sample_uniform
-from .schedules import STEP_RULES, ladder, ncsn_step_sizes, snr_step_size
+from .schedules import STEP_RULES, ladder, ncsn_step_sizes, planned_step_lr, snr_step_size
 from .solvers import ancestral, ancestral_evaluations, probability_flow, probability_flow_evaluations
 
 __all__ = ["KINDS", "ScoreFn", "SamplerPlan", "annealed_langevin", "draw", "initial_state", "langevin", "sample",
@@ -65,7 +65,9 @@ class SamplerPlan:
     @classmethod
     def from_config(cls, noise: NoiseConfig, sampler: SamplerConfig) -> "SamplerPlan":
         """The plan of a config's training ladder (`noise`) and sampler (`sampler`, `sampling_ladder`)."""
-        return cls(sampling_ladder(noise, sampler), sampler.step_rule, sampler.steps_per_level, sampler.step_lr,
+        sigmas = sampling_ladder(noise, sampler)
+        step_lr = sampler.step_lr or planned_step_lr(sigmas.tolist(), sampler.steps_per_level)
+        return cls(sigmas, sampler.step_rule, sampler.steps_per_level, step_lr,
                    sampler.snr, sampler.final_denoise, sampler.kind, sampler.corrector_steps)
 
     def __post_init__(self):

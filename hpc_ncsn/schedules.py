@@ -22,11 +22,15 @@ __all__ = [
     "LADDERS",
     "STEP_RULES",
     "edm_sigmas",
+    "gamma_for_levels",
     "geometric_sigmas",
     "ladder",
     "linear_sigmas",
     "ncsn_step_sizes",
+    "planned_step_lr",
     "snr_step_size",
+    "step_lr_for",
+    "step_lr_objective",
 ]
 
 
@@ -91,6 +95,60 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float) -> torch
     noise_norm = noise.flatten(1).norm(dim=1)
     tiny = torch.finfo(score_norm.dtype).tiny
     return 2.0 * (snr * noise_norm / score_norm.clamp_min(tiny)) ** 2
+
+
+def gamma_for_levels(sigma_max: float, sigma_min: float, num_levels: int) -> float:
+    """The ratio of a geometric ladder with L levels: γ = (σ_1/σ_L)^{1/(L−1)}."""
+    return (sigma_max / sigma_min) ** (1.0 / (num_levels - 1))
+
+
+def step_lr_objective(step_lr: float, gamma: float, steps: int, sigma_min: float) -> float:
+    """Technique 4's expression, which should be maximally close to 1.
+
+    (1 − ε/σ_L²)^{2T}·(γ² − 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)) + 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)
+    """
+    s2 = sigma_min**2
+    ratio = step_lr / s2
+    tail = 2.0 * step_lr / (s2 - s2 * (1.0 - ratio) ** 2)
+    return (1.0 - ratio) ** (2 * steps) * (gamma**2 - tail) + tail
+
+
+def step_lr_for(gamma: float, steps: int, sigma_min: float) -> float:
+    """Technique 4: ε in (0, σ_L²) minimizing |objective − 1|.
+
+    A log-spaced scan over ε/σ_L² ∈ [1e-8, 1) finds the best bracket, then golden-
+    section search refines it (the objective is smooth inside a bracket).
+    """
+    if steps < 1:
+        raise ValueError(f"steps per level (T) must be >= 1, got {steps}")
+
+    def distance(log_ratio: float) -> float:
+        return abs(step_lr_objective(math.exp(log_ratio) * sigma_min**2, gamma, steps, sigma_min) - 1.0)
+
+    grid = [math.log(1e-8) + i * (math.log(1 - 1e-9) - math.log(1e-8)) / 4000 for i in range(4001)]
+    values = [distance(g) for g in grid]
+    k = min(range(len(grid)), key=values.__getitem__)
+    low, high = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    inv_phi = (math.sqrt(5) - 1) / 2
+    for _ in range(200):
+        a = high - inv_phi * (high - low)
+        b = low + inv_phi * (high - low)
+        if distance(a) < distance(b):
+            high = b
+        else:
+            low = a
+    return math.exp(0.5 * (low + high)) * sigma_min**2
+
+
+def planned_step_lr(sigmas, steps: int) -> float:
+    """Technique 4's ε for T = `steps` Langevin steps per level on the ladder `sigmas` (σ_1 > … > σ_L).
+
+    γ is the ratio of the geometric ladder with the same ends and length, (σ_1/σ_L)^{1/(L−1)}: exactly
+    the ladder's own ratio when it is geometric, and the ε a geometric ladder would use otherwise (the
+    linear arms' shared ε). What sampler.step_lr = 0 resolves to.
+    """
+    values = [float(value) for value in sigmas]
+    return step_lr_for(gamma_for_levels(values[0], values[-1], len(values)), steps, values[-1])
 
 
 LADDERS = {"geometric": geometric_sigmas, "linear": linear_sigmas, "edm": edm_sigmas}

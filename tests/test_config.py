@@ -66,7 +66,7 @@ def test_yaml_then_overrides(tmp_path):
         ("sampler.final_denoise=1", r"sampler.final_denoise: expected true or false"),
         ("noise.sigma_max=inf", r"noise.sigma_max: expected a finite number, got .inf"),
         ("train.lr=.nan", r"train.lr: expected a finite number"),
-        ("sampler.step_lr=-1e-5", r"sampler.step_lr: must be > 0"),
+        ("sampler.step_lr=-1e-5", r"sampler.step_lr: must be > 0, or 0 for technique 4"),
         ("generate.num_samples=1", r"generate.num_samples: must be at least 2"),
         ("evaluate.kid_subset_size=1", r"evaluate.kid_subset_size: must be >= 2"),
         ("evaluate.is_splits=0", r"evaluate.is_splits: must be >= 1"),

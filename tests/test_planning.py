@@ -87,3 +87,47 @@ def test_plan_rejects_bad_inputs():
         plan_noise(dim=3072, sigma_max=0.01, sigma_min=50.0, steps_per_level=5)
     with pytest.raises(ValueError):
         max_pairwise_distance(torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_planned_step_lr_brings_the_last_level_to_its_own_noise(steps):
+    """sampler.step_lr = 0 means technique 4's ε for this T. Its meaning, simulated directly: a chain
+    with the exact score of a point, arriving at σ_L with the previous level's variance γ²σ_L², ends
+    T Langevin steps of α = ε later with variance objective·σ_L², the objective technique 4 brings as
+    close to 1 as T allows (1.127 at T = 2 and 1.093 at T = 5 on this ladder, γ² = 1.17)."""
+    from hpc_ncsn.audit import audit_config
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.sampling import SamplerPlan
+
+    config = load_config(None, ["noise.sigma_max=22.4", "noise.sigma_min=0.01", "noise.num_levels=99",
+                                f"sampler.steps_per_level={steps}", "sampler.step_lr=0"])
+    plan = SamplerPlan.from_config(config.noise, config.sampler)
+    sigma_min, gamma = 0.01, (22.4 / 0.01) ** (1 / 98)
+    generator = torch.Generator().manual_seed(steps)
+    x = gamma * sigma_min * torch.randn(400_000, generator=generator, dtype=torch.float64)
+    for _ in range(steps):
+        x = x - plan.step_lr * x / sigma_min**2 + math.sqrt(2 * plan.step_lr) * torch.randn(
+            x.shape, generator=generator, dtype=torch.float64)
+    objective = step_lr_objective(plan.step_lr, gamma, steps, sigma_min)
+    assert abs(objective - 1) <= min(abs(step_lr_objective(plan.step_lr * f, gamma, steps, sigma_min) - 1)
+                                     for f in (0.8, 0.95, 1.05, 1.25))
+    assert abs(objective - 1) < gamma**2 - 1  # closer to σ_L² than the chain arrived
+    assert x.var().item() / sigma_min**2 == pytest.approx(objective, abs=0.012)  # MC error ~0.003
+    assert audit_config(config).step_lr == plan.step_lr
+
+
+def test_planned_step_lr_follows_t_and_the_sampling_ladder():
+    from hpc_ncsn.config import load_config
+    from hpc_ncsn.sampling import SamplerPlan
+
+    def planned(*overrides):
+        config = load_config(None, ["noise.sigma_max=22.4", "noise.sigma_min=0.01", "noise.num_levels=99",
+                                    "sampler.step_lr=0", *overrides])
+        return SamplerPlan.from_config(config.noise, config.sampler).step_lr
+
+    two, five = planned("sampler.steps_per_level=2"), planned("sampler.steps_per_level=5")
+    assert five < two  # more steps per level, each one smaller
+    # A sampling ladder of half the levels has the larger γ of its own, so a larger ε.
+    coarse = planned("sampler.steps_per_level=2", "sampler.ladder=geometric", "sampler.num_levels=50")
+    assert coarse > two
+    assert planned("sampler.steps_per_level=2", "sampler.step_lr=1e-5") == 1e-5  # a given ε is kept
