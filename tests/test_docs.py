@@ -230,7 +230,7 @@ def test_the_readme_quotes_the_two_commands_where_ci_finds_them():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     after = text.split("<!-- test-command -->", 1)[1].splitlines()
     found = next(line for line in after if line and not line.startswith(("<!--", "```", "#")))
-    assert found == "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest -q tests"
+    assert found == "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python -m pytest -q --durations=15 tests"
     assert "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/python launch/sweep.py\n" in text
     assert "python launch/sweep.py --cluster slurm --schedules geometric,linear,snr" in text
 
