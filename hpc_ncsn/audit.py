@@ -1,4 +1,4 @@
-"""Sampler audit: does annealed Langevin with the exact score settle, before any compute is spent.
+"""Sampler audit: does a sampler with the exact score settle, before any compute is spent.
 
 NCSNv2's Proposition 3 (Song & Ermon 2020) follows a chain on the data set of one
 point μ, whose blurred score is exact: s(x, σ) = −(x − μ)/σ². With u the chain's
@@ -8,7 +8,10 @@ step x ← x + α·s + sqrt(2α)·z is, per coordinate,
     ncsn rule (α_i = ε·σ_i²/σ_L², a = α_i/σ_i² = ε/σ_L²):   u ← (1 − a)²·u + 2a        (exact)
     snr rule (α = 2(r‖z‖/‖s‖)², so a = 2r²ζ/w per chain):   u ← u − 4r² + 4r²(1 + r²)/u (D → ∞)
 
-and the next level rescales u ← u·σ_i²/σ_{i+1}² (γ² on a geometric ladder). The snr
+and the next level rescales u ← u·σ_i²/σ_{i+1}² (γ² on a geometric ladder). The other samplers
+move between levels by their own exact maps (`_next_level`: the ancestral predictor contracts, the
+probability-flow ODE's Euler and Heun steps keep u), and the ancestral sampler's corrector steps are
+the Langevin steps above. The snr
 map holds when ‖z‖²/D = ζ and the chain's ‖x − μ‖²/(Dσ²) = w equal their means; in
 D dimensions they fluctuate by O(1/√D), and near the stability edge that matters.
 `chain_noise` therefore carries the mean m and the variance v of w across chains,
@@ -66,19 +69,21 @@ class UnstableSampler(UserError, ValueError):
 
 def chain_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
                 dim: int | None = None, data_variance: float = 0.0, initial: tuple[float, float] = (1.0, 0.0),
-                ) -> list[float]:
+                kind: str = "langevin") -> list[float]:
     """u at the end of each level (the chain's variance per coordinate over τ_i² = s² + σ_i²).
 
     `initial` = (mean, variance across chains) of u at the start of level 1;
     `dim=None` iterates the D → ∞ map (snr rule; the ncsn map does not depend on D).
+    `kind` is how a chain moves from one level to the next (`_next_level`); `steps` Langevin steps
+    follow at every level (T for 'langevin', the corrector steps for 'ancestral', 0 for 'ode'/'edm').
     """
     taus = [data_variance + float(sigma) ** 2 for sigma in sigmas]
     mean, spread = initial
     trace = []
     for level, tau2 in enumerate(taus):
         if level:
-            ratio = taus[level - 1] / tau2
-            mean, spread = mean * ratio, spread * ratio**2
+            mean, spread = _next_level(kind, mean, spread, float(sigmas[level - 1]), float(sigmas[level]),
+                                       taus[level - 1], tau2, dim)
         for _ in range(steps):
             if mean > _DIVERGED:
                 break
@@ -91,6 +96,31 @@ def chain_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr:
                 raise ValueError(f"unknown step rule {step_rule!r}; choose 'ncsn' or 'snr'")
         trace.append(mean)
     return trace
+
+
+def _next_level(kind: str, mean: float, spread: float, above: float, sigma: float, tau2_above: float, tau2: float,
+                dim: int | None) -> tuple[float, float]:
+    """(mean, variance across chains) of u on arriving at σ from the level above, with the exact score.
+
+    langevin: x is kept, so u grows by ρ = τ_above²/τ² (γ² on a geometric ladder of one point).
+    ancestral: x ← x + Δ·s + sqrt(Δ)·z, Δ = σ_above² − σ², and 1 − Δ/τ_above² = 1/ρ, so
+        u ← u/ρ + (ρ − 1)  (exact; it settles at u = ρ), spread ← spread/ρ² + (2(ρ − 1)² + 4(ρ − 1)u/ρ)/D.
+    ode, edm: x ← m·x, deterministic; Euler m = 1 + (σ − σ_above)·σ_above/τ_above², Heun (edm) averages that
+        slope with the one at the Euler point; u ← m²ρ·u (exact: m² = 1/ρ for one point, so u is kept).
+    """
+    ratio = tau2_above / tau2
+    if kind == "langevin":
+        return mean * ratio, spread * ratio**2
+    if kind == "ancestral":
+        new_mean = mean / ratio + ratio - 1.0
+        noise = 0.0 if dim is None else (2.0 * (ratio - 1.0) ** 2 + 4.0 * (ratio - 1.0) * mean / ratio) / dim
+        return new_mean, spread / ratio**2 + noise
+    if kind in ("ode", "edm"):
+        euler = 1.0 + (sigma - above) * above / tau2_above
+        factor = euler if kind == "ode" else 1.0 + (sigma - above) * 0.5 * (above / tau2_above + sigma * euler / tau2)
+        scale = factor**2 * ratio
+        return mean * scale, spread * scale**2
+    raise ValueError(f"unknown sampler kind {kind!r}; choose langevin, ancestral, ode or edm")
 
 
 def _snr_step(mean: float, spread: float, r: float, dim: int | None) -> tuple[float, float]:
@@ -173,18 +203,11 @@ class AuditRecord:
     reason: str = ""  # why an unsettled chain runs anyway: the arm's design (config.Arm) or the user's override
 
     @property
-    def audited(self) -> bool:
-        """The audit models annealed Langevin chains only (sampler.kind 'langevin')."""
-        return self.kind == "langevin"
-
-    @property
     def stable(self) -> bool:
-        return not self.audited or self.end_noise <= self.limit
+        return self.end_noise <= self.limit
 
     @property
     def verdict(self) -> str:
-        if not self.audited:
-            return f"not audited ({self.kind} sampler: the audit covers annealed Langevin chains)"
         if self.stable:
             return "settles"
         if self.overridden:
@@ -192,19 +215,18 @@ class AuditRecord:
         return "refused"
 
     def to_dict(self) -> dict:
-        record = {**asdict(self), "audited": self.audited, "stable": self.stable, "verdict": self.verdict}
+        record = {**asdict(self), "stable": self.stable, "verdict": self.verdict}
         if self.r_min is not None and math.isinf(self.r_min):
             record["r_min"] = None  # no r settles the chain (JSON has no infinity); the verdict and message say so
-        if not self.audited:  # the Langevin figures would describe a chain this sampler does not run
-            record.update(end_noise=None, level_noise=None, r_min=None, r_needed=None, steps_needed=None)
         return record
 
     def message(self, flag: str = OVERRIDE_FLAG) -> str:
         """The one-line refusal: the arm, its end noise, r_min and the ways out."""
         ways = []
         if self.step_rule == "snr":
-            bound = "no r up to 4 settles it" if math.isinf(self.r_min) else f"r_min = {self.r_min:.3f}"
-            cause = f"r = {self.snr:g} at T = {self.steps_per_level}, {bound}"
+            bound = ("" if self.r_min is None else ", no r up to 4 settles it" if math.isinf(self.r_min)
+                     else f", r_min = {self.r_min:.3f}")
+            cause = f"r = {self.snr:g} at T = {self.steps_per_level}{bound}"
             if self.r_needed is not None:
                 ways.append(f"raise sampler.snr to >= {_round_up(self.r_needed):.3f}")
         else:
@@ -212,42 +234,45 @@ class AuditRecord:
             ways.append("set sampler.step_lr to technique 4's ε (hpc-ncsn plan; a geometric ladder)")
         if self.steps_needed is not None:
             ways.append(f"raise sampler.steps_per_level to >= {self.steps_needed}")
-        return (f"arm {self.arm}: with the exact score its Langevin chain ends at {self.end_noise:.3g} σ_L "
+        chain = "Langevin chain" if self.kind == "langevin" else f"{self.kind} chain"
+        return (f"arm {self.arm}: with the exact score its {chain} ends at {self.end_noise:.3g} σ_L "
                 f"(limit {self.limit:g} σ_L; {cause}); {', or '.join(ways)}, or pass {flag} {self.arm.split(',')[0]} "
                 "to run it anyway")
 
 
 def end_noise(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
-              dim: int | None = None, init: str = "gaussian") -> float:
+              dim: int | None = None, init: str = "gaussian", kind: str = "langevin") -> float:
     """The chain's noise at the end of the last level in units of σ_L, sqrt(u_L), before the final denoising
     step, from the sampler's start: 'gaussian' N(μ, σ_1²I), u = 1 (spread 2/D); 'uniform' U(0, 1) about a
     point at the centre of the pixel range, u = 1/(12σ_1²)."""
-    return math.sqrt(_trace(sigmas, step_rule, steps, step_lr, snr, dim, init)[-1])
+    return math.sqrt(_trace(sigmas, step_rule, steps, step_lr, snr, dim, init, kind)[-1])
 
 
-def _trace(sigmas, step_rule, steps, step_lr, snr, dim, init) -> list[float]:
+def _trace(sigmas, step_rule, steps, step_lr, snr, dim, init, kind="langevin") -> list[float]:
     return chain_noise(sigmas, step_rule=step_rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim,
-                       initial=_initial(init, float(sigmas[0]), dim))
+                       initial=_initial(init, float(sigmas[0]), dim), kind=kind)
 
 
 def audit(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float = 0.0, snr: float = 0.0,
           dim: int | None = None, init: str = "gaussian", arm: str = "", limit: float = END_NOISE_LIMIT,
-          ) -> AuditRecord:
-    """Audit annealed Langevin on the ladder `sigmas` (σ_1 > … > σ_L) with the exact single-point score:
-    the chain's noise per level and at the end (`end_noise`), r_min, r_needed and steps_needed."""
+          kind: str = "langevin") -> AuditRecord:
+    """Audit a sampler on the ladder `sigmas` (σ_1 > … > σ_L) with the exact single-point score: the chain's
+    noise per level and at the end (`end_noise`); for annealed Langevin (`kind` 'langevin') also r_min, r_needed
+    and steps_needed. `steps` Langevin steps run at each level: T, the corrector steps of 'ancestral', 0 for
+    'ode'/'edm' (`chain_noise`)."""
     sigmas = [float(sigma) for sigma in sigmas]
-    rule = dict(step_lr=step_lr, snr=snr, dim=dim, init=init)
-    level_noise = tuple(math.sqrt(u) for u in _trace(sigmas, step_rule, steps, step_lr, snr, dim, init))
+    rule = dict(step_lr=step_lr, snr=snr, dim=dim, init=init, kind=kind)
+    level_noise = tuple(math.sqrt(u) for u in _trace(sigmas, step_rule, steps, step_lr, snr, dim, init, kind))
     bound = needed = None
-    if step_rule == "snr":
+    if step_rule == "snr" and kind == "langevin" and steps:  # r_min is the Langevin ladder's stability edge
         bound = r_min(max(high / low for high, low in zip(sigmas, sigmas[1:])), steps)
         needed = None if math.isinf(bound) else _smallest_snr(
             lambda r: end_noise(sigmas, step_rule="snr", steps=steps, **{**rule, "snr": r}) <= limit, bound)
     return AuditRecord(
         arm=arm, step_rule=step_rule, steps_per_level=steps, step_lr=step_lr, snr=snr, dim=dim,
         num_levels=len(sigmas), end_noise=level_noise[-1], level_noise=level_noise, r_min=bound, r_needed=needed,
-        steps_needed=_smallest_steps(lambda t: end_noise(sigmas, step_rule=step_rule, steps=t, **rule) <= limit),
-        limit=limit,
+        steps_needed=_smallest_steps(lambda t: end_noise(sigmas, step_rule=step_rule, steps=t, **rule) <= limit)
+        if kind == "langevin" else None, limit=limit, kind=kind,
     )
 
 
@@ -311,9 +336,9 @@ def audit_config(config: Config, dim: int | None = None, *, arm: str | None = No
 
     sigmas = sampling_ladder(noise, sampler).tolist()  # the ladder the sampler runs, not the one trained on
     step_lr = sampler.step_lr or planned_step_lr(sigmas, sampler.steps_per_level)  # 0: technique 4's ε
-    record = audit(sigmas, step_rule=sampler.step_rule, steps=sampler.steps_per_level, step_lr=step_lr,
-                   snr=sampler.snr, dim=dim, init=sampler.init, arm=name, limit=limit)
-    return replace(record, kind=sampler.kind if sampler.corrector_steps == 0 else f"{sampler.kind}+corrector")
+    steps = {"langevin": sampler.steps_per_level, "ancestral": sampler.corrector_steps}.get(sampler.kind, 0)
+    return audit(sigmas, step_rule=sampler.step_rule, steps=steps, step_lr=step_lr, snr=sampler.snr, dim=dim,
+                 init=sampler.init, arm=name, limit=limit, kind=sampler.kind)
 
 
 def check(record: AuditRecord, *, override: bool | Collection[str] = False, flag: str = OVERRIDE_FLAG,

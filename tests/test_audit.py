@@ -21,17 +21,20 @@ from hpc_ncsn.audit import (
 from hpc_ncsn.cli import main
 from hpc_ncsn.config import arm_overrides, load_config
 from hpc_ncsn.errors import UserError
-from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
-from hpc_ncsn.schedules import geometric_sigmas, linear_sigmas
+from hpc_ncsn.sampling import SamplerPlan, initial_state, sample
+from hpc_ncsn.schedules import edm_sigmas, geometric_sigmas, linear_sigmas
 
 DIM, CHAINS, MU = 1024, 100, 0.5
 FASHION = dict(sigma_max=22.4, sigma_min=0.01, num_levels=114)  # the Fashion-MNIST study's ladder, γ ≈ 1.0706
 
 
-def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, chains=CHAINS, seed=0, dim=DIM):
-    """Per-level chain variance per coordinate over τ_i² = s² + σ_i² (the mean over chains of w), by simulation."""
+def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, chains=CHAINS, seed=0, dim=DIM,
+             kind="langevin", corrector_steps=0):
+    """Per-level chain variance per coordinate over τ_i² = s² + σ_i² (the mean over chains of w), by simulation
+    with the project's own sampler of that kind."""
     indices = torch.arange(chains)
-    plan = SamplerPlan(sigmas, rule, steps, step_lr=step_lr, snr=snr, final_denoise=False)
+    plan = SamplerPlan(sigmas, rule, steps, step_lr=step_lr, snr=snr, final_denoise=False, kind=kind,
+                       corrector_steps=corrector_steps)
     start = initial_state(seed, indices, (dim,), init="gaussian", sigma_max=float(sigmas[0]), dtype=torch.float64)
     trace = []
 
@@ -41,14 +44,14 @@ def simulate(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, ch
     def record(level, sigma, x):
         trace.append(float(((x - MU) ** 2).mean()) / (data_variance + sigma**2))
 
-    annealed_langevin(score, start, plan, seed=seed, indices=indices, callback=record)
+    sample(score, start, plan, seed=seed, indices=indices, callback=record)
     return trace
 
 
-def predicted(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, dim=DIM):
+def predicted(sigmas, *, rule, steps, step_lr=0.0, snr=0.0, data_variance=0.0, dim=DIM, kind="langevin"):
     start = float(sigmas[0]) ** 2 / (data_variance + float(sigmas[0]) ** 2)  # chains start at N(μ, σ_1²I)
     return chain_noise(sigmas.tolist(), step_rule=rule, steps=steps, step_lr=step_lr, snr=snr, dim=dim,
-                       data_variance=data_variance, initial=(start, 2.0 * start**2 / dim))
+                       data_variance=data_variance, initial=(start, 2.0 * start**2 / dim), kind=kind)
 
 
 def test_snr_map_is_the_issue_map_in_the_large_d_limit():
@@ -166,20 +169,51 @@ def test_plan_reports_r_min_and_never_an_snr_below_it(capsys):
     assert plan["chain_end_noise"]["snr"] <= 3.0 and plan["chain_end_noise"]["ncsn"] <= 3.0
 
 
-def test_a_preset_is_audited_on_the_ladder_it_samples_and_non_langevin_kinds_are_named_not_judged():
+def test_a_preset_is_audited_on_the_ladder_it_samples():
     fashion = ("sampler.steps_per_level=2", "sampler.step_lr=1.2e-5")  # fashion.yaml's ladder, at T = 2
     records = {arm: audit_config(load_config("configs/fashion.yaml", [*fashion, *arm_overrides(arm)]), arm=arm)
-               for arm in ("linear", "linear-sampled", "edm", "pc")}
+               for arm in ("linear", "linear-sampled", "edm", "pc", "ancestral", "ode")}
     # linear-sampled trains on the geometric ladder but samples the linear one: its chain is the linear arm's
     assert records["linear-sampled"].end_noise == pytest.approx(records["linear"].end_noise, rel=1e-12)
     assert not records["linear-sampled"].stable
     linear = linear_sigmas(22.4, 0.01, 114)
     simulated = simulate(linear, rule="ncsn", steps=2, step_lr=1.2e-5)[-1]
     assert math.sqrt(simulated) == pytest.approx(records["linear-sampled"].end_noise, rel=0.05)
-    for arm in ("edm", "pc"):  # no annealed Langevin chain to follow: passed, and the record says why
-        assert records[arm].stable and not records[arm].audited
-        assert "not audited" in records[arm].to_dict()["verdict"] and records[arm].to_dict()["end_noise"] is None
-        assert check(records[arm]) is records[arm]
+    # The ODE samplers carry a one-point chain exactly (u stays 1); the ancestral predictor lags one level (u → γ²)
+    assert records["edm"].end_noise == pytest.approx(1.0, rel=1e-9) and records["edm"].num_levels == 18
+    assert records["ode"].end_noise == pytest.approx(1.0, rel=1e-9)
+    gamma = (22.4 / 0.01) ** (1 / 113)
+    assert records["ancestral"].end_noise == pytest.approx(gamma, rel=1e-3)
+    for arm in ("edm", "pc", "ancestral", "ode"):
+        assert records[arm].verdict == "settles" and records[arm].kind == arm_overrides_kind(arm)
+
+
+def arm_overrides_kind(arm):
+    return dict(item.split("=", 1) for item in arm_overrides(arm)).get("sampler.kind", "langevin")
+
+
+# The maps of the other samplers against the project's own samplers (4 % on every level's u, as above).
+@pytest.mark.parametrize("kind, rule, corrector, data_variance", [
+    ("ancestral", "ncsn", 0, 0.0), ("ancestral", "snr", 1, 0.0), ("ancestral", "ncsn", 2, 0.02),
+    ("ode", "ncsn", 0, 0.02), ("edm", "ncsn", 0, 0.02)])
+def test_other_samplers_maps_match_simulation(kind, rule, corrector, data_variance):
+    sigmas = geometric_sigmas(8.54, 0.01, 49) if kind != "edm" else edm_sigmas(8.54, 0.01, 18)
+    constants = dict(step_lr=1.94e-5, snr=0.16)
+    simulated = simulate(sigmas, rule=rule, steps=1, data_variance=data_variance, kind=kind,
+                         corrector_steps=corrector, **constants)
+    expected = predicted(sigmas, rule=rule, steps=corrector, data_variance=data_variance, kind=kind, **constants)
+    assert expected == pytest.approx(simulated, rel=0.04)
+    if kind in ("ode", "edm"):  # no noise drawn: the map is exact up to the start's sampling error
+        assert expected[-1] == pytest.approx(simulated[-1], rel=0.01)
+
+
+def test_an_ancestral_corrector_too_large_is_refused_like_a_langevin_chain():
+    config = load_config("configs/fashion.yaml", ["sampler.kind=ancestral", "sampler.corrector_steps=1",
+                                                  "sampler.step_lr=2e-4"])  # a = ε/σ_L² = 2 at σ_L: no contraction
+    record = audit_config(config, arm="pc")
+    assert not record.stable and record.kind == "ancestral"
+    with pytest.raises(UnstableSampler, match="arm pc: with the exact score its ancestral chain ends at"):
+        check(record)
 
 
 def test_a_sweep_audit_runs_the_linear_ladder_arms_marked_and_refuses_a_step_rule_set_below_its_threshold():

@@ -365,7 +365,7 @@ def test_six_arms_run_to_a_table_with_paired_verdicts_and_what_each_cell_cost(tm
         assert comparisons[arm]["differences"] == pytest.approx(expected, rel=1e-12)
         assert comparisons[arm]["verdict"] in ("better", "worse", "no difference seen at 95 %")
     assert table["audit"]["snr"]["verdict"] == "unsettled, run anyway: --allow-unstable-sampler given"
-    assert table["audit"]["edm"]["verdict"].startswith("not audited")
+    assert table["audit"]["edm"]["verdict"] == "settles" and table["audit"]["edm"]["kind"] == "edm"
     markdown = (out / "table.md").read_text()
     assert "Against geometric, FID difference" in markdown and "cannot be seen" in markdown
     for plot in ("paired.png", "fid_vs_nfe.png"):
