@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 import warnings
@@ -475,7 +476,7 @@ class Config:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if not isinstance(value, item.default_factory):
-                raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {value!r}")
+                raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {_shown(value)}")
         if self.model.kind == "unet" and self.data.name != "toy2d":
             self._check_unet()
         if self.model.kind == "mlp" and self.data.name != "toy2d":
@@ -552,6 +553,20 @@ def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), *, 
     return _build(Config, tree, prefix="")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file; the project's are a few KiB
+MAX_YAML_NODES = 100_000  # values in a config once its aliases (*name) are expanded; the project's have ~100
+SHOWN_CHARS = 200  # of a value in an error message
+
+
+def _shown(value: Any) -> str:
+    """`value`'s repr for an error message: at most SHOWN_CHARS characters, built without expanding it whole."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring, shortener.maxother, shortener.maxlong = 3, 80, 80, 40
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 8
+    short = shortener.repr(value)
+    return short if len(short) <= SHOWN_CHARS else short[:SHOWN_CHARS] + "…"
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides."""
     tree: Any = {}
@@ -559,8 +574,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/debug.yaml")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_CONFIG_BYTES:,} a config may have; pass the config itself (a few KiB)")
         try:
             tree = yaml.load(path.read_text(), Loader=_StrictLoader)
+        except RecursionError:
+            raise ConfigError(f"config file {path}: nested too deeply to be a config; fix the YAML there") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -572,7 +592,27 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (the second would silently win)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (the second would silently win), and a
+    document of more than MAX_YAML_NODES values with its aliases expanded (an alias bomb: a few hundred bytes
+    whose nested aliases stand for billions of values)."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases (*name) expand to {size:,} values, more than "
+                                              f"the {MAX_YAML_NODES:,} a config may have", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded (each shared node counted once per use)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a node inside itself (a recursive alias) adds nothing more
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -606,9 +646,10 @@ _LEGACY_KEYS = {
 def _legacy_assignments(key: str, value: Any) -> list[tuple[str, Any]] | None:
     """The new (key, value) pairs of an old key, or None when `key` is not an old one."""
     if key == "noise.schedule":
-        arm = ARMS.get(value)
+        arm = ARMS.get(value) if isinstance(value, str) else None
         if arm is None:
-            raise ConfigError(f"noise.schedule: {value!r} is not a valid choice; choose one of {', '.join(ARMS)} "
+            raise ConfigError(f"noise.schedule: {_shown(value)} is not a valid choice; choose one of "
+                              f"{', '.join(ARMS)} "
                               "(the arms now set noise.ladder and sampler.step_rule)")
         return [("noise.ladder", arm.ladder), ("sampler.step_rule", arm.step_rule),
                 *((f"sampler.{key}", value) for key, value in arm.sampler)]
@@ -635,7 +676,7 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
                 new_section, name = new_key.split(".")
                 target = tree.setdefault(new_section, {})
                 if not isinstance(target, dict):
-                    raise ConfigError(f"{new_section} must be a mapping of keys, got {target!r}")
+                    raise ConfigError(f"{new_section} must be a mapping of keys, got {_shown(target)}")
                 if name in target and target[name] != new_value:
                     raise ConfigError(f"{source or 'the config'} sets both {section}.{key} (old layout) and "
                                       f"{new_key}; keep only {new_key}")
@@ -655,7 +696,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. noise.sigma_max=50")
+        raise ConfigError(f"override {_shown(item)} must look like section.key=value, e.g. noise.sigma_max=50")
     value = yaml.safe_load(raw) if raw.strip() else ""
     assignments = _legacy_assignments(key, value)
     if assignments is not None:
@@ -667,7 +708,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"override {_shown(item)}: {part!r} is a value, not a section")
             node = child
         node[parts[-1]] = value
 
@@ -675,7 +716,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys, got {values!r}")
+        raise ConfigError(f"{where} must be a mapping of keys, got {_shown(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:
@@ -691,7 +732,7 @@ def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     section = full_key[: -len(key) - 1]
     where = f"keys in {section!r}" if section else "sections"
-    return f"unknown config key {full_key!r}{hint}; valid {where}: {', '.join(valid)}"
+    return f"unknown config key {_shown(full_key)}{hint}; valid {where}: {', '.join(valid)}"
 
 
 _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
@@ -705,15 +746,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
             value = next((c for c in args if str(c).lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(map(str, args))}")
+            raise ConfigError(f"{key}: {_shown(value)} is not a valid choice; choose one of "
+                              f"{', '.join(map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             items = tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         elif len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({_shown(value)})")
         else:
             items = tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         return value if isinstance(value, tuple) and all(a is b for a, b in zip(items, value)) else items
@@ -722,11 +764,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_shown(value)}")
     if hint is float:
         number = value
         if isinstance(value, str):
@@ -736,13 +778,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             if not math.isfinite(number):
-                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{key}: expected a finite number, got {_shown(value)}")
             return value if type(value) is float else float(number)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_shown(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
     raise AssertionError(f"config field {key} has unsupported type {hint!r}")
 
 

