@@ -194,6 +194,11 @@ class DataConfig(_Section):
         _require(self.toy_size >= 2, "toy_size", "must be at least 2")
 
 
+SIGMA_RANGE = (1e-6, 1e6)  # σ² and 1/σ² at most 1e12: finite in float32 (3.4e38), times data and gradients too
+SEED_LIMIT = 2**32  # seeds are the samplers' Philox keys: [0, 2**32) (hpc_ncsn.rng)
+MAX_LR = 1.0  # a learning rate above it moves every weight by more than 1 in Adam's first step
+
+
 @dataclass(frozen=True)
 class NoiseConfig(_Section):
     """The σ ladder σ_1 > … > σ_L the network is trained on (and sampled along)."""
@@ -207,6 +212,10 @@ class NoiseConfig(_Section):
     def validate(self) -> None:
         _require(self.sigma_min > 0, "sigma_min", "must be > 0")
         _require(self.sigma_max > 0, "sigma_max", "must be > 0")
+        _require(SIGMA_RANGE[0] <= self.sigma_min, "sigma_min", f"must be >= {SIGMA_RANGE[0]:g} (float32 training "
+                                                               "divides by σ²: below it the first step is not finite)")
+        _require(self.sigma_max <= SIGMA_RANGE[1], "sigma_max", f"must be <= {SIGMA_RANGE[1]:g} (float32 training "
+                                                               "multiplies by σ²: above it the first step overflows)")
         _require(
             self.sigma_min < self.sigma_max,
             "sigma_min",
@@ -379,7 +388,12 @@ class TrainConfig(_Section):
                                            "anchor)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
-        _require(self.lr > 0, "lr", "must be > 0")
+        _require(0 <= self.seed < SEED_LIMIT, "seed", "must be in [0, 2**32) (the samplers' Philox key): a seed out "
+                                                     "of it would train every step and fail at the first sample grid")
+        _require(0 < self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (Adam moves each weight by about lr per "
+                                              "step)")
+        _require(bool(self.out_dir.strip()), "out_dir", "must name a folder ('' would write into the current "
+                                                        "folder)")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
