@@ -196,3 +196,34 @@ def test_at_the_sigma_bounds_the_samplers_stay_finite_in_float32(kind):
     # T = 3 steps per level with the smallest stable step_lr mix least). Beyond the bound, σ_max = 1e20, Langevin
     # and ancestral give NaN: σ² overflows float32.
     assert 0.25 < float(samples.var()) < 4
+
+
+def png_header_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid PNG signature and header for a `width` × `height` gray image, with one tiny data chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_png_decompression_bomb_is_one_line_before_decoding(tmp_path):
+    from hpc_ncsn.config import DataConfig
+    from hpc_ncsn.evaluate.images import image_files
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, side in (("a.png", 16), ("b.png", 16), ("c.png", 20_000), ("d.png", 9_500)):
+        png_header_claiming(folder / name, side, side)
+    digits = DataConfig(name="digits", image_size=16, channels=1)
+    with pytest.raises(UserError) as refused:  # 4e8 pixels claimed: PIL refuses to open it
+        image_files(folder, digits)
+    assert "c.png: its header claims more than" in one_line(refused.value)
+    (folder / "c.png").unlink()
+    with pytest.raises(UserError, match=r"d.png: L 9500×9500, but digits images are L 16×16"):
+        image_files(folder, digits)  # 9e7 pixels: PIL only warns; the size is refused before decoding
