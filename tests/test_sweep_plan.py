@@ -179,6 +179,9 @@ def test_no_slurm_string_can_leave_its_sbatch_line(tmp_path):
     assert all(len(line) == 1 for line in arguments)
     assert ["--comment=run #3 of 'x' \"y\""] in arguments and ["--constraint=[a100|h100]&ib*2"] in arguments
     assert ["--partition=gpu,gpu-long"] in arguments and ["--account=proj.x_1"] in arguments
+    for key, value in (("max_requeues", -1), ("nodes", 0), ("time_train", -5), ("array_parallelism", 0)):
+        with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} {value}: must be an integer >="):
+            SlurmOptions(**{key: value})
     with pytest.raises(ConfigError, match="the sweep folder's name"):
         slurm_parameters(options, "train", "x\ny")
     with pytest.raises(ConfigError, match="the sweep folder .* unquoted"):

@@ -59,6 +59,10 @@ class SlurmOptions:
     python: str | None = None  # the command that starts Python in each task (default: this interpreter)
 
     def __post_init__(self):
+        for key, low in _LOWEST.items():
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"--{key.replace('_', '-')} {value!r}: must be an integer >= {low}")
         for flag in ("partition", "account", "qos", "constraint"):
             if getattr(self, flag) is not None:
                 _directive_value(f"--{flag}", getattr(self, flag), plain=True)
@@ -68,6 +72,9 @@ class SlurmOptions:
         _sbatch_extra(self.sbatch)  # a malformed --sbatch is refused when the record is built
 
 
+# The smallest value of each number a job script or a task reads (None: Slurm's default).
+_LOWEST = {"time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
+           "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0, "array_parallelism": 1, "max_requeues": 0}
 # What sbatch's reading of a `#SBATCH` line takes as the end of an argument or a quote, or drops (a backslash
 # escapes the next character, even inside the quotes submitit puts around a value); a line break ends the line.
 _BREAKS_A_DIRECTIVE = frozenset(" \t#\"'\\")
