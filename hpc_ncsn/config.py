@@ -196,6 +196,7 @@ class DataConfig(_Section):
 
 SIGMA_RANGE = (1e-6, 1e6)  # σ² and 1/σ² at most 1e12: finite in float32 (3.4e38), times data and gradients too
 SEED_LIMIT = 2**32  # seeds are the samplers' Philox keys: [0, 2**32) (hpc_ncsn.rng)
+MAX_SHARD_BYTES = 4 << 30  # a shard's images, read whole (1,000 images of 512²×3 take 786 MB)
 MAX_LR = 1.0  # a learning rate above it moves every weight by more than 1 in Adam's first step
 
 
@@ -499,6 +500,11 @@ class Config:
             raise ConfigError("model.kind: data.name=toy2d needs model.kind=mlp")
         check_sampling_range(self.noise, self.sampler)
         check_heldout_range(self.noise, self.train)
+        shard_bytes = self.generate.shard_size * self.data.image_size ** 2 * self.data.channels
+        if shard_bytes > MAX_SHARD_BYTES:
+            raise ConfigError(f"generate.shard_size: {self.generate.shard_size} images of {self.data.image_size}²×"
+                              f"{self.data.channels} take {shard_bytes:,} bytes, more than the {MAX_SHARD_BYTES:,} a "
+                              "shard may hold (each is read whole); use smaller shards")
 
     @property
     def arm(self) -> str | None:

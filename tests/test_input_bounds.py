@@ -227,3 +227,25 @@ def test_a_png_decompression_bomb_is_one_line_before_decoding(tmp_path):
     (folder / "c.png").unlink()
     with pytest.raises(UserError, match=r"d.png: L 9500×9500, but digits images are L 16×16"):
         image_files(folder, digits)  # 9e7 pixels: PIL only warns; the size is refused before decoding
+
+
+def test_a_shard_declaring_more_than_a_shard_may_hold_is_refused_before_it_is_read(tmp_path):
+    import h5py
+
+    from hpc_ncsn.config import MAX_SHARD_BYTES
+    from hpc_ncsn.samples.shards import SHARD_FORMAT_VERSION, ShardError, inspect_shard, read_shard
+
+    count = 10**6
+    path = tmp_path / "shard-000000.h5"
+    with h5py.File(path, "w") as handle:  # image chunks never written take no space: 196 GB declared in ~1.5 MB
+        handle.create_dataset("images", (count, 256, 256, 3), np.uint8, chunks=(1, 256, 256, 3), compression="gzip")
+        handle.create_dataset("indices", data=np.arange(count), chunks=(1 << 16,), compression="gzip")
+        handle.attrs.update(complete=True, format_version=SHARD_FORMAT_VERSION, start=0, stop=count, count=count)
+    assert path.stat().st_size < 4 << 20  # the indices, compressed
+    for read in (inspect_shard, read_shard):
+        with pytest.raises(ShardError) as refused:
+            read(path)
+        assert f"more than the {MAX_SHARD_BYTES:,} a shard may hold" in one_line(refused.value)
+    with pytest.raises(ConfigError, match="generate.shard_size: 20000 images of 512²×3 take"):
+        load_config(None, ["data.image_size=512", "data.channels=3", "model.attn_resolutions=[]",
+                           "generate.shard_size=20000"])

@@ -49,6 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..config import MAX_SHARD_BYTES
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
 
@@ -255,6 +256,7 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
             if images.shape[-1] not in (1, 3):
                 raise ShardError(path, f"images have {images.shape[-1]} channels in the last axis, expected 1 or 3 "
                                        "(NHWC)")
+            _check_size(path, images)
             if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
                 raise ShardError(path, f"images are {tuple(images.shape[1:])} (H, W, C), expected "
                                        f"{tuple(image_shape)} (data.image_size, data.image_size, data.channels)")
@@ -283,7 +285,17 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(uint8 NHWC images, int64 indices, attrs) of a shard already validated."""
     with h5py.File(path, "r", locking=False) as handle:
+        _check_size(path, handle["images"])
         return handle["images"][()], handle["indices"][()], _decode_attrs(handle.attrs)
+
+
+def _check_size(path: Path, images) -> None:
+    """Refuse a shard whose images (as their dataset declares them, before a byte is read) exceed MAX_SHARD_BYTES:
+    a compressed HDF5 dataset can declare far more than its file holds."""
+    declared = int(np.prod(images.shape, dtype=np.float64)) * images.dtype.itemsize
+    if declared > MAX_SHARD_BYTES:
+        raise ShardError(path, f"its images {tuple(images.shape)} take {declared:,} bytes, more than the "
+                               f"{MAX_SHARD_BYTES:,} a shard may hold")
 
 
 def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:
