@@ -60,6 +60,7 @@ def test_a_fetched_file_swapped_afterwards_or_a_same_named_file_elsewhere_never_
         monkeypatch.chdir(folder)
         extractor = load_extractor(INCEPTION, None, torch.device("cpu"), cache)
         assert extractor.weights_digest == hashlib.sha256(weights.read_bytes()).hexdigest()  # the bytes loaded
+        assert extractor.weights_source == str(first / "weights.pth")  # resolved at the fetch
         assert not marker.exists()
     # Named explicitly, the hostile file is refused at its load (weights_only=True), before any code runs.
     with pytest.raises(WeightsError, match="neither a TorchScript network nor a state dict"):

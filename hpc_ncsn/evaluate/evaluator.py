@@ -278,6 +278,7 @@ def _report(gathered, stats, reference, extractor, meta, samples, settings: Eval
         "feature_layer": extractor.feature_layer,
         "weights_sha256": extractor.weights_digest,
         "weights_source": extractor.weights_source,
+        "weights_source_sha256": extractor.weights_source_sha256,
         "is_unavailable": None if extractor.classifier else (
             f"the Inception weights ({extractor.weights_source}) have no classifier; IS needs the 1008-class "
             "logits: pass torch-fidelity's .pth or NVIDIA's inception-2015-12-05.pt with its classifier"),

@@ -169,7 +169,8 @@ class Extractor:
     weights_digest: str  # sha256 of the weights' bytes loaded (for Inception: the cache's checked copy)
     device: torch.device
     classifier: bool = True  # False: the weights have no classifier, IS is unavailable
-    weights_source: str | None = None  # the file, or what torch-fidelity downloaded
+    weights_source: str | None = None  # the file the weights came from
+    weights_source_sha256: str | None = None  # its sha256 (for Inception: of the file fetched, before any conversion)
 
 
 def load_extractor(name: str, weights_path: Path | str | None, device: torch.device,
@@ -207,7 +208,7 @@ def load_extractor(name: str, weights_path: Path | str | None, device: torch.dev
             prepared = fetch_inception(None, cache)
         module = inception_module(load_weights(prepared), (feature_layer, logits_layer)).to(device).eval()
         return Extractor(name, module, feature_layer, logits_layer, prepared.sha256, device,
-                         prepared.has_classifier, prepared.source)
+                         prepared.has_classifier, prepared.source, prepared.source_sha256)
     digest = file_sha256(Path(weights_path) if weights_path is not None else digits_classifier_weights())
     module = cls(name, [feature_layer, logits_layer], feature_extractor_weights_path=str(weights_path)
                  if weights_path else None).to(device).eval()  # the digits classifier: weights_only=True
