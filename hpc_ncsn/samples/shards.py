@@ -62,6 +62,7 @@ __all__ = [
     "ShardInfo",
     "ShardSpec",
     "check_coverage",
+    "check_manifest_counts",
     "file_sha256",
     "images_sha256",
     "inspect_shard",
@@ -368,14 +369,13 @@ def read_manifest(folder: Path) -> dict:
     if missing or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ShardError(path, f"format version {manifest.get('format_version')}, meta lacking {missing}; this "
                                f"hpc_ncsn writes version {SHARD_FORMAT_VERSION}", "rerun generation to rewrite it")
-    _check_counts(path, manifest)
     return manifest
 
 
-def _check_counts(path: Path, manifest: dict) -> None:
-    """Refuse a manifest whose num_samples and shard_size are not positive integers, or ask for another number of
-    shards than it lists: checked before anything is planned or allocated from them (an edited num_samples of
-    10^8 would otherwise plan millions of shards)."""
+def check_manifest_counts(path: Path, manifest: dict) -> None:
+    """Refuse a manifest (read from `path`) whose num_samples and shard_size are not positive integers, or ask for
+    another number of shards than it lists: checked before anything is planned or allocated from them (an edited
+    num_samples of 10^8 would otherwise plan millions of shards)."""
     meta, shards = manifest["meta"], manifest["shards"]
     for key in ("num_samples", "shard_size"):
         value = meta[key]
