@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 import warnings
@@ -193,6 +194,12 @@ class DataConfig(_Section):
         _require(self.toy_size >= 2, "toy_size", "must be at least 2")
 
 
+SIGMA_RANGE = (1e-6, 1e6)  # σ² and 1/σ² at most 1e12: finite in float32 (3.4e38), times data and gradients too
+SEED_LIMIT = 2**32  # seeds are the samplers' Philox keys: [0, 2**32) (hpc_ncsn.rng)
+MAX_SHARD_BYTES = 4 << 30  # a shard's images, read whole (1,000 images of 512²×3 take 786 MB)
+MAX_LR = 1.0  # a learning rate above it moves every weight by more than 1 in Adam's first step
+
+
 @dataclass(frozen=True)
 class NoiseConfig(_Section):
     """The σ ladder σ_1 > … > σ_L the network is trained on (and sampled along)."""
@@ -206,6 +213,10 @@ class NoiseConfig(_Section):
     def validate(self) -> None:
         _require(self.sigma_min > 0, "sigma_min", "must be > 0")
         _require(self.sigma_max > 0, "sigma_max", "must be > 0")
+        _require(SIGMA_RANGE[0] <= self.sigma_min, "sigma_min", f"must be >= {SIGMA_RANGE[0]:g} (float32 training "
+                                                               "divides by σ²: below it the first step is not finite)")
+        _require(self.sigma_max <= SIGMA_RANGE[1], "sigma_max", f"must be <= {SIGMA_RANGE[1]:g} (float32 training "
+                                                               "multiplies by σ²: above it the first step overflows)")
         _require(
             self.sigma_min < self.sigma_max,
             "sigma_min",
@@ -380,7 +391,12 @@ class TrainConfig(_Section):
                                            "anchor)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
-        _require(self.lr > 0, "lr", "must be > 0")
+        _require(0 <= self.seed < SEED_LIMIT, "seed", "must be in [0, 2**32) (the samplers' Philox key): a seed out "
+                                                     "of it would train every step and fail at the first sample grid")
+        _require(0 < self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (Adam moves each weight by about lr per "
+                                              "step)")
+        _require(bool(self.out_dir.strip()), "out_dir", "must name a folder ('' would write into the current "
+                                                        "folder)")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
@@ -477,7 +493,7 @@ class Config:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if not isinstance(value, item.default_factory):
-                raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {value!r}")
+                raise ConfigError(f"{item.name} must be a {item.default_factory.__name__}, got {_shown(value)}")
         if self.model.kind == "unet" and self.data.name != "toy2d":
             self._check_unet()
         if self.model.kind == "mlp" and self.data.name != "toy2d":
@@ -486,6 +502,11 @@ class Config:
             raise ConfigError("model.kind: data.name=toy2d needs model.kind=mlp")
         check_sampling_range(self.noise, self.sampler)
         check_heldout_range(self.noise, self.train)
+        shard_bytes = self.generate.shard_size * self.data.image_size ** 2 * self.data.channels
+        if shard_bytes > MAX_SHARD_BYTES:
+            raise ConfigError(f"generate.shard_size: {self.generate.shard_size} images of {self.data.image_size}²×"
+                              f"{self.data.channels} take {shard_bytes:,} bytes, more than the {MAX_SHARD_BYTES:,} a "
+                              "shard may hold (each is read whole); use smaller shards")
 
     @property
     def arm(self) -> str | None:
@@ -554,6 +575,20 @@ def config_from_dict(tree: Mapping[str, Any], overrides: Sequence[str] = (), *, 
     return _build(Config, tree, prefix="")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file; the project's are a few KiB
+MAX_YAML_NODES = 100_000  # values in a config once its aliases (*name) are expanded; the project's have ~100
+SHOWN_CHARS = 200  # of a value in an error message
+
+
+def _shown(value: Any) -> str:
+    """`value`'s repr for an error message: at most SHOWN_CHARS characters, built without expanding it whole."""
+    shortener = reprlib.Repr()
+    shortener.maxlevel, shortener.maxstring, shortener.maxother, shortener.maxlong = 3, 80, 80, 40
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 8
+    short = shortener.repr(value)
+    return short if len(short) <= SHOWN_CHARS else short[:SHOWN_CHARS] + "…"
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides."""
     tree: Any = {}
@@ -561,8 +596,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/debug.yaml")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_CONFIG_BYTES:,} a config may have; pass the config itself (a few KiB)")
         try:
             tree = yaml.load(path.read_text(), Loader=_StrictLoader)
+        except RecursionError:
+            raise ConfigError(f"config file {path}: nested too deeply to be a config; fix the YAML there") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -574,7 +614,27 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (the second would silently win)."""
+    """YAML's safe loader, refusing a key given twice in one mapping (the second would silently win), and a
+    document of more than MAX_YAML_NODES values with its aliases expanded (an alias bomb: a few hundred bytes
+    whose nested aliases stand for billions of values)."""
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"its aliases (*name) expand to {size:,} values, more than "
+                                              f"the {MAX_YAML_NODES:,} a config may have", node.start_mark)
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded (each shared node counted once per use)."""
+    if id(node) not in sizes:
+        sizes[id(node)] = 0  # a node inside itself (a recursive alias) adds nothing more
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else [])
+        sizes[id(node)] = 1 + sum(_expanded_size(child, sizes) for child in children)
+    return sizes[id(node)]
 
 
 def _no_duplicate_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -608,9 +668,10 @@ _LEGACY_KEYS = {
 def _legacy_assignments(key: str, value: Any) -> list[tuple[str, Any]] | None:
     """The new (key, value) pairs of an old key, or None when `key` is not an old one."""
     if key == "noise.schedule":
-        arm = ARMS.get(value)
+        arm = ARMS.get(value) if isinstance(value, str) else None
         if arm is None:
-            raise ConfigError(f"noise.schedule: {value!r} is not a valid choice; choose one of {', '.join(ARMS)} "
+            raise ConfigError(f"noise.schedule: {_shown(value)} is not a valid choice; choose one of "
+                              f"{', '.join(ARMS)} "
                               "(the arms now set noise.ladder and sampler.step_rule)")
         return [("noise.ladder", arm.ladder), ("sampler.step_rule", arm.step_rule),
                 *((f"sampler.{key}", value) for key, value in arm.sampler)]
@@ -637,7 +698,7 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
                 new_section, name = new_key.split(".")
                 target = tree.setdefault(new_section, {})
                 if not isinstance(target, dict):
-                    raise ConfigError(f"{new_section} must be a mapping of keys, got {target!r}")
+                    raise ConfigError(f"{new_section} must be a mapping of keys, got {_shown(target)}")
                 if name in target and target[name] != new_value:
                     raise ConfigError(f"{source or 'the config'} sets both {section}.{key} (old layout) and "
                                       f"{new_key}; keep only {new_key}")
@@ -657,7 +718,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. noise.sigma_max=50")
+        raise ConfigError(f"override {_shown(item)} must look like section.key=value, e.g. noise.sigma_max=50")
     value = yaml.safe_load(raw) if raw.strip() else ""
     assignments = _legacy_assignments(key, value)
     if assignments is not None:
@@ -669,7 +730,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"override {_shown(item)}: {part!r} is a value, not a section")
             node = child
         node[parts[-1]] = value
 
@@ -677,7 +738,7 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{where} must be a mapping of keys, got {values!r}")
+        raise ConfigError(f"{where} must be a mapping of keys, got {_shown(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in values:
@@ -693,7 +754,7 @@ def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     section = full_key[: -len(key) - 1]
     where = f"keys in {section!r}" if section else "sections"
-    return f"unknown config key {full_key!r}{hint}; valid {where}: {', '.join(valid)}"
+    return f"unknown config key {_shown(full_key)}{hint}; valid {where}: {', '.join(valid)}"
 
 
 _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
@@ -707,15 +768,16 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans
             value = next((c for c in args if str(c).lower() in _YAML_BOOL_WORDS[value]), value)
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(map(str, args))}")
+            raise ConfigError(f"{key}: {_shown(value)} is not a valid choice; choose one of "
+                              f"{', '.join(map(str, args))}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_shown(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             items = tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         elif len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({_shown(value)})")
         else:
             items = tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         return value if isinstance(value, tuple) and all(a is b for a, b in zip(items, value)) else items
@@ -724,11 +786,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {_shown(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {_shown(value)}")
     if hint is float:
         number = value
         if isinstance(value, str):
@@ -738,13 +800,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 pass
         if isinstance(number, (int, float)) and not isinstance(number, bool):
             if not math.isfinite(number):
-                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+                raise ConfigError(f"{key}: expected a finite number, got {_shown(value)}")
             return value if type(value) is float else float(number)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_shown(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {_shown(value)}")
     raise AssertionError(f"config field {key} has unsupported type {hint!r}")
 
 

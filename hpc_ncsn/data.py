@@ -28,6 +28,7 @@ from . import rng
 from .config import Config, ConfigError, DataConfig
 from .errors import UserError
 from .files import atomic_path, cache_dir
+from .untrusted import gunzip_bounded, read_bounded
 
 __all__ = [
     "DATASETS",
@@ -135,6 +136,7 @@ class IdxSet:
     debian: str | None  # the Debian package that holds the files, and where
 
 
+MAX_IDX_BYTES = 64 << 20  # an IDX file, decompressed (MNIST's largest is 45 MiB): a larger one is refused
 IDX_SETS = {
     "fashion_mnist": IdxSet("FashionMNIST", {"train": 60000, "test": 10000}, {
         "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
@@ -244,7 +246,6 @@ def _idx_header(data: bytes) -> tuple[int, ...]:
 def install_idx(name: str, source: Path, root: Path, dry_run: bool = False) -> list[str]:
     """Check the four IDX files of `name` in `source` (a folder; .gz or not) and place them, decompressed, where
     torchvision's class reads them (`root/<Class>/raw/`). Returns what was (or would be) done, a line per file."""
-    import gzip
     import hashlib
 
     import torchvision.datasets
@@ -258,8 +259,9 @@ def install_idx(name: str, source: Path, root: Path, dry_run: bool = False) -> l
         found = [path for path in (Path(source) / f"{stem}.gz", Path(source) / stem) if path.is_file()]
         if not found:
             raise DataUnavailableError(f"{source} has no {stem}.gz (or {stem}); {_fetch_hint(name)}")
-        packed = found[0].read_bytes()
-        data = gzip.decompress(packed) if found[0].suffix == ".gz" else packed
+        fix = _fetch_hint(name)
+        packed = read_bounded(found[0], MAX_IDX_BYTES, fix)
+        data = gunzip_bounded(found[0], MAX_IDX_BYTES, fix) if found[0].suffix == ".gz" else packed
         digest = hashlib.sha256(data).hexdigest()
         official = (found[0].suffix == ".gz" and hashlib.md5(packed).hexdigest() == md5.get(found[0].name)) or \
             spec.sha256.get(stem) == digest

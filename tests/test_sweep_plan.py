@@ -3,6 +3,7 @@
 import argparse
 import json
 import pickle
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,39 @@ def test_slurm_options_refuse_a_malformed_sbatch_or_setup_line_when_built():
         SlurmOptions(sbatch=("exclusive",))
     with pytest.raises(ConfigError, match=r"--setup .*: give each command as its own --setup"):
         SlurmOptions(setup=("module load cuda\nrm -rf /",))
+
+
+def sbatch_arguments(text: str) -> list[list[str]]:
+    """Each `#SBATCH` line's arguments as sbatch reads them: whitespace separates, quotes group, an unquoted '#'
+    ends the line (shlex in POSIX mode with comments; the values here hold no backslash, where the two differ)."""
+    return [shlex.split(line[len("#SBATCH"):], comments=True) for line in text.splitlines()
+            if line.startswith("#SBATCH")]
+
+
+def test_no_slurm_string_can_leave_its_sbatch_line(tmp_path):
+    for flag in ("partition", "account", "qos", "constraint"):
+        for value in ("gpu\n#SBATCH --uid=0", "gpu\r", "a#b", "a b", "it's", 'a"b', "a\\b", "a\x00"):
+            with pytest.raises(ConfigError, match=f"--{flag} ") as refused:
+                SlurmOptions(**{flag: value})
+            assert "\n" not in str(refused.value)
+    for item in ("comment=two\nlines", "comment=a\\b", "mail user=x"):
+        with pytest.raises(ConfigError, match="--sbatch "):
+            SlurmOptions(sbatch=(item,))
+    # Slurm's own syntax passes, and a free-text --sbatch value with '#', quotes and spaces stays one argument.
+    options = SlurmOptions(partition="gpu,gpu-long", account="proj.x_1", qos="normal",
+                           constraint="[a100|h100]&ib*2", sbatch=("comment=run #3 of 'x' \"y\"",))
+    text = sbatch_text(tmp_path, slurm_parameters(options, "train", "x"), 2)
+    arguments = sbatch_arguments(text)
+    assert all(len(line) == 1 for line in arguments)
+    assert ["--comment=run #3 of 'x' \"y\""] in arguments and ["--constraint=[a100|h100]&ib*2"] in arguments
+    assert ["--partition=gpu,gpu-long"] in arguments and ["--account=proj.x_1"] in arguments
+    for key, value in (("max_requeues", -1), ("nodes", 0), ("time_train", -5), ("array_parallelism", 0)):
+        with pytest.raises(ConfigError, match=f"--{key.replace('_', '-')} {value}: must be an integer >="):
+            SlurmOptions(**{key: value})
+    with pytest.raises(ConfigError, match="the sweep folder's name"):
+        slurm_parameters(options, "train", "x\ny")
+    with pytest.raises(ConfigError, match="the sweep folder .* unquoted"):
+        sbatch_text(tmp_path / "a b;touch x", slurm_parameters(options, "train", "x"), 2)
 
 
 def test_anchors_are_one_row_per_seed_and_travel_in_sweep_json(tmp_path):

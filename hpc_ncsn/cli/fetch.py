@@ -29,7 +29,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                           "format": prepared.source_format, "known_as": prepared.known_as,
                           "classifier": prepared.has_classifier,
                           "verified_max_difference": prepared.verified_max_difference,
-                          "weights": str(prepared.path)}, indent=2))
+                          "weights": str(prepared.path), "weights_sha256": prepared.sha256}, indent=2))
         if not prepared.has_classifier:
             print("note: these weights have no classifier: FID and KID are computed, IS is reported as unavailable",
                   file=sys.stderr)

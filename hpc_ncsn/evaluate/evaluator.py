@@ -36,6 +36,7 @@ from ..files import cache_dir as default_cache_dir
 from ..progress import showing_progress
 from ..samples.shards import MANIFEST, read_manifest, read_shard
 from ..samples.validation import verify_folder
+from ..untrusted import BadArchive, load_npz
 from .extractors import Extractor, extract_features, extractor_for, load_extractor
 from .fidelity import fidelity_entries
 from .images import image_pieces
@@ -107,12 +108,13 @@ def load_stats_npz(path: Path) -> tuple:
     """(μ, Σ) from an .npz with `mu` (D,) and `sigma` (D, D); a UserError names the file and what is wrong."""
     import numpy as np
 
+    fix = "write one with hpc-ncsn evaluate --save-stats, pytorch-fid --save-stats or EDM's fid.py ref"
     try:
-        with np.load(path) as data:
-            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-    except (OSError, ValueError, KeyError) as error:
-        raise BadStatistics(f"--ref {path}: not a statistics .npz with 'mu' and 'sigma' ({error}); write one with "
-                            "hpc-ncsn evaluate --save-stats, pytorch-fid --save-stats or EDM's fid.py ref") from None
+        arrays = load_npz(path, ("mu", "sigma"), fix=fix)  # headers checked first: no pickle, at most NPZ_MAX_BYTES
+    except BadArchive as error:
+        raise BadStatistics(f"--ref {path}: not a statistics .npz with 'mu' and 'sigma' ({error.detail}); {fix}") \
+            from None
+    mu, sigma = np.asarray(arrays["mu"], np.float64), np.asarray(arrays["sigma"], np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or not (np.isfinite(mu).all()
                                                                           and np.isfinite(sigma).all()):
         raise BadStatistics(f"--ref {path}: mu {mu.shape} and sigma {sigma.shape} must be (D,) and (D, D) and "
@@ -276,6 +278,7 @@ def _report(gathered, stats, reference, extractor, meta, samples, settings: Eval
         "feature_layer": extractor.feature_layer,
         "weights_sha256": extractor.weights_digest,
         "weights_source": extractor.weights_source,
+        "weights_source_sha256": extractor.weights_source_sha256,
         "is_unavailable": None if extractor.classifier else (
             f"the Inception weights ({extractor.weights_source}) have no classifier; IS needs the 1008-class "
             "logits: pass torch-fidelity's .pth or NVIDIA's inception-2015-12-05.pt with its classifier"),

