@@ -165,8 +165,10 @@ class _Section:
 @dataclass(frozen=True)
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
-    name: Literal["cifar10", "digits", "fashion_mnist", "mnist", "toy2d"] = "digits"
+    name: Literal["cifar10", "digits", "fashion_mnist", "folder", "mnist", "toy2d"] = "digits"
     data_root: str = "data"
+    path: str = ""  # data.name=folder: a folder of PNG/JPEG images (searched recursively) or a .zip of them
+    fit: Literal["crop", "exact"] = "crop"  # folder images: centre square resized to image_size, or already that size
     download: bool = False
     image_size: int = 16
     channels: int = 1
@@ -182,6 +184,8 @@ class DataConfig(_Section):
         _require(self.channels in (1, 3), "channels", "must be 1 or 3")
         if self.name == "cifar10":
             _require(self.channels == 3, "channels", "must be 3 for cifar10 (RGB)")
+        _require(self.name != "folder" or bool(self.path), "path", "data.name=folder needs data.path=FOLDER_OR_ZIP "
+                                                                   "(PNG/JPEG images, searched recursively)")
         _require(len(self.toy_means) >= 1, "toy_means", "needs at least one mean")
         _require(
             len(self.toy_weights) == len(self.toy_means),
@@ -373,6 +377,8 @@ class TrainConfig(_Section):
     heldout_examples: int = 250
     heldout_sigma_max: float = 0.0
     heldout_sigma_min: float = 0.0
+    init_from: str = ""  # start from these weights (an export folder, a checkpoint or a run folder): fine-tuning
+    resume_from: str = ""  # resume this checkpoint folder (optimizer, counters and all) in a new train.out_dir
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
