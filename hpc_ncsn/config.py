@@ -396,6 +396,8 @@ class TrainConfig(_Section):
         _require(1 <= self.sample_images <= 1024, "sample_images", "must be in 1..1024 (the training's sample grid)")
         _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0: no snapshots for FID over training)")
         _require(self.eval_samples >= 10, "eval_samples", "must be at least 10 (the Inception Score's 10 splits)")
+        _require(not (self.init_from and self.resume_from), "init_from", "give train.init_from (new training from "
+                 "these weights) or train.resume_from (continue that training), not both")
         _require(self.heldout_examples >= 0, "heldout_examples", "must be >= 0 (0: no held-out DSM loss at the end)")
         for key in ("heldout_sigma_max", "heldout_sigma_min"):
             _require(getattr(self, key) >= 0, key, "must be >= 0 (0: the network's own trained end of the range)")
