@@ -24,6 +24,7 @@ from ..pretrained import initial_weights
 from ..schedules import ladder
 from ..data import load_training_data
 from .batches import micro_batch_size
+from .launcher_settings import overridden_launcher_settings
 from .run_folder import RunFolder, TrainState, explicit_checkpoint
 from .step import TrainStep
 from .trackers import finish_trackers, log_image, start_trackers, tracker_names, tracker_record
@@ -161,6 +162,8 @@ class Training:
         micro = micro_batch_size(cfg, accelerator.num_processes)
         deepspeed = accelerator.state.deepspeed_plugin is not None
         if deepspeed:  # the run config, not the accelerate file, decides batch, accumulation and clipping
+            for line in overridden_launcher_settings(cfg, micro) if is_main_process() else []:
+                print(line, file=sys.stderr, flush=True)  # what the launcher was given and the run config overrides
             accelerator.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=cfg.grad_accum,
                 gradient_clipping=cfg.grad_clip)
