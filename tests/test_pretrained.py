@@ -72,6 +72,11 @@ def test_export_round_trip_is_bit_exact_and_reads_no_pickle(exported, trained, m
     assert "| `sampler.steps_per_level` | `2` |" in card and "from_pretrained" in card
 
 
+def test_init_from_and_resume_from_exclude_each_other():
+    with pytest.raises(ValueError, match=r"train.init_from: give train.init_from .* or train.resume_from .*not both"):
+        load_config(None, ["train.init_from=a", "train.resume_from=b"])
+
+
 def test_weights_that_do_not_fit_their_config_are_one_line(exported, tmp_path, capsys):
     broken = tmp_path / "broken"
     broken.mkdir()
