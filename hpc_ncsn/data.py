@@ -115,17 +115,19 @@ def _load_cifar10(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Ten
             "or set data.download=true on a machine with internet access")
     try:
         dataset = open_cifar10(roots, train)
+    except RuntimeError as error:  # a folder that fails torchvision's checks: download again, or say so
+        if not cfg.download:
+            raise DataUnavailableError(f"CIFAR-10 under {' or '.join(map(str, roots))} is incomplete ({error}); "
+                                       f"{hint}") from None
+        dataset = None
+    try:
         if dataset is None and cfg.download:
             dataset = CIFAR10(root=str(roots[0]), train=train, download=True)
-    except RuntimeError as error:
-        raise DataUnavailableError(f"CIFAR-10 under {' or '.join(map(str, roots))} is incomplete ({error}); {hint}") \
-            from None
-    except OSError as error:
-        raise DataUnavailableError(f"CIFAR-10 download to {roots[0]} failed ({error}); this machine seems offline; "
-                                   f"{hint}") from None
+    except (RuntimeError, OSError) as error:
+        raise DataUnavailableError(f"CIFAR-10 download to {roots[0]} failed ({error}); {hint}") from None
     if dataset is None:
-        raise DataUnavailableError(f"CIFAR-10 not found under {' or '.join(str(r / 'cifar-10-batches-py') for r in roots)}"
-                                   f"; {hint}")
+        looked = " or ".join(str(root / "cifar-10-batches-py") for root in roots)
+        raise DataUnavailableError(f"CIFAR-10 not found under {looked}; {hint}")
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return resize_uint8(images, cfg.image_size), torch.as_tensor(dataset.targets)
 

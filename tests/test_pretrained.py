@@ -3,6 +3,7 @@ given weights (train.init_from) and resuming an explicit checkpoint (train.resum
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -90,12 +91,17 @@ def test_weights_that_do_not_fit_their_config_are_one_line(exported, tmp_path, c
 
 def test_init_from_starts_training_from_the_given_weights_and_refuses_another_network(exported, tmp_path, capsys,
                                                                                      thread_settings):
-    out = tmp_path / "tuned"
-    train(tiny(out, "train.steps=0", f"train.init_from={exported}"))  # step 0: the initialised network, saved
+    out, copy = tmp_path / "tuned", tmp_path / "handed-over"
+    shutil.copytree(exported, copy)
+    train(tiny(out, "train.steps=0", f"train.init_from={copy}"))  # step 0: the initialised network, saved
     start = read_ema_state(newest(out))["shadow"]
     given = from_pretrained(exported).state_dict()
     assert all(torch.equal(start[name], given[name]) for name in given)
-    assert load_config(out / "config.yaml").train.init_from == str(exported)  # recorded in the run's config
+    assert load_config(out / "config.yaml").train.init_from == str(copy)  # recorded in the run's config
+    shutil.rmtree(copy)  # a requeue resumes the run's own checkpoint and no longer needs the weights it started from
+    train(tiny(out, "train.steps=2", f"train.init_from={copy}"))
+    assert newest(out).name == "step-00000002"
+    capsys.readouterr()
     code = main(["train", "--config", str(ROOT / "configs/debug.yaml"), *TINY_TRAINING, "model.base_channels=16",
                  "train.steps=0", f"train.init_from={exported}", f"train.out_dir={tmp_path / 'other'}"])
     err = capsys.readouterr().err.strip().splitlines()

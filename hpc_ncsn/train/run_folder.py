@@ -45,20 +45,6 @@ def _differences(saved: dict, current: dict) -> list[str]:
                       for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
 
 
-def explicit_checkpoint(config: Config) -> Path | None:
-    """The checkpoint `train.resume_from` names (a checkpoint folder, or a run folder: its newest), checked to be
-    of the same experiment as `config`; None when train.resume_from is unset."""
-    if not config.train.resume_from:
-        return None
-    checkpoint = ckpt.resolve_checkpoint(Path(config.train.resume_from))
-    changed = _differences(config_to_dict(ckpt.read_config(checkpoint)), config_to_dict(config))
-    if changed:
-        raise RunFolderMismatch(f"train.resume_from={checkpoint} is a checkpoint of another experiment "
-                                f"({'; '.join(changed)}); resume it with its own config, or use train.init_from "
-                                "to start a new training from its weights")
-    return checkpoint
-
-
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -158,6 +144,23 @@ class RunFolder:
             raise
         accelerator.wait_for_everyone()
         return final
+
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds a complete checkpoint of its own (a start resumes it)."""
+        return ckpt.latest_checkpoint(self.checkpoints) is not None
+
+    def explicit_checkpoint(self, config: Config) -> Path | None:
+        """The checkpoint `train.resume_from` names (a checkpoint folder, or a run folder: its newest), checked to be
+        of the same experiment as `config`; None when it is unset or this folder has checkpoints of its own."""
+        if not config.train.resume_from or self.has_checkpoint():
+            return None
+        checkpoint = ckpt.resolve_checkpoint(Path(config.train.resume_from))
+        changed = _differences(config_to_dict(ckpt.read_config(checkpoint)), config_to_dict(config))
+        if changed:
+            raise RunFolderMismatch(f"train.resume_from={checkpoint} is a checkpoint of another experiment "
+                                    f"({'; '.join(changed)}); resume it with its own config, or use train.init_from "
+                                    "to start a new training from its weights")
+        return checkpoint
 
     def resume(self, accelerator, ema: EMA, explicit: Path | None = None) -> TrainState:
         """Restore the newest complete checkpoint, if any, else `explicit` (train.resume_from: a checkpoint of

@@ -25,7 +25,7 @@ from ..schedules import ladder
 from ..data import load_training_data
 from .batches import micro_batch_size
 from .launcher_settings import overridden_launcher_settings
-from .run_folder import RunFolder, TrainState, explicit_checkpoint
+from .run_folder import RunFolder, TrainState
 from .step import TrainStep
 from .trackers import finish_trackers, log_image, start_trackers, tracker_names, tracker_record
 
@@ -176,7 +176,7 @@ class Training:
         sigmas = ladder(config.noise.ladder, config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
         torch.manual_seed(cfg.seed)
         model = build_score_model(config.model, config.data)
-        if cfg.init_from:  # fine-tuning: start from given weights (a resume below replaces them)
+        if cfg.init_from and not folder.has_checkpoint():  # fine-tuning: start from given weights
             weights, where = initial_weights(Path(cfg.init_from), config)
             model.load_state_dict(weights)
             accelerator.print(f"initialised from {where}")
@@ -194,7 +194,7 @@ class Training:
             accelerator.print("train.compile: not applied under DeepSpeed (its engine wraps the model); running eagerly")
         network = network_call(model, channels_last=channels_last, compile=cfg.compile and not deepspeed,
                                label="score network (training)")
-        state = folder.resume(accelerator, ema, explicit_checkpoint(config))
+        state = folder.resume(accelerator, ema, folder.explicit_checkpoint(config))
         if accelerator.log_with:
             start_trackers(accelerator, config, folder.path.name, state.step)
         accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "
