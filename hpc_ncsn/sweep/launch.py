@@ -231,10 +231,10 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
     if args.cancel:
         print(slurm.cancel(root, _saved_plan(root)))
         return 0
+    options = slurm_options(args)  # a bad --profile is one line before the plan is built
     spec = _named_like_saved(root, build_spec(args))
     sweep = plan(spec, root)
     audits = audit_plan(sweep)  # refuses an arm whose chain would not settle, before anything is written
-    options = slurm_options(args)
     if options.python is not None:
         if args.cluster == "debug":
             raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
