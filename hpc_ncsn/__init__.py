@@ -37,6 +37,7 @@ _PUBLIC = {
     "solvers": ["ancestral", "probability_flow"],
     "network": ["CompiledOrEager", "NetworkSpeed", "score_function"],
     "checkpoint": ["load_ema_model", "resolve_checkpoint"],
+    "pretrained": ["export_pretrained", "from_pretrained", "pretrained_config"],
     "train": ["Training", "TrainingDiverged", "train"],
     "samples.shards": ["ShardError", "read_manifest", "read_shard", "write_shard"],
     "samples.validation": ["validate_shard", "validate_shards", "verify_folder"],

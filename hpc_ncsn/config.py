@@ -166,8 +166,10 @@ class _Section:
 @dataclass(frozen=True)
 class DataConfig(_Section):
     SECTION: ClassVar[str] = "data"
-    name: Literal["cifar10", "digits", "fashion_mnist", "mnist", "toy2d"] = "digits"
+    name: Literal["cifar10", "digits", "fashion_mnist", "folder", "mnist", "toy2d"] = "digits"
     data_root: str = "data"
+    path: str = ""  # data.name=folder: a folder of PNG/JPEG images (searched recursively) or a .zip of them
+    fit: Literal["crop", "exact"] = "crop"  # folder images: centre square resized to image_size, or already that size
     download: bool = False
     image_size: int = 16
     channels: int = 1
@@ -183,6 +185,8 @@ class DataConfig(_Section):
         _require(self.channels in (1, 3), "channels", "must be 1 or 3")
         if self.name == "cifar10":
             _require(self.channels == 3, "channels", "must be 3 for cifar10 (RGB)")
+        _require(self.name != "folder" or bool(self.path), "path", "data.name=folder needs data.path=FOLDER_OR_ZIP "
+                                                                   "(PNG/JPEG images, searched recursively)")
         _require(len(self.toy_means) >= 1, "toy_means", "needs at least one mean")
         _require(
             len(self.toy_weights) == len(self.toy_means),
@@ -384,6 +388,8 @@ class TrainConfig(_Section):
     heldout_examples: int = 250
     heldout_sigma_max: float = 0.0
     heldout_sigma_min: float = 0.0
+    init_from: str = ""  # start from these weights (an export folder, a checkpoint or a run folder): fine-tuning
+    resume_from: str = ""  # resume this checkpoint folder (optimizer, counters and all) in a new train.out_dir
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
@@ -406,6 +412,8 @@ class TrainConfig(_Section):
         _require(1 <= self.sample_images <= 1024, "sample_images", "must be in 1..1024 (the training's sample grid)")
         _require(self.eval_every >= 0, "eval_every", "must be >= 0 (0: no snapshots for FID over training)")
         _require(self.eval_samples >= 10, "eval_samples", "must be at least 10 (the Inception Score's 10 splits)")
+        _require(not (self.init_from and self.resume_from), "init_from", "give train.init_from (new training from "
+                 "these weights) or train.resume_from (continue that training), not both")
         _require(self.heldout_examples >= 0, "heldout_examples", "must be >= 0 (0: no held-out DSM loss at the end)")
         for key in ("heldout_sigma_max", "heldout_sigma_min"):
             _require(getattr(self, key) >= 0, key, "must be >= 0 (0: the network's own trained end of the range)")

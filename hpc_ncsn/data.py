@@ -7,8 +7,10 @@ with clamping and rounding. `toy2d` is a Gaussian mixture with an exact score.
 Image data sets: `digits` (scikit-learn's 1,797, offline, no split), `mnist` and
 `fashion_mnist` (torchvision's classes over the four official IDX files, 60,000 train
 and 10,000 test images of 28×28, zero-padded to 32×32 by default), `cifar10`
-(torchvision). IDX files are looked for in `data.data_root` and then in the shared
-cache's `data/` folder, where `install_idx` (`hpc-ncsn fetch`) puts them.
+(torchvision; `hpc-ncsn fetch cifar10 --from FILE` places the official archive:
+hpc_ncsn.cifar10), `folder` (your own PNG/JPEG images, a folder or a .zip, no split:
+hpc_ncsn.image_folder). IDX files and CIFAR-10 are looked for in `data.data_root` and then
+in the shared cache's `data/` folder, where `install_idx` (`hpc-ncsn fetch`) puts them.
 `load_training_data` is the training set as a run sees it (the one place the toy points
 are drawn, with train.seed); `dataset_points` is the same in the model's space.
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
+from .cifar10 import CIFAR10_URL
 from .config import Config, ConfigError, DataConfig
 from .errors import UserError
 from .files import atomic_path, cache_dir
@@ -47,7 +50,6 @@ __all__ = [
     "toy_mixture",
 ]
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 class DataUnavailableError(UserError, FileNotFoundError):
@@ -103,23 +105,30 @@ def _load_digits(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tens
 
 
 def _load_cifar10(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 through torchvision (50,000 train / 10,000 test), as uint8 (N, 3, 32, 32) and labels."""
+    """CIFAR-10 through torchvision (50,000 train / 10,000 test), as uint8 (N, 3, 32, 32) and labels; looked for in
+    data.data_root and then in the shared cache's data/ (where `hpc-ncsn fetch cifar10 --from FILE` puts it)."""
     from torchvision.datasets import CIFAR10
 
-    root = Path(cfg.data_root)
+    from .cifar10 import open_cifar10
+
+    roots = _idx_roots(cfg)
+    hint = (f"run 'hpc-ncsn fetch cifar10 --from cifar-10-python.tar.gz' (the python version, from {CIFAR10_URL}), "
+            "or set data.download=true on a machine with internet access")
     try:
-        dataset = CIFAR10(root=str(root), train=train, download=cfg.download)
-    except RuntimeError as error:
-        raise DataUnavailableError(
-            f"CIFAR-10 not found under {root} ({error}). Put the extracted python version "
-            f"(cifar-10-batches-py/, from cifar-10-python.tar.gz at {CIFAR10_URL}) in {root}/, "
-            "or set data.download=true on a machine with internet access."
-        ) from None
-    except OSError as error:
-        raise DataUnavailableError(
-            f"CIFAR-10 download to {root} failed ({error}); this machine seems offline. Copy "
-            f"cifar-10-batches-py/ (from cifar-10-python.tar.gz at {CIFAR10_URL}) into {root}/."
-        ) from None
+        dataset = open_cifar10(roots, train)
+    except RuntimeError as error:  # a folder that fails torchvision's checks: download again, or say so
+        if not cfg.download:
+            raise DataUnavailableError(f"CIFAR-10 under {' or '.join(map(str, roots))} is incomplete ({error}); "
+                                       f"{hint}") from None
+        dataset = None
+    try:
+        if dataset is None and cfg.download:
+            dataset = CIFAR10(root=str(roots[0]), train=train, download=True)
+    except (RuntimeError, OSError) as error:
+        raise DataUnavailableError(f"CIFAR-10 download to {roots[0]} failed ({error}); {hint}") from None
+    if dataset is None:
+        looked = " or ".join(str(root / "cifar-10-batches-py") for root in roots)
+        raise DataUnavailableError(f"CIFAR-10 not found under {looked}; {hint}")
     images = torch.from_numpy(dataset.data).permute(0, 3, 1, 2).contiguous()
     return resize_uint8(images, cfg.image_size), torch.as_tensor(dataset.targets)
 
@@ -193,10 +202,23 @@ def _load_idx(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]
     return _match_channels(images.contiguous(), cfg.channels), dataset.targets.clone()
 
 
-DATASETS = {"digits": _load_digits, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10}
+def _load_folder(cfg: DataConfig, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Your own images (data.path: a folder or a .zip; the rule: hpc_ncsn.image_folder), with label 0; no test
+    split (training leaves out the held-out rows, as for digits)."""
+    from .image_folder import read_image_folder
+
+    if not train:
+        raise ConfigError("data.name=folder has no test split (its held-out rows are kept out of training); use "
+                          "evaluate.reference=train (--reference train)")
+    images = read_image_folder(cfg.path, cfg.image_size, cfg.channels, cfg.fit)
+    return images, torch.zeros(len(images), dtype=torch.int64)
+
+
+DATASETS = {"digits": _load_digits, "mnist": _load_idx, "fashion_mnist": _load_idx, "cifar10": _load_cifar10,
+            "folder": _load_folder}
 SPLITS = ("train", "test")
 # Image data sets with a train split only: training leaves out a held-out part of it (hpc_ncsn.heldout).
-WITHOUT_TEST_SPLIT = frozenset({"digits"})
+WITHOUT_TEST_SPLIT = frozenset({"digits", "folder"})
 HELDOUT_SEED = 20190710  # one fixed seed, not the run's: every network sees the same held-out examples and noise
 HOLDOUT_FRACTION = 0.1
 

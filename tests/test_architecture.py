@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hpc_ncsn"
 
-SCIENCE = {"config", "rng", "data", "schedules", "planning", "audit", "model", "loss", "ema", "sampling", "solvers",
-           "toy", "heldout", "stats"}
+SCIENCE = {"config", "rng", "data", "image_folder", "cifar10", "schedules", "planning", "audit", "model", "loss", "ema",
+           "sampling", "solvers", "toy", "heldout", "stats"}
 # Heavy libraries and the one place each may be imported from.
 HOMES = {"accelerate": "train", "deepspeed": "train", "h5py": "samples.shards", "torch_fidelity": "evaluate",
          "submitit": "sweep"}

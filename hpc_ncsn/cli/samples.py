@@ -79,6 +79,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..samples.export import export_npz, export_png
 
+    if args.safetensors is not None or args.run_dir is not None:
+        return _export_model(args.run_dir, args.safetensors, args.dry_run)
+    if args.samples is None:
+        raise UserError("export: pass --samples DIR (with --png or --npz), or --run-dir RUN --safetensors DIR")
     if (args.png is None) == (args.npz is None):
         raise UserError("export: pass one of --png DIR or --npz FILE")
     if args.dry_run:
@@ -90,12 +94,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_model(run_dir: Path | None, out: Path | None, dry_run: bool) -> int:
+    from ..checkpoint import resolve_checkpoint
+    from ..pretrained import export_pretrained
+
+    if run_dir is None or out is None:
+        raise UserError("export: a model needs both --run-dir RUN (or a checkpoint folder) and --safetensors DIR")
+    if dry_run:
+        print(f"would write the EMA network of {resolve_checkpoint(run_dir)} to {out}/ (model.safetensors, "
+              "config.json, README.md)")
+        return 0
+    print(f"exported {resolve_checkpoint(run_dir)} to {export_pretrained(run_dir, out)}")
+    return 0
+
+
 def add_export_args(export: argparse.ArgumentParser) -> None:
-    export.add_argument("--samples", type=Path, required=True, help="folder written by `hpc-ncsn generate`")
+    export.add_argument("--samples", type=Path, default=None, help="folder written by `hpc-ncsn generate`")
     export.add_argument("--png", type=Path, default=None,
                         help="write <index>.png files here (torch-fidelity's and EDM's folder input)")
     export.add_argument("--npz", type=Path, default=None,
                         help="write one .npz with arr_0, uint8 (N, H, W, C) (the ADM evaluation suite's input)")
+    export.add_argument("--run-dir", type=Path, default=None,
+                        help="a run folder (its newest checkpoint) or a checkpoint folder: export its EMA network")
+    export.add_argument("--safetensors", type=Path, default=None,
+                        help="with --run-dir: write model.safetensors, config.json and a README.md model card in this "
+                             "folder (hpc_ncsn.pretrained.from_pretrained reads it back, without pickle)")
     export.add_argument("--dry-run", action="store_true", help="print what would be written and exit")
 
 

@@ -9,6 +9,7 @@
     work.py       what a job runs: the body of each task type, status recorded, requeue on USR2
     local.py      the local driver (submitit's local and debug executors) and the --python check
     slurm.py      the Slurm driver (SlurmOptions → dependent job arrays, waiting, cancelling)
+    profile.py    --profile FILE: the Slurm options in YAML, under the command line's flags; kept in sweep.json
     launch.py     the `sweep` command: its flags, translated once into records, and dispatch
 
 submitit is imported only in this package.

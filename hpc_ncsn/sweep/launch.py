@@ -25,6 +25,7 @@ examples:
   python launch/sweep.py --cluster slurm --arms geometric,linear,snr --seeds 0,1,2,3,4 \\
       --config configs/cifar10.yaml --partition gpu --nodes 2 --gpus-per-node 4 --time-train 2880 \\
       train.mixed_precision=bf16
+  python launch/sweep.py --cluster slurm --profile cluster.yaml --time-train 600   # settings in a file
   python launch/sweep.py --arms geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
@@ -46,6 +47,7 @@ from ..locks import FolderLock
 from . import scheduler, slurm
 from .local import check_python, run_here
 from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
+from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
 from .status import describe, format_status, todo, unfinished
 
@@ -99,33 +101,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--timeout-min", type=int, default=24 * 60,
                        help="--cluster local: per-task time limit in minutes")
     slurm = parser.add_argument_group("--cluster slurm (what lands in the sbatch scripts; see --dry-run)")
+    slurm.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                       help="a YAML file of these options by field name (partition, account, qos, constraint, "
+                            "time_train, gpus_per_node, setup, sbatch, python, ...); a flag given here wins over it")
     slurm.add_argument("--partition", help="sbatch --partition")
     slurm.add_argument("--account", help="sbatch --account")
     slurm.add_argument("--qos", help="sbatch --qos")
     slurm.add_argument("--constraint", help="sbatch --constraint, e.g. a100|h100")
-    slurm.add_argument("--time-train", type=int, default=SlurmOptions.time_train, help="training time limit, minutes")
-    slurm.add_argument("--time-sample", type=int, default=SlurmOptions.time_sample,
-                       help="sampling + evaluation time limit, minutes")
-    slurm.add_argument("--nodes", type=int, default=SlurmOptions.nodes, help="nodes per training task")
-    slurm.add_argument("--sample-nodes", type=int, default=SlurmOptions.sample_nodes, help="nodes per sampling task")
-    slurm.add_argument("--gpus-per-node", type=int, default=SlurmOptions.gpus_per_node,
-                       help="GPUs per node (0: CPU-only jobs)")
+    slurm.add_argument("--time-train", type=int, default=None,
+                       help=f"training time limit, minutes (default {SlurmOptions.time_train})")
+    slurm.add_argument("--time-sample", type=int, default=None,
+                       help=f"sampling + evaluation time limit, minutes (default {SlurmOptions.time_sample})")
+    slurm.add_argument("--nodes", type=int, default=None, help="nodes per training task (default 1)")
+    slurm.add_argument("--sample-nodes", type=int, default=None, help="nodes per sampling task (default 1)")
+    slurm.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node (0, the default: CPU-only jobs)")
     slurm.add_argument("--tasks-per-node", type=int, default=None,
                        help="processes per node (default: one per GPU, else 1)")
     slurm.add_argument("--cpus-per-task", type=int, default=None, help="sbatch --cpus-per-task")
     slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
-    slurm.add_argument("--signal-delay-s", type=int, default=SlurmOptions.signal_delay_s,
-                       help="seconds before the time limit at which Slurm sends USR2 (save, requeue)")
-    slurm.add_argument("--array-parallelism", type=int, default=SlurmOptions.array_parallelism,
-                       help="array tasks running at once")
+    slurm.add_argument("--signal-delay-s", type=int, default=None,
+                       help="seconds before the time limit at which Slurm sends USR2 (save, requeue) (default "
+                            f"{SlurmOptions.signal_delay_s})")
+    slurm.add_argument("--array-parallelism", type=int, default=None,
+                       help=f"array tasks running at once (default {SlurmOptions.array_parallelism})")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
                             "(repeatable)")
     slurm.add_argument("--setup", action="append", default=[], metavar="COMMAND",
                        help="a line run before each task, e.g. 'module load cuda' (repeatable)")
-    slurm.add_argument("--max-requeues", type=int, default=SlurmOptions.max_requeues,
+    slurm.add_argument("--max-requeues", type=int, default=None,
                        help="requeues per task (USR2 at the time limit, node failures) before it is failed "
-                            "(default %(default)s)")
+                            f"(default {SlurmOptions.max_requeues})")
     slurm.add_argument("--wait", action="store_true",
                        help="wait until every job of the sweep has left the queue, with a one-line progress "
                             "summary every --poll-s seconds, then print the table (otherwise submit and return)")
@@ -138,13 +144,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    """The --cluster slurm flags as the Slurm driver's record (built once, here)."""
-    return SlurmOptions(
-        partition=args.partition, account=args.account, qos=args.qos, constraint=args.constraint,
-        time_train=args.time_train, time_sample=args.time_sample, nodes=args.nodes, sample_nodes=args.sample_nodes,
-        gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
-        mem_gb=args.mem_gb, signal_delay_s=args.signal_delay_s, array_parallelism=args.array_parallelism,
-        sbatch=tuple(args.sbatch), setup=tuple(args.setup), max_requeues=args.max_requeues, python=args.python)
+    """The --cluster slurm flags over the --profile file as the Slurm driver's record (built once, here)."""
+    flags = {key: getattr(args, key, None) for key in PROFILE_KEYS}
+    return merge_options(read_profile(args.profile) if args.profile else {}, flags)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
@@ -229,14 +231,15 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
     if args.cancel:
         print(slurm.cancel(root, _saved_plan(root)))
         return 0
+    options = slurm_options(args)  # a bad --profile is one line before the plan is built
     spec = _named_like_saved(root, build_spec(args))
     sweep = plan(spec, root)
     audits = audit_plan(sweep)  # refuses an arm whose chain would not settle, before anything is written
-    if args.python is not None:
+    if options.python is not None:
         if args.cluster == "debug":
             raise ConfigError("--python: --cluster debug runs every task in the launcher's own process; use "
                               "--cluster local or slurm, or run the launcher itself with that Python")
-        print(f"tasks start with: {check_python(args.python)}", flush=True)
+        print(f"tasks start with: {check_python(options.python)}", flush=True)
     if args.cluster != "slurm":
         if args.dry_run:
             print_plan(sweep, audits)
@@ -246,13 +249,13 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
             prepare_folder(root, spec, audits)
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
-                            timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
-    return _on_slurm(root, spec, sweep, slurm_options(args), audits, dry_run=args.dry_run, wait=args.wait,
-                     poll_s=args.poll_s, script=script)
+                            timeout_min=args.timeout_min, max_requeues=options.max_requeues, python=options.python)
+    return _on_slurm(root, spec, sweep, options, audits, dry_run=args.dry_run, wait=args.wait,
+                     poll_s=args.poll_s, script=script, profile=args.profile)
 
 
 def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
-              wait: bool, poll_s: float, script: str) -> int:
+              wait: bool, poll_s: float, script: str, profile: Path | None = None) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
     if dry_run:
         print_plan(sweep, audits)
@@ -273,6 +276,7 @@ def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, a
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
             prepare_folder(root, spec, audits)
+            record_options(root, options, profile)
             submitted = slurm.submit(root, sweep, options)
             if not submitted:
                 print("every task is done; nothing to submit")

@@ -36,6 +36,15 @@ class RunFolderMismatch(UserError, ValueError):
     """A run folder holds a run of another experiment; the message lists what differs."""
 
 
+def _differences(saved: dict, current: dict) -> list[str]:
+    """What differs between two resolved configs (as dicts) among the keys that shape the weights."""
+    changed = [f"{section}.{key}: {saved[section][key]!r} → {current[section][key]!r}"
+               for section in _SAME_SECTIONS for key in current[section]
+               if saved[section][key] != current[section][key]]
+    return changed + [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
+                      for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
+
+
 class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -63,14 +72,7 @@ class RunFolder:
     def check(self, config: Config) -> None:
         """Refuse to resume a run folder that was started with a different experiment."""
         saved = self._saved_config()
-        if saved is None:
-            return
-        current = config_to_dict(config)
-        changed = [f"{section}.{key}: {saved[section][key]!r} → {current[section][key]!r}"
-                   for section in _SAME_SECTIONS for key in current[section]
-                   if saved[section][key] != current[section][key]]
-        changed += [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
-                    for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
+        changed = [] if saved is None else _differences(saved, config_to_dict(config))
         if changed:
             raise RunFolderMismatch(f"run folder {self.path} holds a run with another config ({'; '.join(changed)}); "
                              "resume it with its own config or pick a new train.out_dir")
@@ -143,9 +145,27 @@ class RunFolder:
         accelerator.wait_for_everyone()
         return final
 
-    def resume(self, accelerator, ema: EMA) -> TrainState:
-        """Restore the newest complete checkpoint, if any; drop log lines written after it."""
-        latest = ckpt.latest_checkpoint(self.checkpoints)
+    def has_checkpoint(self) -> bool:
+        """Whether the folder holds a complete checkpoint of its own (a start resumes it)."""
+        return ckpt.latest_checkpoint(self.checkpoints) is not None
+
+    def explicit_checkpoint(self, config: Config) -> Path | None:
+        """The checkpoint `train.resume_from` names (a checkpoint folder, or a run folder: its newest), checked to be
+        of the same experiment as `config`; None when it is unset or this folder has checkpoints of its own."""
+        if not config.train.resume_from or self.has_checkpoint():
+            return None
+        checkpoint = ckpt.resolve_checkpoint(Path(config.train.resume_from))
+        changed = _differences(config_to_dict(ckpt.read_config(checkpoint)), config_to_dict(config))
+        if changed:
+            raise RunFolderMismatch(f"train.resume_from={checkpoint} is a checkpoint of another experiment "
+                                    f"({'; '.join(changed)}); resume it with its own config, or use train.init_from "
+                                    "to start a new training from its weights")
+        return checkpoint
+
+    def resume(self, accelerator, ema: EMA, explicit: Path | None = None) -> TrainState:
+        """Restore the newest complete checkpoint, if any, else `explicit` (train.resume_from: a checkpoint of
+        another folder, whose run this one continues); drop log lines written after it."""
+        latest = ckpt.latest_checkpoint(self.checkpoints) or explicit
         state = TrainState()
         if latest is not None:
             accelerator.load_state(str(latest))

@@ -20,9 +20,11 @@ from ..errors import UserError
 from ..ema import EMA
 from ..model import build_score_model, count_parameters
 from ..network import native_bf16, network_call
+from ..pretrained import initial_weights
 from ..schedules import ladder
 from ..data import load_training_data
 from .batches import micro_batch_size
+from .launcher_settings import overridden_launcher_settings
 from .run_folder import RunFolder, TrainState
 from .step import TrainStep
 from .trackers import finish_trackers, log_image, start_trackers, tracker_names, tracker_record
@@ -160,6 +162,8 @@ class Training:
         micro = micro_batch_size(cfg, accelerator.num_processes)
         deepspeed = accelerator.state.deepspeed_plugin is not None
         if deepspeed:  # the run config, not the accelerate file, decides batch, accumulation and clipping
+            for line in overridden_launcher_settings(cfg, micro) if is_main_process() else []:
+                print(line, file=sys.stderr, flush=True)  # what the launcher was given and the run config overrides
             accelerator.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=cfg.grad_accum,
                 gradient_clipping=cfg.grad_clip)
@@ -172,6 +176,10 @@ class Training:
         sigmas = ladder(config.noise.ladder, config.noise.sigma_max, config.noise.sigma_min, config.noise.num_levels)
         torch.manual_seed(cfg.seed)
         model = build_score_model(config.model, config.data)
+        if cfg.init_from and not folder.has_checkpoint():  # fine-tuning: start from given weights
+            weights, where = initial_weights(Path(cfg.init_from), config)
+            model.load_state_dict(weights)
+            accelerator.print(f"initialised from {where}")
         channels_last = cfg.channels_last and config.model.kind == "unet"
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -186,7 +194,7 @@ class Training:
             accelerator.print("train.compile: not applied under DeepSpeed (its engine wraps the model); running eagerly")
         network = network_call(model, channels_last=channels_last, compile=cfg.compile and not deepspeed,
                                label="score network (training)")
-        state = folder.resume(accelerator, ema)
+        state = folder.resume(accelerator, ema, folder.explicit_checkpoint(config))
         if accelerator.log_with:
             start_trackers(accelerator, config, folder.path.name, state.step)
         accelerator.print(f"model: {count_parameters(model):,} parameters; {accelerator.num_processes} process(es), "

@@ -1,0 +1,56 @@
+"""What a DeepSpeed launch asks for that the run config decides: batch size, gradient accumulation, clipping.
+
+Under DeepSpeed the run config's train.batch_size, train.grad_accum and train.grad_clip are written
+into DeepSpeed's config (hpc_ncsn.train.session), so that a run trains the same way under every
+launcher. A value the launcher was given (its DeepSpeed JSON file, `ACCELERATE_DEEPSPEED_CONFIG_FILE`,
+or `accelerate launch --gradient_accumulation_steps / --gradient_clipping`, which travel as
+`ACCELERATE_GRADIENT_ACCUMULATION_STEPS` / `ACCELERATE_GRADIENT_CLIPPING`) and that differs is
+named with the run config's value in one warning line each, as train.mixed_precision does for precision.
+"auto" is no request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config import TrainConfig
+
+__all__ = ["launcher_requests", "overridden_launcher_settings"]
+
+_ENV = {"gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
+        "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
+
+
+def launcher_requests(environ=os.environ) -> dict[str, tuple[float, str]]:
+    """DeepSpeed key → (value, where it was given) for what the launcher asked explicitly ("auto" left out)."""
+    asked = {}
+    for key, variable in _ENV.items():
+        value = environ.get(variable, "auto").strip().lower()
+        if value not in ("", "auto", "none"):
+            asked[key] = (float(value), f"the launcher's --{key} ({variable})")
+    file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    if file != "none" and Path(file).is_file():
+        settings = json.loads(Path(file).read_text())
+        for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                    "gradient_clipping"):
+            if isinstance(settings.get(key), (int, float)) and not isinstance(settings.get(key), bool):
+                asked[key] = (float(settings[key]), f"{key} in the DeepSpeed config {file}")
+    return asked
+
+
+def overridden_launcher_settings(train: TrainConfig, micro_batch: int, environ=os.environ) -> list[str]:
+    """One warning line per launcher request that the run config overrides (empty when they agree)."""
+    ours = {"train_batch_size": ("train.batch_size", train.batch_size),
+            "train_micro_batch_size_per_gpu": ("the micro-batch per process (train.batch_size / processes / "
+                                               "train.grad_accum)", micro_batch),
+            "gradient_accumulation_steps": ("train.grad_accum", train.grad_accum),
+            "gradient_clipping": ("train.grad_clip", train.grad_clip)}
+    lines = []
+    for key, (value, where) in launcher_requests(environ).items():
+        name, mine = ours[key]
+        if float(mine) != value:
+            lines.append(f"warning: {name}={mine:g} overrides {where}, {value:g}; the run config decides batch, "
+                         "accumulation and clipping: set train.* to change them")
+    return lines
