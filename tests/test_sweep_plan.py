@@ -5,6 +5,7 @@ import json
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -293,6 +294,34 @@ def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_say
         holder.kill()
         holder.wait()
 
+
+
+@pytest.mark.parametrize("mismatch", ["no start time", "another start time", "another folder", "not a sweep lock"])
+def test_cancel_signals_no_process_but_the_sweep_that_holds_the_lock(tmp_path, mismatch):
+    """A .lock-sweep naming a live process that is not this folder's launcher (its pid reused, the lock copied
+    with the folder, or a record without the start time that proves who it is): --cancel sends it nothing."""
+    from hpc_ncsn.locks import identity
+    from hpc_ncsn.sweep.slurm import cancel
+
+    sweep = plan(spec(), tmp_path)
+    bystander = subprocess.Popen(["sleep", "60"])
+    record = {**identity(bystander.pid), "cluster": "local", "folder": str(tmp_path.resolve()),
+              "what": "launch/sweep.py --cluster local", "time": time.time()}
+    if mismatch == "no start time":
+        del record["start"]
+    elif mismatch == "another start time":
+        record["start"] += 1
+    elif mismatch == "another folder":
+        record["folder"] = str(tmp_path.resolve() / "elsewhere")
+    else:
+        del record["cluster"]
+    (tmp_path / ".lock-sweep").write_text(json.dumps(record))
+    try:
+        assert cancel(tmp_path, sweep) == "no job of this sweep is queued or running"
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 def test_the_first_studys_snr_setting_is_refused_before_anything_is_written_and_an_override_is_recorded(tmp_path):
     fashion = ("--config", str(ROOT / "configs" / "fashion.yaml"), "--arms", "geometric,linear,snr",
