@@ -46,9 +46,19 @@ import yaml
 
 from .errors import UserError
 
+# Seeds are one 32-bit word of the sampler's counter-based generator's key (hpc_ncsn.rng: Philox4x32).
+SEED_LIMIT = 2**32
+# The network sees σ raw (its input x + σ·z, its output divided by σ, log σ in its embedding), in float32 or
+# bf16 (8 exponent bits): within [1e-6, 1e6] the data in x + σ·z keeps at least 4 bits at the top σ
+# (2^-24 · 1e6 ≈ 0.06), σ² and 1/σ² stay far inside the float range, and the levels are distinct numbers.
+# NCSNv2 uses σ_1 up to 348 (FFHQ) and EDM σ_min = 0.002.
+SIGMA_RANGE = (1e-6, 1e6)
+
 __all__ = [
     "ARMS",
     "DEBUG_CONFIG",
+    "SEED_LIMIT",
+    "SIGMA_RANGE",
     "config_reference",
     "Arm",
     "Config",
@@ -206,6 +216,10 @@ class NoiseConfig(_Section):
     def validate(self) -> None:
         _require(self.sigma_min > 0, "sigma_min", "must be > 0")
         _require(self.sigma_max > 0, "sigma_max", "must be > 0")
+        _require(self.sigma_min >= SIGMA_RANGE[0], "sigma_min", f"must be >= {SIGMA_RANGE[0]:g} (the network sees σ "
+                 "raw in float32: 1/σ² and log σ must stay finite; EDM uses 0.002)")
+        _require(self.sigma_max <= SIGMA_RANGE[1], "sigma_max", f"must be <= {SIGMA_RANGE[1]:g} (the network sees "
+                 "x + σ·z in float32: the data must stay resolved; NCSNv2 uses at most 348)")
         _require(
             self.sigma_min < self.sigma_max,
             "sigma_min",
@@ -374,11 +388,17 @@ class TrainConfig(_Section):
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
+        _require(bool(self.out_dir.strip()), "out_dir", "must name a folder, e.g. runs/debug ('' would write into "
+                                                      "the current folder)")
         _require(self.steps >= 0, "steps", "must be >= 0 (0 saves the initialised network as step 0: the untrained "
                                            "anchor)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
         _require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        _require(0 <= self.seed < SEED_LIMIT, "seed", "must be in [0, 2**32) (the sampler's seeds are 32-bit words, "
+                                                     "hpc_ncsn.rng)")
         _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.lr <= 1, "lr", "must be <= 1 (Adam moves every weight by about lr per step; 1e-4 .. 2e-4 is "
+                                     "usual)")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")
@@ -391,6 +411,9 @@ class TrainConfig(_Section):
         _require(self.heldout_examples >= 0, "heldout_examples", "must be >= 0 (0: no held-out DSM loss at the end)")
         for key in ("heldout_sigma_max", "heldout_sigma_min"):
             _require(getattr(self, key) >= 0, key, "must be >= 0 (0: the network's own trained end of the range)")
+            _require(getattr(self, key) == 0 or SIGMA_RANGE[0] <= getattr(self, key) <= SIGMA_RANGE[1], key,
+                     f"must be 0 or in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}] (noise.sigma_min's and sigma_max's "
+                     "bounds)")
         _require(not (self.heldout_sigma_max and self.heldout_sigma_min)
                  or self.heldout_sigma_min < self.heldout_sigma_max, "heldout_sigma_min",
                  "must be below train.heldout_sigma_max")
