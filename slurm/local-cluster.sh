@@ -65,9 +65,9 @@ start_munge() {
         [ -n "$up" ] || die "munged did not start"
         cat /run/munge/munged.pid >"$MUNGE_STARTED" 2>/dev/null || pgrep -u munge -n -x munged >"$MUNGE_STARTED"
     fi
-    install -d -m 0755 "$MUNGE_USERS"
-    realpath -m "$DIR" >"$MUNGE_USERS/$NAME"
-    echo "munge $NAME" >>"$STARTED"
+    if install -d -m 0755 "$MUNGE_USERS" 2>/dev/null && realpath -m "$DIR" >"$MUNGE_USERS/$NAME" 2>/dev/null; then
+        echo "munge $NAME" >>"$STARTED"
+    fi  # (not root: it only uses a munged that was running, and leaves it alone)
 }
 
 release_munge() {  # this cluster no longer uses munged: stop it if a local cluster started it and none uses it now
