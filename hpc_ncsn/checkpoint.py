@@ -33,7 +33,7 @@ from .errors import UserError
 from .files import atomic_path, publish_dir
 
 __all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "NoCheckpoint",
-           "TrainState", "checkpoint_name", "checkpoints_dir", "latest_checkpoint", "load_ema_model", "publish",
+           "TrainState", "checkpoint_name", "checkpoints_dir", "complete_checkpoints", "latest_checkpoint", "load_ema_model", "publish",
            "read_config", "read_ema_state", "read_meta", "resolve_checkpoint", "rotate", "save_snapshot",
            "scratch_dir", "scratch_path", "size_on_disk", "snapshots", "write_ema", "write_meta"]
 
@@ -163,6 +163,11 @@ def snapshots(run: Path) -> list[tuple[int, Path]]:
         return []
     return sorted((int(match.group(1)), path) for path in root.iterdir()
                   if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / EMA_FILE).is_file())
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoint folders under `root`, newest first (what a resume tries, in order)."""
+    return [path for _, path in reversed(_complete_checkpoints(root))]
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -47,9 +47,19 @@ import yaml
 
 from .errors import UserError
 
+# Seeds are one 32-bit word of the sampler's counter-based generator's key (hpc_ncsn.rng: Philox4x32).
+SEED_LIMIT = 2**32
+# The network sees σ raw (its input x + σ·z, its output divided by σ, log σ in its embedding), in float32 or
+# bf16 (8 exponent bits): within [1e-6, 1e6] the data in x + σ·z keeps at least 4 bits at the top σ
+# (2^-24 · 1e6 ≈ 0.06), σ² and 1/σ² stay far inside the float range, and the levels are distinct numbers.
+# NCSNv2 uses σ_1 up to 348 (FFHQ) and EDM σ_min = 0.002.
+SIGMA_RANGE = (1e-6, 1e6)
+
 __all__ = [
     "ARMS",
     "DEBUG_CONFIG",
+    "SEED_LIMIT",
+    "SIGMA_RANGE",
     "config_reference",
     "Arm",
     "Config",
@@ -198,8 +208,6 @@ class DataConfig(_Section):
         _require(self.toy_size >= 2, "toy_size", "must be at least 2")
 
 
-SIGMA_RANGE = (1e-6, 1e6)  # σ² and 1/σ² at most 1e12: finite in float32 (3.4e38), times data and gradients too
-SEED_LIMIT = 2**32  # seeds are the samplers' Philox keys: [0, 2**32) (hpc_ncsn.rng)
 MAX_SHARD_BYTES = 4 << 30  # a shard's images, read whole (1,000 images of 512²×3 take 786 MB)
 MAX_LR = 1.0  # a learning rate above it moves every weight by more than 1 in Adam's first step
 
@@ -393,6 +401,8 @@ class TrainConfig(_Section):
     out_dir: str = "runs/debug"
 
     def validate(self) -> None:
+        _require(bool(self.out_dir.strip()), "out_dir", "must name a folder, e.g. runs/debug ('' would write into "
+                                                      "the current folder)")
         _require(self.steps >= 0, "steps", "must be >= 0 (0 saves the initialised network as step 0: the untrained "
                                            "anchor)")
         _require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -417,6 +427,9 @@ class TrainConfig(_Section):
         _require(self.heldout_examples >= 0, "heldout_examples", "must be >= 0 (0: no held-out DSM loss at the end)")
         for key in ("heldout_sigma_max", "heldout_sigma_min"):
             _require(getattr(self, key) >= 0, key, "must be >= 0 (0: the network's own trained end of the range)")
+            _require(getattr(self, key) == 0 or SIGMA_RANGE[0] <= getattr(self, key) <= SIGMA_RANGE[1], key,
+                     f"must be 0 or in [{SIGMA_RANGE[0]:g}, {SIGMA_RANGE[1]:g}] (noise.sigma_min's and sigma_max's "
+                     "bounds)")
         _require(not (self.heldout_sigma_max and self.heldout_sigma_min)
                  or self.heldout_sigma_min < self.heldout_sigma_max, "heldout_sigma_min",
                  "must be below train.heldout_sigma_max")

@@ -12,7 +12,8 @@ may write the same file at once (a cache), each only ever touches its own tempor
 A write that fails because the disk is full raises `DiskFull` (one line naming the
 file and the space), whatever the writer's own error looked like (torch's "unexpected
 pos", HDF5's cache errors); `require_free_space` refuses a large write up front.
-`make_folder` creates an output folder or says in one line why it cannot.
+`make_folder` creates an output folder or says in one line why it cannot;
+`require_writable` says so before the work whose result cannot be written.
 
 Standard library only.
 """
@@ -30,7 +31,8 @@ from typing import Iterator
 from .errors import UserError
 
 __all__ = ["DiskFull", "FolderError", "atomic_path", "atomic_write", "cache_dir", "disk_full", "file_sha256", "fsync_dir",
-           "fsync_tree", "make_folder", "publish_dir", "read_jsonl", "require_free_space", "temporary_name"]
+           "fsync_tree", "make_folder", "publish_dir", "read_jsonl", "require_free_space", "require_writable",
+           "temporary_name"]
 
 NEARLY_FULL = 1 << 20  # under 1 MiB free after a failed write: the disk was full, whatever the writer said
 
@@ -77,6 +79,21 @@ def make_folder(path: Path, what: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise FolderError(f"cannot create {what} {path} ({error.strerror or error}); pass another path") from None
+    return path
+
+
+def require_writable(path: Path, what: str, fix: str) -> Path:
+    """FolderError unless a file `path` can be written (its folder made, a temporary file created and removed
+    there): checked before the work whose result it is, not after. Returns `path`."""
+    path = Path(path)
+    folder = make_folder(path.parent, f"the folder of {what}")
+    probe = temporary_name(path)
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise FolderError(f"cannot write {what} {path}: {folder} is not writable ({error.strerror or error}); "
+                          f"{fix}") from None
     return path
 
 

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from .config import SEED_LIMIT
+
 __all__ = [
     "BATCH",
     "EPOCH_ORDER",
@@ -98,7 +100,7 @@ def _random_words(seed: int, indices: torch.Tensor, step: int, stream: int, nume
 
 
 def _check_seed(seed: int, indices: torch.Tensor) -> None:
-    if not 0 <= seed <= _MASK32:
+    if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"sampler seed must be in [0, 2**32), got {seed}")
     if indices.ndim != 1:
         raise ValueError(f"sample indices must be a 1-D tensor, got shape {tuple(indices.shape)}")

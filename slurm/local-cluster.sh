@@ -4,7 +4,8 @@
 #   slurm/local-cluster.sh start [--nodes N]   install (Debian/Ubuntu packages, needs root), configure, start
 #                                              munged + slurmctld + N slurmd (simulated nodes), wait until idle
 #   slurm/local-cluster.sh stop                cancel its jobs, stop every process it started (daemons, job
-#                                              steps, job processes), undo its /etc/hosts lines
+#                                              steps, job processes), undo its /etc/hosts lines; munged only
+#                                              if a local cluster started it and no other one uses it
 #   slurm/local-cluster.sh restart-node N      kill node N's slurmd (a node failure) and start it again
 #   slurm/local-cluster.sh kill-node N         kill node N's slurmd and every job process on it, leave it down
 #   slurm/local-cluster.sh status              sinfo of the cluster
@@ -45,21 +46,46 @@ install_packages() {
         || die "apt-get install failed; see $DIR/apt.log"
 }
 
+# munged is shared by every local cluster on this machine (and maybe by the system). Each cluster that uses it
+# leaves a file in MUNGE_USERS; one that had to start it records its pid in MUNGE_STARTED. A cluster's stop stops
+# munged only if a local cluster started it and no other live local cluster uses it.
+MUNGE_USERS=/run/munge/hpc_ncsn-clusters
+MUNGE_STARTED=/run/munge/hpc_ncsn-munged.pid
+
 start_munge() {
-    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-        return  # a munged is already running: use it, and leave it alone on stop
+    if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        [ -f /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing; reinstall munge or create it with mungekey"
+        install -d -o munge -g munge -m 0755 /run/munge
+        runuser -u munge -- /usr/sbin/munged
+        local up=""
+        for _ in $(seq 50); do
+            if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then up=1; break; fi
+            sleep 0.1
+        done
+        [ -n "$up" ] || die "munged did not start"
+        cat /run/munge/munged.pid >"$MUNGE_STARTED" 2>/dev/null || pgrep -u munge -n -x munged >"$MUNGE_STARTED"
     fi
-    [ -f /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing; reinstall munge or create it with mungekey"
-    install -d -o munge -g munge -m 0755 /run/munge
-    runuser -u munge -- /usr/sbin/munged
-    for _ in $(seq 50); do
-        if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-            echo "pid $(pgrep -u munge -n munged) munged" >>"$STARTED"
-            return
+    if install -d -m 0755 "$MUNGE_USERS" 2>/dev/null && realpath -m "$DIR" >"$MUNGE_USERS/$NAME" 2>/dev/null; then
+        echo "munge $NAME" >>"$STARTED"
+    fi  # (not root: it only uses a munged that was running, and leaves it alone)
+}
+
+release_munge() {  # this cluster no longer uses munged: stop it if a local cluster started it and none uses it now
+    rm -f "$MUNGE_USERS/$NAME"
+    local user pid
+    for user in "$MUNGE_USERS"/*; do
+        [ -e "$user" ] || continue
+        if [ -s "$(cat "$user")/started.list" ]; then
+            say "munged left running: cluster $(basename "$user") uses it"
+            return 0
         fi
-        sleep 0.1
+        rm -f "$user"  # a cluster that was stopped or whose folder is gone
     done
-    die "munged did not start"
+    [ -f "$MUNGE_STARTED" ] || return 0  # it ran before any local cluster: not ours to stop
+    pid="$(cat "$MUNGE_STARTED")"
+    rm -f "$MUNGE_STARTED"
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = munged ] && stop_pid "$pid"
+    return 0
 }
 
 free_ports() {  # N free TCP ports on this machine
@@ -241,6 +267,7 @@ stop() {
     tac "$STARTED" | while read -r kind value rest; do
         case "$kind" in
             pid) stop_pid "$value" ;;
+            munge) release_munge ;;
             host) sed -i "/^127\.0\.0\.1 $value $HOSTS_TAG\$/d" /etc/hosts ;;
         esac
     done

@@ -1,7 +1,13 @@
 """What the tests share: the tiny settings of the real pipeline, the digits evaluator tests score, a free port, a
-corrupted shard."""
+corrupted shard, a small filesystem."""
 
+import contextlib
 import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
 
 from hpc_ncsn.config import DataConfig
 
@@ -46,3 +52,29 @@ def flip_image_byte(path, offset: int = 37) -> None:
         value = raw.read(1)[0]
         raw.seek(start + offset)
         raw.write(bytes([value ^ 0x01]))
+
+
+def small_filesystem(tmp_path: Path, size: str) -> Path:
+    """A tmpfs of `size` mounted under tmp_path (needs root and mount rights; the test is skipped without)."""
+    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); the full-disk test needs one")
+    return mount
+
+
+@contextlib.contextmanager
+def read_only_mount(source: Path, target: Path):
+    """`source` seen read-only at `target` (a read-only bind mount: even root cannot write there); the test is
+    skipped where mounts are not allowed."""
+    target.mkdir(parents=True)
+    done = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot bind-mount here ({done.stderr.strip()}); the read-only test needs it")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], capture_output=True, text=True, check=True)
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], capture_output=True)

@@ -92,6 +92,13 @@ def test_yaml_then_overrides(tmp_path):
         ("train.heldout_sigma_max=-2", r"train.heldout_sigma_max: must be >= 0"),
         ("train.heldout_sigma_min=.nan", r"train.heldout_sigma_min: expected a finite number"),
         ("train.heldout_sigma_min=1000", r"train.heldout_sigma_min: 1000.0 is not below the held-out grid's top σ 50"),
+        ("train.seed=-1", r"train.seed: must be in \[0, 2\*\*32\)"),
+        ("train.seed=4294967296", r"train.seed: must be in \[0, 2\*\*32\)"),
+        ("noise.sigma_max=1e308", r"noise.sigma_max: must be <= 1e\+06"),
+        ("noise.sigma_min=1e-320", r"noise.sigma_min: must be >= 1e-06"),
+        ("train.heldout_sigma_max=1e9", r"train.heldout_sigma_max: must be 0 or in \[1e-06, 1e\+06\]"),
+        ("train.lr=1e308", r"train.lr: must be <= 1 \(Adam moves every weight"),
+        ("train.out_dir=''", r"train.out_dir: must name a folder, e.g. runs/debug \('' would write into"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::hpc_ncsn.config.LegacyConfigWarning")
@@ -186,3 +193,30 @@ def test_missing_or_malformed_file(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_at_the_sigma_and_learning_rate_bounds_the_first_training_step_is_finite():
+    """A direct check of SIGMA_RANGE and lr <= 1: the tiny U-Net's DSM loss at σ = 1e6 and 1e-6 on real digit
+    pixels, its gradients, and one Adam step at lr = 1 (then the loss again) are all finite in float32."""
+    import torch
+
+    from hpc_ncsn.config import SIGMA_RANGE
+    from hpc_ncsn.loss import dsm_loss
+    from hpc_ncsn.model import build_score_model
+    from helpers import TINY_NETWORK
+
+    config = load_config(Path(__file__).parent.parent / "configs" / "debug.yaml", [*TINY_NETWORK, "train.lr=1"])
+    torch.manual_seed(0)
+    model = build_score_model(config.model, config.data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    x = torch.rand(8, config.data.channels, 8, 8) * 2 - 1
+    sigmas = torch.tensor([SIGMA_RANGE[1], SIGMA_RANGE[0]])
+    levels, noise = torch.tensor([0, 1] * 4), torch.randn_like(x)
+    for _ in range(2):
+        loss = dsm_loss(model, x, sigmas, levels=levels, noise=noise).loss
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        assert all(torch.isfinite(p).all() for p in model.parameters())

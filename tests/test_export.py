@@ -2,6 +2,7 @@
 shards' bytes, and a folder that fails its manifest is not exported."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from hpc_ncsn.config import EvaluateConfig
 from hpc_ncsn.data import load_images
 from hpc_ncsn.samples.real import write_real_shards
 from hpc_ncsn.samples.shards import read_shard
-from helpers import DIGITS
+from helpers import DIGITS, read_only_mount
 
 @pytest.fixture
 def samples(tmp_path, digits_cache):
@@ -141,3 +142,24 @@ def test_evaluate_images_of_a_png_folder_gives_the_shards_scores_and_names_a_bad
              "(--reference train)")):
         result = evaluate(*args)
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_evaluating_a_read_only_sample_folder_says_so_before_computing_and_out_puts_the_report_elsewhere(
+        samples, tmp_path, capsys, monkeypatch):
+    from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):  # the command sets them: put back
+        value = os.environ.get(name)
+        monkeypatch.setenv(name, value or "1")
+        if value is None:
+            monkeypatch.delenv(name)
+    args = ["evaluate", "--extractor", DIGITS_EXTRACTOR, "--batch-size", "25", "--cache", str(tmp_path / "cache")]
+    with read_only_mount(samples, tmp_path / "read-only") as read_only:
+        assert main([*args, "--samples", str(read_only)]) == 2
+        error = capsys.readouterr().err
+        assert error == (f"error: cannot write the report {read_only / 'metrics.json'}: {read_only} is not writable "
+                         "(Read-only file system); write it elsewhere (hpc-ncsn evaluate --out FILE)\n")
+        assert not (tmp_path / "cache").exists()  # refused before the reference statistics were computed
+        assert main([*args, "--samples", str(read_only), "--out", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n"] == 50 and report["fid"] > 0

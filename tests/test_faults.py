@@ -12,14 +12,13 @@ import re
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import h5py
 import pytest
 
 from hpc_ncsn.files import file_sha256
-from helpers import TINY, flip_image_byte
+from helpers import TINY, flip_image_byte, small_filesystem
 
 pytestmark = pytest.mark.slow  # real processes: train.py and hpc-ncsn generate/evaluate
 
@@ -232,17 +231,6 @@ def test_the_log_line_that_spans_a_resume_equals_an_uninterrupted_runs(tmp_path)
     second.step()
     assert line(second, second.step()) == lines[1]
     second.close()
-
-
-def small_filesystem(tmp_path: Path, size: str) -> Path:
-    """A tmpfs of `size` mounted under tmp_path (needs root and mount rights; the test is skipped without)."""
-    mount = tmp_path / f"small-{uuid.uuid4().hex[:6]}"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}); the full-disk test needs one")
-    return mount
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -196,6 +197,33 @@ def test_a_hanging_read_times_out_and_the_other_shards_are_still_checked(tmp_pat
     assert [info.start for info in valid] == [0, 20]
     assert list(problems) == [1] and "did not finish within 3 s" in problems[1]
 
+
+
+def test_a_python_stack_given_through_pythonpath_reaches_the_checking_child_but_the_current_folder_does_not(tmp_path):
+    """A cluster's module-based install: a Python without the libraries, which PYTHONPATH provides (here the
+    test venv's site-packages under the venv's own base interpreter). The checking child must find h5py there,
+    and must not import a module file of the same name from the current folder."""
+    import site
+    import subprocess
+    import sys
+
+    base = getattr(sys, "_base_executable", sys.executable)
+    if subprocess.run([base, "-c", "import h5py"], capture_output=True).returncode == 0:
+        pytest.skip(f"{base} imports h5py by itself; the test needs a Python that does not")
+    specs, _ = write_all(tmp_path / "shards")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "h5py.py").write_text("raise ImportError('the h5py.py of the current folder was imported')\n")
+    program = ("import sys; from pathlib import Path; from hpc_ncsn.samples.shards import ShardSpec; "
+               "from hpc_ncsn.samples.validation import validate_shards; "
+               f"valid, problems = validate_shards(Path({str(tmp_path / 'shards')!r}), "
+               f"[ShardSpec(*spec) for spec in {[tuple(vars(spec).values()) for spec in specs]!r}]); "
+               "print(len(valid), problems)")
+    stack = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
+    done = subprocess.run([base, "-P", "-c", program], cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": stack})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == f"{len(specs)} {{}}"
 
 def test_coverage_refuses_overlaps_gaps_and_mixed_shapes(tmp_path):
     specs, _ = write_all(tmp_path)

@@ -373,3 +373,30 @@ def test_a_bad_partition_is_one_line_and_writes_nothing(cluster, tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "Slurm refuses the train jobs: invalid partition" in result.stderr and "--partition" in result.stderr
     assert not out.exists()
+
+
+MUNGE_SHARED = """
+set -u
+mount -t tmpfs -o size=1m tmpfs /run/munge   # this namespace's own /run/munge: no munged runs here yet
+for name in a b; do HPC_NCSN_SLURM_DIR="$1/$name" bash "$2" start --nodes 1 || exit 1; done
+started=$(cat /run/munge/hpc_ncsn-munged.pid)
+HPC_NCSN_SLURM_DIR="$1/a" bash "$2" stop || exit 1   # a started munged; b still uses it
+munge -n | unmunge >/dev/null && echo "munge answers"
+SLURM_CONF="$1/b/slurm.conf" sinfo -h -o %T
+HPC_NCSN_SLURM_DIR="$1/b" bash "$2" stop || exit 1   # the last user: munged goes with it
+kill -0 "$started" 2>/dev/null && echo "munged left running" || echo "munged stopped"
+"""
+
+
+def test_a_cluster_that_started_munged_leaves_it_to_another_cluster_that_uses_it_and_the_last_one_stops_it(
+        tmp_path):
+    """Two local clusters share munged: stopping the one that started it must not break the other's
+    authentication; stopping the last user stops it. In a mount namespace with its own /run/munge, so that the
+    munged of this machine (and of other clusters on it) is not touched."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("slurmctld") is None:
+        pytest.skip("needs root, unshare and an installed Slurm")
+    done = subprocess.run(["unshare", "-m", "bash", "-c", MUNGE_SHARED, "scenario", str(tmp_path), str(SCRIPT)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert done.stdout.split("\n") == ["munge answers", "idle", "munged stopped", ""], done.stdout + done.stderr
+    assert "munged left running: cluster ncsn" in done.stderr

@@ -6,12 +6,13 @@ import pickle
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hpc_ncsn.config import ConfigError, load_config
-from hpc_ncsn.sweep.launch import add_arguments, slurm_options
+from hpc_ncsn.sweep.launch import add_arguments, build_spec, check_numbers, slurm_options
 from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
 from hpc_ncsn.sweep.slurm import SlurmOptions, sbatch_text, slurm_parameters
 from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
@@ -109,6 +110,53 @@ def test_a_repeated_axis_value_is_refused():
     with pytest.raises(ConfigError, match=r"axis 'seed' repeats a value: \[0, 0\]"):
         SweepSpec.from_config(DEBUG, {"arm": ["geometric"], "seed": [0, 0]})
 
+
+
+def sweep_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--config", str(DEBUG), *argv])
+
+
+def test_axis_values_split_at_top_level_commas_only():
+    axes = build_spec(sweep_args("--arms", "geometric", "--seeds", "0", "--axis", "model.channel_mults=[1,2],[1,2,2]",
+                                 "--axis", "data.data_root='a,b',c")).axes
+    assert axes["model.channel_mults"] == [[1, 2], [1, 2, 2]] and axes["data.data_root"] == ["a,b", "c"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--axis", "model.channel_mults=[1,2],[1,2"], r"--axis model.channel_mults '\[1,2\],\[1,2': an unclosed '\]'"),
+    (["--axis", "model.channel_mults=[1,2]],[1]"], r"unbalanced '\]'"),
+    (["--axis", "sampler.snr=@x"], r"--axis sampler.snr '@x': a value is not valid YAML"),
+    (["--axis", "train.seed=5,6"], r"train.seed from its seed; an axis over it would mislabel the cells: use --seeds"),
+    (["--axis", "noise.ladder=linear,geometric"], r"noise.ladder from its arm; .* use --arms"),
+    (["--arms", "edm", "--axis", "sampler.num_levels=10,18"], r"sampler.num_levels from its arm"),
+    (["--axis", "schedule=linear"], r"schedule is already an axis; give its values with --arms"),
+    (["--axis", "seed=3"], r"seed is already an axis; give its values with --seeds"),
+    (["train.seed=5"], r"'train.seed=5': each cell sets train.seed from its seed, which would overwrite this"),
+    (["--max-requeues", "-1"], r"--max-requeues -1: must be >= 0 \(0: a task is never requeued\)"),
+    (["--local-parallel", "0"], r"--local-parallel 0: must be >= 1"),
+])
+def test_sweep_flags_that_would_mislabel_cells_or_fail_every_task_are_refused_up_front(argv, message):
+    args = sweep_args(*argv)
+    with pytest.raises(ConfigError, match=message):
+        check_numbers(args)
+        build_spec(args)
+
+
+def test_sampler_keys_no_requested_arm_sets_stay_free_axes():
+    assert build_spec(sweep_args("--arms", "geometric,snr", "--axis", "sampler.num_levels=10,18")).axes[
+        "sampler.num_levels"] == [10, 18]
+
+
+def test_a_bad_sweep_flag_is_one_line_from_the_launcher(tmp_path):
+    result = launcher(tmp_path, "--max-requeues", "-1", "--axis", "model.channel_mults=[1,2],[1,2,2]")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: --max-requeues -1: must be >= 0 (0: a task is never requeued)\n"
+    planned = launcher(tmp_path, "--arms", "geometric", "--seeds", "0", "--axis", "model.channel_mults=[1,2],[1,2,2]",
+                       "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    assert "train (2 tasks" in planned.stdout and "arm-geometric_seed-0_model.channel_mults-1,2,2/" in planned.stdout
 
 GOLDEN_TRAIN_SBATCH = """#!/bin/bash
 
@@ -327,6 +375,34 @@ def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_say
         holder.kill()
         holder.wait()
 
+
+
+@pytest.mark.parametrize("mismatch", ["no start time", "another start time", "another folder", "not a sweep lock"])
+def test_cancel_signals_no_process_but_the_sweep_that_holds_the_lock(tmp_path, mismatch):
+    """A .lock-sweep naming a live process that is not this folder's launcher (its pid reused, the lock copied
+    with the folder, or a record without the start time that proves who it is): --cancel sends it nothing."""
+    from hpc_ncsn.locks import identity
+    from hpc_ncsn.sweep.slurm import cancel
+
+    sweep = plan(spec(), tmp_path)
+    bystander = subprocess.Popen(["sleep", "60"])
+    record = {**identity(bystander.pid), "cluster": "local", "folder": str(tmp_path.resolve()),
+              "what": "launch/sweep.py --cluster local", "time": time.time()}
+    if mismatch == "no start time":
+        del record["start"]
+    elif mismatch == "another start time":
+        record["start"] += 1
+    elif mismatch == "another folder":
+        record["folder"] = str(tmp_path.resolve() / "elsewhere")
+    else:
+        del record["cluster"]
+    (tmp_path / ".lock-sweep").write_text(json.dumps(record))
+    try:
+        assert cancel(tmp_path, sweep) == "no job of this sweep is queued or running"
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 def test_the_first_studys_snr_setting_is_refused_before_anything_is_written_and_an_override_is_recorded(tmp_path):
     fashion = ("--config", str(ROOT / "configs" / "fashion.yaml"), "--arms", "geometric,linear,snr",

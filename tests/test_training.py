@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from hpc_ncsn.config import load_config
 from hpc_ncsn.train import train
 from hpc_ncsn.train.batches import batch_indices
-from hpc_ncsn.train.run_folder import RunFolder
+from hpc_ncsn.train.run_folder import DamagedCheckpoints, RunFolder
 from helpers import TINY_TRAINING, free_port
 
 slow = pytest.mark.slow  # real processes (subprocess, gloo, DeepSpeed)
@@ -473,3 +474,53 @@ def test_a_tracker_that_is_unknown_or_not_installed_is_one_line_naming_the_fix()
         tracker_names(f"tensorboard,{absent}")
     with pytest.raises(ConfigError, match="train.log_with"):
         load_config(ROOT / "configs/debug.yaml", ["train.log_with=tensorboard,,wandb"])
+
+
+DAMAGED = ["meta.json", "ema.pt", "model.safetensors", "optimizer.bin"]
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+    """A tiny run of 6 steps with its checkpoints of steps 2, 4 and 6 kept, and its final weights and losses."""
+    out = tmp_path_factory.mktemp("checkpoints") / "run"
+    settings = [*TINY_TRAINING, "train.steps=6", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+                "train.log_every=1"]
+    train(load_config(ROOT / "configs/debug.yaml", [*settings, f"train.out_dir={out}"]))
+    return out, settings, final_state(out), [m["loss"] for m in metrics(out)]
+
+
+def torn(path: Path) -> None:
+    """Cut a file in half: what a full disk, a dying node or a careless copy leaves."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damaged", DAMAGED)
+def test_a_damaged_newest_checkpoint_is_skipped_in_one_line_and_the_run_resumes_from_the_older_one(
+        three_checkpoints, damaged, tmp_path, capsys):
+    """Resumed from step 4 after step 6's file was torn, the run redoes steps 5 and 6 exactly as it first did."""
+    source, settings, (weights, ema), losses = three_checkpoints
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    torn(out / "checkpoints" / "step-00000006" / damaged)
+    capsys.readouterr()
+    train(load_config(ROOT / "configs/debug.yaml", [*settings, f"train.out_dir={out}"]))
+    said = capsys.readouterr().out.splitlines()
+    warnings = [line for line in said if line.startswith("warning: skipped damaged")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipped damaged checkpoint(s) step-00000006 (")
+    assert warnings[0].endswith("; resuming from the older step-00000004")
+    assert f"resumed from {out / 'checkpoints' / 'step-00000004'} at step 4" in said
+    resumed_weights, resumed_ema = final_state(out)
+    assert_same(weights, resumed_weights)
+    assert_same(ema, resumed_ema)
+    assert [m["loss"] for m in metrics(out)] == losses
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_is_one_line_naming_each(three_checkpoints, tmp_path):
+    source, settings, _, _ = three_checkpoints
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    for step, damaged in zip((2, 4, 6), DAMAGED):
+        torn(out / "checkpoints" / f"step-{step:08d}" / damaged)
+    with pytest.raises(DamagedCheckpoints, match=r"every checkpoint in .* is damaged: step-00000006 \(.+\); "
+                                                 r"step-00000004 \(.+\); step-00000002 \(.+\); restore one, or move"):
+        train(load_config(ROOT / "configs/debug.yaml", [*settings, f"train.out_dir={out}"]))

@@ -11,7 +11,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..config import EvaluateConfig, GenerateConfig, load_config
+from ..config import SEED_LIMIT, ConfigError, EvaluateConfig, GenerateConfig, load_config
 from ..distributed import setup_process
 from ..errors import UserError
 
@@ -25,6 +25,8 @@ GENERATE_FLAGS = {"num_samples": "generate.num_samples", "shard_size": "generate
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise ConfigError(f"--seed {args.seed}: must be in [0, 2**32) (the sampler's seeds are 32-bit words)")
     flags = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
              for name, key in GENERATE_FLAGS.items() if (value := getattr(args, name)) is not None]
     overrides = (*flags, *args.overrides)

@@ -31,7 +31,7 @@ import torch
 from ..config import Config, DataConfig, EvaluateConfig, config_from_dict, load_config
 from ..distributed import barrier, gather_to_main, is_main_process, process_group
 from ..errors import UserError
-from ..files import atomic_path, atomic_write, file_sha256
+from ..files import atomic_path, atomic_write, file_sha256, require_writable
 from ..files import cache_dir as default_cache_dir
 from ..progress import showing_progress
 from ..samples.shards import MANIFEST, read_manifest, read_shard
@@ -184,6 +184,9 @@ def evaluate(source: Path, data: DataConfig, settings: EvaluateConfig, *, images
     feature vectors); `save_stats`: write the samples' μ/Σ there; `cache_dir`: where
     reference statistics are cached (default: the shared cache's reference/).
     """
+    for path, what, flag in ((out, "the report", "--out"), (save_stats, "the statistics", "--save-stats")):
+        if path is not None:  # before anything is computed (a read-only sample folder: the default report's)
+            require_writable(path, what, f"write it elsewhere (hpc-ncsn evaluate {flag} FILE)")
     rank, world, _ = process_group()
     job = Scoring(data, settings, Path(cache_dir) if cache_dir else default_cache_dir() / "reference", out,
                   reference_npz, save_stats)

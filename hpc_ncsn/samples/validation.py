@@ -1,8 +1,9 @@
 """Checking shards without risking a hang: each file is inspected in a child process with a timeout.
 
 Reading a damaged HDF5 file can hang (a FIFO, a stuck filesystem) or crash the HDF5
-library, so `validate_shards` hands the files to a child Python (isolated mode, the
-package's own folder on its path) that runs hpc_ncsn.samples.shards.inspect_shard on
+library, so `validate_shards` hands the files to a child Python (isolated mode, with
+the package's own folder, PYTHONPATH's folders and the user's site-packages on its
+path, never the current folder) that runs hpc_ncsn.samples.shards.inspect_shard on
 each and prints one JSON line per file. A file that does not answer within the
 timeout, or that kills the child, is reported as such and the child is restarted for
 the remaining files.
@@ -41,8 +42,22 @@ from .shards import (
 __all__ = ["validate_shard", "validate_shards", "verify_folder"]
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-_CHILD = (f"import sys; sys.path.insert(0, {_PACKAGE_PARENT!r}); "
-          "from hpc_ncsn.samples.shards import inspect_requests_from_stdin; inspect_requests_from_stdin()")
+
+
+def _child_code() -> str:
+    """The child's program: isolated mode (-I: neither the current folder nor the environment's Python variables),
+    with the import path the user gave this process put back explicitly: the package's own folder, PYTHONPATH's
+    folders (made absolute; an empty entry, the current folder, is left out) and the user's site-packages when
+    this process uses it. A Python stack provided through PYTHONPATH (module-based installs on clusters) is
+    found; a module file in the current folder is not."""
+    import site
+
+    given = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    paths = [_PACKAGE_PARENT, *(os.path.abspath(entry) for entry in given if entry)]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        paths.append(site.getusersitepackages())
+    return (f"import sys; sys.path[:0] = {paths!r}; "
+            "from hpc_ncsn.samples.shards import inspect_requests_from_stdin; inspect_requests_from_stdin()")
 
 
 def _inspect_in_children(requests: list[dict], timeout: float) -> list[dict]:
@@ -51,7 +66,7 @@ def _inspect_in_children(requests: list[dict], timeout: float) -> list[dict]:
     while len(results) < len(requests):
         pending = requests[len(results):]
         errors = tempfile.TemporaryFile("w+")
-        child = subprocess.Popen([sys.executable, "-I", "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        child = subprocess.Popen([sys.executable, "-I", "-c", _child_code()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=errors, text=True)
         child.stdin.write(json.dumps(pending))
         child.stdin.close()

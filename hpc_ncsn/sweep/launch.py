@@ -46,7 +46,7 @@ from ..errors import UserError
 from ..locks import FolderLock
 from . import scheduler, slurm
 from .local import check_python, run_here
-from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
+from .plan import ARM_AXIS, AUDIT_FILE, LEGACY_ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
 from .status import describe, format_status, todo, unfinished
@@ -60,11 +60,40 @@ class SweepMismatch(UserError, ValueError):
     """The sweep folder holds another sweep, or none; the message says which folder and what to do."""
 
 
-def _values(text: str) -> list:
-    """'a,b' → ['a', 'b']; numbers become numbers (YAML-like)."""
+def _split(text: str, flag: str) -> list[str]:
+    """'a,[1,2],"x,y"' → ['a', '[1,2]', '"x,y"']: only commas outside brackets, braces and quotes split."""
+    items, current, closing, quote = [], "", [], ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            closing.append("]" if char == "[" else "}")
+        elif char in "]}":
+            if not closing or closing.pop() != char:
+                raise ConfigError(f"{flag} {text!r}: unbalanced {char!r}; close each [ with ] and each {{ with }}")
+        elif char == "," and not closing:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    if closing or quote:
+        raise ConfigError(f"{flag} {text!r}: an unclosed {quote or closing[-1]!r}; close it (e.g. "
+                          "--axis model.channel_mults=[1,2],[1,2,2])")
+    return [*items, current]
+
+
+def _values(text: str, flag: str) -> list:
+    """'a,b' → ['a', 'b']; numbers become numbers, [1,2] a list (YAML-like); commas inside brackets do not split."""
     import yaml
 
-    return [yaml.safe_load(item) for item in text.split(",") if item.strip()]
+    try:
+        return [yaml.safe_load(item) for item in _split(text, flag) if item.strip()]
+    except yaml.YAMLError as error:
+        problem = str(getattr(error, "problem", None) or "not YAML").splitlines()[0]
+        raise ConfigError(f"{flag} {text!r}: a value is not valid YAML ({problem}); write V1,V2 with YAML values "
+                          "such as 5, 1e-4, linear or [1,2]") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,18 +178,53 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     return merge_options(read_profile(args.profile) if args.profile else {}, flags)
 
 
+# The numeric flags' lower bounds (a flag left unset keeps its default).
+_AT_LEAST = {"max_requeues": 0, "signal_delay_s": 0, "gpus_per_node": 0, "local_parallel": 1, "timeout_min": 1,
+             "time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "tasks_per_node": 1,
+             "cpus_per_task": 1, "mem_gb": 1, "array_parallelism": 1}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """ConfigError for a numeric flag below its bound, before anything is planned or submitted."""
+    for name, least in _AT_LEAST.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            meaning = " (0: a task is never requeued)" if name == "max_requeues" else ""
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be >= {least}{meaning}")
+    if not args.poll_s > 0:
+        raise ConfigError(f"--poll-s {args.poll_s}: must be a positive number of seconds")
+
+
+def _arm_keys(arms: list) -> dict[str, str]:
+    """The config keys a cell's arm or seed sets (an axis or override of one would be overwritten or would
+    overwrite it): key → the flag that owns it."""
+    keys = {"train.seed": "--seeds", "noise.ladder": "--arms", "sampler.step_rule": "--arms"}
+    return keys | {f"sampler.{key}": "--arms" for arm in arms for key, _ in ARMS[arm].sampler}
+
+
 def build_spec(args: argparse.Namespace) -> SweepSpec:
-    axes = {ARM_AXIS: _values(args.arms), SEED_AXIS: _values(args.seeds)}
+    axes = {ARM_AXIS: _values(args.arms, "--arms"), SEED_AXIS: _values(args.seeds, "--seeds")}
     unknown = [arm for arm in axes[ARM_AXIS] if arm not in ARMS]
     if unknown:
         raise ConfigError(f"--arms: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    owned = _arm_keys(axes[ARM_AXIS])
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if key in owned:
+            raise ConfigError(f"{item!r}: each cell sets {key} from its {owned[key][2:-1]}, which would overwrite "
+                              f"this; use {owned[key]}")
     for item in args.axis:
         key, sep, values = item.partition("=")
-        if not sep or not values:
+        key = key.strip()
+        if not sep or not values or not key:
             raise ConfigError(f"--axis {item!r}: write KEY=V1,V2 (e.g. sampler.steps_per_level=5,10)")
-        if key in axes:
-            raise ConfigError(f"--axis {item!r}: {key} is already an axis; give its values once")
-        axes[key] = _values(values)
+        if key in axes or key == LEGACY_ARM_AXIS:
+            raise ConfigError(f"--axis {item!r}: {key} is already an axis; give its values with "
+                              f"{'--seeds' if key == SEED_AXIS else '--arms'}")
+        if key in owned:
+            raise ConfigError(f"--axis {item!r}: each cell sets {key} from its {owned[key][2:-1]}; an axis over it "
+                              f"would mislabel the cells: use {owned[key]}")
+        axes[key] = _values(values, f"--axis {key}")
     config = args.config.resolve()
     if not config.is_file():
         raise ConfigError(f"--config {args.config}: no such file; pass a YAML config such as configs/debug.yaml")
@@ -223,6 +287,7 @@ def _saved_plan(root: Path) -> Plan:
 
 def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> int:
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
+    check_numbers(args)
     root = _sweep_root(args)
     if args.status:
         latest, _ = slurm.submitted_tasks(root)

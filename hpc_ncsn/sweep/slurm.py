@@ -11,7 +11,6 @@ submitting again.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import signal
@@ -21,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
+from ..errors import UserError
 from ..files import atomic_write
-from ..locks import FolderLock
+from ..locks import FolderLock, running, signal_holder
 from . import scheduler
 from .plan import Plan
 from .status import describe, mark_cancelled, summary, todo
@@ -226,11 +226,13 @@ def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str) -> list[dict]
 
 def cancel(root: Path, sweep: Plan) -> str:
     """Stop the sweep's live jobs (Slurm: scancel; this machine: SIGTERM to the launcher); what was done."""
-    lock = FolderLock(root, "sweep", what="")
-    holder = lock.holder()
-    if holder and holder.get("cluster") == "local" and not lock.stale(holder):
-        os.kill(int(holder["pid"]), signal.SIGTERM)
-        return f"sent SIGTERM to the local sweep (pid {holder['pid']}); its running tasks save and stop"
+    holder = FolderLock(root, "sweep", what="").holder()
+    if holder and holder.get("cluster") == "local":  # signalled only if it is that very launcher, of this folder
+        if holder.get("folder") == str(Path(root).resolve()) and signal_holder(holder, signal.SIGTERM):
+            return f"sent SIGTERM to the local sweep (pid {holder['pid']}); its running tasks save and stop"
+        if running(holder) is None:
+            raise UserError(f"{root}: its local sweep runs on host {holder.get('host')} (pid {holder.get('pid')}); "
+                            "run --cancel there")
     queue = scheduler.queue()
     latest, arrays = submitted_tasks(root)
     live = live_jobs(root, sweep, queue)

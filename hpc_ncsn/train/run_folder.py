@@ -25,7 +25,7 @@ from ..ema import EMA
 from ..files import DiskFull, atomic_write, disk_full, read_jsonl, require_free_space
 from ..locks import FolderLock
 
-__all__ = ["RunFolder", "RunFolderMismatch", "TrainState"]
+__all__ = ["DamagedCheckpoints", "RunFolder", "RunFolderMismatch", "TrainState"]
 
 # What a restarted run must share with the folder's run: everything that shapes the weights.
 _SAME_SECTIONS = ("data", "noise", "model")
@@ -43,6 +43,10 @@ def _differences(saved: dict, current: dict) -> list[str]:
                if saved[section][key] != current[section][key]]
     return changed + [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
                       for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
+
+
+class DamagedCheckpoints(UserError, OSError):
+    """Every checkpoint of a run folder fails to load; the message names each and why."""
 
 
 class RunFolder:
@@ -163,15 +167,43 @@ class RunFolder:
         return checkpoint
 
     def resume(self, accelerator, ema: EMA, explicit: Path | None = None) -> TrainState:
-        """Restore the newest complete checkpoint, if any, else `explicit` (train.resume_from: a checkpoint of
-        another folder, whose run this one continues); drop log lines written after it."""
-        latest = ckpt.latest_checkpoint(self.checkpoints) or explicit
-        state = TrainState()
-        if latest is not None:
-            accelerator.load_state(str(latest))
-            ema.load_state_dict(ckpt.read_ema_state(latest))
-            state = ckpt.read_meta(latest)
-            accelerator.print(f"resumed from {latest} at step {state.step}")
+        """Restore the newest intact complete checkpoint, if any (a damaged one, say a torn meta.json, ema.pt,
+        model or optimizer file, is skipped with one warning line naming it: the older ones keep_checkpoints kept
+        are there for this), else `explicit` (train.resume_from: a checkpoint of another folder, whose run this one
+        continues); drop log lines written after it. DamagedCheckpoints if every one is damaged."""
+        state, damaged = TrainState(), []
+        candidates = ckpt.complete_checkpoints(self.checkpoints) or ([explicit] if explicit is not None else [])
+        for path in candidates:
+            part = ckpt.COMPLETE_MARK
+            try:
+                state = ckpt.read_meta(path)
+                part = ckpt.EMA_FILE
+                ema.load_state_dict(ckpt.read_ema_state(path))
+                part = "model or optimizer state"
+                accelerator.load_state(str(path))
+                problem = ""
+            except Exception as error:  # whatever a torn file raises (json, torch, safetensors, pickle): try older
+                problem = f"{part}: {type(error).__name__}: {(str(error).strip() or '?').splitlines()[0][:100]}"
+            if not _anyone(accelerator, bool(problem)):
+                if damaged:
+                    accelerator.print(f"warning: skipped damaged checkpoint(s) {'; '.join(damaged)}; resuming from "
+                                      f"the older {path.name}")
+                accelerator.print(f"resumed from {path} at step {state.step}")
+                break
+            damaged.append(f"{path.name} ({problem or 'damaged on another process'})")
+        else:
+            if damaged:
+                raise DamagedCheckpoints(f"every checkpoint in {self.checkpoints} is damaged: {'; '.join(damaged)}; "
+                                         "restore one, or move the folder aside to train from step 0")
         if is_main_process():
             self.truncate_metrics(state.step)
         return state
+
+
+def _anyone(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on any process (every process then takes the same branch)."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch
+
+    return bool(accelerator.reduce(torch.tensor([int(flag)], device=accelerator.device), reduction="sum").item())
