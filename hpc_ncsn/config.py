@@ -411,8 +411,6 @@ class TrainConfig(_Section):
                                                      "of it would train every step and fail at the first sample grid")
         _require(0 < self.lr <= MAX_LR, "lr", f"must be in (0, {MAX_LR:g}] (Adam moves each weight by about lr per "
                                               "step)")
-        _require(bool(self.out_dir.strip()), "out_dir", "must name a folder ('' would write into the current "
-                                                        "folder)")
         _require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)")

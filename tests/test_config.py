@@ -92,13 +92,7 @@ def test_yaml_then_overrides(tmp_path):
         ("train.heldout_sigma_max=-2", r"train.heldout_sigma_max: must be >= 0"),
         ("train.heldout_sigma_min=.nan", r"train.heldout_sigma_min: expected a finite number"),
         ("train.heldout_sigma_min=1000", r"train.heldout_sigma_min: 1000.0 is not below the held-out grid's top σ 50"),
-        ("train.seed=-1", r"train.seed: must be in \[0, 2\*\*32\)"),
-        ("train.seed=4294967296", r"train.seed: must be in \[0, 2\*\*32\)"),
-        ("noise.sigma_max=1e308", r"noise.sigma_max: must be <= 1e\+06"),
-        ("noise.sigma_min=1e-320", r"noise.sigma_min: must be >= 1e-06"),
         ("train.heldout_sigma_max=1e9", r"train.heldout_sigma_max: must be 0 or in \[1e-06, 1e\+06\]"),
-        ("train.lr=1e308", r"train.lr: must be <= 1 \(Adam moves every weight"),
-        ("train.out_dir=''", r"train.out_dir: must name a folder, e.g. runs/debug \('' would write into"),
     ],
 )
 @pytest.mark.filterwarnings("ignore::hpc_ncsn.config.LegacyConfigWarning")
