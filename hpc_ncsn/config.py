@@ -332,7 +332,9 @@ class TrainConfig(_Section):
     a CPU with AVX-512 BF16 or AMX) and fp32 otherwise; an explicit
     value wins over the launcher, with a warning when the two differ.
     `log_with`: experiment trackers through Accelerate, comma-separated (tensorboard, wandb,
-    mlflow, ...); each gets what metrics.jsonl gets, plus the sample grids.
+    mlflow, ...); each gets what metrics.jsonl gets (the per-level losses as a few σ bins),
+    plus the sample grids. `log_group`: the W&B group of the run ('': none; a sweep sets its
+    folder's name); the run's name is its folder's, its W&B id is kept in the folder.
     `eval_every` > 0 keeps the EMA weights every eval_every steps and at the last step in
     snapshots/step-*/ema.pt (never rotated); a sweep scores each snapshot with
     `eval_samples` samples of its cell's sampler: FID over training and the table's best step.
@@ -366,6 +368,7 @@ class TrainConfig(_Section):
     keep_checkpoints: int = 3
     max_consecutive_skips: int = 20
     log_with: str = ""
+    log_group: str = ""
     eval_every: int = 0
     eval_samples: int = 500
     heldout_examples: int = 250

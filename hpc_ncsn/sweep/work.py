@@ -93,7 +93,9 @@ def run(root: Path, task: Task):
 def _train(root: Path, task: TrainTask) -> Path:
     from ..train import train
 
-    return train(config_from_dict(task.config))
+    train_section = task.config["train"]  # the trackers group the sweep's runs by its folder, unless told otherwise
+    group = train_section.get("log_group") or root.resolve().name
+    return train(config_from_dict({**task.config, "train": {**train_section, "log_group": group}}))
 
 
 def _aggregate(root: Path, task: AggregateTask) -> dict:
