@@ -56,8 +56,8 @@ def wandb_records(path: Path):
             yield record.WhichOneof("record_type"), record
 
 
-@pytest.mark.slow  # two real trainings with the real wandb package
-def test_offline_wandb_run_is_continued_by_a_rerun_with_its_group_name_and_binned_losses(tmp_path):
+@pytest.mark.slow  # two real trainings and FID over training with the real wandb package
+def test_offline_wandb_run_is_continued_by_a_rerun_and_the_curve_with_its_group_name_and_binned_losses(tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed here: pip install wandb (into a venv of its own, "
                                         "e.g. python -m venv --system-site-packages .venv-wandb) runs this test")
     out = tmp_path / "cell-a"
@@ -67,18 +67,24 @@ def test_offline_wandb_run_is_continued_by_a_rerun_with_its_group_name_and_binne
     for steps in (4, 6):  # the second start resumes from step 4's checkpoint, as a requeued job does
         command = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/debug.yaml"),
                    *TINY_TRAINING, f"train.steps={steps}", "train.log_every=2", "train.checkpoint_every=2",
-                   "train.sample_every=100", "train.heldout_examples=0", "train.log_with=wandb",
+                   "train.sample_every=100", "train.heldout_examples=0", "train.log_with=wandb", "train.eval_every=3",
                    "train.log_group=sweep-study", f"train.out_dir={out}"]
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
+    # FID over training afterwards (snapshots at steps 3, 4 and 6), into the same W&B run.
+    result = subprocess.run([sys.executable, "-m", "hpc_ncsn", "curve", "--run-dir", str(out), "--num-samples", "10"],
+                            env={**env, "HPC_NCSN_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    curve = json.loads(result.stdout)["curve"]
 
     identity = json.loads((out / "trackers" / WANDB_IDENTITY).read_text())
     assert identity["name"] == "cell-a" and identity["group"] == "sweep-study" and identity["id"]
     runs = sorted((out / "trackers" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2 and all(run.name.endswith(identity["id"]) for run in runs)  # one W&B run, twice started
+    assert len(runs) == 3 and all(run.name.endswith(identity["id"]) for run in runs)  # one W&B run, thrice started
     records = [dict(line) for line in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     expected = {record["step"]: sigma_bins(record["loss_per_level"]) for record in records}
-    logged = {}
+    logged, points = {}, []
     for run in runs:
         started = [record.run for kind, record in wandb_records(next(run.glob("run-*.wandb"))) if kind == "run"]
         assert [(r.run_id, r.display_name, r.run_group) for r in started][:1] == [(identity["id"], "cell-a",
@@ -90,6 +96,10 @@ def test_offline_wandb_run_is_continued_by_a_rerun_with_its_group_name_and_binne
                 assert not any(key.startswith("loss_per_level") for key in items)
                 if "loss_by_sigma/q0" in items:
                     logged[items["_step"]] = [items.get(f"loss_by_sigma/q{part}") for part in range(SIGMA_BINS)]
+                if "fid_over_training/fid" in items:  # on its own x axis: W&B's steps only grow
+                    points.append((items["fid_over_training/step"], items["fid_over_training/fid"]))
     assert sorted(logged) == [2, 4, 6]
+    assert [point["step"] for point in curve] == [3, 4, 6]  # every 3 steps and each training's last
+    assert points == [(point["step"], pytest.approx(point["fid"], rel=1e-9)) for point in curve]
     for step, bins in logged.items():
         assert bins == pytest.approx(expected[step], rel=1e-6)

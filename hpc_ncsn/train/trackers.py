@@ -17,12 +17,13 @@ from ..config import Config, ConfigError, config_to_dict
 from ..distributed import is_main_process
 from ..files import atomic_write
 
-__all__ = ["SIGMA_BINS", "TRACKER_PROJECT", "WANDB_IDENTITY", "finish_trackers", "log_image", "sigma_bins",
-           "start_trackers", "tracker_names", "tracker_record", "wandb_identity"]
+__all__ = ["CURVE_PREFIX", "SIGMA_BINS", "TRACKER_PROJECT", "WANDB_IDENTITY", "finish_trackers", "log_curve",
+           "log_image", "sigma_bins", "start_trackers", "tracker_names", "tracker_record", "wandb_identity"]
 
 TRACKER_PROJECT = "hpc_ncsn"  # the trackers' project; TensorBoard writes to <run>/trackers/hpc_ncsn
 TRACKING_EXTRA = {"tensorboard": "pip install 'hpc_ncsn[tracking]'"}
 SIGMA_BINS = 4  # per-level losses as this many series: loss_by_sigma/q0 (the largest σ) … q3 (the smallest)
+CURVE_PREFIX = "fid_over_training"  # the curve's series: fid_over_training/fid, /kid_mean, against /step
 WANDB_IDENTITY = "wandb.json"  # in <run>/trackers: the run's W&B id, name and group, kept across requeues
 
 
@@ -106,3 +107,31 @@ def finish_trackers(accelerator) -> None:
     trackers, accelerator.trackers = list(accelerator.trackers), []
     for tracker in trackers:
         tracker.finish()
+
+
+def log_curve(run: Path, config: Config, curve: list[dict]) -> list[str]:
+    """Send FID over training (points {step, fid, kid_mean, n}) to the run's trackers (`train.log_with` of its
+    config), after training: TensorBoard's events join the run's, W&B continues the run its folder names (the
+    points carry their own x axis, fid_over_training/step, as W&B's steps only grow). The trackers' names."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    names = tracker_names(config.train.log_with)
+    if not names:
+        return []
+    accelerator = Accelerator(cpu=True, log_with=names, project_config=ProjectConfiguration(
+        project_dir=str(run), logging_dir=str(Path(run) / "trackers")))
+    start_trackers(accelerator, config, Path(run).name, 0)
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb":
+            tracker.run.define_metric(f"{CURVE_PREFIX}/step")
+            tracker.run.define_metric(f"{CURVE_PREFIX}/*", step_metric=f"{CURVE_PREFIX}/step")
+    for point in curve:
+        values = {f"{CURVE_PREFIX}/{key}": float(point[key]) for key in ("fid", "kid_mean") if point.get(key) is not None}
+        for tracker in accelerator.trackers:
+            if tracker.name == "wandb":
+                tracker.log({**values, f"{CURVE_PREFIX}/step": point["step"]})
+            else:
+                tracker.log(values, step=point["step"])
+    finish_trackers(accelerator)
+    return names
