@@ -48,7 +48,9 @@ from .errors import UserError
 
 __all__ = [
     "ARMS",
+    "CONFIGS_DIR",
     "DEBUG_CONFIG",
+    "config_path",
     "config_reference",
     "Arm",
     "Config",
@@ -114,8 +116,26 @@ ARMS = {
 }
 
 
+def _configs_dir() -> Path:
+    """The shipped configs: hpc_ncsn/configs/ in an installed wheel (setup.py copies them there), the checkout's
+    configs/ otherwise."""
+    package = Path(__file__).resolve().parent
+    return package / "configs" if (package / "configs").is_dir() else package.parent / "configs"
+
+
+CONFIGS_DIR = _configs_dir()
 # The config a command falls back to where it needs a file and is given none (the sweep: digits on a CPU).
-DEBUG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
+DEBUG_CONFIG = CONFIGS_DIR / "debug.yaml"
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` if it is a file; else, for a relative `configs/NAME` (or `NAME`) that the shipped configs hold, that
+    file: `--config configs/fashion.yaml` works from any folder, with or without the checkout."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    shipped = CONFIGS_DIR.joinpath(*(path.parts[1:] if path.parts[:1] == ("configs",) else path.parts))
+    return shipped if shipped.is_file() else path
 
 
 def arm_overrides(arm: str) -> list[str]:
@@ -559,7 +579,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides."""
     tree: Any = {}
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/debug.yaml")
         try:
