@@ -33,6 +33,23 @@ def test_per_level_losses_reach_trackers_as_a_few_sigma_bins():
     assert scalars["loss_by_sigma/q0"] == pytest.approx(np.mean(np.arange(58)))
 
 
+@pytest.mark.slow  # a (zero-step) training in this process
+def test_a_sweep_training_is_grouped_by_the_sweep_folder(tmp_path):
+    """The run's resolved config.yaml records the group its trackers got (steps=0: the initialised network only);
+    a group the config names itself is kept (`train.log_group or` the folder's name)."""
+    from hpc_ncsn.config import config_to_dict, load_config
+    from hpc_ncsn.sweep.tasks import TrainTask
+    from hpc_ncsn.sweep.work import run
+
+    root = tmp_path / "sweep-study"
+    folder = root / "train" / "arm-geometric_seed-0"
+    config = config_to_dict(load_config(ROOT / "configs/debug.yaml", [
+        *TINY_TRAINING, "train.steps=0", "train.heldout_examples=0", f"train.out_dir={folder}"]))
+    assert config["train"]["log_group"] == ""
+    run(root, TrainTask("arm-geometric_seed-0", folder, config))
+    assert load_config(folder / "config.yaml").train.log_group == "sweep-study"
+
+
 def wandb_records(path: Path):
     """(record type, protobuf Record) of a .wandb file, in order."""
     from wandb.proto import wandb_internal_pb2
