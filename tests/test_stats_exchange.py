@@ -97,3 +97,9 @@ def test_stats_writes_what_other_tools_read_and_compare_agrees_across_input_kind
     assert reverse["fid"] == pytest.approx(files, rel=1e-9) and reverse["n_reference"] == 40
     data = compare(tmp_path / "ours.npz", "data:train", DIGITS, settings, **common)
     assert data["fid"] > 0 and data["n_reference"] == len(load_images(DIGITS, "train"))
+    # The data set's statistics as a file (debug.yaml: the digits at 16×16, the digits classifier): the same FID.
+    assert main(["stats", "--config", "configs/debug.yaml", "--out", str(tmp_path / "digits.npz"),
+                 "--cache", str(tmp_path / "ref")]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "data:train"
+    assert compare(tmp_path / "ours.npz", tmp_path / "digits.npz", DIGITS, settings, **common)["fid"] == \
+        pytest.approx(data["fid"], rel=1e-9)
