@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it, CHANGELOG.md names it, shards record it
 
 # Public name → the module that defines it.
 _PUBLIC = {

@@ -57,9 +57,11 @@ SIGMA_RANGE = (1e-6, 1e6)
 
 __all__ = [
     "ARMS",
+    "CONFIGS_DIR",
     "DEBUG_CONFIG",
     "SEED_LIMIT",
     "SIGMA_RANGE",
+    "config_path",
     "config_reference",
     "Arm",
     "Config",
@@ -125,8 +127,26 @@ ARMS = {
 }
 
 
+def _configs_dir() -> Path:
+    """The shipped configs: hpc_ncsn/configs/ in an installed wheel (setup.py copies them there), the checkout's
+    configs/ otherwise."""
+    package = Path(__file__).resolve().parent
+    return package / "configs" if (package / "configs").is_dir() else package.parent / "configs"
+
+
+CONFIGS_DIR = _configs_dir()
 # The config a command falls back to where it needs a file and is given none (the sweep: digits on a CPU).
-DEBUG_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
+DEBUG_CONFIG = CONFIGS_DIR / "debug.yaml"
+
+
+def config_path(path: str | Path) -> Path:
+    """`path` if it is a file; else, for a relative `configs/NAME` (or `NAME`) that the shipped configs hold, that
+    file: `--config configs/fashion.yaml` works from any folder, with or without the checkout."""
+    path = Path(path)
+    if path.is_file() or path.is_absolute():
+        return path
+    shipped = CONFIGS_DIR.joinpath(*(path.parts[1:] if path.parts[:1] == ("configs",) else path.parts))
+    return shipped if shipped.is_file() else path
 
 
 def arm_overrides(arm: str) -> list[str]:
@@ -357,7 +377,9 @@ class TrainConfig(_Section):
     a CPU with AVX-512 BF16 or AMX) and fp32 otherwise; an explicit
     value wins over the launcher, with a warning when the two differ.
     `log_with`: experiment trackers through Accelerate, comma-separated (tensorboard, wandb,
-    mlflow, ...); each gets what metrics.jsonl gets, plus the sample grids.
+    mlflow, ...); each gets what metrics.jsonl gets (the per-level losses as a few σ bins),
+    plus the sample grids. `log_group`: the W&B group of the run ('': none; a sweep sets its
+    folder's name); the run's name is its folder's, its W&B id is kept in the folder.
     `eval_every` > 0 keeps the EMA weights every eval_every steps and at the last step in
     snapshots/step-*/ema.pt (never rotated); a sweep scores each snapshot with
     `eval_samples` samples of its cell's sampler: FID over training and the table's best step.
@@ -391,6 +413,7 @@ class TrainConfig(_Section):
     keep_checkpoints: int = 3
     max_consecutive_skips: int = 20
     log_with: str = ""
+    log_group: str = ""
     eval_every: int = 0
     eval_samples: int = 500
     heldout_examples: int = 250
@@ -612,7 +635,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Load a YAML config (or the defaults when `path` is None) and apply `section.key=value` overrides."""
     tree: Any = {}
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; pass a YAML file such as configs/debug.yaml")
         if path.stat().st_size > MAX_CONFIG_BYTES:

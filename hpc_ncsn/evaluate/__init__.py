@@ -7,6 +7,8 @@
     inception.py   the FID Inception's weights in the formats clusters keep, converted and checked
     evaluator.py   `evaluate(source, data, evaluate-section)`: shards or images → features → statistics all-reduced
                    over ranks → the report; cached reference statistics
+    compare.py     any input's μ/Σ as pytorch-fid's/EDM's .npz; any two of sample folder, image folder, .npz,
+                   data:SPLIT compared
 
 torch-fidelity is imported only in this package.
 """

@@ -42,8 +42,8 @@ from .fidelity import fidelity_entries
 from .images import image_pieces
 from .scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance, small_sample_warning
 
-__all__ = ["BadStatistics", "Scoring", "config_for", "environment", "evaluate", "load_stats_npz", "reference_statistics",
-           "reference_subset", "save_stats_npz"]
+__all__ = ["BadStatistics", "Scoring", "config_for", "environment", "evaluate", "features_of", "load_stats_npz",
+           "reference_statistics", "reference_subset", "save_stats_npz", "score_pieces", "source_pieces"]
 
 
 def _data_key(images: torch.Tensor, extractor: Extractor, split: str) -> str:
@@ -104,20 +104,21 @@ def save_stats_npz(path: Path, mu, sigma) -> Path:
     return Path(path)
 
 
-def load_stats_npz(path: Path) -> tuple:
-    """(μ, Σ) from an .npz with `mu` (D,) and `sigma` (D, D); a UserError names the file and what is wrong."""
+def load_stats_npz(path: Path, label: str = "--ref") -> tuple:
+    """(μ, Σ) from an .npz with `mu` (D,) and `sigma` (D, D), read without unpickling anything; a UserError names
+    the file (as `label` gave it) and what is wrong."""
     import numpy as np
 
-    fix = "write one with hpc-ncsn evaluate --save-stats, pytorch-fid --save-stats or EDM's fid.py ref"
+    fix = "write one with hpc-ncsn stats, pytorch-fid --save-stats or EDM's fid.py ref"
     try:
         arrays = load_npz(path, ("mu", "sigma"), fix=fix)  # headers checked first: no pickle, at most NPZ_MAX_BYTES
     except BadArchive as error:
-        raise BadStatistics(f"--ref {path}: not a statistics .npz with 'mu' and 'sigma' ({error.detail}); {fix}") \
+        raise BadStatistics(f"{label} {path}: not a statistics .npz with 'mu' and 'sigma' ({error.detail}); {fix}") \
             from None
     mu, sigma = np.asarray(arrays["mu"], np.float64), np.asarray(arrays["sigma"], np.float64)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or not (np.isfinite(mu).all()
                                                                           and np.isfinite(sigma).all()):
-        raise BadStatistics(f"--ref {path}: mu {mu.shape} and sigma {sigma.shape} must be (D,) and (D, D) and "
+        raise BadStatistics(f"{label} {path}: mu {mu.shape} and sigma {sigma.shape} must be (D,) and (D, D) and "
                             "finite")
     return mu, sigma
 
@@ -190,49 +191,71 @@ def evaluate(source: Path, data: DataConfig, settings: EvaluateConfig, *, images
     rank, world, _ = process_group()
     job = Scoring(data, settings, Path(cache_dir) if cache_dir else default_cache_dir() / "reference", out,
                   reference_npz, save_stats)
+    return score_pieces(source, *source_pieces(source, data, images, rank, world), job)
+
+
+def source_pieces(source: Path, data: DataConfig, images: bool, rank: int, world: int):
+    """(pieces, count, meta) of this rank's part of `source`: a sample folder verified against its manifest (or,
+    with `images`, a folder of image files checked against the data set's shape); pieces are (first index, uint8
+    NHWC images) in order, count their images, meta the manifest's record ({} for image files)."""
     if images:
-        pieces, count, meta = image_pieces(source, data, rank, world)
-    else:
-        manifest, infos = verify_folder(source, image_shape=(data.image_size, data.image_size, data.channels))
-        pieces = ((info.start, shard_images) for info, (shard_images, _, _) in _read_ahead(infos[rank::world]))
-        count, meta = sum(info.stop - info.start for info in infos[rank::world]), manifest["meta"]
-    return _score(source, pieces, count, meta, job)
+        return image_pieces(source, data, rank, world)
+    manifest, infos = verify_folder(source, image_shape=(data.image_size, data.image_size, data.channels))
+    pieces = ((info.start, shard_images) for info, (shard_images, _, _) in _read_ahead(infos[rank::world]))
+    return pieces, sum(info.stop - info.start for info in infos[rank::world]), manifest["meta"]
 
 
-def _score(source: Path, pieces, count: int, meta: dict, job: Scoring) -> dict | None:
-    """The scores of this rank's `pieces` ((first index, uint8 NHWC images) in order, `count` images) and every
-    other rank's, against the reference; rank 0 returns and writes the report."""
-    rank, world, device = process_group()
-    settings, reference_npz = job.settings, job.reference_npz
-    extractor = load_extractor(job.extractor_name, job.weights, device)  # weights: the shared cache's
-    if reference_npz is not None:
-        mu_ref, sigma_ref = load_stats_npz(reference_npz)
-        reference = {"mu": mu_ref, "sigma": sigma_ref, "features": None, "n": None, "split": None,
-                     "key": file_sha256(Path(reference_npz)), "npz": str(reference_npz)}
-    else:
-        reference = reference_statistics(job.data, extractor, job.cache_dir, settings.batch_size,
-                                         settings.reference, settings.reference_size)
-        reference["mu"], reference["sigma"] = reference["stats"].to_numpy()
-        reference["n"] = reference["stats"].n
-
+def features_of(pieces, count: int, extractor: Extractor, settings: EvaluateConfig, dim: int | None = None,
+                mismatch: str = "") -> tuple:
+    """(statistics summed over ranks, then rank 0's features and logits in sample order, else None, None) of every
+    rank's `pieces`. `dim`: the dimension the features must have (`mismatch` says what fixes a wrong one)."""
+    _, _, device = process_group()
+    stats, mine = None, []
     # Accumulate this rank's images in float64 on its device, then sum over ranks. (Shards: the next one is
     # read from disk while the extractor works on this one.)
-    stats = FeatureStats.empty(len(reference["mu"]), device)
-    mine = []
     with showing_progress(count, "evaluate", "images") as bar:
         for start, images in pieces:
             features, logits = extract_features(extractor, images, settings.batch_size, layout="NHWC",
                                                 advance=bar.update)
-            if features.shape[1] != stats.dim:
-                raise BadStatistics(f"--ref {reference_npz}: its statistics are {stats.dim}-d, {extractor.name}'s "
-                                    f"features are {features.shape[1]}-d; use the extractor the file was made with")
+            if dim is not None and features.shape[1] != dim:
+                raise BadStatistics(f"{mismatch}: its statistics are {dim}-d, {extractor.name}'s features are "
+                                    f"{features.shape[1]}-d; use the extractor the file was made with")
+            stats = stats or FeatureStats.empty(features.shape[1], device)
             stats.update(features)
             mine.append((start, features.float().cpu(), logits.cpu()))
+    if stats is None:  # this rank had no images: zero sums of the features' dimension (one blank image's)
+        stats = FeatureStats.empty(dim or extract_features(extractor, torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+                                                           )[0].shape[1], device)
     stats.all_reduce()
-
     # KID and IS use the vectors themselves, in sample order so that splits do not depend on the world size.
     gathered = gather_to_main(mine)
-    report = _report(gathered, stats, reference, extractor, meta, source, settings, device) if rank == 0 else None
+    if gathered is None:
+        return stats, None, None
+    pieces = sorted((piece for rank_pieces in gathered for piece in rank_pieces), key=lambda piece: piece[0])
+    return stats, torch.cat([piece[1] for piece in pieces]), torch.cat([piece[2] for piece in pieces])
+
+
+def score_pieces(source: Path, pieces, count: int, meta: dict, job: Scoring, reference: dict | None = None
+                 ) -> dict | None:
+    """The scores of this rank's `pieces` ((first index, uint8 NHWC images) in order, `count` images) and every
+    other rank's, against the reference (given: {mu, sigma, features or None, n, split, key}; else the .npz or
+    the data set of `job`); rank 0 returns and writes the report."""
+    rank, world, device = process_group()
+    settings, reference_npz = job.settings, job.reference_npz
+    extractor = load_extractor(job.extractor_name, job.weights, device)  # weights: the shared cache's
+    if reference is None and reference_npz is not None:
+        mu_ref, sigma_ref = load_stats_npz(reference_npz)
+        reference = {"mu": mu_ref, "sigma": sigma_ref, "features": None, "n": None, "split": None,
+                     "key": file_sha256(Path(reference_npz)), "npz": str(reference_npz)}
+    elif reference is None:
+        reference = reference_statistics(job.data, extractor, job.cache_dir, settings.batch_size,
+                                         settings.reference, settings.reference_size)
+        reference["mu"], reference["sigma"] = reference["stats"].to_numpy()
+        reference["n"] = reference["stats"].n
+    stats, features, logits = features_of(pieces, count, extractor, settings, len(reference["mu"]),
+                                          f"--ref {reference_npz}" if reference_npz else str(reference.get("source")))
+    report = _report(features, logits, stats, reference, extractor, meta, source, settings, device) \
+        if rank == 0 else None
     if report is not None:  # what the number can be traced to: the exact shard bytes, and what computed it
         manifest = Path(source) / MANIFEST
         report["manifest_sha256"] = file_sha256(manifest) if manifest.is_file() else None
@@ -247,12 +270,10 @@ def _score(source: Path, pieces, count: int, meta: dict, job: Scoring) -> dict |
     return report
 
 
-def _report(gathered, stats, reference, extractor, meta, samples, settings: EvaluateConfig, device) -> dict:
+def _report(features, logits, stats, reference, extractor, meta, samples, settings: EvaluateConfig,
+            device) -> dict:
     """Rank 0: FID from the all-reduced statistics; KID, IS, precision … coverage and FID∞ from the gathered
     vectors in sample order."""
-    pieces = sorted((piece for rank_pieces in gathered for piece in rank_pieces), key=lambda piece: piece[0])
-    features = torch.cat([piece[1] for piece in pieces])
-    logits = torch.cat([piece[2] for piece in pieces])
     mu, sigma = stats.to_numpy()
     if reference["features"] is not None:
         kid_mean, kid_std = kernel_inception_distance(features.double().numpy(),
@@ -275,6 +296,7 @@ def _report(gathered, stats, reference, extractor, meta, samples, settings: Eval
         "n_reference": reference["n"],
         "reference_split": reference["split"],
         "reference_npz": reference.get("npz"),
+        "reference_source": reference.get("source"),
         "kid_unavailable": None if reference["features"] is not None else (
             "the reference is μ/Σ from an .npz; KID needs its feature vectors: evaluate against the data set"),
         "extractor": extractor.name,

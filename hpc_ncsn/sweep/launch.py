@@ -40,7 +40,7 @@ import json
 from pathlib import Path
 
 from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
-from ..config import ARMS, DEBUG_CONFIG, ConfigError
+from ..config import ARMS, DEBUG_CONFIG, ConfigError, config_path
 from ..files import atomic_write
 from ..errors import UserError
 from ..locks import FolderLock
@@ -225,7 +225,7 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
             raise ConfigError(f"--axis {item!r}: each cell sets {key} from its {owned[key][2:-1]}; an axis over it "
                               f"would mislabel the cells: use {owned[key]}")
         axes[key] = _values(values, f"--axis {key}")
-    config = args.config.resolve()
+    config = config_path(args.config).resolve()
     if not config.is_file():
         raise ConfigError(f"--config {args.config}: no such file; pass a YAML config such as configs/debug.yaml")
     return SweepSpec.from_config(config, axes, tuple(args.overrides),

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
+from ..evaluate.curve import CURVE
 from ..files import read_jsonl
 
 __all__ = ["ANCHORS", "CURVE", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task", "TrainTask"]
-
-
-CURVE = "fid_vs_step.json"  # a cell's FID over training, in SampleTask.over_training
 
 
 class NotRun(RuntimeError):

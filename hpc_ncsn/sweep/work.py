@@ -16,7 +16,6 @@ Importing this module does not import torch; the bodies import what they need.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -25,11 +24,10 @@ from pathlib import Path
 from .. import preemption
 from ..config import config_from_dict
 from ..distributed import barrier, is_main_process, process_group, setup_process
-from ..files import atomic_write
 from . import scheduler
 from .aggregate import aggregate
 from .status import TaskStatus, observe, read_status, run_tracked, write_status
-from .tasks import CURVE, AggregateTask, AnchorTask, NotRun, SampleTask, Task, TrainTask
+from .tasks import AggregateTask, AnchorTask, NotRun, SampleTask, Task, TrainTask
 
 __all__ = ["JobOptions", "job", "run"]
 
@@ -93,7 +91,9 @@ def run(root: Path, task: Task):
 def _train(root: Path, task: TrainTask) -> Path:
     from ..train import train
 
-    return train(config_from_dict(task.config))
+    train_section = task.config["train"]  # the trackers group the sweep's runs by its folder, unless told otherwise
+    group = train_section.get("log_group") or root.resolve().name
+    return train(config_from_dict({**task.config, "train": {**train_section, "log_group": group}}))
 
 
 def _aggregate(root: Path, task: AggregateTask) -> dict:
@@ -119,22 +119,15 @@ def _sample(root: Path, task: SampleTask) -> dict:
 def score_over_training(task: SampleTask) -> list[dict]:
     """With train.eval_every: draw train.eval_samples samples of the cell's sampler from each EMA snapshot
     of its training and score them (resumable like the cell); write fid_vs_step.json. Rank 0's list."""
-    from ..checkpoint import checkpoint_name, snapshots
-    from ..samples.generate import generate
+    from ..evaluate.curve import score_snapshots
 
     train = task.config["train"]
     if not train["eval_every"]:
         return []
-    curve = []
-    for step, snapshot in snapshots(task.train.folder):
-        folder = task.over_training / checkpoint_name(step)
-        generate(snapshot, folder, seed=task.seed,
-                 overrides=(*task.sampling_overrides(), f"generate.num_samples={train['eval_samples']}"))
-        report = _score(folder, task.config)  # every rank takes part, so every rank scores
-        curve.append({"step": step, **{key: report.get(key) for key in ("fid", "kid_mean", "n")}})
-    if is_main_process():
-        atomic_write(task.over_training / CURVE, json.dumps(curve, indent=2) + "\n")
-    return curve
+    config = config_from_dict(task.config)
+    curve = score_snapshots(task.train.folder, task.over_training, config.data, config.evaluate,
+                            num_samples=train["eval_samples"], overrides=task.sampling_overrides(), seed=task.seed)
+    return curve if is_main_process() else []
 
 
 def _anchor(root: Path, task: AnchorTask) -> dict:
