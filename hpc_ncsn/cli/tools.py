@@ -103,12 +103,12 @@ def cmd_toy(args: argparse.Namespace) -> int:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from ..sweep.aggregate import aggregate
     from ..sweep.plan import SweepSpec, plan
+    from ..sweep.plots import planned_files
 
     if args.dry_run:
         sweep = plan(SweepSpec.load(args.sweep), args.sweep)
         print(json.dumps({"sweep": str(args.sweep), "cells": [task.name for task in sweep.sample],
-                          "writes": ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png",
-                                     "samples.png"]}, indent=2))
+                          "writes": planned_files(sweep)}, indent=2))
         return 0
     aggregate(args.sweep, plots=not args.no_plots)
     print((args.sweep / "table.md").read_text(), end="")

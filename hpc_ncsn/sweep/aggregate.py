@@ -141,12 +141,13 @@ def _spread(values: list[float | None]) -> dict:
     return {"mean": mean, "std": std, "ci95": t_quantile(0.975, n - 1) * std / math.sqrt(n)}
 
 
-def summarize(cells: list[CellResult]) -> list[dict]:
-    """One row per group: seeds done/total, N per cell, mean/std/ci95 of each metric, problems."""
+def summarize(cells: list[CellResult]) -> tuple[list[dict], list[dict]]:
+    """One row per group: seeds done/total, N per cell, mean/std/ci95 of each metric, problems; and beside the
+    rows, each row's spread of wall seconds per stage (SECONDS: reported, never part of a row)."""
     groups: dict[tuple, list[CellResult]] = {}
     for cell in cells:
         groups.setdefault(cell.group, []).append(cell)
-    rows = []
+    rows, seconds = [], []
     for group, members in groups.items():
         done = [cell for cell in members if cell.state == "done"]
         counts = sorted({cell.metrics["n"] for cell in done})
@@ -166,7 +167,8 @@ def summarize(cells: list[CellResult]) -> list[dict]:
             best = min(curve, key=lambda point: (point["fid"]["mean"], point["step"]))
             row["over_training"], row["best_step"] = curve, {"step": best["step"], "fid": best["fid"], "n": best["n"]}
         rows.append(row)
-    return rows
+        seconds.append({key: _spread([cell.extra.get(key) for cell in done]) for key in SECONDS})
+    return rows, seconds
 
 
 def _over_training(cells: list[CellResult]) -> list[dict]:
@@ -223,7 +225,8 @@ def compare(rows: list[dict], cells: list[CellResult], spec: SweepSpec) -> list[
 
 
 def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
-             ) -> str:
+             seconds: list[dict] | None = None) -> str:
+    """table.md; `seconds`: summarize's wall seconds beside each row (– where not given)."""
     over_training = any("best_step" in row for row in rows)  # the column only where snapshots were scored
     extra = (" best step (FID) |", "---|") if over_training else ("", "")
     lines = [f"| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean |{extra[0]} problems |",
@@ -252,10 +255,9 @@ def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] 
     lines += ["", "Beyond FID, and what it cost (means over seeds; – where not measured):", "",
               "| arm | FID∞ | precision | recall | density | coverage | held-out DSM | NFE | training images | "
               "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row, spent in zip(rows, seconds or [{}] * len(rows)):
         label = row_label(tuple(row["group"].items()))
-        done = [c for c in cells if c.state == "done" and dict(c.group) == row["group"]]
-        row = row | {key: _spread([c.extra.get(key) for c in done]) for key in SECONDS}
+        row = row | spent
         audit = (audits or {}).get(label, {})
         noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "
         lines.append(f"| {label} | {_mean(row, 'fid_infinity')} | {_mean(row, 'precision', 3)} | "
@@ -299,7 +301,7 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     spec = SweepSpec.load(root)
     sweep = plan(spec, root)
     cells = collect(sweep, scheduler_queue())
-    rows = summarize(cells)
+    rows, seconds = summarize(cells)
     comparisons = compare(rows, cells, spec)
     audits = json.loads((root / AUDIT_FILE).read_text()) if (root / AUDIT_FILE).is_file() else None
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
@@ -309,7 +311,7 @@ def aggregate(root: Path, plots: bool = True) -> dict:
              "comparisons": comparisons, "audit": audits}
     atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     atomic_write(root / "table.csv", csv_text(rows))
-    atomic_write(root / "table.md", markdown(rows, cells, comparisons, audits))
+    atomic_write(root / "table.md", markdown(rows, cells, comparisons, audits, seconds))
     if plots:
         plot_all(sweep, rows, cells, comparisons, root)
     return table

@@ -46,6 +46,7 @@ from ..locks import FolderLock
 from . import scheduler, slurm
 from .local import check_python, run_here
 from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
+from .plots import planned_files
 from .slurm import SlurmOptions
 from .status import describe, format_status, todo, unfinished
 
@@ -200,8 +201,7 @@ def print_plan(sweep: Plan, audits: dict) -> None:
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
         print(f"  {task.name}: {source}, samples in {task.folder}")
-    print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png"
-          + (", fid_vs_step.png" if sweep.spec.base["train"]["eval_every"] else ""))
+    print("aggregate: " + ", ".join(planned_files(sweep)))
 
 
 def _named_like_saved(root: Path, spec: SweepSpec) -> SweepSpec:
