@@ -90,12 +90,29 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
             state, detail = "done", ""
             if isinstance(task, SampleTask) and (task.over_training / CURVE).is_file():
                 curve = tuple(json.loads((task.over_training / CURVE).read_text()))
+            stale = _shorter(task)
+            if stale:  # a row never mixes cells of different training lengths
+                metrics, extra, curve, state, detail = {}, _compute(task, {}), (), "stale", stale
         else:
             metrics = {}
             state, detail = _cell_state(statuses, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
                                   task.train.name if task.train is not None else "", task.folder, curve, extra))
     return results
+
+
+def _shorter(task) -> str:
+    """Why a done cell's samples are not of its network at the sweep's train.steps (its shards record the step
+    they were drawn at), else ''."""
+    from ..samples.shards import MANIFEST  # h5py's module: only when a table is made
+
+    manifest = task.folder / MANIFEST
+    if not isinstance(task, SampleTask) or not manifest.is_file():
+        return ""
+    step = json.loads(manifest.read_text()).get("meta", {}).get("checkpoint_step")
+    steps = task.config["train"]["steps"]
+    return "" if step in (None, steps) else (f"sampled at step {step} of a network the sweep trains to {steps} "
+                                             "steps: left out of its row")
 
 
 def _compute(task, statuses: dict) -> dict:

@@ -40,8 +40,8 @@ from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan", "plan",
-           "row_label", "training_identity"]
+__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan", "flatten",
+           "plan", "row_label", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
@@ -107,6 +107,9 @@ class SweepSpec:
     # Arms (or "all") the sampler audit lets run although their chain does not settle (--allow-unstable-sampler)
     allow_unstable: tuple[str, ...] = ()
     arm_word: str = ARM_AXIS  # the arm axis's word in cell names: LEGACY_ARM_AXIS in a sweep made before the rename
+    # How the folder's sweep grew ({time, grew: {axis: values}, extended: {train.steps: [S, N]}}, hpc_ncsn.sweep.grow):
+    # the record of its folder, not part of what it computes (never compared).
+    history: tuple[dict, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
         if not self.axes or any(not values for values in self.axes.values()):
@@ -151,12 +154,13 @@ class SweepSpec:
 
     def differences(self, other: "SweepSpec") -> list[str]:
         """Human-readable differences from another spec (empty when they describe the same sweep)."""
-        mine, theirs = _flatten(self._record()), _flatten(other._record())
+        mine, theirs = flatten(self._record()), flatten(other._record())
         return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
                 for key in sorted(set(mine) | set(theirs)) if key != "config" and mine.get(key) != theirs.get(key)]
 
     def to_json(self) -> str:
-        return json.dumps(self._record(), indent=2, sort_keys=True) + "\n"
+        history = {"history": list(self.history)} if self.history else {}  # sweeps that never grew: as before
+        return json.dumps(self._record() | history, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
@@ -169,7 +173,7 @@ class SweepSpec:
         base = config_to_dict(config_from_dict(data["base"], source=SPEC_FILE))
         return cls(config=data["config"], base=base, axes=dict(axes), overrides=tuple(data.get("overrides", ())),
                    anchors=tuple(data.get("anchors", ())), allow_unstable=tuple(data.get("allow_unstable_sampler", ())),
-                   arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS)
+                   arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS, history=tuple(data.get("history", ())))
 
     @classmethod
     def load(cls, root: Path) -> "SweepSpec":
@@ -183,11 +187,12 @@ class SweepSpec:
         atomic_write(Path(root) / SPEC_FILE, self.to_json())
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': leaf} of nested dicts."""
     if isinstance(tree, dict):
         flat = {}
         for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: tree}
 
