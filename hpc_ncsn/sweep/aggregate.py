@@ -37,7 +37,7 @@ from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 from .tasks import CURVE, SampleTask
 
-__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize"]
+__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize", "write_table"]
 
 METRICS = ("fid", "kid_mean", "is_mean")
 # Further per-cell figures, averaged per row like METRICS where present (None where a cell has none).
@@ -316,19 +316,29 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     """Write table.md/.csv/.json (and the plots of hpc_ncsn.sweep.plots) in the sweep folder."""
     root = Path(root)
     spec = SweepSpec.load(root)
-    sweep = plan(spec, root)
-    cells = collect(sweep, scheduler_queue())
+    return write_table(root, spec, [plan(spec, root)], plots)
+
+
+def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = True) -> dict:
+    """The table of the cells of `sweeps` (one sweep folder, or several that hpc_ncsn.sweep.combine joined
+    under `spec`, the union of their grids) into `out`; table.json names the folders where there are several."""
+    queue = scheduler_queue()
+    cells = [cell for sweep in sweeps for cell in collect(sweep, queue)]
     rows, seconds = summarize(cells)
     comparisons = compare(rows, cells, spec)
-    audits = json.loads((root / AUDIT_FILE).read_text()) if (root / AUDIT_FILE).is_file() else None
+    audits = None
+    for sweep in sweeps:  # each row's audit as its folder recorded it
+        if (sweep.root / AUDIT_FILE).is_file():
+            audits = json.loads((sweep.root / AUDIT_FILE).read_text()) | (audits or {})
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train, "extra": c.extra}
                                      | ({"over_training": list(c.over_training)} if c.over_training else {})
                                      for c in cells],
              "comparisons": comparisons, "audit": audits}
-    atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
-    atomic_write(root / "table.csv", csv_text(rows))
-    atomic_write(root / "table.md", markdown(rows, cells, comparisons, audits, seconds))
+    table |= {"sweeps": [str(sweep.root) for sweep in sweeps]} if len(sweeps) > 1 else {}
+    atomic_write(out / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "table.csv", csv_text(rows))
+    atomic_write(out / "table.md", markdown(rows, cells, comparisons, audits, seconds))
     if plots:
-        plot_all(sweep, rows, cells, comparisons, root)
+        plot_all(Plan.joined(out, spec, sweeps), rows, cells, comparisons, out)
     return table

@@ -212,6 +212,13 @@ class Plan:
     sample: list[SampleTask | AnchorTask]  # the cells, then the anchors
     aggregate: AggregateTask
 
+    @classmethod
+    def joined(cls, root: Path, spec: SweepSpec, sweeps: list["Plan"]) -> "Plan":
+        """The plans of several sweep folders as one, their tasks in order, under `spec` (hpc_ncsn.sweep.combine):
+        what one table of them shows; `root` is where that table goes."""
+        return cls(Path(root), spec, [task for sweep in sweeps for task in sweep.train],
+                   [task for sweep in sweeps for task in sweep.sample], AggregateTask())
+
     def stages(self) -> list[tuple[str, list[Task]]]:
         """(stage, its tasks) in the order they run."""
         return [(TrainTask.stage, list(self.train)), (SampleTask.stage, list(self.sample)),
