@@ -14,7 +14,10 @@ Rerunning the same command on the same --out skips finished tasks, reruns failed
 or unfinished ones (a training resumes from its checkpoint, a sampling keeps its
 valid shards) and rewrites the table. While jobs of the sweep are still queued or
 running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
-folder cannot run at once (a lock file, see docs/sweeps.md).
+folder cannot run at once (a lock file, see docs/sweeps.md). More seeds, arms or axis
+values (after the saved ones) grow the sweep: only the new cells run; --extend
+train.steps=N trains its networks longer; anything else is refused in one line, by
+--dry-run too (hpc_ncsn.sweep.grow; docs/sweeps.md, Growing a sweep).
 
 states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
 --cancel), preempted (USR2 and requeued), lost (the job vanished without a word:
@@ -28,6 +31,8 @@ examples:
   python launch/sweep.py --arms geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
+  python launch/sweep.py --seeds 0,1,2 --out runs/sweep-debug   # grow it: only the new cells run
+  python launch/sweep.py --extend train.steps=1000 --out runs/sweep-debug   # train its networks longer
   python launch/sweep.py --status --out runs/sweep-debug
   python launch/sweep.py --cancel --out runs/sweep-debug
 """
