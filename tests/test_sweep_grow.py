@@ -114,7 +114,8 @@ def test_training_longer_is_an_explicit_extension_that_resets_the_trainings_and_
     history = folder / "history" / "steps-4"
     assert (history / "table.md").read_text() == "the table at 4 steps\n"
     for task in decision.reset:
-        assert not status_path(folder, task).exists() and (history / status_path(folder, task).relative_to(folder)).is_file()
+        moved = history / status_path(folder, task).relative_to(folder)
+        assert not status_path(folder, task).exists() and moved.is_file()
     assert (history / "cells" / "arm-snr_seed-0" / "samples" / "metrics.json").is_file()
     anchor = grown.sample[-1]
     assert anchor.name == "anchor-untrained_seed-0" and status_path(folder, anchor).is_file()  # kept

@@ -152,9 +152,9 @@ def test_training_longer_resumes_the_networks_and_samples_their_cells_again(tmp_
     cell = out / "cells" / "arm-geometric_seed-0" / "samples"
     report, log = (cell / "metrics.json").read_bytes(), (out / "train" / "arm-geometric_seed-0" / "metrics.jsonl")
     lines = log.read_text().splitlines()
-    planned = sweep(out, *args, "--extend", "train.steps=8", "--dry-run").stdout
+    planned = sweep(out, *args, "--extend=train.steps=8", "--dry-run").stdout
     assert "extends training from 4 to 8 steps: 1 training(s) resume from their checkpoints" in planned
-    result = sweep(out, *args, "--extend", "train.steps=8")
+    result = sweep(out, *args, "--extend=train.steps=8")
     assert started(result) == planned_runs(planned) == [("sample", "arm-geometric_seed-0"),
                                                        ("train", "arm-geometric_seed-0")]
     assert log.read_text().splitlines()[:len(lines)] == lines  # resumed at step 4, not trained again from 0

@@ -46,7 +46,8 @@ def combine(roots: list[Path]) -> tuple[SweepSpec, list[Plan]]:
                 raise SweepMismatch(f"cell {task.name} is in both {seen[task.name]} and {sweep.root}; a cell of the "
                                     "table comes from one folder: leave one of them out")
             seen[task.name] = sweep.root
-    axes = {key: list({repr(value): value for spec in specs for value in spec.axes[key]}.values()) for key in first.axes}
+    axes = {key: list({repr(value): value for spec in specs for value in spec.axes[key]}.values())
+            for key in first.axes}
     unstable = tuple(dict.fromkeys(arm for spec in specs for arm in spec.allow_unstable))
     return dataclasses.replace(first, axes=axes, allow_unstable=unstable), plans
 

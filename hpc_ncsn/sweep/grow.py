@@ -31,11 +31,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write
-from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, flatten, plan
+from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, changes, plan
 from .status import status_path, todo
 from .tasks import SampleTask, Task
 
-__all__ = ["HISTORY_DIR", "Decision", "SweepMismatch", "config_changes", "prepare", "reconcile"]
+__all__ = ["EXTENDABLE", "HISTORY_DIR", "Decision", "SweepMismatch", "prepare", "reconcile"]
 
 HISTORY_DIR = "history"  # history/steps-<S>/: the results of a sweep before it was extended beyond S steps
 EXTENDABLE = ("train.steps",)
@@ -55,7 +55,6 @@ class Decision:
     added: dict  # {axis: [new values]}
     steps: tuple[int, int] | None = None  # (saved, requested) train.steps of an extension
     reset: tuple[Task, ...] = ()  # done work the extension runs again (its results move to history/)
-    entry: dict | None = None  # the line sweep.json's history gains
     kept: frozenset = frozenset()  # (stage, name) of every task the folder's sweep had
 
     def todo(self, tasks: list[Task]) -> list[Task]:
@@ -100,13 +99,6 @@ def _added_words(added: dict) -> str:
 def _with_steps(spec: SweepSpec, steps: int) -> SweepSpec:
     base = {**spec.base, "train": {**spec.base["train"], "steps": steps}}
     return dataclasses.replace(spec, base=base)
-
-
-def config_changes(before: dict, after: dict) -> list[str]:
-    """'key: before → after' for every leaf of two resolved configs (or any nested dicts) that differs."""
-    mine, theirs = flatten(before), flatten(after)
-    return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
-            for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
 
 
 def _grid(saved: SweepSpec, requested: SweepSpec, root: Path) -> dict:
@@ -168,7 +160,8 @@ def reconcile(root: Path, requested: SweepSpec, extend: bool = False) -> Decisio
     other = dataclasses.replace(before, axes=spec.axes, overrides=spec.overrides,
                                 allow_unstable=spec.allow_unstable).differences(spec)
     if other:
-        raise SweepMismatch(f"{root} holds another sweep ({root / SPEC_FILE}); saved → requested: {'; '.join(other)}; "
+        raise SweepMismatch(f"{root} holds another sweep ({root / SPEC_FILE}); saved → requested: "
+                            f"{'; '.join(other)}; "
                             "only the grid (more seeds, arms or axis values) and --extend train.steps=N can change "
                             "in a sweep folder: rerun with its config and options, or pick a new --out")
     added = _grid(saved, spec, root)
@@ -184,8 +177,7 @@ def reconcile(root: Path, requested: SweepSpec, extend: bool = False) -> Decisio
     entry |= {"extended": {"train.steps": list(steps)}} if steps else {}
     kind = "+".join(word for word, what in (("grow", added), ("extend", steps)) if what)
     kept = frozenset((task.stage, task.name) for task in [*old.train, *old.sample])
-    return Decision(root, dataclasses.replace(spec, history=(*saved.history, entry)), kind, added, steps, reset, entry,
-                    kept)
+    return Decision(root, dataclasses.replace(spec, history=(*saved.history, entry)), kind, added, steps, reset, kept)
 
 
 def _check_kept(old: Plan, new: Plan, root: Path) -> None:
@@ -194,15 +186,16 @@ def _check_kept(old: Plan, new: Plan, root: Path) -> None:
     for task in [*old.train, *old.sample]:
         grown = tasks.get((task.stage, task.name))
         if grown is None:
-            raise SweepMismatch(f"the new values would rename the {task.stage} task {task.name} of the sweep in {root}; "
+            raise SweepMismatch(f"the new values would rename the {task.stage} task {task.name} of the sweep in "
+                                f"{root}; "
                                 "start a new --out and aggregate the two (hpc-ncsn aggregate DIR1 DIR2 --out DIR)")
-        changes = config_changes(task.config, grown.config)
+        differ = changes(task.config, grown.config)
         train = getattr(task, "train", None)
         if train is not None and train.name != grown.train.name:
-            changes.append(f"its network: {train.name} → {grown.train.name}")
-        if changes:
+            differ.append(f"its network: {train.name} → {grown.train.name}")
+        if differ:
             raise SweepMismatch(f"the new values would change {task.name} of the sweep in {root} "
-                                f"({'; '.join(changes)}); its results would no longer be what it computed: set that "
+                                f"({'; '.join(differ)}); its results would no longer be what it computed: set that "
                                 "key in the config of a new sweep (--out) and aggregate the two")
 
 

@@ -40,8 +40,8 @@ from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan", "flatten",
-           "plan", "row_label", "training_identity"]
+__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan",
+           "changes", "plan", "row_label", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
@@ -154,9 +154,7 @@ class SweepSpec:
 
     def differences(self, other: "SweepSpec") -> list[str]:
         """Human-readable differences from another spec (empty when they describe the same sweep)."""
-        mine, theirs = flatten(self._record()), flatten(other._record())
-        return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
-                for key in sorted(set(mine) | set(theirs)) if key != "config" and mine.get(key) != theirs.get(key)]
+        return [change for change in changes(self._record(), other._record()) if not change.startswith("config: ")]
 
     def to_json(self) -> str:
         history = {"history": list(self.history)} if self.history else {}  # sweeps that never grew: as before
@@ -187,12 +185,19 @@ class SweepSpec:
         atomic_write(Path(root) / SPEC_FILE, self.to_json())
 
 
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def changes(before: dict, after: dict) -> list[str]:
+    """'key: before → after' for every leaf of two nested dicts (resolved configs, sweep records) that differs."""
+    mine, theirs = _flatten(before), _flatten(after)
+    return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
+            for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{'a.b.c': leaf} of nested dicts."""
     if isinstance(tree, dict):
         flat = {}
         for key, value in tree.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
+            flat.update(_flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: tree}
 

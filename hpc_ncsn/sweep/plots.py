@@ -236,4 +236,5 @@ def planned_files(sweep: Plan) -> list[str]:
     files += ["fid_vs_step.png"] if base["eval_every"] else []
     files += ["paired.png"] if len(sweep.spec.axes.get(ARM_AXIS, [])) > 1 else []
     files += ["fid_vs_nfe.png"] if any(task.train is not None for task in sweep.sample) else []
-    return files + (["heldout_dsm.png"] if any(task.config["train"]["heldout_examples"] for task in sweep.train) else [])
+    heldout = any(task.config["train"]["heldout_examples"] for task in sweep.train)
+    return files + (["heldout_dsm.png"] if heldout else [])
