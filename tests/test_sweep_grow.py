@@ -125,3 +125,16 @@ def test_training_longer_is_an_explicit_extension_that_resets_the_trainings_and_
     with pytest.raises(SweepMismatch) as refused:
         reconcile(folder, first)
     assert "train.steps=8" in one_line(refused)
+
+
+def test_a_sweep_from_before_the_arm_rename_grows_under_its_own_cell_names(tmp_path):
+    record = json.loads(spec().to_json())
+    record["axes"] = [["schedule", values] if key == "arm" else [key, values] for key, values in record["axes"]]
+    (tmp_path / "sweep.json").write_text(json.dumps(record))
+    assert reconcile(tmp_path, spec()).spec.arm_word == "schedule"  # the same sweep, its folders' names
+    decision = reconcile(tmp_path, spec(seed=[0, 1, 2]))
+    assert decision.kind == "grow"
+    assert [task.name for task in plan(decision.spec, tmp_path).sample][2] == "schedule-geometric_seed-2"
+    prepare(decision)
+    assert SweepSpec.load(tmp_path).arm_word == "schedule"  # still named as its folders are
+    assert reconcile(tmp_path, spec(seed=[0, 1, 2])).kind == "same"

@@ -157,8 +157,10 @@ class SweepSpec:
         return [change for change in changes(self._record(), other._record()) if not change.startswith("config: ")]
 
     def to_json(self) -> str:
-        history = {"history": list(self.history)} if self.history else {}  # sweeps that never grew: as before
-        return json.dumps(self._record() | history, indent=2, sort_keys=True) + "\n"
+        record = self._record() | ({"history": list(self.history)} if self.history else {})  # never grew: as before
+        if self.arm_word == LEGACY_ARM_AXIS:  # rewritten (grown): still read as made before the rename
+            record["axes"] = [[self.arm_word if key == ARM_AXIS else key, values] for key, values in record["axes"]]
+        return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
