@@ -43,7 +43,10 @@ def test_more_seeds_and_arms_add_only_new_cells_and_keep_every_saved_task_as_it_
                      "arm-snr_seed-0", "arm-snr_seed-1", "arm-snr_seed-2"]  # 2 trainings, 5 cells
     line = decision.describe(grown)[0]
     assert "5 new cell(s)" in line and "2 new training(s)" in line and "arm + snr; seed + 2" in line
-    prepare(decision)
+    (root / "audit.json").write_text(json.dumps({"geometric": {"verdict": "as audited then"}}))
+    prepare(decision, {"geometric": {"verdict": "as audited now"}, "snr": {"verdict": "settles"}})
+    assert json.loads((root / "audit.json").read_text()) == {"geometric": {"verdict": "as audited then"},
+                                                             "snr": {"verdict": "settles"}}
     record = json.loads((root / "sweep.json").read_text())
     assert record["axes"] == [["arm", ["geometric", "linear", "snr"]], ["seed", [0, 1, 2]]]
     assert [set(entry) for entry in record["history"]] == [{"time", "grew"}]

@@ -215,6 +215,8 @@ def prepare(decision: Decision, audits: dict | None = None) -> None:
             _archive(root, task, archive)
     decision.spec.save(root)
     if audits is not None:
+        saved = json.loads((root / AUDIT_FILE).read_text()) if (root / AUDIT_FILE).is_file() else {}
+        audits = {row: saved.get(row, record) for row, record in audits.items()}  # a saved row's audit stays as it was
         atomic_write(root / AUDIT_FILE, json.dumps(audits, indent=2, sort_keys=True) + "\n")
 
 
