@@ -199,3 +199,15 @@ def test_folders_whose_cells_differ_in_more_than_the_grid_are_refused_in_one_lin
         assert "base.train.steps: 500 → 8" in err
     assert not (tmp_path / "joined").exists()
     assert main(["aggregate", str(first), str(other)]) == 2 and "add --out DIR" in capsys.readouterr().err
+
+
+def test_a_cell_sampled_from_a_shorter_training_stays_out_of_its_row(sweep_folder):
+    """Its manifest says step 250 of networks the sweep trains 500 steps: a row never mixes training lengths."""
+    samples = sweep_folder / "cells" / "arm-geometric_seed-2" / "samples"
+    (samples / "manifest.json").write_text(json.dumps({"meta": {"checkpoint_step": 250}, "shards": []}))
+    (sweep_folder / "cells" / "arm-geometric_seed-1" / "samples" / "manifest.json").write_text(
+        json.dumps({"meta": {"checkpoint_step": 500}, "shards": []}))
+    geometric = aggregate(sweep_folder, plots=False)["rows"][0]
+    assert geometric["seeds"] == [0, 1] and geometric["fid"]["mean"] == pytest.approx(11.0)
+    assert geometric["problems"] == ["seed 2: stale (sampled at step 250 of a network the sweep trains to 500 steps: "
+                                     "left out of its row)"]
