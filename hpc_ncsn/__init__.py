@@ -26,7 +26,7 @@ _PUBLIC = {
     "data": ["GaussianMixture", "load_images", "to_model_scale", "to_uint8", "toy_mixture"],
     "schedules": ["edm_sigmas", "geometric_sigmas", "ladder", "linear_sigmas", "ncsn_step_sizes", "snr_step_size"],
     "planning": ["NoisePlan", "max_pairwise_distance", "plan_noise"],
-    "audit": ["AuditRecord", "UnstableSampler", "audit_config", "require_stable"],
+    "audit": ["AuditRecord", "UnstableSampler", "audit_arm", "audit_config"],
     "model": ["MLPScore", "UNet", "build_score_model", "count_parameters"],
     "loss": ["DSMLoss", "dsm_loss", "per_level_loss"],
     "heldout": ["common_grid", "heldout_dsm", "write_heldout_dsm"],

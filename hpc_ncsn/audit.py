@@ -24,7 +24,7 @@ On a ladder of constant ratio γ the snr chain stays bounded only if r ≥ r_min
 below it the per-level map u ↦ γ²·g^T(u) has no fixed point and the excess grows
 geometrically. `r_min` finds it by bisection on the iterated map (no continuum
 approximation). A chain that ends above `END_NOISE_LIMIT` σ_L is refused
-(`check`, `require_stable`) unless the caller overrides, and the record says so.
+(`check`, through `audit_arm`) unless the caller overrides, and the record says so.
 
 One concept, the audit (the maps, r_min, the record and its verdicts), hence a little over ~300 lines.
 """
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from .config import ARMS, Config, NoiseConfig, SamplerConfig, arm_of
 from .errors import UserError
@@ -50,7 +50,6 @@ __all__ = [
     "chain_noise",
     "check",
     "end_noise",
-    "require_stable",
     "r_min",
 ]
 
@@ -350,13 +349,6 @@ def check(record: AuditRecord, *, override: bool | Collection[str] = False, flag
     if override is True or (not isinstance(override, bool) and record.arm in override):
         return replace(record, overridden=True)
     raise UnstableSampler(record.message(flag))
-
-
-def require_stable(records: Iterable[AuditRecord], *, override: bool | Collection[str] = False,
-                   flag: str = OVERRIDE_FLAG) -> list[AuditRecord]:
-    """`check` every record: the first refused arm raises (one line) unless `override` is True (every arm)
-    or names it; overridden records come back marked, for sweep.json and the table."""
-    return [check(record, override=override, flag=flag) for record in records]
 
 
 def audit_arm(config: Config, arm: str, *, name: str | None = None, override: bool | Collection[str] = False,

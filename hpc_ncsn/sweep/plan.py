@@ -40,8 +40,8 @@ from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan", "plan",
-           "row_label", "training_identity"]
+__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan",
+           "changes", "plan", "row_label", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
@@ -107,6 +107,9 @@ class SweepSpec:
     # Arms (or "all") the sampler audit lets run although their chain does not settle (--allow-unstable-sampler)
     allow_unstable: tuple[str, ...] = ()
     arm_word: str = ARM_AXIS  # the arm axis's word in cell names: LEGACY_ARM_AXIS in a sweep made before the rename
+    # How the folder's sweep grew ({time, grew: {axis: values}, extended: {train.steps: [S, N]}}, hpc_ncsn.sweep.grow):
+    # the record of its folder, not part of what it computes (never compared).
+    history: tuple[dict, ...] = dataclasses.field(default=(), compare=False)
 
     def __post_init__(self):
         if not self.axes or any(not values for values in self.axes.values()):
@@ -151,12 +154,13 @@ class SweepSpec:
 
     def differences(self, other: "SweepSpec") -> list[str]:
         """Human-readable differences from another spec (empty when they describe the same sweep)."""
-        mine, theirs = _flatten(self._record()), _flatten(other._record())
-        return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
-                for key in sorted(set(mine) | set(theirs)) if key != "config" and mine.get(key) != theirs.get(key)]
+        return [change for change in changes(self._record(), other._record()) if not change.startswith("config: ")]
 
     def to_json(self) -> str:
-        return json.dumps(self._record(), indent=2, sort_keys=True) + "\n"
+        record = self._record() | ({"history": list(self.history)} if self.history else {})  # never grew: as before
+        if self.arm_word == LEGACY_ARM_AXIS:  # rewritten (grown): still read as made before the rename
+            record["axes"] = [[self.arm_word if key == ARM_AXIS else key, values] for key, values in record["axes"]]
+        return json.dumps(record, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "SweepSpec":
@@ -169,7 +173,7 @@ class SweepSpec:
         base = config_to_dict(config_from_dict(data["base"], source=SPEC_FILE))
         return cls(config=data["config"], base=base, axes=dict(axes), overrides=tuple(data.get("overrides", ())),
                    anchors=tuple(data.get("anchors", ())), allow_unstable=tuple(data.get("allow_unstable_sampler", ())),
-                   arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS)
+                   arm_word=LEGACY_ARM_AXIS if legacy else ARM_AXIS, history=tuple(data.get("history", ())))
 
     @classmethod
     def load(cls, root: Path) -> "SweepSpec":
@@ -183,7 +187,15 @@ class SweepSpec:
         atomic_write(Path(root) / SPEC_FILE, self.to_json())
 
 
+def changes(before: dict, after: dict) -> list[str]:
+    """'key: before → after' for every leaf of two nested dicts (resolved configs, sweep records) that differs."""
+    mine, theirs = _flatten(before), _flatten(after)
+    return [f"{key}: {mine.get(key, '(absent)')!r} → {theirs.get(key, '(absent)')!r}"
+            for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.c': leaf} of nested dicts."""
     if isinstance(tree, dict):
         flat = {}
         for key, value in tree.items():
@@ -207,6 +219,13 @@ class Plan:
     sample: list[SampleTask | AnchorTask]  # the cells, then the anchors
     aggregate: AggregateTask
 
+    @classmethod
+    def joined(cls, root: Path, spec: SweepSpec, sweeps: list["Plan"]) -> "Plan":
+        """The plans of several sweep folders as one, their tasks in order, under `spec` (hpc_ncsn.sweep.combine):
+        what one table of them shows; `root` is where that table goes."""
+        return cls(Path(root), spec, [task for sweep in sweeps for task in sweep.train],
+                   [task for sweep in sweeps for task in sweep.sample], AggregateTask())
+
     def stages(self) -> list[tuple[str, list[Task]]]:
         """(stage, its tasks) in the order they run."""
         return [(TrainTask.stage, list(self.train)), (SampleTask.stage, list(self.sample)),
@@ -219,14 +238,15 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
     trainings: dict[str, TrainTask] = {}
     samples: list[SampleTask] = []
     names: dict[str, Cell] = {}
-    common = _heldout_grid(spec)
     for cell in spec.cells():
         if cell.name in names:
             raise ConfigError(f"cells {dict(names[cell.name].axes)} and {dict(cell.axes)} would share the folder "
                               f"{cell.name!r} (a cell's name keeps only letters, digits and .,=+_-); "
                               "give the axis values that differ in those characters")
         names[cell.name] = cell
-        config = spec.cell_config(cell)
+    configs = [(cell, spec.cell_config(cell)) for cell in names.values()]
+    common = _heldout_grid(spec.base, [config for _, config in configs])
+    for cell, config in configs:
         identity = training_identity(config)
         if identity not in trainings:
             folder = root / "train" / cell.name
@@ -243,13 +263,14 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
     return Plan(root, spec, list(trainings.values()), samples, AggregateTask())
 
 
-def _heldout_grid(spec: SweepSpec) -> list[str]:
+def _heldout_grid(base: dict, configs: list[dict]) -> list[str]:
     """Overrides that put every network of the sweep on one held-out σ grid (hpc_ncsn.heldout): the widest
-    trained range, where the networks' ranges differ and the config leaves the grid at its default."""
-    train = spec.base["train"]
+    trained range, where the cells' resolved `configs` differ in range and the `base` config leaves the grid at
+    its default."""
+    train = base["train"]
     if train.get("heldout_sigma_max") or train.get("heldout_sigma_min"):
         return []  # the config names its grid: the same for every network already
-    ranges = {(c["noise"]["sigma_max"], c["noise"]["sigma_min"]) for c in map(spec.cell_config, spec.cells())}
+    ranges = {(c["noise"]["sigma_max"], c["noise"]["sigma_min"]) for c in configs}
     if len(ranges) == 1:
         return []  # each network's own range is the common one
     return [f"train.heldout_sigma_max={max(high for high, _ in ranges)}",

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_path, read_jsonl
-from .plan import Plan, row_label
+from .plan import ARM_AXIS, Plan, row_label
 
-__all__ = ["mean_over_seeds", "plot_all"]
+__all__ = ["mean_over_seeds", "plot_all", "planned_files"]
 
 
 def _figure(columns: int, width: float = 3.2, height: float = 3.0):
@@ -227,3 +227,14 @@ def plot_all(sweep: Plan, rows: list[dict], cells: list, comparisons: list[dict]
     if any("nfe" in row for row in rows):
         _plot_nfe(rows, comparisons, root / "fid_vs_nfe.png")
     _plot_heldout(sweep, cells, root / "heldout_dsm.png")
+
+
+def planned_files(sweep: Plan) -> list[str]:
+    """What the aggregate task writes once every cell of `sweep` is done: the tables, then plot_all's figures."""
+    base = sweep.spec.base["train"]
+    files = ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png", "samples.png"]
+    files += ["fid_vs_step.png"] if base["eval_every"] else []
+    files += ["paired.png"] if len(sweep.spec.axes.get(ARM_AXIS, [])) > 1 else []
+    files += ["fid_vs_nfe.png"] if any(task.train is not None for task in sweep.sample) else []
+    heldout = any(task.config["train"]["heldout_examples"] for task in sweep.train)
+    return files + (["heldout_dsm.png"] if heldout else [])
