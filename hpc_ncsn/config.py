@@ -32,8 +32,10 @@ keys), kept in one module so that every default lives in one place; hence its le
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -147,8 +149,8 @@ class _Section:
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for item in dataclasses.fields(self):
+        fields, hints = _fields(type(self))
+        for item in fields.values():
             value = getattr(self, item.name)
             coerced = _coerce(value, hints[item.name], f"{self.SECTION}.{item.name}")
             if coerced is not value:
@@ -651,12 +653,18 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
     return tree
 
 
+@functools.lru_cache(maxsize=4096)
+def _override_value(raw: str) -> Any:
+    """An override's value as YAML reads it (parsed once per text: a sweep applies the same few to every cell)."""
+    return yaml.safe_load(raw)
+
+
 def _apply_override(tree: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. noise.sigma_max=50")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = copy.deepcopy(_override_value(raw)) if raw.strip() else ""
     assignments = _legacy_assignments(key, value)
     if assignments is not None:
         warnings.warn(f"override {key} is of the old layout; read as "
@@ -672,18 +680,49 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         node[parts[-1]] = value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """A section's fields and their resolved type hints, computed once per class (resolving the hints costs
+    milliseconds, and a sweep of thousands of cells builds a config per cell)."""
+    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+
+
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} must be a mapping of keys, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields, hints = _fields(cls)
     for key in values:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), str(key), list(fields)))
+    key = (cls, _hashable(values)) if issubclass(cls, _Section) else None
+    if key is not None and key[1] is not None and key in _BUILT:
+        return _BUILT[key]  # a section is immutable: the cells of a sweep share the ones they have in common
     kwargs = {name: _build(hints[name], value, prefix + name + ".") if dataclasses.is_dataclass(hints[name])
               else _coerce(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    if key is not None and key[1] is not None:
+        if len(_BUILT) >= 4096:
+            _BUILT.clear()
+        _BUILT[key] = built
+    return built
+
+
+_BUILT: dict[tuple, Any] = {}  # validated sections by (class, their values)
+
+
+def _hashable(value: Any) -> Any:
+    """`value` (plain data from YAML or JSON) as a hashable key that tells apart what a config tells apart (the
+    type too: 1, 1.0 and True differ); None where it holds anything else."""
+    if isinstance(value, Mapping):
+        items = [(key, _hashable(item)) for key, item in value.items()]
+        return None if any(item is None for _, item in items) else ("{}", tuple(sorted(items, key=repr)))
+    if isinstance(value, (list, tuple)):
+        items = [_hashable(item) for item in value]
+        return None if any(item is None for item in items) else ("[]", tuple(items))
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return (type(value).__name__, value) if value is not None else ("None",)
+    return None
 
 
 def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:

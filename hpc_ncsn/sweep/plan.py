@@ -219,14 +219,14 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
     trainings: dict[str, TrainTask] = {}
     samples: list[SampleTask] = []
     names: dict[str, Cell] = {}
-    common = _heldout_grid(spec)
-    for cell in spec.cells():
+    configs = [(cell, spec.cell_config(cell)) for cell in spec.cells()]  # each resolved once
+    common = _heldout_grid(spec, [config for _, config in configs])
+    for cell, config in configs:
         if cell.name in names:
             raise ConfigError(f"cells {dict(names[cell.name].axes)} and {dict(cell.axes)} would share the folder "
                               f"{cell.name!r} (a cell's name keeps only letters, digits and .,=+_-); "
                               "give the axis values that differ in those characters")
         names[cell.name] = cell
-        config = spec.cell_config(cell)
         identity = training_identity(config)
         if identity not in trainings:
             folder = root / "train" / cell.name
@@ -243,13 +243,14 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
     return Plan(root, spec, list(trainings.values()), samples, AggregateTask())
 
 
-def _heldout_grid(spec: SweepSpec) -> list[str]:
-    """Overrides that put every network of the sweep on one held-out σ grid (hpc_ncsn.heldout): the widest
-    trained range, where the networks' ranges differ and the config leaves the grid at its default."""
+def _heldout_grid(spec: SweepSpec, configs: list[dict]) -> list[str]:
+    """Overrides that put every network of the sweep (the cells' resolved `configs`) on one held-out σ grid
+    (hpc_ncsn.heldout): the widest trained range, where the networks' ranges differ and the config leaves the
+    grid at its default."""
     train = spec.base["train"]
     if train.get("heldout_sigma_max") or train.get("heldout_sigma_min"):
         return []  # the config names its grid: the same for every network already
-    ranges = {(c["noise"]["sigma_max"], c["noise"]["sigma_min"]) for c in map(spec.cell_config, spec.cells())}
+    ranges = {(c["noise"]["sigma_max"], c["noise"]["sigma_min"]) for c in configs}
     if len(ranges) == 1:
         return []  # each network's own range is the common one
     return [f"train.heldout_sigma_max={max(high for high, _ in ranges)}",
