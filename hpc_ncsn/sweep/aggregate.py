@@ -252,9 +252,13 @@ def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] 
     lines += ["", "Beyond FID, and what it cost (means over seeds; – where not measured):", "",
               "| arm | FID∞ | precision | recall | density | coverage | held-out DSM | NFE | training images | "
               "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    done_by_group: dict[tuple, list[CellResult]] = {}
+    for cell in cells:
+        if cell.state == "done":
+            done_by_group.setdefault(cell.group, []).append(cell)
     for row in rows:
         label = row_label(tuple(row["group"].items()))
-        done = [c for c in cells if c.state == "done" and dict(c.group) == row["group"]]
+        done = done_by_group.get(tuple(row["group"].items()), [])
         row = row | {key: _spread([c.extra.get(key) for c in done]) for key in SECONDS}
         audit = (audits or {}).get(label, {})
         noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "

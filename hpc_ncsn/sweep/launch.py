@@ -44,6 +44,7 @@ from ..files import atomic_write
 from ..errors import UserError
 from ..locks import FolderLock
 from . import scheduler, slurm
+from .limits import Limits, array_plan, read_limits
 from .local import check_python, run_here
 from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
 from .slurm import SlurmOptions
@@ -118,6 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="seconds before the time limit at which Slurm sends USR2 (save, requeue)")
     slurm.add_argument("--array-parallelism", type=int, default=SlurmOptions.array_parallelism,
                        help="array tasks running at once")
+    slurm.add_argument("--max-array-size", type=int, default=None, metavar="N",
+                       help="Slurm's MaxArraySize: a stage of more tasks is split into arrays of at most N "
+                            "(default: what scontrol show config says, read once per launch)")
+    slurm.add_argument("--max-submit-jobs", type=int, default=None, metavar="N",
+                       help="the most jobs you may have queued at once (your QOS's MaxSubmitJobs, which scontrol "
+                            "does not show); a sweep that needs more is refused before anything is submitted "
+                            "(default: only slurm.conf's MaxJobCount)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
                             "(repeatable)")
@@ -144,7 +152,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
         time_train=args.time_train, time_sample=args.time_sample, nodes=args.nodes, sample_nodes=args.sample_nodes,
         gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
         mem_gb=args.mem_gb, signal_delay_s=args.signal_delay_s, array_parallelism=args.array_parallelism,
-        sbatch=tuple(args.sbatch), setup=tuple(args.setup), max_requeues=args.max_requeues, python=args.python)
+        sbatch=tuple(args.sbatch), setup=tuple(args.setup), max_requeues=args.max_requeues, python=args.python,
+        max_array_size=args.max_array_size, max_submit_jobs=args.max_submit_jobs)
 
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
@@ -246,34 +255,45 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
                         fix="wait for that sweep, or stop it with: " + f"{script} --cancel --out {root}"):
             prepare_folder(root, spec, audits)
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
-                            timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
+                            timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python,
+        max_array_size=args.max_array_size, max_submit_jobs=args.max_submit_jobs)
     return _on_slurm(root, spec, sweep, slurm_options(args), audits, dry_run=args.dry_run, wait=args.wait,
                      poll_s=args.poll_s, script=script)
+
+
+def _print_arrays(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits) -> None:
+    """--dry-run: each stage's arrays within Slurm's limits and the sbatch script of its first."""
+    stages = [(stage, todo(root, tasks)) for stage, tasks in sweep.stages()]
+    for k, (stage, arrays, parallelism) in enumerate(array_plan(stages, limits, options.array_parallelism)):
+        params = slurm.slurm_parameters(options, stage, root.name) | {"array_parallelism": parallelism}
+        if k:
+            params["dependency"] = "afterany:<previous stage's arrays>"
+        split = (f", split into {len(arrays)} arrays of at most {limits.max_array_size} (MaxArraySize, from "
+                 f"{limits.source})" if len(arrays) > 1 else "")
+        print(f"--- {stage} stage: array of {sum(map(len, arrays))}{split} ---\n"
+              f"{slurm.sbatch_text(root, params, len(arrays[0]), options.python)}")
 
 
 def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
               wait: bool, poll_s: float, script: str) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
+    limits = read_limits(options.max_array_size, options.max_submit_jobs)  # once per launch
     if dry_run:
         print_plan(sweep, audits)
-        for stage, tasks in sweep.stages():
-            params = slurm.slurm_parameters(options, stage, root.name)
-            if stage != sweep.stages()[0][0]:
-                params["dependency"] = "afterany:<previous>"
-            count = len(todo(root, tasks))
-            print(f"--- {stage} stage: array of {count} ---\n{slurm.sbatch_text(root, params, count, options.python)}")
+        _print_arrays(root, sweep, options, limits)
         return 0
-    slurm.check_submission(root, sweep, options)  # before anything is written
+    slurm.check_submission(root, sweep, options, limits)  # before anything is written
     cancel_hint = f"{script} --cancel --out {root}"
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        live = slurm.live_jobs(root, sweep, scheduler.queue())
+        queue = scheduler.queue()
+        live = slurm.live_jobs(root, sweep, queue)
         if live:
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
             prepare_folder(root, spec, audits)
-            submitted = slurm.submit(root, sweep, options)
+            submitted = slurm.submit(root, sweep, options, limits, queued=len(queue or {}))
             if not submitted:
                 print("every task is done; nothing to submit")
     if not wait:
