@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,8 +58,9 @@ def sweep_arguments(axes: dict[str, list]) -> list[str]:
             "--axis", "train.lr=" + ",".join(map(str, axes["train.lr"]))]
 
 
-def write_results(root: Path, axes: dict[str, list]) -> int:
-    """sweep.json, audit.json and every task's files as a finished sweep leaves them; the number of files."""
+def write_results(root: Path, axes: dict[str, list]) -> tuple[int, int]:
+    """sweep.json, audit.json and every task's files as a finished sweep leaves them (the table's task aside: the
+    table is what is timed); (files written, the sweep's tasks)."""
     from hpc_ncsn.samples.shards import plan_shards, shard_path, write_manifest, write_shard
     from hpc_ncsn.sweep.status import TaskStatus, write_status
 
@@ -98,30 +100,36 @@ def write_results(root: Path, axes: dict[str, list]) -> int:
             "is_std": 0.1, "n": 4, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 0.5,
             "fid_infinity": {"value": fid - 1}}, indent=2) + "\n")
         files += 4
-    return files
+    return files, len(sweep.train) + len(sweep.sample) + 1
 
 
-def command_seconds(*command: str) -> float:
-    """Wall seconds of one command of the product, as a user runs it (Python start-up included)."""
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def command_seconds(*command: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of one command of the product, as a user runs it (Python start-up included). On a
+    shared machine the CPU seconds are the steadier figure: they do not count the waits for a core."""
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, _children_cpu() - cpu
 
 
 def measure(cells: int, folder: Path) -> dict:
     axes = grid(cells)
     root = folder / f"sweep-{cells}"
     row = {"cells": cells, "tasks": None}
-    row["plan"] = command_seconds("launch/sweep.py", "--dry-run", *sweep_arguments(axes), "--out", str(root))
-    start = time.perf_counter()
-    row["files"] = write_results(root, axes)
-    row["write"] = time.perf_counter() - start
-    row["tasks"] = len(list((root / "status").glob("*/*.json")))
-    row["status"] = command_seconds("launch/sweep.py", "--status", "--out", str(root))
-    row["table"] = command_seconds("-m", "hpc_ncsn", "aggregate", "--sweep", str(root))
+    row["plan"], row["plan_cpu"] = command_seconds("launch/sweep.py", "--dry-run", *sweep_arguments(axes), "--out",
+                                                   str(root))
+    start, cpu = time.perf_counter(), time.process_time()
+    row["files"], row["tasks"] = write_results(root, axes)
+    row["write"], row["write_cpu"] = time.perf_counter() - start, time.process_time() - cpu
+    row["status"], row["status_cpu"] = command_seconds("launch/sweep.py", "--status", "--out", str(root))
+    row["table"], row["table_cpu"] = command_seconds("-m", "hpc_ncsn", "aggregate", "--sweep", str(root))
     table = json.loads((root / "table.json").read_text())
     assert len(table["cells"]) == cells and all(cell["state"] == "done" for cell in table["cells"]), \
         "the table does not hold every cell as done"
@@ -132,14 +140,17 @@ PHASES = (("plan", "plan (--dry-run)"), ("write", "write status + results"), ("s
           ("table", "table + plots"))
 
 
-def print_table(rows: list[dict], startup: float) -> None:
+def print_table(rows: list[dict], startup: tuple[float, float]) -> None:
     base = rows[0]
-    print(f"Python start-up and the sweep command's imports: {startup:.2f} s (in every figure below but 'write')\n")
-    print("| cells | tasks | files | " + " | ".join(f"{label} s | ×" for _, label in PHASES) + " |")
-    print("|---" * (3 + 2 * len(PHASES)) + "|")
-    for row in rows:
-        figures = " | ".join(f"{row[key]:.2f} | {row[key] / base[key]:.1f}" for key, _ in PHASES)
-        print(f"| {row['cells']:,} | {row['tasks']:,} | {row['files']:,} | {figures} |")
+    print(f"Python start-up and the sweep command's imports: {startup[0]:.2f} s wall, {startup[1]:.2f} s CPU (in "
+          "every figure below but 'write')\n")
+    print("| phase | " + " | ".join(f"{row['cells']:,} cells ({row['tasks']:,} tasks) | ×" for row in rows) + " |")
+    print("|---" * (1 + 2 * len(rows)) + "|")
+    for key, label in PHASES:
+        for suffix, kind in (("", "wall s"), ("_cpu", "CPU s")):
+            figures = " | ".join(f"{row[key + suffix]:.2f} | {row[key + suffix] / base[key + suffix]:.1f}"
+                                 for row in rows)
+            print(f"| {label}, {kind} | {figures} |")
     print(f"\n× : ratio to the {base['cells']}-cell sweep's figure ({rows[-1]['cells'] / base['cells']:.0f}× the cells "
           "at the largest)")
 
@@ -158,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for cells in sizes:
             rows.append(measure(cells, folder))
-            print(f"{cells} cells: " + ", ".join(f"{key} {rows[-1][key]:.2f} s" for key, _ in PHASES), flush=True)
+            print(f"{cells} cells: " + ", ".join(f"{key} {rows[-1][key]:.2f} s ({rows[-1][key + '_cpu']:.2f} s CPU)"
+                                                 for key, _ in PHASES), flush=True)
     print()
     print_table(rows, startup)
     if args.json:
-        args.json.write_text(json.dumps({"startup": startup, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"startup": {"wall": startup[0], "cpu": startup[1]}, "rows": rows},
+                                        indent=2) + "\n")
     return 0
 
 

@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import json
 import math
 import types
 import typing
@@ -653,7 +654,7 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
     return tree
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1 << 16)
 def _override_value(raw: str) -> Any:
     """An override's value as YAML reads it (parsed once per text: a sweep applies the same few to every cell)."""
     return yaml.safe_load(raw)
@@ -687,6 +688,12 @@ def _fields(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
     return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
 
 
+@functools.cache
+def _nested(cls: type) -> frozenset[str]:
+    """The fields of `cls` that are sections (dataclasses) themselves."""
+    return frozenset(name for name, hint in _fields(cls)[1].items() if dataclasses.is_dataclass(hint))
+
+
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(values, Mapping):
@@ -695,10 +702,11 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     for key in values:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), str(key), list(fields)))
-    key = (cls, _hashable(values)) if issubclass(cls, _Section) else None
+    key = (cls, _key(values)) if issubclass(cls, _Section) else None
     if key is not None and key[1] is not None and key in _BUILT:
         return _BUILT[key]  # a section is immutable: the cells of a sweep share the ones they have in common
-    kwargs = {name: _build(hints[name], value, prefix + name + ".") if dataclasses.is_dataclass(hints[name])
+    nested = _nested(cls)
+    kwargs = {name: _build(hints[name], value, prefix + name + ".") if name in nested
               else _coerce(value, hints[name], prefix + name) for name, value in values.items()}
     built = cls(**kwargs)
     if key is not None and key[1] is not None:
@@ -711,18 +719,13 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 _BUILT: dict[tuple, Any] = {}  # validated sections by (class, their values)
 
 
-def _hashable(value: Any) -> Any:
-    """`value` (plain data from YAML or JSON) as a hashable key that tells apart what a config tells apart (the
-    type too: 1, 1.0 and True differ); None where it holds anything else."""
-    if isinstance(value, Mapping):
-        items = [(key, _hashable(item)) for key, item in value.items()]
-        return None if any(item is None for _, item in items) else ("{}", tuple(sorted(items, key=repr)))
-    if isinstance(value, (list, tuple)):
-        items = [_hashable(item) for item in value]
-        return None if any(item is None for item in items) else ("[]", tuple(items))
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return (type(value).__name__, value) if value is not None else ("None",)
-    return None
+def _key(values: Mapping[str, Any]) -> str | None:
+    """A section's values as a cache key that tells apart what the loader tells apart (1, 1.0, true and "1" differ);
+    None for values that are not plain JSON data."""
+    try:
+        return json.dumps(values, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
@@ -793,12 +796,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return {
-        f.name: config_to_dict(getattr(config, f.name))
-        if dataclasses.is_dataclass(getattr(config, f.name))
-        else plain(getattr(config, f.name))
-        for f in dataclasses.fields(config)
-    }
+    nested = _nested(type(config))
+    return {name: config_to_dict(getattr(config, name)) if name in nested else plain(getattr(config, name))
+            for name in _fields(type(config))[0]}
 
 
 def config_to_yaml(config: Config) -> str:

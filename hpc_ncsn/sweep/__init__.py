@@ -8,6 +8,7 @@
     plots.py      the table's figures (matplotlib, Agg)
     work.py       what a job runs: the body of each task type, status recorded, requeue on USR2
     local.py      the local driver (submitit's local and debug executors) and the --python check
+    limits.py     Slurm's MaxArraySize / MaxJobCount / MaxSubmitJobs: stages split into arrays that fit, or refused
     slurm.py      the Slurm driver (SlurmOptions → dependent job arrays, waiting, cancelling)
     launch.py     the `sweep` command: its flags, translated once into records, and dispatch
 
