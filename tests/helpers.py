@@ -3,6 +3,8 @@ corrupted shard."""
 
 import socket
 
+import torch
+
 from hpc_ncsn.config import DataConfig
 
 # A 2-level U-Net of width 8 on 8×8 digits: seconds on a CPU.
@@ -46,3 +48,16 @@ def flip_image_byte(path, offset: int = 37) -> None:
         value = raw.read(1)[0]
         raw.seek(start + offset)
         raw.write(bytes([value ^ 0x01]))
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """uint8 (N, C, H, W) images as the Dataset torch-fidelity's calculate_metrics reads."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]

@@ -24,7 +24,7 @@ from hpc_ncsn.model import build_score_model
 from hpc_ncsn.network import NetworkSpeed, score_function
 from hpc_ncsn.rng import sample_normal, sample_uniform
 from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
-from helpers import TINY, TINY_TRAINING
+from helpers import TINY, TINY_TRAINING, UInt8Images
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -172,19 +172,8 @@ def test_evaluator_fid_with_the_real_inception_equals_torch_fidelity_on_the_gpu(
     stats = [FeatureStats.empty(2048).update(extract_features(extractor, part)[0]).to_numpy()
              for part in (first, second)]
     ours = frechet_distance(*stats[0], *stats[1])
-
-    class Images(torch.utils.data.Dataset):
-        def __init__(self, tensor):
-            self.tensor = tensor
-
-        def __len__(self):
-            return len(self.tensor)
-
-        def __getitem__(self, index):
-            return self.tensor[index]
-
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(first), input2=Images(second), fid=True, feature_extractor=INCEPTION,
+        input1=UInt8Images(first), input2=UInt8Images(second), fid=True, feature_extractor=INCEPTION,
         feature_extractor_weights_path=weights, cuda=True, verbose=False, cache=False, batch_size=200)
     print(f"FID of {count} vs {count} images on the GPU: ours {ours:.6f}, torch-fidelity "
           f"{theirs['frechet_inception_distance']:.6f}")
