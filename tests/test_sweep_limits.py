@@ -62,3 +62,18 @@ def test_the_launcher_refuses_a_sweep_beyond_the_job_limit_before_writing_anythi
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "needs 5 jobs" in result.stderr, result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_the_dry_run_shows_each_stage_split_to_fit_and_its_throttle(tmp_path):
+    command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--dry-run", "--out",
+               str(tmp_path / "s"), "--arms", "geometric,linear", "--seeds", "0,1", "--max-array-size", "3",
+               "--array-parallelism", "4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    stages = [line for line in result.stdout.splitlines() if line.startswith("--- ")]
+    assert stages == [f"--- {stage} stage: 4 tasks in 2 arrays of at most 3 (MaxArraySize, from --max-array-size), "
+                      "the first of 3 ---" for stage in ("train", "sample")] + ["--- aggregate stage: array of 1 ---"]
+    # each of a stage's two arrays runs at most 4 / 2 at once; the table's one array keeps the flag's value
+    assert [line for line in result.stdout.splitlines() if line.startswith("#SBATCH --array")] == [
+        "#SBATCH --array=0-2%2", "#SBATCH --array=0-2%2", "#SBATCH --array=0-0%1"]
+    assert not (tmp_path / "s").exists()

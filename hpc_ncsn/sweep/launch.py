@@ -267,10 +267,10 @@ def _print_arrays(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits
     for k, (stage, arrays, parallelism) in enumerate(array_plan(stages, limits, options.array_parallelism)):
         params = slurm.slurm_parameters(options, stage, root.name) | {"array_parallelism": parallelism}
         if k:
-            params["dependency"] = "afterany:<previous stage's arrays>"
-        split = (f", split into {len(arrays)} arrays of at most {limits.max_array_size} (MaxArraySize, from "
-                 f"{limits.source})" if len(arrays) > 1 else "")
-        print(f"--- {stage} stage: array of {sum(map(len, arrays))}{split} ---\n"
+            params["dependency"] = "afterany:<previous>"  # every array of the stage before
+        split = (f"{sum(map(len, arrays))} tasks in {len(arrays)} arrays of at most {limits.max_array_size} "
+                 f"(MaxArraySize, from {limits.source}), the first" if len(arrays) > 1 else "array")
+        print(f"--- {stage} stage: {split} of {len(arrays[0])} ---\n"
               f"{slurm.sbatch_text(root, params, len(arrays[0]), options.python)}")
 
 
