@@ -6,7 +6,8 @@
 #                                              munged + slurmctld + N slurmd (simulated nodes), wait until idle;
 #                                              MaxArraySize=M (Slurm's default 1001) to try a site's lower limit
 #   slurm/local-cluster.sh stop                cancel its jobs, stop every process it started (daemons, job
-#                                              steps, job processes), undo its /etc/hosts lines
+#                                              steps, job processes), undo its /etc/hosts lines; a munged it
+#                                              started stays while another Slurm here still authenticates with it
 #   slurm/local-cluster.sh restart-node N      kill node N's slurmd (a node failure) and start it again
 #   slurm/local-cluster.sh kill-node N         kill node N's slurmd and every job process on it, leave it down
 #   slurm/local-cluster.sh status              sinfo of the cluster
@@ -244,7 +245,12 @@ stop() {
     local kind value rest pid
     tac "$STARTED" | while read -r kind value rest; do
         case "$kind" in
-            pid) stop_pid "$value" ;;
+            pid)
+                if [ "$rest" = munged ] && [ -n "$(other_slurm)" ]; then
+                    say "leaving munged (pid $value) running: another Slurm on this machine authenticates with it"
+                else
+                    stop_pid "$value"
+                fi ;;
             host) sed -i "/^127\.0\.0\.1 $value $HOSTS_TAG\$/d" /etc/hosts ;;
         esac
     done
