@@ -30,8 +30,8 @@ Rows:
   evaluate    hpc_ncsn.evaluate.evaluator.evaluate itself, shards → FID+KID+IS, reference statistics cached
   peer *      each stage against the obvious code for it (bench/peers.py, each in a fresh process): a plain
               DSM training loop, the NCSNv2-style Langevin loop, torch_fidelity.calculate_metrics
-  scale *     the evaluator from 1,000 to 50,000 samples (time, peak memory); the launcher's plan, --status
-              and table from 6 to 60 cells
+  scale eval  the evaluator from 1,000 to 50,000 samples (time, peak memory); the sweep's control plane from
+              60 to 6,000 cells is bench/scale.py's
   profile     (after the table) the top 10 operators of one fast training step
 
 Without --inception-weights the Inception rows use random weights of the same
@@ -439,43 +439,15 @@ def bench_peers(args: argparse.Namespace, device: torch.device, gpu: bool) -> li
     return rows
 
 
-def _command_seconds(*command: str) -> float:
-    """Wall seconds of one command of the product, as a user runs it (Python start-up included)."""
-    import subprocess
-
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds
-
-
-def bench_scale(counts: list[int], seed_counts: list[int], gpu: bool) -> list[dict]:
-    """How the evaluator grows with N (time and the process's peak memory, shards → FID+KID+IS with the digits
-    classifier, each N in a fresh process) and the sweep launcher's own overhead from 6 to 60 cells: the
-    plan (--dry-run), --status and the table (hpc-ncsn aggregate) of a sweep folder whose cells have not run."""
-    from hpc_ncsn.sweep.plan import ARM_AXIS, SEED_AXIS, SweepSpec
-
+def bench_scale(counts: list[int], gpu: bool) -> list[dict]:
+    """How the evaluator grows with N: time and the process's peak memory, shards → FID+KID+IS with the digits
+    classifier, each N in a fresh process. (The sweep's control plane at scale: bench/scale.py.)"""
     rows = []
     for count in counts:
         result = _peer("fid-ours", "--images", str(count), "--repeat", "1", "--device", "cuda" if gpu else "cpu")
         what = f"evaluate, N = {count:,}: peak memory {result['max_rss_mb']:,.0f} MB"
         rows.append({"group": "scale eval", "what": what, "images": count, "seconds": result["seconds"],
                      "images_per_s": count / result["seconds"]})
-    config = ROOT / "configs" / "debug.yaml"
-    for seeds in seed_counts:
-        cells = 3 * seeds
-        seed_list = ",".join(map(str, range(seeds)))
-        with tempfile.TemporaryDirectory() as folder:
-            plan_s = _command_seconds("launch/sweep.py", "--dry-run", "--seeds", seed_list, "--out", folder)
-            SweepSpec.from_config(config, {ARM_AXIS: ["geometric", "linear", "snr"],
-                                           SEED_AXIS: list(range(seeds))}).save(Path(folder))
-            status_s = _command_seconds("launch/sweep.py", "--status", "--out", folder)
-            table_s = _command_seconds("-m", "hpc_ncsn", "aggregate", "--sweep", folder)
-        for what, seconds in (("plan (--dry-run)", plan_s), ("--status", status_s), ("table and plots", table_s)):
-            rows.append({"group": "scale sweep", "what": f"{what}, {cells} cells, command wall time",
-                         "images": None, "seconds": seconds, "images_per_s": None})
     return rows
 
 
@@ -596,8 +568,6 @@ def main(argv: list[str] | None = None) -> int:
                              "classifier on a CPU)")
     parser.add_argument("--scale-images", default="1000,5000,20000,50000",
                         help="sample counts of the evaluator's scale rows (default: 1000,5000,20000,50000)")
-    parser.add_argument("--scale-seeds", default="2,20",
-                        help="seeds of the launcher's scale rows, 3 arms each (default: 2,20: 6 and 60 cells)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -622,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_peers(args, device, gpu)
     if "scale" in what:
         numbers = lambda text: [int(n) for n in text.split(",")]  # noqa: E731
-        rows += bench_scale(numbers(args.scale_images), numbers(args.scale_seeds), gpu)
+        rows += bench_scale(numbers(args.scale_images), gpu)
     for row in rows:
         if row.get("precision") in peaks:
             row["mfu"] = row["tflops"] / peaks[row["precision"]]

@@ -32,8 +32,11 @@ keys), kept in one module so that every default lives in one place; hence its le
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
+import json
 import math
 import reprlib
 import types
@@ -178,8 +181,8 @@ class _Section:
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for item in dataclasses.fields(self):
+        fields, hints = _fields(type(self))
+        for item in fields.values():
             value = getattr(self, item.name)
             coerced = _coerce(value, hints[item.name], f"{self.SECTION}.{item.name}")
             if coerced is not value:
@@ -756,12 +759,18 @@ def _migrate(tree: dict[str, Any], source: str) -> dict[str, Any]:
     return tree
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _override_value(raw: str) -> Any:
+    """An override's value as YAML reads it (parsed once per text: a sweep applies the same few to every cell)."""
+    return yaml.safe_load(raw)
+
+
 def _apply_override(tree: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {_shown(item)} must look like section.key=value, e.g. noise.sigma_max=50")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = copy.deepcopy(_override_value(raw)) if raw.strip() else ""
     assignments = _legacy_assignments(key, value)
     if assignments is not None:
         warnings.warn(f"override {key} is of the old layout; read as "
@@ -777,18 +786,52 @@ def _apply_override(tree: dict[str, Any], item: str) -> None:
         node[parts[-1]] = value
 
 
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """A section's fields and their resolved type hints, computed once per class (resolving the hints costs
+    milliseconds, and a sweep of thousands of cells builds a config per cell)."""
+    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+
+
+@functools.cache
+def _nested(cls: type) -> frozenset[str]:
+    """The fields of `cls` that are sections (dataclasses) themselves."""
+    return frozenset(name for name, hint in _fields(cls)[1].items() if dataclasses.is_dataclass(hint))
+
+
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(values, Mapping):
         raise ConfigError(f"{where} must be a mapping of keys, got {_shown(values)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    fields, hints = _fields(cls)
     for key in values:
         if key not in fields:
             raise ConfigError(_unknown_key_message(prefix + str(key), str(key), list(fields)))
-    kwargs = {name: _build(hints[name], value, prefix + name + ".") if dataclasses.is_dataclass(hints[name])
+    key = (cls, _key(values)) if issubclass(cls, _Section) else None
+    if key is not None and key[1] is not None and key in _BUILT:
+        return _BUILT[key]  # a section is immutable: the cells of a sweep share the ones they have in common
+    nested = _nested(cls)
+    kwargs = {name: _build(hints[name], value, prefix + name + ".") if name in nested
               else _coerce(value, hints[name], prefix + name) for name, value in values.items()}
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    if key is not None and key[1] is not None:
+        if len(_BUILT) >= 4096:
+            _BUILT.clear()
+        _BUILT[key] = built
+    return built
+
+
+_BUILT: dict[tuple, Any] = {}  # validated sections by (class, their values)
+
+
+def _key(values: Mapping[str, Any]) -> str | None:
+    """A section's values as a cache key that tells apart what the loader tells apart (1, 1.0, true and "1" differ);
+    None for values that are not plain JSON data."""
+    try:
+        return json.dumps(values, sort_keys=True)
+    except (TypeError, ValueError):
+        return None
 
 
 def _unknown_key_message(full_key: str, key: str, valid: list[str]) -> str:
@@ -860,12 +903,9 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             return [plain(v) for v in value]
         return value
 
-    return {
-        f.name: config_to_dict(getattr(config, f.name))
-        if dataclasses.is_dataclass(getattr(config, f.name))
-        else plain(getattr(config, f.name))
-        for f in dataclasses.fields(config)
-    }
+    nested = _nested(type(config))
+    return {name: config_to_dict(getattr(config, name)) if name in nested else plain(getattr(config, name))
+            for name in _fields(type(config))[0]}
 
 
 def config_to_yaml(config: Config) -> str:

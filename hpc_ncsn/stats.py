@@ -48,8 +48,10 @@ def _percent(level: float) -> str:
     return f"{100 * level:g} %"
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(probability: float, dof: float) -> float:
-    """The `probability` quantile of Student's t with `dof` degrees of freedom (dof = inf: the normal)."""
+    """The `probability` quantile of Student's t with `dof` degrees of freedom (dof = inf: the normal); each pair is
+    computed once (scipy's ppf takes a millisecond, and a table of a thousand rows asks for the same few)."""
     from scipy.stats import norm, t
 
     if not 0 < probability < 1 or not dof > 0:

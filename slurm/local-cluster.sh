@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A real Slurm cluster on this machine, for development, tests and trying a sweep on a workstation.
 #
-#   slurm/local-cluster.sh start [--nodes N]   install (Debian/Ubuntu packages, needs root), configure, start
-#                                              munged + slurmctld + N slurmd (simulated nodes), wait until idle
+#   slurm/local-cluster.sh start [--nodes N] [--max-array-size M]
+#                                              install (Debian/Ubuntu packages, needs root), configure, start
+#                                              munged + slurmctld + N slurmd (simulated nodes), wait until idle;
+#                                              MaxArraySize=M (Slurm's default 1001) to try a site's lower limit
 #   slurm/local-cluster.sh stop                cancel its jobs, stop every process it started (daemons, job
 #                                              steps, job processes), undo its /etc/hosts lines; munged only
 #                                              if a local cluster started it and no other one uses it
@@ -101,7 +103,7 @@ EOF
 }
 
 write_conf() {
-    local nodes="$1" host cpus memory ports
+    local nodes="$1" max_array="$2" host cpus memory ports
     host="$(hostname)"
     cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc reports OMP_NUM_THREADS when it is set
     memory="$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)"
@@ -137,6 +139,7 @@ SlurmdLogFile=$DIR/log/slurmd-%n.log
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 EOF
+    [ -z "$max_array" ] || echo "MaxArraySize=$max_array" >>"$CONF"
     : >"$DIR/nodes"
     for i in $(seq "$nodes"); do
         echo "NodeName=${NAME}n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=${ports[$i]} CPUs=$cpus" \
@@ -173,11 +176,12 @@ start_slurmd() {
 }
 
 start() {
-    local nodes=1 other
+    local nodes=1 max_array="" other
     while [ $# -gt 0 ]; do
         case "$1" in
             --nodes) nodes="$2"; shift 2 ;;
-            *) die "unknown option $1 (start takes --nodes N)" ;;
+            --max-array-size) max_array="$2"; shift 2 ;;
+            *) die "unknown option $1 (start takes --nodes N and --max-array-size M)" ;;
         esac
     done
     [ -f "$STARTED" ] && [ -s "$STARTED" ] && die "already started from $DIR (see $STARTED); run '$0 stop' first"
@@ -187,7 +191,7 @@ start() {
     other="$(other_slurm)"
     [ -z "$other" ] || say "another Slurm runs here (slurmctld pid $other); starting cluster $NAME beside it, on its own ports"
     start_munge
-    write_conf "$nodes"
+    write_conf "$nodes" "$max_array"
     add_host_names
     SLURM_CONF="$CONF" slurmctld -f "$CONF" -i  # -i: ignore state of an earlier cluster in $DIR/state
     echo "pid $(cat_pid "$DIR/slurmctld.pid") slurmctld" >>"$STARTED"
@@ -312,5 +316,5 @@ case "${1:-}" in
     kill-node) [ $# -eq 2 ] || die "usage: $0 kill-node N"; kill_node "$2" ;;
     status) SLURM_CONF="$CONF" sinfo -N ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) die "usage: $0 start [--nodes N] | stop | restart-node N | kill-node N | status | env" ;;
+    *) die "usage: $0 start [--nodes N] [--max-array-size M] | stop | restart-node N | kill-node N | status | env" ;;
 esac

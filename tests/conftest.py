@@ -12,6 +12,7 @@ The README's test command runs everything.
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: starts real processes (subprocess, gloo, DeepSpeed, Slurm); "
                                        "deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one); bench/gpu_check.sh runs them")
 
 
 import os  # noqa: E402

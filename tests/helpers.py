@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import torch
+
 from hpc_ncsn.config import DataConfig
 
 # A 2-level U-Net of width 8 on 8×8 digits: seconds on a CPU.
@@ -78,3 +80,16 @@ def read_only_mount(source: Path, target: Path):
         yield target
     finally:
         subprocess.run(["umount", str(target)], capture_output=True)
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """uint8 (N, C, H, W) images as the Dataset torch-fidelity's calculate_metrics reads."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]

@@ -17,7 +17,7 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--train-batch-sizes", "8", "--train-steps", "1",
          "--sample-batch", "4", "--sample-evaluations", "5", "--images", "16", "--batch-sizes", "8",
-         "--peak-tflops", "1", "--no-compile", "--ablate", "--scale-images", "16,32", "--scale-seeds", "1,2",
+         "--peak-tflops", "1", "--no-compile", "--ablate", "--scale-images", "16,32",
          "--json", str(out)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})
@@ -26,7 +26,7 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     rows = written["rows"]
     groups = {row["group"] for row in rows}
     assert groups == {"peak", "train", "sample", "shards", "features", "statistics", "projected", "evaluate",
-                      "peer train", "peer sample", "peer eval", "scale eval", "scale sweep"}
+                      "peer train", "peer sample", "peer eval", "scale eval"}
     # The measured peak is the denominator of every MFU: fp32 rows against the fp32 GEMM, bf16 rows the bf16 one.
     peak = {row["what"].split(":")[0]: row["tflops"] for row in rows if "attainable peak" in row["what"]}
     assert set(peak) == {"fp32", "bf16"}
@@ -45,8 +45,6 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
         for row in peers[1:]:
             assert abs(row["speedup"] - row["images_per_s"] / peers[0]["images_per_s"]) < 1e-9
     assert [row["images"] for row in rows if row["group"] == "scale eval"] == [16, 32]
-    assert [row["what"].split(", ")[1] for row in rows if row["group"] == "scale sweep"] == \
-        ["3 cells"] * 3 + ["6 cells"] * 3
     assert written["profile"].count("\n| `") == 10 and "Top 10 operators" in result.stdout
     train = [row for row in rows if row["group"] == "train"]
     sample = [row for row in rows if row["group"] == "sample"]
@@ -70,3 +68,19 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     evaluate = next(row for row in rows if row["group"] == "evaluate")
     assert evaluate["images"] == 16 and evaluate["seconds"] > 0
     assert "| train       | baseline fp32 eager, batch 8" in result.stdout
+
+
+def test_the_scale_benchmark_builds_finished_sweeps_and_times_each_phase(tmp_path):
+    """bench/scale.py at 15 cells (one size keeps it cheap): real status files and results, every cell done."""
+    out = tmp_path / "scale.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--cells", "15", "--json", str(out),
+                             "--keep", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    # 3 arms × 5 seeds × 1 learning rate: the snr arm shares the geometric networks, plus the table's task
+    assert [(row["cells"], row["tasks"]) for row in rows] == [(15, 10 + 15 + 1)]
+    assert all(row[key] > 0 for row in rows for key in ("plan", "write", "status", "table", "status_cpu"))
+    table = json.loads((tmp_path / "sweeps" / "sweep-15" / "table.json").read_text())
+    assert len(table["rows"]) == 3 and all(row["seeds_done"] == 5 for row in table["rows"])
+    assert "| --status, CPU s |" in result.stdout

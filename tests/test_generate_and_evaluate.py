@@ -15,7 +15,7 @@ import torch
 from hpc_ncsn.config import arm_overrides, load_config
 from hpc_ncsn.samples.shards import ShardError, file_sha256, read_manifest, read_shard
 from hpc_ncsn.samples.validation import validate_shard
-from helpers import TINY, free_port
+from helpers import TINY, UInt8Images, free_port
 
 pytestmark = pytest.mark.slow  # real processes: train.py, hpc-ncsn generate/evaluate, torchrun
 
@@ -253,7 +253,7 @@ def test_our_fid_matches_torch_fidelity_calculate_metrics(tmp_path, monkeypatch)
         stats.append(FeatureStats.empty(features.shape[1]).update(features).to_numpy())
     ours = frechet_distance(*stats[0], *stats[1])
     theirs = torch_fidelity.calculate_metrics(
-        input1=UInt8Dataset(first), input2=UInt8Dataset(second), fid=True, kid=True, kid_subset_size=100,
+        input1=UInt8Images(first), input2=UInt8Images(second), fid=True, kid=True, kid_subset_size=100,
         kid_subsets=10, feature_extractor="digits-classifier", cuda=False, verbose=False, cache=False,
         save_cpu_ram=True)
     # torch-fidelity takes the trace term from eigvals of the non-symmetric Σ1Σ2, ours from a symmetric
@@ -263,17 +263,6 @@ def test_our_fid_matches_torch_fidelity_calculate_metrics(tmp_path, monkeypatch)
     f2, _ = extract_features(extractor, second)
     kid, _ = kernel_inception_distance(f1.numpy(), f2.numpy(), subsets=10, subset_size=100)
     assert kid == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-5)
-
-
-class UInt8Dataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index]
 
 
 def test_evaluator_refuses_bad_images_with_the_reason(tmp_path):

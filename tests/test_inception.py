@@ -14,6 +14,7 @@ import torch
 
 from hpc_ncsn.evaluate.extractors import INCEPTION, extract_features, load_extractor
 from hpc_ncsn.evaluate.scores import FeatureStats, frechet_distance, inception_score, kernel_inception_distance
+from helpers import UInt8Images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from random_inception import write_random_inception  # noqa: E402
@@ -25,17 +26,6 @@ pytestmark = pytest.mark.slow  # Inception at 299×299 on a CPU
 @pytest.fixture(scope="module")
 def random_inception_weights(tmp_path_factory) -> str:
     return str(write_random_inception(tmp_path_factory.mktemp("inception") / "random-inception.pth"))
-
-
-class Images(torch.utils.data.Dataset):
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, index):
-        return self.images[index]
 
 
 def two_image_sets():
@@ -60,7 +50,7 @@ def test_evaluator_runs_torch_fidelity_inception_from_a_weights_file_and_agrees(
     kid, _ = kernel_inception_distance(f1.numpy(), f2.numpy(), subsets=10, subset_size=N // 2)
     isc, _ = inception_score(l1, splits=2)
     theirs = torch_fidelity.calculate_metrics(
-        input1=Images(first), input2=Images(second), fid=True, kid=True, isc=True, kid_subsets=10,
+        input1=UInt8Images(first), input2=UInt8Images(second), fid=True, kid=True, isc=True, kid_subsets=10,
         kid_subset_size=N // 2, isc_splits=2, feature_extractor=INCEPTION,
         feature_extractor_weights_path=random_inception_weights, cuda=False, verbose=False, cache=False,
         batch_size=8, save_cpu_ram=True)

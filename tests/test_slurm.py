@@ -1,6 +1,7 @@
 """launch/sweep.py --cluster slurm on a real Slurm started on this machine by slurm/local-cluster.sh.
 
-The cluster has two simulated nodes (two slurmd on this host). It is started once
+The cluster has two simulated nodes (two slurmd on this host) and a MaxArraySize of 8 (a
+site's low limit: a stage of more tasks is split into several arrays). It is started once
 for this module and stopped at the end, stopping exactly what the script started.
 Needs root (to install and run the daemons) or an already installed Slurm + munge.
 """
@@ -28,6 +29,7 @@ SWEEP = [*TINY, "generate.num_samples=20", "generate.shard_size=10"]
 # TINY's 6-level ladder (γ ≈ 3.9) is too coarse for the SNR rule at any r (the sampler audit refuses its snr arm);
 # these tests run it anyway, as a user may, through the flag that records it.
 UNSTABLE_OK = ["--allow-unstable-sampler", "snr"]
+MAX_ARRAY_SIZE = 8  # the cluster's MaxArraySize: the six-arm sweep's 12 cells need two sample arrays
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,8 @@ def cluster(tmp_path_factory):
         pytest.skip("needs root to install Slurm, or an installed slurmctld/slurmd/munge")
     folder = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "HPC_NCSN_SLURM_DIR": str(folder / "cluster")}
-    started = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", "2"], env=env, capture_output=True,
-                             text=True, timeout=600)
+    started = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", "2", "--max-array-size", str(MAX_ARRAY_SIZE)],
+                             env=env, capture_output=True, text=True, timeout=600)
     assert started.returncode == 0, started.stderr[-3000:]
     conf = str(folder / "cluster" / "slurm.conf")
     try:
@@ -73,12 +75,40 @@ def sweep(cluster: dict, out: Path, *args: str, timeout: int = 900, check: bool 
     return result
 
 
+def counting_squeue(folder: Path) -> tuple[dict, Path]:
+    """A PATH entry whose `squeue` notes who called it (the job's array id, or `launcher`) and runs the real one."""
+    calls, bin_dir = folder / "squeue-calls.txt", folder / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\necho "${{SLURM_ARRAY_JOB_ID:-${{SLURM_JOB_ID:-launcher}}}}" >> {calls}\n'
+                                    f'exec {shutil.which("squeue")} "$@"\n')
+    (bin_dir / "squeue").chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
 def test_sweep_of_six_arms_and_two_seeds_reaches_the_paired_table(cluster, tmp_path):
+    """... in arrays split to fit MaxArraySize, every task run once, Slurm asked once per poll of the sweep."""
     out = tmp_path / "sweep"
     arms = ["geometric", "linear", "snr", "linear-sampled", "edm", "ancestral"]
+    path, calls = counting_squeue(tmp_path)
     start = time.time()
-    result = sweep(cluster, out, "--schedules", ",".join(arms), "--seeds", "0,1", *SWEEP)
+    result = sweep({**cluster, **path}, out, "--schedules", ",".join(arms), "--seeds", "0,1", "--poll-s", "1",
+                   *SWEEP)
     print(f"slurm sweep 6 arms x 2 seeds: {time.time() - start:.1f} s")
+    # One squeue before submitting (jobs of an earlier launch to attach to?), then one per poll: each poll but the
+    # last (nothing live) prints a line at --poll-s 1. The jobs never ask, but the table's, once.
+    polls = [line for line in result.stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d .* job\(s\) live", line)]
+    callers = calls.read_text().split()
+    assert callers.count("launcher") == 1 + len(polls) + 1 and len(polls) >= 1, (callers, result.stdout)
+    aggregate_job = json.loads((out / "status" / "aggregate" / "table.json").read_text())["job_id"]
+    assert sorted(set(callers) - {"launcher"}) == [aggregate_job.split("_")[0]] and len(callers) == len(polls) + 3
+    status = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", "--out", str(out)],
+                            env={**os.environ, **cluster, **path}, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and len(calls.read_text().split()) == len(callers) + 1  # one for 17 tasks
+    # 12 cells > MaxArraySize: the sample stage in two arrays (8 + 4 tasks); every task ran once.
+    jobs = json.loads((out / "submitted.json").read_text())[0]["jobs"]
+    assert [len(jobs[stage]["arrays"]) for stage in ("train", "sample", "aggregate")] == [1, 2, 1]
+    assert sorted(set(jobs["sample"]["tasks"].values())) == sorted(
+        f"{array}_{index}" for array, count in zip(jobs["sample"]["arrays"], (8, 4)) for index in range(count))
     table = json.loads((out / "table.json").read_text())
     assert [(row["group"]["arm"], row["seeds_done"]) for row in table["rows"]] == [(arm, 2) for arm in arms]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -86,6 +116,7 @@ def test_sweep_of_six_arms_and_two_seeds_reaches_the_paired_table(cluster, tmp_p
     statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
     # trainings: geometric and linear per seed; every other arm samples the geometric network
     assert len(statuses) == 4 + 12 + 1 and all(s["state"] == "done" and s["job_id"] for s in statuses)
+    assert all(s["attempts"] == 1 for s in statuses) and len({s["job_id"] for s in statuses}) == 17
     paired = {c["arm"]: c["paired"] for c in table["comparisons"]}
     assert paired == {"linear": False, "snr": True, "linear-sampled": True, "edm": True, "ancestral": True}
     assert all(row["nfe"]["mean"] > 0 and row["precision"]["mean"] is not None for row in table["rows"])

@@ -10,6 +10,7 @@
     combine.py    several sweep folders whose cells differ only in the grid, as one table
     work.py       what a job runs: the body of each task type, status recorded, requeue on USR2
     local.py      the local driver (submitit's local and debug executors) and the --python check
+    limits.py     Slurm's MaxArraySize / MaxJobCount / MaxSubmitJobs: stages split into arrays that fit, or refused
     slurm.py      the Slurm driver (SlurmOptions → dependent job arrays, waiting, cancelling)
     profile.py    --profile FILE: the Slurm options in YAML, under the command line's flags; kept in sweep.json
     launch.py     the `sweep` command: its flags, translated once into records, and dispatch

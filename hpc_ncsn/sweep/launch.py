@@ -48,6 +48,7 @@ from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
 from ..config import ARMS, DEBUG_CONFIG, ConfigError, config_path
 from ..locks import FolderLock
 from . import scheduler, slurm
+from .limits import Limits, array_plan, read_limits
 from .local import check_python, run_here
 from .grow import EXTENDABLE, Decision, SweepMismatch, prepare, reconcile
 from .plan import ARM_AXIS, LEGACY_ARM_AXIS, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
@@ -158,6 +159,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             f"{SlurmOptions.signal_delay_s})")
     slurm.add_argument("--array-parallelism", type=int, default=None,
                        help=f"array tasks running at once (default {SlurmOptions.array_parallelism})")
+    slurm.add_argument("--max-array-size", type=int, default=None, metavar="N",
+                       help="Slurm's MaxArraySize: a stage of more tasks is split into arrays of at most N "
+                            "(default: what scontrol show config says, read once per launch)")
+    slurm.add_argument("--max-submit-jobs", type=int, default=None, metavar="N",
+                       help="the most jobs you may have queued at once (your QOS's MaxSubmitJobs, which scontrol "
+                            "does not show); a sweep that needs more is refused before anything is submitted "
+                            "(default: only slurm.conf's MaxJobCount)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch exclusive=true --sbatch reservation=ml "
                             "(repeatable)")
@@ -321,23 +329,33 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
                      poll_s=args.poll_s, script=script, profile=args.profile)
 
 
+def _print_arrays(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits, decision: Decision) -> None:
+    """--dry-run: each stage's arrays within Slurm's limits and the sbatch script of its first."""
+    stages = [(stage, decision.todo(tasks)) for stage, tasks in sweep.stages()]
+    for k, (stage, arrays, parallelism) in enumerate(array_plan(stages, limits, options.array_parallelism)):
+        params = slurm.slurm_parameters(options, stage, root.name) | {"array_parallelism": parallelism}
+        if k:
+            params["dependency"] = "afterany:<previous>"  # every array of the stage before
+        split = (f"{sum(map(len, arrays))} tasks in {len(arrays)} arrays of at most {limits.max_array_size} "
+                 f"(MaxArraySize, from {limits.source}), the first" if len(arrays) > 1 else "array")
+        print(f"--- {stage} stage: {split} of {len(arrays[0])} ---\n"
+              f"{slurm.sbatch_text(root, params, len(arrays[0]), options.python)}")
+
+
 def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
               wait: bool, poll_s: float, script: str, profile: Path | None = None) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
+    limits = read_limits(options.max_array_size, options.max_submit_jobs)  # once per launch
     if dry_run:
         print_plan(sweep, audits, decision)
-        for stage, tasks in sweep.stages():
-            params = slurm.slurm_parameters(options, stage, root.name)
-            if stage != sweep.stages()[0][0]:
-                params["dependency"] = "afterany:<previous>"
-            count = len(decision.todo(tasks))
-            print(f"--- {stage} stage: array of {count} ---\n{slurm.sbatch_text(root, params, count, options.python)}")
+        _print_arrays(root, sweep, options, limits, decision)
         return 0
-    slurm.check_submission(root, sweep, options)  # before anything is written
+    slurm.check_submission(root, sweep, options, limits)  # before anything is written
     cancel_hint = f"{script} --cancel --out {root}"
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        live = slurm.live_jobs(root, sweep, scheduler.queue())
+        queue = scheduler.queue()
+        live = slurm.live_jobs(root, sweep, queue)
         if live and decision.kind != "same":
             raise SweepMismatch(f"{root}: {len(live)} job(s) of its earlier submission are still queued or running, "
                                 f"and this command would {decision.kind.replace('+', ' and ')} the sweep; wait for them "
@@ -348,7 +366,7 @@ def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions
         else:
             prepare_folder(decision, audits)
             record_options(root, options, profile)
-            submitted = slurm.submit(root, sweep, options)
+            submitted = slurm.submit(root, sweep, options, limits, queued=len(queue or {}))
             if not submitted:
                 print("every task is done; nothing to submit")
     if not wait:

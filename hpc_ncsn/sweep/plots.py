@@ -13,7 +13,7 @@ import numpy as np
 from ..files import atomic_path, read_jsonl
 from .plan import ARM_AXIS, Plan, row_label
 
-__all__ = ["mean_over_seeds", "plot_all", "planned_files"]
+__all__ = ["PLOT_ROWS", "mean_over_seeds", "plot_all", "planned_files", "plotted"]
 
 
 def _figure(columns: int, width: float = 3.2, height: float = 3.0):
@@ -215,8 +215,24 @@ def _plot_heldout(sweep: Plan, cells: list, path: Path) -> bool:
     return True
 
 
+PLOT_ROWS = 24  # rows a plot shows at most (a figure of every row of a 1,000-row sweep is unreadable)
+
+
+def plotted(rows: list[dict], cells: list, comparisons: list[dict]) -> tuple[list[dict], list, list[dict]]:
+    """The first PLOT_ROWS rows of the table, their cells and the comparisons within them: what the plots show
+    (the table itself keeps every row). The figures' cost then stays bounded whatever the sweep's size."""
+    if len(rows) <= PLOT_ROWS:
+        return rows, cells, comparisons
+    shown = rows[:PLOT_ROWS]
+    groups = {tuple(row["group"].items()) for row in shown}
+    labels = {row_label(group) for group in groups}
+    return (shown, [cell for cell in cells if cell.group in groups],
+            [c for c in comparisons if row_label((("arm", c["arm"]), *c["setting"].items())) in labels])
+
+
 def plot_all(sweep: Plan, rows: list[dict], cells: list, comparisons: list[dict], root: Path) -> None:
-    """Every plot of the table into the sweep folder."""
+    """Every plot of the table into the sweep folder (of its first PLOT_ROWS rows: `plotted`)."""
+    rows, cells, comparisons = plotted(rows, cells, comparisons)
     _plot_fid(rows, cells, root / "fid.png")
     _plot_losses(sweep, cells, root / "loss_per_level.png")
     _plot_samples(cells, root / "samples.png")

@@ -7,12 +7,13 @@ tasks' own status files are what the sweep reconciles (hpc_ncsn.sweep.status.obs
 from __future__ import annotations
 
 import getpass
+import re
 import shutil
 import subprocess
 
 from ..errors import UserError
 
-__all__ = ["Refused", "cancel", "queue", "rename", "test_submission"]
+__all__ = ["Refused", "cancel", "config", "queue", "rename", "test_submission"]
 
 
 class Refused(UserError, RuntimeError):
@@ -32,6 +33,17 @@ def queue() -> dict[str, tuple[str, str]] | None:
         job, state, reason = (line.split("|") + ["", ""])[:3]
         jobs[job.strip()] = (state.strip(), reason.strip())
     return jobs
+
+
+def config() -> dict[str, str] | None:
+    """`scontrol show config` as {key: value} (MaxArraySize, MaxJobCount, ...); None without Slurm."""
+    try:
+        shown = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if shown.returncode:
+        return None
+    return {match[1]: match[2].strip() for match in re.finditer(r"^(\w+)\s*=\s*(.*)$", shown.stdout, re.MULTILINE)}
 
 
 def cancel(job_ids: list[str]) -> str | None:

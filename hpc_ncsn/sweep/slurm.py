@@ -24,6 +24,7 @@ from ..errors import UserError
 from ..files import atomic_write
 from ..locks import FolderLock, running, signal_holder
 from . import scheduler
+from .limits import Limits, array_plan
 from .plan import Plan
 from .status import describe, mark_cancelled, summary, todo
 from .tasks import AggregateTask, SampleTask, TrainTask
@@ -57,6 +58,8 @@ class SlurmOptions:
     setup: tuple[str, ...] = ()  # lines run before each task
     max_requeues: int = 5
     python: str | None = None  # the command that starts Python in each task (default: this interpreter)
+    max_array_size: int | None = None  # Slurm's MaxArraySize (default: scontrol show config's; hpc_ncsn.sweep.limits)
+    max_submit_jobs: int | None = None  # the user's MaxSubmitJobs (default: unknown; MaxJobCount still applies)
 
     def __post_init__(self):
         for key, low in _LOWEST.items():
@@ -145,11 +148,13 @@ def sbatch_text(root: Path, params: dict, count: int, python: str | None = None)
     return _make_sbatch_string(command=command, folder=root / "logs" / "%j", map_count=count, **params)
 
 
-def check_submission(root: Path, sweep: Plan, options: SlurmOptions) -> None:
-    """Ask Slurm (sbatch --test-only) whether it would take every stage's array; ConfigError naming why not."""
-    for stage, tasks in sweep.stages():
-        problem = scheduler.test_submission(sbatch_text(root, slurm_parameters(options, stage, root.name), len(tasks),
-                                                        options.python))
+def check_submission(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits) -> None:
+    """Ask Slurm (sbatch --test-only) whether it would take every stage's largest array; ConfigError naming why
+    not. Refused first, without asking, where the sweep holds more jobs than the limits allow."""
+    for stage, arrays, _ in array_plan([(stage, todo(root, tasks)) for stage, tasks in sweep.stages()], limits,
+                                       options.array_parallelism):
+        problem = scheduler.test_submission(sbatch_text(root, slurm_parameters(options, stage, root.name),
+                                                        len(arrays[0]), options.python))
         if problem:
             raise scheduler.Refused(f"Slurm refuses the {stage} jobs: {problem}; check --partition, --account, "
                                     "--qos, --constraint and the resources (nothing was submitted or written)")
@@ -163,7 +168,7 @@ def submitted_tasks(root: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
     for submission in json.loads(record.read_text()) if record.is_file() else []:
         for stage, jobs in submission["jobs"].items():
             latest.setdefault(stage, {}).update(jobs["tasks"])
-            arrays.append(jobs["array"])
+            arrays += jobs.get("arrays", [jobs["array"]])
     return latest, arrays
 
 
@@ -180,25 +185,30 @@ def live_jobs(root: Path, sweep: Plan, queue: dict | None) -> list[str]:
             and row["job_id"] in queue]
 
 
-def submit(root: Path, sweep: Plan, options: SlurmOptions) -> dict:
-    """Submit the stages' unfinished tasks as dependent job arrays; returns {stage: {'array', 'tasks'}}."""
+def submit(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits, queued: int = 0) -> dict:
+    """Submit the stages' unfinished tasks as dependent job arrays, each stage in as many arrays as `limits`
+    need (hpc_ncsn.sweep.limits.array_plan; Refused before the first sbatch where the sweep and the `queued`
+    jobs exceed them); returns {stage: {'array' (the first), 'arrays', 'tasks'}}."""
     import submitit
 
-    submitted, previous = {}, None
-    for stage, tasks in sweep.stages():
-        pending = todo(root, tasks)
-        if not pending:
-            continue
-        executor = submitit.SlurmExecutor(folder=root / "logs" / "%j", python=options.python)
-        params = slurm_parameters(options, stage, root.name)
-        if previous is not None:  # afterany: a failed task must not block its siblings' later stages
-            params["dependency"] = f"afterany:{previous}"
-        executor.update_parameters(**params)
-        job_options = JobOptions(max_requeues=options.max_requeues, name=params["job_name"])
-        jobs = executor.map_array(job, [str(root)] * len(pending), pending, [job_options] * len(pending))
-        previous = jobs[0].job_id.split("_")[0]
-        submitted[stage] = {"array": previous, "tasks": {task.name: j.job_id for task, j in zip(pending, jobs)}}
-        print(f"[{stage}] submitted array {previous}: {len(pending)} task(s)", flush=True)
+    submitted, previous = {}, []
+    for stage, arrays, parallelism in array_plan([(stage, todo(root, tasks)) for stage, tasks in sweep.stages()],
+                                                 limits, options.array_parallelism, queued):
+        ids, tasks = [], {}
+        for pending in arrays:
+            executor = submitit.SlurmExecutor(folder=root / "logs" / "%j", python=options.python)
+            params = slurm_parameters(options, stage, root.name) | {"array_parallelism": parallelism}
+            if previous:  # afterany: a failed task must not block its siblings' later stages
+                params["dependency"] = "afterany:" + ":".join(previous)
+            executor.update_parameters(**params)
+            job_options = JobOptions(max_requeues=options.max_requeues, name=params["job_name"])
+            jobs = executor.map_array(job, [str(root)] * len(pending), pending, [job_options] * len(pending))
+            ids.append(jobs[0].job_id.split("_")[0])
+            tasks |= {task.name: j.job_id for task, j in zip(pending, jobs)}
+        previous = ids
+        submitted[stage] = {"array": ids[0], "arrays": ids, "tasks": tasks}
+        print(f"[{stage}] submitted {'array' if len(ids) == 1 else 'arrays'} {', '.join(ids)}: {len(tasks)} task(s)",
+              flush=True)
     record = root / SUBMITTED
     history = json.loads(record.read_text()) if record.is_file() else []
     history.append({"time": time.time(), "jobs": submitted})
