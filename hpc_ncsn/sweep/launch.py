@@ -13,12 +13,18 @@ Stages, each a job array submitted with submitit, each depending on the one befo
 Rerunning the same command on the same --out skips finished tasks, reruns failed
 or unfinished ones (a training resumes from its checkpoint, a sampling keeps its
 valid shards) and rewrites the table. While jobs of the sweep are still queued or
-running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
-folder cannot run at once (a lock file, see docs/sweeps.md).
+running on Slurm, a rerun submits nothing and attaches to them (a different sweep is
+refused, live or not); two launchers on one folder cannot run at once (a lock file, see
+docs/sweeps.md).
 
 states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
 --cancel), preempted (USR2 and requeued), lost (the job vanished without a word:
-killed, out of memory, node failure). A rerun resumes cancelled and lost tasks.
+killed, out of memory, node failure; or a job that left the queue before its task
+started). A rerun resumes cancelled and lost tasks.
+
+exit status: 0 done (with --wait: every task done and the table written), 1 a task
+ended failed, cancelled or lost, 2 a refusal (one line), 3 Slurm did not answer for
+--scheduler-patience-s seconds (what is queued is unknown; the jobs may still run).
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
@@ -47,7 +54,7 @@ from . import scheduler, slurm
 from .local import check_python, run_here
 from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, audit_plan, plan
 from .slurm import SlurmOptions
-from .status import describe, format_status, todo, unfinished
+from .status import by_state, describe, format_status, todo
 
 __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
@@ -130,6 +137,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="wait until every job of the sweep has left the queue, with a one-line progress "
                             "summary every --poll-s seconds, then print the table (otherwise submit and return)")
     slurm.add_argument("--poll-s", type=float, default=60.0, help="--wait: seconds between progress lines")
+    slurm.add_argument("--scheduler-patience-s", type=float, default=600.0,
+                       help="--wait, --status: how long to keep asking a Slurm that does not answer (squeue fails: a "
+                            "busy or restarting controller), with growing pauses, before giving up with exit status "
+                            f"{scheduler.UNANSWERED_EXIT} (default %(default)s)")
     actions = parser.add_argument_group("actions")
     actions.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     actions.add_argument("--status", action="store_true", help="print every task's state and exit")
@@ -221,10 +232,19 @@ def _saved_plan(root: Path) -> Plan:
 
 def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> int:
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
+    try:
+        return _main(args, script)
+    except scheduler.Unanswered as error:  # not a refusal: the state of the jobs is unknown
+        print(f"error: {error}", file=sys.stderr)
+        return scheduler.UNANSWERED_EXIT
+
+
+def _main(args: argparse.Namespace, script: str) -> int:
     root = _sweep_root(args)
     if args.status:
-        latest, _ = slurm.submitted_tasks(root)
-        print(format_status(describe(_saved_plan(root), scheduler.queue(), latest)))  # the saved sweep
+        saved = _saved_plan(root)  # the saved sweep
+        queue = slurm.observed_queue(root, saved, args.scheduler_patience_s)
+        print(format_status(describe(saved, queue, slurm.submitted_tasks(root)[0])))
         return 0
     if args.cancel:
         print(slurm.cancel(root, _saved_plan(root)))
@@ -248,11 +268,11 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
                             timeout_min=args.timeout_min, max_requeues=args.max_requeues, python=args.python)
     return _on_slurm(root, spec, sweep, slurm_options(args), audits, dry_run=args.dry_run, wait=args.wait,
-                     poll_s=args.poll_s, script=script)
+                     poll_s=args.poll_s, patience_s=args.scheduler_patience_s, script=script)
 
 
 def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
-              wait: bool, poll_s: float, script: str) -> int:
+              wait: bool, poll_s: float, patience_s: float, script: str) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
     if dry_run:
         print_plan(sweep, audits)
@@ -267,12 +287,12 @@ def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, a
     cancel_hint = f"{script} --cancel --out {root}"
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        live = slurm.live_jobs(root, sweep, scheduler.queue())
+        prepare_folder(root, spec, audits)  # a different sweep is refused, live jobs or not
+        live = slurm.live_jobs(root, sweep, slurm.observed_queue(root, sweep, patience_s))
         if live:
             print(f"{len(live)} job(s) of an earlier submission are still queued or running; attaching to them "
                   f"instead of submitting again (status: {script} --status --out {root})", flush=True)
         else:
-            prepare_folder(root, spec, audits)
             submitted = slurm.submit(root, sweep, options)
             if not submitted:
                 print("every task is done; nothing to submit")
@@ -280,10 +300,17 @@ def _on_slurm(root: Path, spec: SweepSpec, sweep: Plan, options: SlurmOptions, a
         print(f"watch: {script} --status --out {root}   (or squeue --me)\ncancel: {cancel_hint}\n"
               "rerun the same command to resume what failed, was cancelled or was lost")
         return 0
-    rows = slurm.wait(root, sweep, poll_s, cancel_hint)
-    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    failed = unfinished(rows)
+    return _report(root, slurm.wait(root, sweep, poll_s, cancel_hint, patience_s))
+
+
+def _report(root: Path, rows: list[dict]) -> int:
+    """--wait's end: the table and one JSON line (the jobs, and every task under its state's key); 0 only when
+    every task is done and the table is written."""
+    table = root / "table.md"
+    print(table.read_text() if table.is_file() else "(no table)")
     latest, _ = slurm.submitted_tasks(root)
+    states = by_state(rows)
     print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
-                                                   for stage, ids in latest.items()}, "failed": failed}))
-    return 1 if failed else 0
+                                                   for stage, ids in latest.items()},
+                      "table": str(table) if table.is_file() else None, **states}))
+    return 0 if table.is_file() and len(states["done"]) == len(rows) else 1

@@ -3,9 +3,12 @@
 The driver takes a `SlurmOptions` record (what lands in the sbatch scripts), built once by
 the sweep command from its flags. Every poll of the whole sweep asks Slurm once
 (`scheduler.queue()`: one squeue) and reconciles every task's recorded status with it;
-the jobs themselves never query the scheduler. `submitted.json` keeps every submission
-(the array ids and which job each task was), so a rerun attaches to live jobs instead of
-submitting again.
+the jobs themselves never query the scheduler. A query Slurm does not answer is retried
+(scheduler.patient_queue), never read as "nothing is live"; a task whose job left the queue
+without a word is recorded `cancelled` or `lost` once (status.record_vanished).
+`submitted.json` keeps every submission (the array ids and which job each task was),
+rewritten after each sbatch, so a rerun attaches to live jobs instead of submitting again
+and an interrupted launcher leaves no job unrecorded.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from ..files import atomic_write
 from ..locks import FolderLock
 from . import scheduler
 from .plan import Plan
-from .status import describe, mark_cancelled, summary, todo
+from .status import describe, mark_cancelled, read_status, record_vanished, summary, todo, vanished
 from .tasks import AggregateTask, SampleTask, TrainTask
 from .work import JobOptions, job
 
-__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "sbatch_text", "slurm_parameters", "submit",
-           "submitted_tasks", "wait"]
+__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "observed_queue", "sbatch_text",
+           "slurm_parameters", "submit", "submitted_tasks", "wait"]
 
 SUBMITTED = "submitted.json"
 
@@ -145,11 +148,43 @@ def live_jobs(root: Path, sweep: Plan, queue: dict | None) -> list[str]:
             and row["job_id"] in queue]
 
 
+def observed_queue(root: Path, sweep: Plan, patience_s: float) -> scheduler.Queue | None:
+    """The queue of a sweep submitted to Slurm (one squeue, asked again while Slurm does not answer:
+    scheduler.patient_queue; None for a sweep never submitted there), with the final
+    state of every task whose job vanished without a word recorded (once; sacct only for jobs the controller
+    has forgotten, where the cluster keeps accounting)."""
+    latest, _ = submitted_tasks(root)
+    if not latest:  # never submitted to Slurm (a local sweep, or nothing yet): nothing to ask
+        return None
+    queue = scheduler.patient_queue(patience_s, say=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}",
+                                                                       flush=True))
+    if queue is None:
+        return None
+    tasks = [task for _, stage_tasks in sweep.stages() for task in stage_tasks]
+    jobs = [(task, latest.get(task.stage, {}).get(task.name)) for task in tasks]
+    forgotten = [job for task, job in jobs if job not in queue.ended
+                 and vanished(read_status(root, task), queue, job) is not None]
+    queue.ended.update(scheduler.final_states(forgotten))
+    for name in record_vanished(root, tasks, queue, latest):
+        print(f"{time.strftime('%H:%M:%S')} {name}: its job left the queue before the task started; recorded",
+              flush=True)
+    return queue
+
+
+def _record_submission(root: Path, history: list, entry: dict) -> None:
+    """Rewrite submitted.json: the earlier submissions and this one as far as it got (atomically)."""
+    atomic_write(root / SUBMITTED, json.dumps([*history, entry], indent=2) + "\n")
+
+
 def submit(root: Path, sweep: Plan, options: SlurmOptions) -> dict:
-    """Submit the stages' unfinished tasks as dependent job arrays; returns {stage: {'array', 'tasks'}}."""
+    """Submit the stages' unfinished tasks as dependent job arrays; returns {stage: {'array', 'tasks'}}.
+    submitted.json records each array as soon as sbatch took it."""
     import submitit
 
+    record = root / SUBMITTED
+    history = json.loads(record.read_text()) if record.is_file() else []
     submitted, previous = {}, None
+    entry = {"time": time.time(), "jobs": submitted}
     for stage, tasks in sweep.stages():
         pending = todo(root, tasks)
         if not pending:
@@ -163,21 +198,18 @@ def submit(root: Path, sweep: Plan, options: SlurmOptions) -> dict:
         jobs = executor.map_array(job, [str(root)] * len(pending), pending, [job_options] * len(pending))
         previous = jobs[0].job_id.split("_")[0]
         submitted[stage] = {"array": previous, "tasks": {task.name: j.job_id for task, j in zip(pending, jobs)}}
+        _record_submission(root, history, entry)  # before the next sbatch: a Ctrl-C there loses no job
         print(f"[{stage}] submitted array {previous}: {len(pending)} task(s)", flush=True)
-    record = root / SUBMITTED
-    history = json.loads(record.read_text()) if record.is_file() else []
-    history.append({"time": time.time(), "jobs": submitted})
-    atomic_write(record, json.dumps(history, indent=2) + "\n")
     return submitted
 
 
-def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str) -> list[dict]:
+def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str, patience_s: float = 600.0) -> list[dict]:
     """Until none of the sweep's jobs is queued or running: a one-line summary every `poll_s` seconds.
-    Returns the final status rows."""
+    Returns the final status rows; scheduler.Unanswered when Slurm did not answer for `patience_s` seconds."""
     latest, _ = submitted_tasks(root)
     last_line = 0.0
     while True:
-        queue = scheduler.queue()
+        queue = observed_queue(root, sweep, patience_s)
         rows = describe(sweep, queue, latest)
         live = [row["job_id"] for row in rows if row["state"] in LIVE and queue and row["job_id"] in queue]
         if not live:
