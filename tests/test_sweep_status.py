@@ -62,6 +62,10 @@ def test_a_slurm_job_that_left_the_queue_before_its_task_started_is_cancelled_or
     earlier = TaskStatus("train", "t", "failed", job_id="3_0", scheduler="slurm", error="ValueError: x")
     assert observe(earlier, queue, "7_0")[0] == "cancelled"
     assert observe(TaskStatus("train", "t", "done", job_id="7_0", scheduler="slurm"), queue, "7_0")[0] == "done"
+    # A record by --cancel of an earlier queued job (no job id) is older than the job that vanished since; a local
+    # run's record (a job id, no scheduler) is newer than any Slurm submission.
+    assert observe(TaskStatus("train", "t", "cancelled"), queue, "7_1")[0] == "lost"
+    assert observe(TaskStatus("train", "t", "done", job_id="4242"), queue, "7_1")[0] == "done"
     # Without a queue (no Slurm, or it did not answer) nothing is concluded.
     assert observe(None, None, "7_0") == ("pending", "not run yet")
 

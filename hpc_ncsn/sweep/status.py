@@ -248,8 +248,8 @@ def vanished(status: TaskStatus | None, queue: dict | None, queued: str | None) 
     """
     if queue is None or queued is None or queued in queue:
         return None
-    if status is not None and (status.job_id == queued or status.scheduler != "slurm"):
-        return None  # the task wrote about this job, or ran since without Slurm
+    if status is not None and (status.job_id == queued or (status.scheduler is None and status.job_id is not None)):
+        return None  # the task wrote about this job, or ran since without Slurm (a local job)
     ended = getattr(queue, "ended", {}).get(queued)
     rerun = "; rerun the sweep to run it"
     if ended == "CANCELLED":
