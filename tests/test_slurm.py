@@ -480,8 +480,8 @@ exec {shutil.which("sbatch")} "$@"
     sbatch.chmod(0o755)
     env = {**os.environ, **cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     interrupted = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out",
-                                  str(out), *UNSTABLE_OK, *ONE, *LATER, *SWEEP], env=env, capture_output=True, text=True,
-                                 timeout=300)
+                                  str(out), *UNSTABLE_OK, *ONE, *LATER, *SWEEP], env=env, capture_output=True,
+                                 text=True, timeout=300)
     assert interrupted.returncode == 130, interrupted.stdout[-2000:] + interrupted.stderr[-2000:]
     submitted = json.loads((out / "submitted.json").read_text())
     assert [list(entry["jobs"]) for entry in submitted] == [["train"]]
