@@ -282,6 +282,7 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
                                  json.loads((out / "submitted.json").read_text())[-1]["jobs"].values()]],
                    env={**os.environ, **cluster}, check=True)
     wait_for(lambda: status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))
+    wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")  # a loaded node completes slowly
     time.sleep(15)  # long enough for a requeued job to come back (cred_expire=10)
     assert not squeue(cluster), "a cancelled job came back"
     stopped = status_of(out)
