@@ -243,7 +243,8 @@ def _main(args: argparse.Namespace, script: str) -> int:
     root = _sweep_root(args)
     if args.status:
         saved = _saved_plan(root)  # the saved sweep
-        queue = slurm.observed_queue(root, saved, args.scheduler_patience_s)
+        queue = slurm.observed_queue(root, saved, args.scheduler_patience_s,  # stdout: the table alone
+                                     say=lambda line: print(line, file=sys.stderr, flush=True))
         print(format_status(describe(saved, queue, slurm.submitted_tasks(root)[0])))
         return 0
     if args.cancel:

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..config import ConfigError
 from ..files import atomic_write
@@ -148,16 +149,20 @@ def live_jobs(root: Path, sweep: Plan, queue: dict | None) -> list[str]:
             and row["job_id"] in queue]
 
 
-def observed_queue(root: Path, sweep: Plan, patience_s: float) -> scheduler.Queue | None:
+def _stamped(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def observed_queue(root: Path, sweep: Plan, patience_s: float,
+                   say: Callable[[str], None] = _stamped) -> scheduler.Queue | None:
     """The queue of a sweep submitted to Slurm (one squeue, asked again while Slurm does not answer:
     scheduler.patient_queue; None for a sweep never submitted there), with the final
     state of every task whose job vanished without a word recorded (once; sacct only for jobs the controller
-    has forgotten, where the cluster keeps accounting)."""
+    has forgotten, where the cluster keeps accounting). `say` gets the retries and what was recorded."""
     latest, _ = submitted_tasks(root)
     if not latest:  # never submitted to Slurm (a local sweep, or nothing yet): nothing to ask
         return None
-    queue = scheduler.patient_queue(patience_s, say=lambda line: print(f"{time.strftime('%H:%M:%S')} {line}",
-                                                                       flush=True))
+    queue = scheduler.patient_queue(patience_s, say=say)
     if queue is None:
         return None
     tasks = [task for _, stage_tasks in sweep.stages() for task in stage_tasks]
@@ -166,8 +171,7 @@ def observed_queue(root: Path, sweep: Plan, patience_s: float) -> scheduler.Queu
                  and vanished(read_status(root, task), queue, job) is not None]
     queue.ended.update(scheduler.final_states(forgotten))
     for name in record_vanished(root, tasks, queue, latest):
-        print(f"{time.strftime('%H:%M:%S')} {name}: its job left the queue before the task started; recorded",
-              flush=True)
+        say(f"{name}: its job left the queue before the task started; recorded")
     return queue
 
 
