@@ -205,6 +205,7 @@ def test_the_queue_is_asked_by_the_launcher_and_the_table_never_by_a_job_about_i
             continue
         tree = ast.parse(PACKAGE.joinpath(*name.split(".")).with_suffix(".py").read_text())
         calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
-        if calls & {"scheduler.queue", "queue", "scheduler_queue"} and name != "sweep.scheduler":
+        asks = {"scheduler.queue", "queue", "scheduler_queue", "scheduler.patient_queue", "slurm.observed_queue"}
+        if calls & asks and name != "sweep.scheduler":
             callers.add(name)
     assert callers == {"sweep.launch", "sweep.slurm", "sweep.aggregate"}

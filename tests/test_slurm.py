@@ -318,6 +318,7 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
                                  json.loads((out / "submitted.json").read_text())[-1]["jobs"].values()]],
                    env={**os.environ, **cluster}, check=True)
     wait_for(lambda: status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))
+    wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")  # a loaded node completes slowly
     time.sleep(15)  # long enough for a requeued job to come back (cred_expire=10)
     assert not squeue(cluster), "a cancelled job came back"
     stopped = status_of(out)
@@ -350,7 +351,7 @@ def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, u
     os.kill(running["pid"], signal.SIGKILL)  # an OOM kill: nothing is written
     stdout, stderr = waiting.communicate(timeout=300)
     assert waiting.returncode == 1, stdout[-2000:] + stderr[-2000:]
-    assert "train/arm-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["failed"]
+    assert "train/arm-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["lost"]
     assert re.search(r"^\d\d:\d\d:\d\d train: 1 \w+; sample: 1 \w+; aggregate: 1 \w+; \d job\(s\) live; cancel: ",
                      stdout, re.M)  # --wait's one-line progress
     lines = sweep(cluster, out, "--status").stdout.splitlines()
@@ -431,3 +432,127 @@ def test_a_cluster_that_started_munged_leaves_it_to_another_cluster_that_uses_it
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.split("\n") == ["munge answers", "idle", "munged stopped", ""], done.stdout + done.stderr
     assert "munged left running: cluster ncsn" in done.stderr
+
+
+# "Is it done?" answered right: an unanswering controller, a scancel of queued jobs, a changed sweep, a Ctrl-C ------
+
+LATER = ["--sbatch", "begin=now+3600"]  # every job waits in the queue (BeginTime) until the test releases it
+
+
+def release(cluster: dict, *arrays: str) -> None:
+    """Let the held-back (LATER) jobs of these arrays start now."""
+    for array in arrays:
+        subprocess.run(["scontrol", "update", f"JobId={array}", "StartTime=now"], env={**os.environ, **cluster},
+                       check=True, capture_output=True)
+
+
+def arrays(out: Path) -> dict[str, str]:
+    """{stage: array id} of the sweep's one submission."""
+    submitted = json.loads((out / "submitted.json").read_text())
+    assert len(submitted) == 1
+    return {stage: jobs["array"] for stage, jobs in submitted[0]["jobs"].items()}
+
+
+def lines_until(process: subprocess.Popen, pattern: str) -> str:
+    """Read the launcher's stdout until a line matches `pattern` (re.search); what was read."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if re.search(pattern, line):
+            return "".join(seen)
+    raise AssertionError(f"the launcher ended without a line matching {pattern!r}: {''.join(seen)[-2000:]}"
+                         f"{process.stderr.read()[-2000:]}")
+
+
+PROGRESS = r"^\d\d:\d\d:\d\d train: .* job\(s\) live; cancel: "
+
+
+def test_wait_rides_out_a_controller_that_does_not_answer_and_a_short_patience_gives_up_in_one_line(cluster,
+                                                                                                    tmp_path):
+    out = tmp_path / "sweep"
+    patient = launch(cluster, out, *ONE, "--wait", "--poll-s", "1", *LATER, *SWEEP)
+    lines_until(patient, PROGRESS)
+    impatient = launch(cluster, out, *ONE, "--wait", "--poll-s", "1", "--scheduler-patience-s", "1", *LATER, *SWEEP)
+    assert "attaching" in lines_until(impatient, PROGRESS)  # the jobs wait in the queue all along
+    controller = int((Path(cluster["HPC_NCSN_SLURM_DIR"]) / "slurmctld.pid").read_text())
+    os.kill(controller, signal.SIGSTOP)  # the controller this module started stops answering
+    try:
+        stdout, stderr = impatient.communicate(timeout=300)
+    finally:
+        os.kill(controller, signal.SIGCONT)
+    assert impatient.returncode == 3, stdout[-2000:] + stderr[-2000:]
+    assert len(stderr.strip().splitlines()) == 1 and "Slurm did not answer for" in stderr and "squeue: " in stderr
+    assert "Slurm did not answer (squeue: " in stdout  # it asked again before giving up
+    # The patient launcher is still waiting; what ends its wait is the jobs' end (here a scancel of them all, which
+    # keeps the test short), and it says so: not done, no table, exit 1.
+    assert patient.poll() is None
+    subprocess.run(["scancel", *arrays(out).values()], env={**os.environ, **cluster}, check=True)
+    stdout, stderr = patient.communicate(timeout=300)
+    assert patient.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "Slurm did not answer (squeue: " in stdout
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["cancelled"] == ["aggregate/table", "sample/arm-geometric_seed-0", "train/arm-geometric_seed-0"]
+    assert summary["done"] == [] and summary["table"] is None
+
+
+def test_a_scancel_of_queued_jobs_is_recorded_and_a_changed_sweep_on_the_live_folder_is_refused(cluster, tmp_path):
+    out = tmp_path / "sweep"
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}  # threads: the allocation's
+    waiting = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out",
+                                str(out), *UNSTABLE_OK, *ONE, "--wait", "--poll-s", "2", "--cpus-per-task", "2",
+                                *LATER, *SWEEP], env={**env, **cluster}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines_until(waiting, PROGRESS)
+    # Another arm, or another train.steps, while the jobs are queued: refused, nothing submitted.
+    for arms, steps in (("geometric,linear", 4), ("geometric", 5)):
+        other = sweep(cluster, out, "--arms", arms, "--seeds", "0", *LATER, *SWEEP, f"train.steps={steps}",
+                      wait=False, check=False)
+        assert other.returncode == 2 and "holds another sweep" in other.stderr, other.stdout + other.stderr
+        assert len(other.stderr.strip().splitlines()) == 1
+    stages = arrays(out)
+    assert set(squeue(cluster)) >= set(stages.values())  # still live
+    # A plain scancel of the queued sampling job: recorded, the sweep does not end as done.
+    subprocess.run(["scancel", stages["sample"]], env={**os.environ, **cluster}, check=True)
+    release(cluster, stages["train"], stages["aggregate"])
+    stdout, stderr = waiting.communicate(timeout=600)
+    assert waiting.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["cancelled"] == ["sample/arm-geometric_seed-0"] and summary["failed"] == summary["lost"] == []
+    assert summary["done"] == ["aggregate/table", "train/arm-geometric_seed-0"]
+    recorded = status_of(out, "sample")
+    job = json.loads((out / "submitted.json").read_text())[0]["jobs"]["sample"]["tasks"]["arm-geometric_seed-0"]
+    assert recorded["state"] == "cancelled" and recorded["job_id"] == job
+    assert "cancelled before the task started" in recorded["error"]
+    table = json.loads((out / "table.json").read_text())
+    assert table["complete"] is False and "**Incomplete:** 1 of 1 cells" in (out / "table.md").read_text()
+    row = sweep(cluster, out, "--status").stdout.splitlines()[2]
+    assert row.split()[:3] == ["sample", "arm-geometric_seed-0", "cancelled"]
+    assert status_of(out)["threads"] == 2  # --cpus-per-task 2: what the training chose, recorded
+
+
+def test_a_launcher_interrupted_between_two_sbatch_leaves_its_jobs_recorded_for_status_and_cancel(cluster,
+                                                                                                   tmp_path):
+    out, bin_dir = tmp_path / "sweep", tmp_path / "bin"
+    bin_dir.mkdir()
+    sbatch = bin_dir / "sbatch"  # the real sbatch; before the second real submission, a Ctrl-C to the launcher
+    sbatch.write_text(f"""#!/bin/sh
+for arg in "$@"; do [ "$arg" = --test-only ] && exec {shutil.which("sbatch")} "$@"; done
+if [ -e {tmp_path}/one ]; then kill -INT $PPID; sleep 10; exit 1; fi
+touch {tmp_path}/one
+exec {shutil.which("sbatch")} "$@"
+""")
+    sbatch.chmod(0o755)
+    env = {**os.environ, **cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    interrupted = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out",
+                                  str(out), *UNSTABLE_OK, *ONE, *LATER, *SWEEP], env=env, capture_output=True,
+                                 text=True, timeout=300)
+    assert interrupted.returncode == 130, interrupted.stdout[-2000:] + interrupted.stderr[-2000:]
+    submitted = json.loads((out / "submitted.json").read_text())
+    assert [list(entry["jobs"]) for entry in submitted] == [["train"]]
+    job = submitted[0]["jobs"]["train"]["tasks"]["arm-geometric_seed-0"]
+    assert job in squeue(cluster)
+    assert job in sweep(cluster, out, "--status").stdout.splitlines()[1]
+    assert "cancelled 1 job(s)" in sweep(cluster, out, "--cancel").stdout
+    wait_for(lambda: job not in squeue(cluster), timeout=120, what="the job to leave the queue")
+    wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
+             and status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))

@@ -239,6 +239,8 @@ def test_local_tasks_run_side_by_side_with_the_cpus_shared_among_them(finished):
     at_once = min(visible, 8)  # one task per CPU, at most 8
     for metrics in (out / "cells").glob("*/samples/metrics.json"):
         assert json.loads(metrics.read_text())["environment"]["threads_per_process"] == visible // at_once
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*/*.json")]
+    assert {status["threads"] for status in statuses} == {visible // at_once}  # what each task chose, recorded
 
 
 def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go_on(tmp_path):

@@ -4,7 +4,9 @@ import subprocess
 import sys
 import time
 
-from hpc_ncsn.sweep.status import TaskStatus, observe
+from hpc_ncsn.sweep.scheduler import Queue
+from hpc_ncsn.sweep.status import TaskStatus, observe, read_status, record_vanished
+from hpc_ncsn.sweep.tasks import TrainTask
 
 
 def dead_pid() -> int:
@@ -46,3 +48,34 @@ def test_final_and_queued_states():
     requeued = TaskStatus("train", "t", "preempted", job_id="5_0", scheduler="slurm")
     assert observe(requeued, {"5_0": ("PENDING", "BeginTime")})[0] == "preempted"
     assert observe(requeued, {})[0] == "lost"
+
+
+def test_a_slurm_job_that_left_the_queue_before_its_task_started_is_cancelled_or_lost_not_pending():
+    queue = Queue({}, ended={"7_0": "CANCELLED", "7_1": "NODE_FAIL"})
+    state, detail = observe(None, queue, "7_0")
+    assert state == "cancelled" and "7_0" in detail and "scancel" in detail
+    state, detail = observe(None, queue, "7_1")
+    assert state == "lost" and "NODE_FAIL" in detail
+    state, detail = observe(None, Queue(), "7_2")  # the controller has forgotten it
+    assert state == "lost" and "no longer says why" in detail
+    # An earlier attempt's record does not hide that the newer job vanished; the task's own record of it does.
+    earlier = TaskStatus("train", "t", "failed", job_id="3_0", scheduler="slurm", error="ValueError: x")
+    assert observe(earlier, queue, "7_0")[0] == "cancelled"
+    assert observe(TaskStatus("train", "t", "done", job_id="7_0", scheduler="slurm"), queue, "7_0")[0] == "done"
+    # A record by --cancel of an earlier queued job (no job id) is older than the job that vanished since; a local
+    # run's record (a job id, no scheduler) is newer than any Slurm submission.
+    assert observe(TaskStatus("train", "t", "cancelled"), queue, "7_1")[0] == "lost"
+    assert observe(TaskStatus("train", "t", "done", job_id="4242"), queue, "7_1")[0] == "done"
+    # Without a queue (no Slurm, or it did not answer) nothing is concluded.
+    assert observe(None, None, "7_0") == ("pending", "not run yet")
+
+
+def test_a_vanished_job_is_recorded_once_and_keeps_its_state_when_slurm_forgets_it(tmp_path):
+    tasks = [TrainTask("a", tmp_path / "a", {}), TrainTask("b", tmp_path / "b", {})]
+    submitted = {"train": {"a": "7_0", "b": "7_1"}}
+    queue = Queue({"7_1": ("RUNNING", "None")}, ended={"7_0": "CANCELLED"})
+    assert record_vanished(tmp_path, tasks, queue, submitted) == ["train/a"]
+    assert record_vanished(tmp_path, tasks, queue, submitted) == []  # said once
+    recorded = read_status(tmp_path, tasks[0])
+    assert recorded.state == "cancelled" and recorded.job_id == "7_0" and read_status(tmp_path, tasks[1]) is None
+    assert observe(recorded, Queue(), "7_0")[0] == "cancelled"  # forgotten by the controller: still cancelled

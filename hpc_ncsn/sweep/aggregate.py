@@ -4,7 +4,8 @@ One row per group of cells that differ only in the seed (one arm, for the
 noise-schedule ablation): mean, sample standard deviation and 95% confidence
 interval over seeds (Student t, n−1 degrees of freedom) of FID, KID and IS, with
 the number of samples per cell. A cell that failed, is still running or was never
-run stays in the table as such. The same inputs give byte-identical tables.
+run stays in the table as such, and the table says it is incomplete (table.json's
+"complete", a line under table.md's rows). The same inputs give byte-identical tables.
 
 Each row also carries what it cost and what the samples' features say beyond FID:
 network evaluations per sample (NFE), training images, wall seconds, the held-out
@@ -33,6 +34,7 @@ from ..files import atomic_write
 from ..stats import compare_to_baseline, t_quantile
 from .plan import ARM_AXIS, AUDIT_FILE, Plan, SweepSpec, plan, row_label
 from .plots import mean_over_seeds, plot_all
+from .scheduler import Unanswered
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 from .tasks import CURVE, SampleTask
@@ -241,6 +243,16 @@ def compare(rows: list[dict], cells: list[CellResult], spec: SweepSpec) -> list[
     return found
 
 
+def _incomplete(cells: list[CellResult]) -> str:
+    """The line that marks a table of an unfinished sweep ('' when every cell is done)."""
+    missing = [cell for cell in cells if cell.state != "done"]
+    if not missing:
+        return ""
+    return (f"**Incomplete:** {len(missing)} of {len(cells)} cells not done ("
+            + ", ".join(f"{cell.name}: {cell.state}" for cell in missing)
+            + "); rerun the sweep to finish them, which rewrites this table.")
+
+
 def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
              seconds: list[dict] | None = None) -> str:
     """table.md; `seconds`: summarize's wall seconds beside each row (– where not given)."""
@@ -256,6 +268,8 @@ def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] 
                      f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'} | {_fmt(fid['mean'])} | "
                      f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} |"
                      f"{best} {'; '.join(row['problems']) or ''} |")
+    if _incomplete(cells):
+        lines += ["", _incomplete(cells)]
     if comparisons:
         lines += ["", f"Against {comparisons[0]['baseline']}, FID difference (arm − baseline; lower is better), "
                       "paired by seed where the arms share networks:", "",
@@ -322,7 +336,10 @@ def aggregate(root: Path, plots: bool = True) -> dict:
 def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = True) -> dict:
     """The table of the cells of `sweeps` (one sweep folder, or several that hpc_ncsn.sweep.combine joined
     under `spec`, the union of their grids) into `out`; table.json names the folders where there are several."""
-    queue = scheduler_queue()
+    try:
+        queue = scheduler_queue()
+    except Unanswered:  # the status files alone then say what each cell is
+        queue = None
     cells = [cell for sweep in sweeps for cell in collect(sweep, queue)]
     rows, seconds = summarize(cells)
     comparisons = compare(rows, cells, spec)
@@ -334,7 +351,8 @@ def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = Tr
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train, "extra": c.extra}
                                      | ({"over_training": list(c.over_training)} if c.over_training else {})
                                      for c in cells],
-             "comparisons": comparisons, "audit": audits}
+             "comparisons": comparisons, "audit": audits,
+             "complete": all(c.state == "done" for c in cells)}
     table |= {"sweeps": [str(sweep.root) for sweep in sweeps]} if len(sweeps) > 1 else {}
     atomic_write(out / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     atomic_write(out / "table.csv", csv_text(rows))

@@ -16,12 +16,17 @@ valid shards) and rewrites the table. While jobs of the sweep are still queued o
 running on Slurm, a rerun submits nothing and attaches to them; two launchers on one
 folder cannot run at once (a lock file, see docs/sweeps.md). More seeds, arms or axis
 values (after the saved ones) grow the sweep: only the new cells run; --extend
-train.steps=N trains its networks longer; anything else is refused in one line, by
---dry-run too (hpc_ncsn.sweep.grow; docs/sweeps.md, Growing a sweep).
+train.steps=N trains its networks longer; anything else (a different sweep, live
+or not) is refused in one line, by --dry-run too (hpc_ncsn.sweep.grow; docs/sweeps.md, Growing a sweep).
 
 states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel or
 --cancel), preempted (USR2 and requeued), lost (the job vanished without a word:
-killed, out of memory, node failure). A rerun resumes cancelled and lost tasks.
+killed, out of memory, node failure; or a job that left the queue before its task
+started). A rerun resumes cancelled and lost tasks.
+
+exit status: 0 done (with --wait: every task done and the table written), 1 a task
+ended failed, cancelled or lost, 2 a refusal (one line), 3 Slurm did not answer for
+--scheduler-patience-s seconds (what is queued is unknown; the jobs may still run).
 
 examples:
   python launch/sweep.py                                   # the local debug sweep on digits
@@ -42,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
@@ -55,7 +61,7 @@ from .plan import ARM_AXIS, LEGACY_ARM_AXIS, SEED_AXIS, Plan, SweepSpec, audit_p
 from .plots import planned_files
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
-from .status import describe, format_status, unfinished
+from .status import by_state, describe, format_status
 
 __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
@@ -178,6 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="wait until every job of the sweep has left the queue, with a one-line progress "
                             "summary every --poll-s seconds, then print the table (otherwise submit and return)")
     slurm.add_argument("--poll-s", type=float, default=60.0, help="--wait: seconds between progress lines")
+    slurm.add_argument("--scheduler-patience-s", type=float, default=600.0,
+                       help="--wait, --status: how long to keep asking a Slurm that does not answer (squeue fails: a "
+                            "busy or restarting controller), with growing pauses, before giving up with exit status "
+                            f"{scheduler.UNANSWERED_EXIT} (default %(default)s)")
     actions = parser.add_argument_group("actions")
     actions.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     actions.add_argument("--status", action="store_true", help="print every task's state and exit")
@@ -297,11 +307,21 @@ def _saved_plan(root: Path) -> Plan:
 
 def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> int:
     """The sweep command on parsed arguments (hpc_ncsn.cli parses them)."""
+    try:
+        return _main(args, script)
+    except scheduler.Unanswered as error:  # not a refusal: the state of the jobs is unknown
+        print(f"error: {error}", file=sys.stderr)
+        return scheduler.UNANSWERED_EXIT
+
+
+def _main(args: argparse.Namespace, script: str) -> int:
     check_numbers(args)
     root = _sweep_root(args)
     if args.status:
-        latest, _ = slurm.submitted_tasks(root)
-        print(format_status(describe(_saved_plan(root), scheduler.queue(), latest)))  # the saved sweep
+        saved = _saved_plan(root)  # the saved sweep
+        queue = slurm.observed_queue(root, saved, args.scheduler_patience_s,  # stdout: the table alone
+                                     say=lambda line: print(line, file=sys.stderr, flush=True))
+        print(format_status(describe(saved, queue, slurm.submitted_tasks(root)[0])))
         return 0
     if args.cancel:
         print(slurm.cancel(root, _saved_plan(root)))
@@ -326,7 +346,8 @@ def main(args: argparse.Namespace, script: str = "python launch/sweep.py") -> in
             return run_here(root, sweep, args.cluster, parallel=args.local_parallel,
                             timeout_min=args.timeout_min, max_requeues=options.max_requeues, python=options.python)
     return _on_slurm(root, decision, sweep, options, audits, dry_run=args.dry_run, wait=args.wait,
-                     poll_s=args.poll_s, script=script, profile=args.profile)
+                     poll_s=args.poll_s, patience_s=args.scheduler_patience_s, script=script,
+                     profile=args.profile)
 
 
 def _print_arrays(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits, decision: Decision) -> None:
@@ -343,7 +364,7 @@ def _print_arrays(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits
 
 
 def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions, audits: dict, *, dry_run: bool,
-              wait: bool, poll_s: float, script: str, profile: Path | None = None) -> int:
+              wait: bool, poll_s: float, patience_s: float, script: str, profile: Path | None = None) -> int:
     """--cluster slurm: print the plan and the sbatch scripts (dry run), or submit (or attach) and maybe wait."""
     limits = read_limits(options.max_array_size, options.max_submit_jobs)  # once per launch
     if dry_run:
@@ -354,7 +375,9 @@ def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions
     cancel_hint = f"{script} --cancel --out {root}"
     with FolderLock(root, "sweep", what="launch/sweep.py --cluster slurm (submitting)", fields={"cluster": "slurm"},
                     fix="retry in a moment"):
-        queue = scheduler.queue()
+        queue = slurm.observed_queue(root, sweep, patience_s)
+        if queue is None:  # never submitted from here: the user's other jobs still count against Slurm's limits
+            queue = scheduler.patient_queue(patience_s)
         live = slurm.live_jobs(root, sweep, queue)
         if live and decision.kind != "same":
             raise SweepMismatch(f"{root}: {len(live)} job(s) of its earlier submission are still queued or running, "
@@ -373,10 +396,17 @@ def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions
         print(f"watch: {script} --status --out {root}   (or squeue --me)\ncancel: {cancel_hint}\n"
               "rerun the same command to resume what failed, was cancelled or was lost")
         return 0
-    rows = slurm.wait(root, sweep, poll_s, cancel_hint)
-    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    failed = unfinished(rows)
+    return _report(root, slurm.wait(root, sweep, poll_s, cancel_hint, patience_s))
+
+
+def _report(root: Path, rows: list[dict]) -> int:
+    """--wait's end: the table and one JSON line (the jobs, and every task under its state's key); 0 only when
+    every task is done and the table is written."""
+    table = root / "table.md"
+    print(table.read_text() if table.is_file() else "(no table)")
     latest, _ = slurm.submitted_tasks(root)
+    states = by_state(rows)
     print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
-                                                   for stage, ids in latest.items()}, "failed": failed}))
-    return 1 if failed else 0
+                                                   for stage, ids in latest.items()},
+                      "table": str(table) if table.is_file() else None, **states}))
+    return 0 if table.is_file() and len(states["done"]) == len(rows) else 1

@@ -1,7 +1,12 @@
 """What the sweep asks Slurm directly (submitit submits): the queue, cancellation, and a dry submission.
 
-Without accounting (slurmdbd) `sacct` is unavailable, so the queue (`squeue`) and the
-tasks' own status files are what the sweep reconciles (hpc_ncsn.sweep.status.observe).
+The queue (`squeue --states=all`, one call for the whole sweep) holds the live jobs and, for
+as long as the controller remembers them (MinJobAge, 300 s by default), the final state of
+those that ended; the tasks' own status files are what the sweep reconciles with it
+(hpc_ncsn.sweep.status.observe). A job that ended longer ago is asked of `sacct` once,
+where the cluster keeps accounting (slurmdbd). A query that fails (a busy, restarting or
+stopped controller: "Socket timed out on send/recv operation") raises `Unanswered`: it
+never reads as "nothing is queued".
 """
 
 from __future__ import annotations
@@ -10,29 +15,94 @@ import getpass
 import re
 import shutil
 import subprocess
+import time
+from typing import Callable
 
 from ..errors import UserError
 
-__all__ = ["Refused", "cancel", "config", "queue", "rename", "test_submission"]
+__all__ = ["ENDED", "UNANSWERED_EXIT", "Queue", "Refused", "Unanswered", "cancel", "config", "final_states", "patient_queue",
+           "queue", "rename", "test_submission"]
+
+# squeue's states of a job that has left the queue for good (a requeued job passes through REQUEUED and PENDING).
+ENDED = frozenset({"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                   "PREEMPTED", "REVOKED", "TIMEOUT"})
+UNANSWERED_EXIT = 3  # the sweep command's exit status when Slurm did not answer within --scheduler-patience-s
 
 
 class Refused(UserError, RuntimeError):
     """Slurm would not take the jobs (a wrong partition, account, QOS, or too many resources); nothing was sent."""
 
 
-def queue() -> dict[str, tuple[str, str]] | None:
-    """{job id: (state, reason)} of this user's jobs, array tasks one by one ('123_4'); None without Slurm."""
+class Unanswered(UserError, RuntimeError):
+    """Slurm did not answer a query; what is queued is unknown (not: nothing is queued)."""
+
+
+class Queue(dict):
+    """{job id: (state, reason)} of this user's queued and running jobs, array tasks one by one ('123_4');
+    `ended`: {job id: final state} of the jobs that left the queue and that the controller still remembers."""
+
+    def __init__(self, live=(), ended: dict[str, str] | None = None):
+        super().__init__(live)
+        self.ended = dict(ended or {})
+
+
+def _complaint(done: subprocess.CompletedProcess, command: str) -> str:
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+    return f"{command}: {lines[-1] if lines else f'exited with {done.returncode}'}"
+
+
+def queue() -> Queue | None:
+    """This user's jobs (one squeue); None where there is no Slurm; Unanswered when squeue fails."""
     if shutil.which("squeue") is None:
         return None
-    listed = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
+    listed = subprocess.run(["squeue", "-h", "-r", "--states=all", "-u", getpass.getuser(), "-o", "%i|%T|%r"],
                             capture_output=True, text=True)
     if listed.returncode:
-        return None
-    jobs = {}
+        raise Unanswered(_complaint(listed, "squeue"))
+    found = Queue()
     for line in listed.stdout.splitlines():
-        job, state, reason = (line.split("|") + ["", ""])[:3]
-        jobs[job.strip()] = (state.strip(), reason.strip())
-    return jobs
+        job, state, reason = (part.strip() for part in (line.split("|") + ["", ""])[:3])
+        if state in ENDED:
+            found.ended[job] = state
+        else:
+            found[job] = (state, reason)
+    return found
+
+
+def patient_queue(patience_s: float, say: Callable[[str], None] = print) -> Queue | None:
+    """queue(), asked again after 1, 2, 4 … (at most 60) s while Slurm does not answer; Unanswered once it has
+    not answered for `patience_s` seconds since the first failure (after one retry at least)."""
+    delay, first = 1.0, None
+    while True:
+        try:
+            return queue()
+        except Unanswered as error:
+            first = first if first is not None else time.monotonic()
+            waited = time.monotonic() - first
+            if waited >= patience_s and delay > 1:
+                raise Unanswered(f"Slurm did not answer for {waited:.0f} s ({error}); what is queued is unknown, "
+                                 "the jobs may still run: check with squeue --me, then rerun with --wait or --status "
+                                 "(or raise --scheduler-patience-s)") from None
+            say(f"Slurm did not answer ({error}); asking again in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(2 * delay, 60.0)
+
+
+def final_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: final state} from accounting (one sacct) for jobs the controller no longer remembers; {} where
+    the cluster keeps no accounting (sacct: "accounting storage is disabled") or sacct fails."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    listed = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(job_ids)],
+                            capture_output=True, text=True)
+    if listed.returncode or "disabled" in listed.stderr:
+        return {}
+    states = {}
+    for line in listed.stdout.splitlines():
+        job, _, state = line.partition("|")
+        if state.split():  # "CANCELLED by 1000": the state is the first word
+            states[job.strip()] = state.split()[0]
+    return {job: state for job, state in states.items() if job in job_ids and state in ENDED}
 
 
 def config() -> dict[str, str] | None:

@@ -3,9 +3,12 @@
 The driver takes a `SlurmOptions` record (what lands in the sbatch scripts), built once by
 the sweep command from its flags. Every poll of the whole sweep asks Slurm once
 (`scheduler.queue()`: one squeue) and reconciles every task's recorded status with it;
-the jobs themselves never query the scheduler. `submitted.json` keeps every submission
-(the array ids and which job each task was), so a rerun attaches to live jobs instead of
-submitting again.
+the jobs themselves never query the scheduler. A query Slurm does not answer is retried
+(scheduler.patient_queue), never read as "nothing is live"; a task whose job left the queue
+without a word is recorded `cancelled` or `lost` once (status.record_vanished).
+`submitted.json` keeps every submission (the array ids and which job each task was),
+rewritten after each sbatch, so a rerun attaches to live jobs instead of submitting again
+and an interrupted launcher leaves no job unrecorded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..config import ConfigError
 from ..errors import UserError
@@ -26,12 +30,12 @@ from ..locks import FolderLock, running, signal_holder
 from . import scheduler
 from .limits import Limits, array_plan
 from .plan import Plan
-from .status import describe, mark_cancelled, summary, todo
+from .status import describe, mark_cancelled, read_status, record_vanished, summary, todo, vanished
 from .tasks import AggregateTask, SampleTask, TrainTask
 from .work import JobOptions, job
 
-__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "sbatch_text", "slurm_parameters", "submit",
-           "submitted_tasks", "wait"]
+__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "observed_queue", "sbatch_text",
+           "slurm_parameters", "submit", "submitted_tasks", "wait"]
 
 SUBMITTED = "submitted.json"
 
@@ -185,13 +189,48 @@ def live_jobs(root: Path, sweep: Plan, queue: dict | None) -> list[str]:
             and row["job_id"] in queue]
 
 
+def _stamped(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+
+def observed_queue(root: Path, sweep: Plan, patience_s: float,
+                   say: Callable[[str], None] = _stamped) -> scheduler.Queue | None:
+    """The queue of a sweep submitted to Slurm (one squeue, asked again while Slurm does not answer:
+    scheduler.patient_queue; None for a sweep never submitted there), with the final
+    state of every task whose job vanished without a word recorded (once; sacct only for jobs the controller
+    has forgotten, where the cluster keeps accounting). `say` gets the retries and what was recorded."""
+    latest, _ = submitted_tasks(root)
+    if not latest:  # never submitted to Slurm (a local sweep, or nothing yet): nothing to ask
+        return None
+    queue = scheduler.patient_queue(patience_s, say=say)
+    if queue is None:
+        return None
+    tasks = [task for _, stage_tasks in sweep.stages() for task in stage_tasks]
+    jobs = [(task, latest.get(task.stage, {}).get(task.name)) for task in tasks]
+    forgotten = [job for task, job in jobs if job not in queue.ended
+                 and vanished(read_status(root, task), queue, job) is not None]
+    queue.ended.update(scheduler.final_states(forgotten))
+    for name in record_vanished(root, tasks, queue, latest):
+        say(f"{name}: its job left the queue before the task started; recorded")
+    return queue
+
+
+def _record_submission(root: Path, history: list, entry: dict) -> None:
+    """Rewrite submitted.json: the earlier submissions and this one as far as it got (atomically)."""
+    atomic_write(root / SUBMITTED, json.dumps([*history, entry], indent=2) + "\n")
+
+
 def submit(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits, queued: int = 0) -> dict:
     """Submit the stages' unfinished tasks as dependent job arrays, each stage in as many arrays as `limits`
     need (hpc_ncsn.sweep.limits.array_plan; Refused before the first sbatch where the sweep and the `queued`
-    jobs exceed them); returns {stage: {'array' (the first), 'arrays', 'tasks'}}."""
+    jobs exceed them); returns {stage: {'array' (the first), 'arrays', 'tasks'}}. submitted.json records each
+    array as soon as sbatch took it."""
     import submitit
 
+    record = root / SUBMITTED
+    history = json.loads(record.read_text()) if record.is_file() else []
     submitted, previous = {}, []
+    entry = {"time": time.time(), "jobs": submitted}
     for stage, arrays, parallelism in array_plan([(stage, todo(root, tasks)) for stage, tasks in sweep.stages()],
                                                  limits, options.array_parallelism, queued):
         ids, tasks = [], {}
@@ -205,24 +244,21 @@ def submit(root: Path, sweep: Plan, options: SlurmOptions, limits: Limits, queue
             jobs = executor.map_array(job, [str(root)] * len(pending), pending, [job_options] * len(pending))
             ids.append(jobs[0].job_id.split("_")[0])
             tasks |= {task.name: j.job_id for task, j in zip(pending, jobs)}
+            submitted[stage] = {"array": ids[0], "arrays": ids, "tasks": tasks}
+            _record_submission(root, history, entry)  # before the next sbatch: a Ctrl-C there loses no job
         previous = ids
-        submitted[stage] = {"array": ids[0], "arrays": ids, "tasks": tasks}
         print(f"[{stage}] submitted {'array' if len(ids) == 1 else 'arrays'} {', '.join(ids)}: {len(tasks)} task(s)",
               flush=True)
-    record = root / SUBMITTED
-    history = json.loads(record.read_text()) if record.is_file() else []
-    history.append({"time": time.time(), "jobs": submitted})
-    atomic_write(record, json.dumps(history, indent=2) + "\n")
     return submitted
 
 
-def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str) -> list[dict]:
+def wait(root: Path, sweep: Plan, poll_s: float, cancel_hint: str, patience_s: float = 600.0) -> list[dict]:
     """Until none of the sweep's jobs is queued or running: a one-line summary every `poll_s` seconds.
-    Returns the final status rows."""
+    Returns the final status rows; scheduler.Unanswered when Slurm did not answer for `patience_s` seconds."""
     latest, _ = submitted_tasks(root)
     last_line = 0.0
     while True:
-        queue = scheduler.queue()
+        queue = observed_queue(root, sweep, patience_s)
         rows = describe(sweep, queue, latest)
         live = [row["job_id"] for row in rows if row["state"] in LIVE and queue and row["job_id"] in queue]
         if not live:

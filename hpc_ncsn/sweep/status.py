@@ -1,5 +1,7 @@
 """Task states: what each task of a sweep did, written by the task itself and reconciled with reality.
 
+(Longer than ~300 lines for one concept: a task's state as written and as observed, and its views.)
+
 `status/<stage>/<task>.json` holds the recorded state, the attempts, where and as which
 job it ran, its log, its progress, a heartbeat, and the error with its traceback.
 `run_tracked` wraps a task body so that the file is right whatever happens to the
@@ -17,6 +19,10 @@ the pid where the task ran on this host, and the heartbeat's age otherwise:
     cancelled  stopped by SIGTERM (scancel, --cancel); a rerun resumes it
     preempted  stopped by USR2 and requeued; runs again when the scheduler starts it
     lost       its job is gone without a final state (killed, OOM, node failure); a rerun resumes it
+
+A Slurm job that left the queue before its task wrote a word (a plain `scancel` of a
+queued job, a job that failed at start) is `cancelled` or `lost` by the final state the
+scheduler gives (`vanished`), and the launcher records that once (`record_vanished`).
 """
 
 from __future__ import annotations
@@ -37,20 +43,22 @@ from ..locks import pid_alive
 from ..preemption import Preempted
 from .tasks import AggregateTask, NotRun, Task
 
-__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "TaskStatus", "describe", "format_status", "mark_cancelled", "observe",
-           "read_status", "run_tracked", "status_path", "todo", "unfinished", "write_status"]
+__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "STATES", "TaskStatus", "by_state", "describe", "format_status",
+           "mark_cancelled", "observe", "read_status", "record_vanished", "run_tracked", "status_path", "todo",
+           "vanished", "write_status"]
 
 HEARTBEAT_S = float(os.environ.get("HPC_NCSN_HEARTBEAT_S", 30))
 LOST_AFTER_S = max(5 * HEARTBEAT_S, 60.0)  # a running task that has not written for this long is lost
 FINAL = ("done", "failed", "cancelled")
 NOT_DONE = ("failed", "cancelled", "lost")  # what makes a sweep end unfinished
+STATES = ("pending", "running", "done", "failed", "cancelled", "preempted", "lost")
 
 
 @dataclass
 class TaskStatus:
     stage: str
     task: str
-    state: str  # running | done | failed | cancelled | preempted (see the module doc)
+    state: str  # running | done | failed | cancelled | preempted | lost (see the module doc)
     started: float = 0.0
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
@@ -63,6 +71,7 @@ class TaskStatus:
     attempts: int = 1
     heartbeat: float | None = None
     progress: dict | None = None  # {"done", "total", "unit"}; "first": what was done when this attempt started
+    threads: int | None = None  # torch's intra-op threads this attempt chose (hpc_ncsn.distributed.match_threads)
 
     @property
     def seconds(self) -> float:
@@ -141,18 +150,18 @@ class _Heartbeat:
 
 
 def run_tracked(root: Path, task: Task, body: Callable[[], object], *, job_id: str | None = None,
-                scheduler: str | None = None, log: str | None = None,
+                scheduler: str | None = None, log: str | None = None, threads: int | None = None,
                 attempt_check: Callable[[TaskStatus | None], str | None] | None = None):
     """Run `body()` with the task's status recorded: running (with heartbeats), then done, failed (with the
     traceback), cancelled or preempted; exceptions are re-raised. `attempt_check(previous)` may return a
-    reason to fail the task without running it (the requeue cap)."""
+    reason to fail the task without running it (the requeue cap). `threads`: what the job chose, recorded."""
     if not is_main_process():
         return body()
     root = Path(root)
     previous = read_status(root, task)
     progress = _progress(root, task)
     status = TaskStatus(task.stage, task.name, "running", started=time.time(), job_id=job_id, scheduler=scheduler,
-                        log=log,
+                        log=log, threads=threads,
                         attempts=(previous.attempts + 1) if previous else 1, heartbeat=time.time(),
                         progress={**progress, "first": progress["done"]} if progress else None)
     refusal = attempt_check(previous) if attempt_check else None
@@ -195,6 +204,9 @@ def observe(status: TaskStatus | None, queue: dict[str, tuple[str, str]] | None,
     if queue is not None and queued is not None and queued in queue and (status is None or status.job_id != queued):
         state, reason = queue[queued]  # submitted again, not started yet
         return ("running", "starting") if state == "RUNNING" else ("pending", f"{state.lower()} ({reason})")
+    gone = vanished(status, queue, queued)
+    if gone is not None:
+        return gone
     if status is None:
         return "pending", "not run yet"
     detail = status.error or ""
@@ -202,7 +214,7 @@ def observe(status: TaskStatus | None, queue: dict[str, tuple[str, str]] | None,
     if status.state == "cancelled" and status.scheduler == "slurm" and queue is not None and job in queue \
             and queue[job][0] in ("PENDING", "REQUEUED"):
         return "pending", "stopped by SIGTERM, and Slurm requeued it (scontrol requeue or a preemption)"
-    if status.state in FINAL:
+    if status.state in FINAL or status.state == "lost":  # lost: recorded by record_vanished
         return status.state, detail
     if status.state == "preempted":
         if status.scheduler == "slurm" and queue is not None and job not in queue:
@@ -227,6 +239,43 @@ def observe(status: TaskStatus | None, queue: dict[str, tuple[str, str]] | None,
     return "running", ""
 
 
+def vanished(status: TaskStatus | None, queue: dict | None, queued: str | None) -> tuple[str, str] | None:
+    """(state, detail) of a task whose latest Slurm job `queued` left the queue before the task recorded anything
+    of it (a plain scancel of a queued job, a job that failed at start), else None.
+
+    The final state comes from the queue's `ended` (hpc_ncsn.sweep.scheduler.Queue): CANCELLED is `cancelled`,
+    any other end, or none known, is `lost`.
+    """
+    if queue is None or queued is None or queued in queue:
+        return None
+    if status is not None and (status.job_id == queued or (status.scheduler is None and status.job_id is not None)):
+        return None  # the task wrote about this job, or ran since without Slurm (a local job)
+    ended = getattr(queue, "ended", {}).get(queued)
+    rerun = "; rerun the sweep to run it"
+    if ended == "CANCELLED":
+        return "cancelled", f"its job {queued} was cancelled before the task started (scancel){rerun}"
+    if ended is None:
+        return "lost", (f"its job {queued} left the queue before the task started, and Slurm no longer says why "
+                        f"(cancelled, or failed at start){rerun}")
+    return "lost", f"its job {queued} ended {ended} before the task started (see its log){rerun}"
+
+
+def record_vanished(root: Path, tasks: list[Task], queue: dict | None, submitted: dict) -> list[str]:
+    """Write the final state of every task whose latest job vanished (`vanished`), so that it is said once and
+    stays said when the scheduler forgets the job; 'stage/task' of those written."""
+    written = []
+    for task in tasks:
+        queued = submitted.get(task.stage, {}).get(task.name)
+        previous = read_status(root, task)
+        gone = vanished(previous, queue, queued)
+        if gone is not None:
+            write_status(root, TaskStatus(task.stage, task.name, gone[0], started=time.time(), finished=time.time(),
+                                          job_id=queued, scheduler="slurm", error=gone[1],
+                                          attempts=previous.attempts if previous else 0))
+            written.append(f"{task.stage}/{task.name}")
+    return written
+
+
 def describe(sweep, queue: dict | None = None, submitted: dict | None = None) -> list[dict]:
     """Every task of a plan (hpc_ncsn.sweep.plan.Plan) with its observed state, for the status view."""
     rows = []
@@ -237,9 +286,10 @@ def describe(sweep, queue: dict | None = None, submitted: dict | None = None) ->
             state, detail = observe(status, queue, queued)
             progress = status.progress if status else None
             seconds = status.seconds if status else None
-            if state == "lost":  # it stopped at its last heartbeat
+            if state == "lost" and status is not None:  # it stopped at its last heartbeat
                 seconds = (status.heartbeat or status.started) - status.started
-            newer = queue is not None and queued in queue and (status is None or status.job_id != queued)
+            newer = (queue is not None and queued in queue and (status is None or status.job_id != queued)
+                     or vanished(status, queue, queued) is not None)
             rows.append({"stage": stage, "task": task.name, "state": state, "detail": detail,
                          "attempts": status.attempts if status else 0,
                          "job_id": queued if newer else (status.job_id if status else None) or queued,
@@ -294,6 +344,7 @@ def summary(rows: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def unfinished(rows: list[dict]) -> list[str]:
-    """'stage/task' of every row that ended without being done."""
-    return sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] in NOT_DONE)
+def by_state(rows: list[dict]) -> dict[str, list[str]]:
+    """{state: sorted 'stage/task' of the rows in it} for every state (the final summary's keys)."""
+    return {state: sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] == state)
+            for state in STATES}

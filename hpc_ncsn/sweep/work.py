@@ -50,7 +50,7 @@ def job(root: str, task: Task, options: JobOptions):
     env = submitit.JobEnvironment()
     if env.num_tasks > 1:  # one process per GPU (or CPU slot): torch.distributed's variables for Accelerate
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    setup_process(options.cpus)
+    threads = setup_process(options.cpus)  # recorded in the task's status
     on_slurm = bool(os.environ.get("SLURM_JOB_ID"))
     if on_slurm and is_main_process() and options.name:
         scheduler.rename(env.job_id, f"{options.name}:{task.name}")  # squeue tells the cells apart
@@ -67,7 +67,8 @@ def job(root: str, task: Task, options: JobOptions):
         log = None
     try:
         return run_tracked(Path(root), task, lambda: run(Path(root), task), job_id=env.job_id,
-                           scheduler="slurm" if on_slurm else None, log=log, attempt_check=attempt_check)
+                           scheduler="slurm" if on_slurm else None, log=log, threads=threads,
+                           attempt_check=attempt_check)
     except preemption.Preempted as stop:
         if not (on_slurm and stop.requeue):
             raise
