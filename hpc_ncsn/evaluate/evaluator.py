@@ -185,13 +185,14 @@ def evaluate(source: Path, data: DataConfig, settings: EvaluateConfig, *, images
     feature vectors); `save_stats`: write the samples' μ/Σ there; `cache_dir`: where
     reference statistics are cached (default: the shared cache's reference/).
     """
+    rank, world, _ = process_group()
+    pieces = source_pieces(source, data, images, rank, world)  # the source checked first: a missing one is named
     for path, what, flag in ((out, "the report", "--out"), (save_stats, "the statistics", "--save-stats")):
         if path is not None:  # before anything is computed (a read-only sample folder: the default report's)
             require_writable(path, what, f"write it elsewhere (hpc-ncsn evaluate {flag} FILE)")
-    rank, world, _ = process_group()
     job = Scoring(data, settings, Path(cache_dir) if cache_dir else default_cache_dir() / "reference", out,
                   reference_npz, save_stats)
-    return score_pieces(source, *source_pieces(source, data, images, rank, world), job)
+    return score_pieces(source, *pieces, job)
 
 
 def source_pieces(source: Path, data: DataConfig, images: bool, rank: int, world: int):
