@@ -279,8 +279,10 @@ def cancel(root: Path, sweep: Plan) -> str:
         if running(holder) is None:
             raise UserError(f"{root}: its local sweep runs on host {holder.get('host')} (pid {holder.get('pid')}); "
                             "run --cancel there")
-    queue = scheduler.queue()
     latest, arrays = submitted_tasks(root)
+    if not latest:  # never submitted to Slurm: no job to ask about
+        return "no job of this sweep is queued or running"
+    queue = scheduler.queue()
     live = live_jobs(root, sweep, queue)
     if not live:
         return "no job of this sweep is queued or running"
