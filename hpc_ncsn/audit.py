@@ -199,6 +199,8 @@ class AuditRecord:
     limit: float = END_NOISE_LIMIT
     overridden: bool = False
     kind: str = "langevin"
+    gamma: float = 0.0  # the ladder's largest ratio σ_i/σ_{i+1}
+    span: float = 0.0  # σ_1/σ_L
     reason: str = ""  # why an unsettled chain runs anyway: the arm's design (config.Arm) or the user's override
 
     @property
@@ -222,6 +224,12 @@ class AuditRecord:
     def message(self, flag: str = OVERRIDE_FLAG) -> str:
         """The one-line refusal: the arm, its end noise, r_min and the ways out."""
         ways = []
+        if self.kind != "langevin" and self.steps_per_level == 0:  # no Langevin step: only the ladder is to blame
+            levels = 1 + math.ceil(math.log(self.span) / math.log(self.limit) - 1e-9)  # γ ≤ the limit
+            return (f"arm {self.arm}: with the exact score its {self.kind} chain ends at {self.end_noise:.3g} σ_L "
+                    f"(limit {self.limit:g} σ_L; its ladder's largest ratio γ = {self.gamma:.3g}: each step lands about a "
+                    f"level behind); sample on a finer ladder (sampler.ladder=geometric sampler.num_levels >= "
+                    f"{levels + 1}), or pass {flag} {self.arm.split(',')[0]} to run it anyway")
         if self.step_rule == "snr":
             bound = ("" if self.r_min is None else ", no r up to 4 settles it" if math.isinf(self.r_min)
                      else f", r_min = {self.r_min:.3f}")
@@ -272,6 +280,7 @@ def audit(sigmas: Sequence[float], *, step_rule: str, steps: int, step_lr: float
         num_levels=len(sigmas), end_noise=level_noise[-1], level_noise=level_noise, r_min=bound, r_needed=needed,
         steps_needed=_smallest_steps(lambda t: end_noise(sigmas, step_rule=step_rule, steps=t, **rule) <= limit)
         if kind == "langevin" else None, limit=limit, kind=kind,
+        gamma=max(high / low for high, low in zip(sigmas, sigmas[1:])), span=sigmas[0] / sigmas[-1],
     )
 
 

@@ -206,6 +206,20 @@ def test_other_samplers_maps_match_simulation(kind, rule, corrector, data_varian
         assert expected[-1] == pytest.approx(simulated[-1], rel=0.01)
 
 
+def test_an_ancestral_sampler_on_a_coarse_ladder_ends_a_level_behind_and_the_message_names_a_ladder_that_settles():
+    config = load_config(None, [*arm_overrides("ancestral"), "noise.sigma_max=8.5", "noise.sigma_min=0.01",
+                                "noise.num_levels=6"])  # γ = 850^(1/5) = 3.85
+    record = audit_config(config, arm="ancestral")
+    assert record.end_noise == pytest.approx(850 ** 0.2, rel=0.02) and not record.stable
+    with pytest.raises(UnstableSampler) as refused:
+        check(record)
+    message = str(refused.value)
+    assert "largest ratio γ = 3.85" in message and "sampler.num_levels >= 9" in message
+    finer = load_config(None, [*arm_overrides("ancestral"), "noise.sigma_max=8.5", "noise.sigma_min=0.01",
+                               "noise.num_levels=6", "sampler.ladder=geometric", "sampler.num_levels=9"])
+    assert audit_config(finer, arm="ancestral").stable  # the way out the message names does settle
+
+
 def test_an_ancestral_corrector_too_large_is_refused_like_a_langevin_chain():
     config = load_config("configs/fashion.yaml", ["sampler.kind=ancestral", "sampler.corrector_steps=1",
                                                   "sampler.step_lr=2e-4"])  # a = ε/σ_L² = 2 at σ_L: no contraction
