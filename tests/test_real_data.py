@@ -207,12 +207,11 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
 
 
 def test_fetched_weights_that_disappeared_are_named_not_a_traceback(cache, tmp_path):
-    from hpc_ncsn.evaluate.inception import WeightsError, prepared_default
+    from hpc_ncsn.evaluate.inception import WeightsError, load_weights, prepared_default
 
     copy = tmp_path / "cache"
     shutil.copytree(cache / "inception", copy / "inception")
-    record = next((copy / "inception").glob("pt_inception-*.json"))
-    moved = json.loads(record.read_text()) | {"path": str(copy / "inception" / "gone.pth")}
-    record.write_text(json.dumps(moved))
+    for weights in (copy / "inception").glob("*.pth"):  # the checked copy the fetch made, deleted since
+        weights.unlink()
     with pytest.raises(WeightsError, match="are gone; run 'hpc-ncsn fetch inception --from FILE' again"):
-        prepared_default(copy)
+        load_weights(prepared_default(copy))
