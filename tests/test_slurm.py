@@ -503,11 +503,13 @@ def test_a_scancel_of_queued_jobs_is_recorded_and_a_changed_sweep_on_the_live_fo
                                 *LATER, *SWEEP], env={**env, **cluster}, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     lines_until(waiting, PROGRESS)
-    # Another arm, or another train.steps, while the jobs are queued: refused, nothing submitted.
-    for arms, steps in (("geometric,linear", 4), ("geometric", 5)):
+    # Another arm (a growth) or another train.steps (an extension not asked for) while the jobs are queued:
+    # refused, nothing submitted.
+    for arms, steps, refusal in (("geometric,linear", 4, "are still queued or running, and this command would grow"),
+                                 ("geometric", 5, "--extend train.steps=5")):
         other = sweep(cluster, out, "--arms", arms, "--seeds", "0", *LATER, *SWEEP, f"train.steps={steps}",
                       wait=False, check=False)
-        assert other.returncode == 2 and "holds another sweep" in other.stderr, other.stdout + other.stderr
+        assert other.returncode == 2 and refusal in other.stderr, other.stdout + other.stderr
         assert len(other.stderr.strip().splitlines()) == 1
     stages = arrays(out)
     assert set(squeue(cluster)) >= set(stages.values())  # still live
