@@ -539,15 +539,18 @@ def test_a_launcher_interrupted_between_two_sbatch_leaves_its_jobs_recorded_for_
     sbatch = bin_dir / "sbatch"  # the real sbatch; before the second real submission, a Ctrl-C to the launcher
     sbatch.write_text(f"""#!/bin/sh
 for arg in "$@"; do [ "$arg" = --test-only ] && exec {shutil.which("sbatch")} "$@"; done
-if [ -e {tmp_path}/one ]; then kill -INT $PPID; sleep 10; exit 1; fi
+if [ -e {tmp_path}/one ]; then kill -INT $PPID; sleep 3; exit 1; fi
 touch {tmp_path}/one
 exec {shutil.which("sbatch")} "$@"
 """)
     sbatch.chmod(0o755)
     env = {**os.environ, **cluster, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    # As from a terminal: SIGINT at its default, whatever this test process inherited (a background job's SIGINT
+    # is ignored, and Python then installs no KeyboardInterrupt handler).
     interrupted = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out",
                                   str(out), *UNSTABLE_OK, *ONE, *LATER, *SWEEP], env=env, capture_output=True,
-                                 text=True, timeout=300)
+                                 text=True, timeout=300,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert interrupted.returncode == 130, interrupted.stdout[-2000:] + interrupted.stderr[-2000:]
     submitted = json.loads((out / "submitted.json").read_text())
     assert [list(entry["jobs"]) for entry in submitted] == [["train"]]
