@@ -201,10 +201,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     return merge_options(read_profile(args.profile) if args.profile else {}, flags)
 
 
-# The numeric flags' lower bounds (a flag left unset keeps its default).
-_AT_LEAST = {"max_requeues": 0, "signal_delay_s": 0, "gpus_per_node": 0, "local_parallel": 1, "timeout_min": 1,
-             "time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "tasks_per_node": 1,
-             "cpus_per_task": 1, "mem_gb": 1, "array_parallelism": 1}
+# The numeric flags' lower bounds (a flag left unset keeps its default): the Slurm driver's, and the launcher's own.
+_AT_LEAST = {**slurm.LOWEST, "local_parallel": 1, "timeout_min": 1}
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -34,7 +34,7 @@ from .status import describe, mark_cancelled, read_status, record_vanished, summ
 from .tasks import AggregateTask, SampleTask, TrainTask
 from .work import JobOptions, job
 
-__all__ = ["SlurmOptions", "cancel", "check_submission", "live_jobs", "observed_queue", "sbatch_text",
+__all__ = ["LOWEST", "SlurmOptions", "cancel", "check_submission", "live_jobs", "observed_queue", "sbatch_text",
            "slurm_parameters", "submit", "submitted_tasks", "wait"]
 
 SUBMITTED = "submitted.json"
@@ -66,7 +66,7 @@ class SlurmOptions:
     max_submit_jobs: int | None = None  # the user's MaxSubmitJobs (default: unknown; MaxJobCount still applies)
 
     def __post_init__(self):
-        for key, low in _LOWEST.items():
+        for key, low in LOWEST.items():
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ConfigError(f"--{key.replace('_', '-')} {value!r}: must be an integer >= {low}")
@@ -80,7 +80,7 @@ class SlurmOptions:
 
 
 # The smallest value of each number a job script or a task reads (None: Slurm's default).
-_LOWEST = {"time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
+LOWEST = {"time_train": 1, "time_sample": 1, "nodes": 1, "sample_nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1,
            "cpus_per_task": 1, "mem_gb": 1, "signal_delay_s": 0, "array_parallelism": 1, "max_requeues": 0}
 # What sbatch's reading of a `#SBATCH` line takes as the end of an argument or a quote, or drops (a backslash
 # escapes the next character, even inside the quotes submitit puts around a value); a line break ends the line.
