@@ -24,6 +24,12 @@ the differences is the one observed: the δ with P(|T| > t_{1−α/2, ν}) = 0.8
 t with ν degrees of freedom and noncentrality δ/SE (SE = s_d/√n paired, the Welch SE
 unpaired). "With n seeds and this spread, a difference below MDD cannot be seen."
 
+Where no difference is seen, how many seeds would see the one observed: the smallest n
+whose MDD is at most |d̄| when the spread stays as observed (`seeds_to_see`): paired,
+SE_n = s_d/√n with n − 1 degrees of freedom; unpaired, n per arm with SE_n = SE·√(n₀/n)
+(n₀ the smaller arm's count) and 2n − 2 degrees of freedom. At large n this is the normal
+formula n ≈ ((z_{1−α/2} + z_power)·s_d/d̄)².
+
 scipy (a dependency for these quantiles) and numpy only; no torch.
 """
 
@@ -37,7 +43,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["BETTER", "Comparison", "compare_to_baseline", "NO_DIFFERENCE", "TOO_FEW", "WORSE", "bootstrap_interval", "minimal_detectable",
-           "paired_comparison", "paired_interval", "t_quantile", "verdict", "welch_comparison",
+           "paired_comparison", "paired_interval", "seeds_to_see", "t_quantile", "verdict", "welch_comparison",
            "welch_interval"]
 
 BETTER, WORSE, TOO_FEW = "better", "worse", "too few seeds"
@@ -96,6 +102,34 @@ def _detectable_shift(dof: float, level: float, power: float) -> float:
     while _power(high, critical, dof) < power:
         high *= 2
     return brentq(lambda shift: _power(shift, critical, dof) - power, 0.0, high, xtol=1e-9)
+
+
+SEEDS_CAP = 10_000  # seeds_to_see answers "more than this" beyond it
+
+
+def seeds_to_see(difference: float, spread: float, *, paired: bool = True, observed: int = 2, level: float = 0.95,
+                 power: float = 0.8) -> int | None:
+    """The smallest number of seeds (per arm, unpaired) at which a true difference of `difference` is seen with
+    probability `power` by the two-sided t test at `level`, the spread staying as observed: paired, `spread` is
+    s_d and SE_n = s_d/√n (n − 1 degrees of freedom); unpaired, `spread` is the standard error observed with
+    `observed` values per arm and SE_n = spread·√(observed/n) (2n − 2 degrees of freedom). None when even
+    SEEDS_CAP seeds would not (or the difference is 0)."""
+
+    def detectable(n: int) -> float:
+        se = spread / math.sqrt(n) if paired else spread * math.sqrt(observed / n)
+        return minimal_detectable(se, n - 1 if paired else 2 * n - 2, level=level, power=power)
+
+    target = abs(difference)
+    if target == 0 or detectable(SEEDS_CAP) > target:
+        return None
+    low, high = 1, SEEDS_CAP  # detectable(high) <= target; low is below the answer (n >= 2)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if detectable(middle) <= target:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def paired_interval(differences: Sequence[float], *, level: float = 0.95) -> tuple[float, float, tuple[float, float]]:
@@ -158,6 +192,8 @@ class Comparison:
     holds the standard error of the difference of means).
     interval: the t interval (paired t, or Welch), None with fewer than 2 seeds (per side, unpaired).
     detectable: the MDD at 80 % power (module docstring); half_width: half the t interval.
+    seeds_needed: where no difference is seen, the seeds that would see the observed mean at 80 % power
+    (`seeds_to_see`; None beyond SEEDS_CAP or when a difference is seen).
     """
 
     arm: str
@@ -176,6 +212,7 @@ class Comparison:
     verdict: str
     detectable: float | None
     level: float = 0.95
+    seeds_needed: int | None = None
 
     @property
     def half_width(self) -> float | None:
@@ -187,9 +224,16 @@ class Comparison:
             return f"{self.arm} vs {self.baseline}: {self.n} seed(s) give no interval; run at least 2 seeds per arm"
         spread = f"sd of the differences {self.sd:.3g}" if self.paired else f"standard error {self.sd:.3g}"
         kind = "paired" if self.paired else "unpaired (no shared networks)"
-        return (f"{self.arm} vs {self.baseline} ({kind}): with {self.n} seeds and this spread ({spread}), "
+        line = (f"{self.arm} vs {self.baseline} ({kind}): with {self.n} seeds and this spread ({spread}), "
                 f"a {self.metric} difference below {self.detectable:.3g} cannot be seen (80 % power at "
                 f"{_percent(self.level)}; the {_percent(self.level)} interval's half-width is {self.half_width:.3g})")
+        if self.verdict in (BETTER, WORSE) or not self.mean:
+            return line
+        per = "" if self.paired else " per arm"
+        need = (f"about {self.seeds_needed} seeds{per}" if self.seeds_needed is not None
+                else f"more than {SEEDS_CAP:,} seeds{per}")
+        return (f"{line}; seeing the observed difference {self.mean:+.3g} would take {need} at this spread "
+                "(80 % power)")
 
     def to_dict(self) -> dict:
         """JSON-ready: tuples become lists, plus the half-width and the power line."""
@@ -203,6 +247,14 @@ class Comparison:
 
 def _finite(values: Mapping) -> dict:
     return {key: float(value) for key, value in values.items() if value is not None and math.isfinite(value)}
+
+
+def _needed(interval: tuple[float, float], mean: float, spread: float, *, paired: bool, observed: int,
+            level: float) -> int | None:
+    """seeds_to_see where the interval holds 0 (no difference seen), else None."""
+    if not interval[0] <= 0 <= interval[1]:
+        return None
+    return seeds_to_see(mean, spread, paired=paired, observed=observed, level=level)
 
 
 def paired_comparison(baseline: Mapping[int, float], arm: Mapping[int, float], *, metric: str = "fid",
@@ -224,7 +276,8 @@ def paired_comparison(baseline: Mapping[int, float], arm: Mapping[int, float], *
     return Comparison(**common, mean=mean, sd=sd, dof=float(n - 1), interval=interval,
                       bootstrap=bootstrap_interval(differences, level=level, resamples=resamples, seed=seed),
                       verdict=verdict(interval, lower_is_better=lower_is_better, level=level),
-                      detectable=minimal_detectable(sd / math.sqrt(n), n - 1, level=level))
+                      detectable=minimal_detectable(sd / math.sqrt(n), n - 1, level=level),
+                      seeds_needed=_needed(interval, mean, sd, paired=True, observed=n, level=level))
 
 
 def welch_comparison(baseline: Sequence[float], arm: Sequence[float], *, metric: str = "fid",
@@ -249,7 +302,9 @@ def welch_comparison(baseline: Sequence[float], arm: Sequence[float], *, metric:
     return Comparison(**common, mean=mean, sd=se, dof=float(dof), interval=interval,
                       bootstrap=(float(low), float(high)),
                       verdict=verdict(interval, lower_is_better=lower_is_better, level=level),
-                      detectable=minimal_detectable(se, dof, level=level))
+                      detectable=minimal_detectable(se, dof, level=level),
+                      seeds_needed=_needed(interval, mean, se, paired=False, observed=min(len(a), len(b)),
+                                           level=level))
 
 
 def compare_to_baseline(values: Mapping[str, Mapping[int, float]], baseline: str, *, shares_networks: Callable[[str], bool],

@@ -10,7 +10,8 @@ from scipy import stats as scipy_stats
 
 from hpc_ncsn.stats import (BETTER, NO_DIFFERENCE, TOO_FEW, WORSE, bootstrap_interval, compare_to_baseline,
                             minimal_detectable,
-                            paired_comparison, paired_interval, t_quantile, welch_comparison, welch_interval)
+                            paired_comparison, paired_interval, seeds_to_see, t_quantile, welch_comparison,
+                            welch_interval)
 
 NO_DIFFERENCE_95 = NO_DIFFERENCE.format(percent="95 %")
 
@@ -120,6 +121,42 @@ def test_the_minimal_detectable_difference_matches_the_normal_formula_at_large_d
     assert minimal_detectable(1.0, 2) > minimal_detectable(1.0, 9) > minimal_detectable(1.0, 1e7)
 
 
+def simulated_power(rng, difference: float, sd: float, seeds: int, paired: bool, repetitions: int = 20_000) -> float:
+    """The share of `repetitions` simulated studies of `seeds` seeds (per arm, unpaired) whose two-sided 95 % test
+    sees a true difference `difference`: paired, the one-sample t test on differences of sd `sd`; unpaired,
+    Welch's test on two arms whose values have sd `sd`."""
+    if paired:
+        differences = difference + sd * rng.standard_normal((repetitions, seeds))
+        p_values = scipy_stats.ttest_1samp(differences, 0.0, axis=1).pvalue
+    else:
+        baseline = sd * rng.standard_normal((repetitions, seeds))
+        arm = difference + sd * rng.standard_normal((repetitions, seeds))
+        p_values = scipy_stats.ttest_ind(arm, baseline, axis=1, equal_var=False).pvalue
+    return float(np.mean(p_values < 0.05))
+
+
+def test_the_seeds_to_see_a_difference_give_80_percent_power_in_simulation_and_one_seed_fewer_do_not():
+    rng = np.random.default_rng(21)
+    tolerance = binomial_tolerance(0.8, 20_000)
+    needed = seeds_to_see(1.0, 1.2)  # paired: differences of sd 1.2 around a true mean of 1
+    assert 8 < needed < 20
+    assert simulated_power(rng, 1.0, 1.2, needed, paired=True) > 0.8 - tolerance
+    assert simulated_power(rng, 1.0, 1.2, needed - 1, paired=True) < 0.8 + tolerance
+    # Unpaired: a standard error of 2 observed with 3 values per arm is values of sd 2·√(3/2) per arm.
+    needed = seeds_to_see(-3.0, 2.0, paired=False, observed=3)
+    assert 4 < needed < 30
+    value_sd = 2.0 * math.sqrt(3 / 2)
+    assert simulated_power(rng, 3.0, value_sd, needed, paired=False) > 0.8 - 2 * tolerance
+    assert simulated_power(rng, 3.0, value_sd, needed - 1, paired=False) < 0.8 + 2 * tolerance
+
+
+def test_the_seeds_to_see_a_small_difference_follow_the_normal_formula():
+    # n ≈ ((z_{0.975} + z_{0.8}) · s_d / d)² when n is large enough for t to be z.
+    normal = ((1.959964 + 0.841621) / 0.05) ** 2
+    assert seeds_to_see(0.05, 1.0) == pytest.approx(normal, rel=0.002)
+    assert seeds_to_see(0.001, 1.0) is None and seeds_to_see(0.0, 1.0) is None
+
+
 def test_the_bootstrap_interval_matches_the_enumerated_bootstrap_distribution():
     values = [3.1, -0.4, 2.2, 5.0, 1.3, 0.7]
     # All 6^6 resamples are equally likely under the bootstrap: their means' exact distribution.
@@ -156,9 +193,14 @@ def test_arms_sharing_the_baselines_networks_are_paired_and_the_others_not():
               "linear": {0: 300.0, 1: 260.0, 2: 350.0}}
     snr, linear = compare_to_baseline(values, "geometric", shares_networks=lambda arm: arm == "snr", resamples=100)
     assert (snr.arm, snr.paired, snr.differences) == ("snr", True, pytest.approx((60.7, 47.3, 47.6)))
-    assert snr.verdict == WORSE and "paired" in snr.power_line()
+    assert snr.verdict == WORSE and "paired" in snr.power_line() and "would take" not in snr.power_line()
+    unseen = paired_comparison({0: 10.0, 1: 12.0, 2: 11.0}, {0: 11.0, 1: 11.5, 2: 12.5}, resamples=100)
+    assert unseen.verdict == NO_DIFFERENCE_95
+    assert unseen.seeds_needed == seeds_to_see(unseen.mean, unseen.sd, observed=3)
+    assert f"would take about {unseen.seeds_needed} seeds" in unseen.power_line()
     assert (linear.arm, linear.paired, linear.differences) == ("linear", False, ())
     assert linear.mean == pytest.approx(np.mean([300, 260, 350]) - np.mean([80, 120, 95]))
     assert "unpaired (no shared networks)" in linear.power_line()
+    assert linear.verdict == WORSE and linear.seeds_needed is None
     with pytest.raises(ValueError, match="baseline arm 'edm'"):
         compare_to_baseline(values, "edm", shares_networks=lambda arm: True)
