@@ -122,7 +122,13 @@ def seeds_to_see(difference: float, spread: float, *, paired: bool = True, obser
     target = abs(difference)
     if target == 0 or detectable(SEEDS_CAP) > target:
         return None
-    low, high = 1, SEEDS_CAP  # detectable(high) <= target; low is below the answer (n >= 2)
+    # The z test's answer is a floor (the t test needs more); search upwards from it, then bisect.
+    shift = _detectable_shift(math.inf, level, power)
+    floor = (shift * spread / target) ** 2 * (1 if paired else observed)
+    low = min(max(1, math.ceil(floor) - 1), SEEDS_CAP - 1)  # below the answer (n >= 2)
+    high = min(low + 2, SEEDS_CAP)
+    while detectable(high) > target:
+        low, high = high, min(2 * high, SEEDS_CAP)
     while high - low > 1:
         middle = (low + high) // 2
         if detectable(middle) <= target:
