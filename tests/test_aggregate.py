@@ -179,7 +179,8 @@ def test_two_folders_of_one_sweep_make_the_table_of_the_whole_sweep(sweep_folder
     assert joined["sweeps"] == [str(first), str(second)]
     assert sorted(cell["name"] for cell in joined["cells"]) == sorted(cell["name"] for cell in whole["cells"])
     out = capsys.readouterr().out
-    assert "| geometric | 3/3 | 500 | 13 |" in out and out.endswith(f"\nreport: {tmp_path / 'joined' / 'report.html'}\n")
+    assert "| geometric | 3/3 | 500 | 13 |" in out
+    assert out.endswith(f"\nreport: {tmp_path / 'joined' / 'report.html'}\n")  # the page of the joined table
     assert (tmp_path / "joined" / "fid.png").stat().st_size > 0
 
 

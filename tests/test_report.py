@@ -154,7 +154,7 @@ def test_names_from_the_sweep_stay_text_and_nothing_is_fetched(page):
     assert page.body_rows("rows")[0][0] == f"geometric, train.log_group={HOSTILE}"
     sources = [value for _, attrs in page.elements for key, value in attrs.items() if key in ("src", "href")]
     assert all(value.startswith(PNG) for value in sources)
-    [policy] = [attrs["content"] for tag, attrs in page.elements if attrs.get("http-equiv") == "Content-Security-Policy"]
+    [policy] = [attrs["content"] for _, attrs in page.elements if attrs.get("http-equiv") == "Content-Security-Policy"]
     assert "default-src 'none'" in policy
 
 

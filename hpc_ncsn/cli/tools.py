@@ -157,5 +157,6 @@ def add_aggregate_args(agg: argparse.ArgumentParser) -> None:
     agg.add_argument("--sweep", type=Path, default=None, help="a sweep folder (the same as one DIR)")
     agg.add_argument("--out", type=Path, default=None,
                      help="where the table goes (default: the one sweep folder; needed with several)")
-    agg.add_argument("--no-plots", action="store_true", help="write the tables (and report.html) without plots or sample grids")
+    agg.add_argument("--no-plots", action="store_true",
+                     help="write the tables (and report.html) without plots or sample grids")
     agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")

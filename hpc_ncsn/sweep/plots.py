@@ -123,12 +123,15 @@ def _first_samples(folder: Path, count: int) -> np.ndarray:
     return grid
 
 
-def sample_grid_png(folder: Path, count: int = 36) -> bytes:
-    """The PNG bytes of a cell's first `count` samples in a grid (its samples folder's first shard), pixel for pixel."""
+def sample_grid_png(folder: Path, count: int = 36) -> bytes | None:
+    """The PNG bytes of a cell's first `count` samples in a grid (its samples folder's first shard), pixel for pixel;
+    None where the folder holds no shard (removed since)."""
     import io
 
     from PIL import Image
 
+    if not any(Path(folder).glob("shard-*.h5")):
+        return None
     grid = _first_samples(folder, count)
     buffer = io.BytesIO()
     Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(buffer, format="png")

@@ -26,7 +26,7 @@ from pathlib import Path
 from .. import __version__
 from ..files import atomic_write
 from .plan import REPORT_FILE, Plan, SweepSpec
-from .plots import sample_grid_png
+from .plots import PLOT_ROWS, sample_grid_png
 
 __all__ = ["GRID_IMAGES", "GRID_PIXELS", "Table", "Text", "html_blocks", "markdown", "write_report"]
 
@@ -112,9 +112,10 @@ def _audit(audits: dict | None) -> str:
     if not audits:
         return ""
     header = ("row", "step rule", "T", "ε", "r", "end noise (σ_L)", "limit", "verdict")
-    rows = tuple((label, str(a.get("step_rule", "–")), str(a.get("steps_per_level", "–")), f"{a.get('step_lr', 0):g}",
-                  f"{a.get('snr', 0):g}", "–" if a.get("end_noise") is None else f"{a['end_noise']:.3g}",
-                  f"{a.get('limit', 0):g}", str(a.get("verdict", "–"))) for label, a in audits.items())
+    rows = tuple((label, str(a.get("step_rule", "–")), str(a.get("steps_per_level", "–")),
+                  f"{a.get('step_lr', 0):g}", f"{a.get('snr', 0):g}",
+                  "–" if a.get("end_noise") is None else f"{a['end_noise']:.3g}", f"{a.get('limit', 0):g}",
+                  str(a.get("verdict", "–"))) for label, a in audits.items())
     return ("<h2>Sampler audit</h2>\n<p>The chain's noise at its end with the exact score, per arm, before anything "
             "ran (audit.json).</p>\n" + _html_block(Table("audit", header, rows)))
 
@@ -153,12 +154,12 @@ def write_report(out: Path, spec: SweepSpec, sweeps: list[Plan], blocks: list, t
     else:
         parts.append("<h2>Plots</h2>")
         parts += [_figure(path.read_bytes(), path.name, path.stem) for path in plots]
-        parts.append(f"<h2>Samples</h2>\n<p>The first {GRID_IMAGES} samples of each cell (of the plotted rows), as "
-                     "scored.</p>\n<div>")
-        for cell in shown:
-            if cell.state == "done":
-                parts.append(_figure(sample_grid_png(cell.samples, GRID_IMAGES), cell.name, f"samples of {cell.name}",
-                                     ' class="grid"'))
+        parts.append(f"<h2>Samples</h2>\n<p>The first {GRID_IMAGES} samples of each done cell, as scored (the cells of "
+                     f"the rows the plots show: the first {PLOT_ROWS}).</p>\n<div>")
+        for cell in (cell for cell in shown if cell.state == "done"):
+            grid = sample_grid_png(cell.samples, GRID_IMAGES)
+            gone = f'<figure class="grid"><figcaption>{escape(cell.name)}: its shards are gone</figcaption></figure>'
+            parts.append(gone if grid is None else _figure(grid, cell.name, f"samples of {cell.name}", ' class="grid"'))
         parts.append("</div>")
     parts += [_audit(table["audit"]), _provenance(spec, sweeps)]
     policy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
