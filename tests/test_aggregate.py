@@ -25,10 +25,10 @@ def sweep_folder(tmp_path):
     return make_sweep(tmp_path, [0, 1, 2])
 
 
-def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str) -> Path:
-    """The cells of `seeds` of sweep_folder's sweep, in `tmp_path`."""
-    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml", {"arm": ["geometric", "linear"], "seed": seeds},
-                                 overrides)
+def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str, axes: dict | None = None) -> Path:
+    """The cells of `seeds` of sweep_folder's sweep, in `tmp_path` (`axes`: further axes, of one value each)."""
+    spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml",
+                                 {"arm": ["geometric", "linear"], "seed": seeds, **(axes or {})}, overrides)
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sweep.json").write_text(spec.to_json())
     sweep = plan(spec, tmp_path)
@@ -178,7 +178,9 @@ def test_two_folders_of_one_sweep_make_the_table_of_the_whole_sweep(sweep_folder
     assert joined["rows"] == whole["rows"] and joined["comparisons"] == whole["comparisons"]
     assert joined["sweeps"] == [str(first), str(second)]
     assert sorted(cell["name"] for cell in joined["cells"]) == sorted(cell["name"] for cell in whole["cells"])
-    assert "| geometric | 3/3 | 500 | 13 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| geometric | 3/3 | 500 | 13 |" in out
+    assert out.endswith(f"\nreport: {tmp_path / 'joined' / 'report.html'}\n")  # the page of the joined table
     assert (tmp_path / "joined" / "fid.png").stat().st_size > 0
 
 

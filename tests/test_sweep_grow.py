@@ -107,6 +107,7 @@ def test_training_longer_is_an_explicit_extension_that_resets_the_trainings_and_
             task.folder.mkdir(parents=True)
             (task.folder / "metrics.json").write_text('{"fid": 1.0}')
     (folder / "table.md").write_text("the table at 4 steps\n")
+    (folder / "report.html").write_text("<p>the page at 4 steps</p>\n")
     decision = reconcile(folder, longer, extend=True)
     assert decision.kind == "extend" and decision.steps == (4, 8)
     assert sorted(task.name for task in decision.reset) == ["arm-geometric_seed-0", "arm-geometric_seed-0",
@@ -116,6 +117,7 @@ def test_training_longer_is_an_explicit_extension_that_resets_the_trainings_and_
     prepare(decision)
     history = folder / "history" / "steps-4"
     assert (history / "table.md").read_text() == "the table at 4 steps\n"
+    assert (history / "report.html").read_text() == "<p>the page at 4 steps</p>\n"  # its plots and samples inside
     for task in decision.reset:
         moved = history / status_path(folder, task).relative_to(folder)
         assert not status_path(folder, task).exists() and moved.is_file()

@@ -63,6 +63,40 @@ def test_sweep_runs_every_cell_to_the_table(finished):
         assert (out / plot).stat().st_size > 0
 
 
+def test_the_sweep_as_one_page_in_a_real_browser(finished, browser, tmp_path):
+    """report.html as chromium parses it: table.json's rows and paired verdicts, audit.json's verdict of each arm,
+    and a grid of each cell's own first samples, pixel for pixel."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from test_report import PNG, dump_dom
+
+    out, result = finished
+    assert Path(summary(result)["report"]) == (out / "report.html").resolve()
+    page = dump_dom(browser, tmp_path, out / "report.html")
+    table = json.loads((out / "table.json").read_text())
+    rows = page.body_rows("rows")
+    assert [row[0] for row in rows] == [row["group"]["arm"] for row in table["rows"]]
+    assert [float(row[3]) for row in rows] == pytest.approx([row["fid"]["mean"] for row in table["rows"]], rel=5e-4)
+    assert [row[-1] for row in page.body_rows("comparisons")] == [c["verdict"] for c in table["comparisons"]]
+    audit = json.loads((out / "audit.json").read_text())
+    assert [(row[0], row[-1]) for row in page.body_rows("audit")] == [(arm, a["verdict"]) for arm, a in audit.items()]
+    images = {attrs["alt"]: attrs["src"] for tag, attrs in page.elements if tag == "img"}
+    assert all(src.startswith(PNG) for src in images.values())
+    for cell in table["cells"]:
+        first = read_shard(out / "cells" / cell["name"] / "samples" / "shard-00000.h5")[0][:36, ..., 0]
+        side, (h, w) = int(np.ceil(np.sqrt(len(first)))), first.shape[1:]
+        expected = np.zeros((side * h, side * w), np.uint8)  # the images row by row in a square, black beyond
+        for k, image in enumerate(first):
+            row, column = divmod(k, side)
+            expected[row * h:(row + 1) * h, column * w:(column + 1) * w] = image
+        grid = Image.open(io.BytesIO(base64.b64decode(images[f"samples of {cell['name']}"][len(PNG):])))
+        assert np.array_equal(np.asarray(grid), expected)
+
+
 def test_the_snr_arm_samples_the_geometric_network(finished):
     out, _ = finished
     assert sorted(p.name for p in (out / "train").iterdir()) == [

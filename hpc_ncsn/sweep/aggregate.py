@@ -1,4 +1,5 @@
-"""Sweep results → the ablation table (Markdown, CSV, JSON) and its plots (hpc_ncsn.sweep.plots).
+"""Sweep results → the ablation table (Markdown, CSV, JSON), its plots (hpc_ncsn.sweep.plots) and the page of both
+(report.html, hpc_ncsn.sweep.report).
 
 One row per group of cells that differ only in the seed (one arm, for the
 noise-schedule ablation): mean, sample standard deviation and 95% confidence
@@ -33,13 +34,15 @@ from ..config import config_from_dict
 from ..files import atomic_write
 from ..stats import compare_to_baseline, t_quantile
 from .plan import ARM_AXIS, AUDIT_FILE, Plan, SweepSpec, plan, row_label
-from .plots import mean_over_seeds, plot_all
+from .plots import mean_over_seeds, plot_all, plotted
+from .report import Table, Text, markdown, write_report
 from .scheduler import Unanswered
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
 from .tasks import CURVE, SampleTask
 
-__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize", "write_table"]
+__all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize", "table_blocks",
+           "write_table"]
 
 METRICS = ("fid", "kid_mean", "is_mean")
 # Further per-cell figures, averaged per row like METRICS where present (None where a cell has none).
@@ -244,64 +247,65 @@ def compare(rows: list[dict], cells: list[CellResult], spec: SweepSpec) -> list[
 
 
 def _incomplete(cells: list[CellResult]) -> str:
-    """The line that marks a table of an unfinished sweep ('' when every cell is done)."""
+    """What marks a table of an unfinished sweep ('' when every cell is done), after its 'Incomplete:'."""
     missing = [cell for cell in cells if cell.state != "done"]
     if not missing:
         return ""
-    return (f"**Incomplete:** {len(missing)} of {len(cells)} cells not done ("
+    return (f"{len(missing)} of {len(cells)} cells not done ("
             + ", ".join(f"{cell.name}: {cell.state}" for cell in missing)
             + "); rerun the sweep to finish them, which rewrites this table.")
 
 
-def markdown(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
-             seconds: list[dict] | None = None) -> str:
-    """table.md; `seconds`: summarize's wall seconds beside each row (– where not given)."""
+def _interval(pair: list | None) -> str:
+    return "–" if pair is None else f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
+
+
+def table_blocks(rows: list[dict], cells: list[CellResult], comparisons: list[dict] = (), audits: dict | None = None,
+                 seconds: list[dict] | None = None) -> list:
+    """table.md's content as blocks (hpc_ncsn.sweep.report: the same blocks make table.md and report.html);
+    `seconds`: summarize's wall seconds beside each row (– where not given)."""
     over_training = any("best_step" in row for row in rows)  # the column only where snapshots were scored
-    extra = (" best step (FID) |", "---|") if over_training else ("", "")
-    lines = [f"| arm | seeds | N per cell | FID mean | FID std | FID 95% CI | KID mean | IS mean |{extra[0]} problems |",
-             f"|---|---|---|---|---|---|---|---|{extra[1]}---|"]
+    header = ("arm", "seeds", "N per cell", "FID mean", "FID std", "FID 95% CI", "KID mean", "IS mean",
+              *(("best step (FID)",) if over_training else ()), "problems")
+    lines = []
     for row in rows:
         fid = row["fid"]
-        ci = "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}"
-        best = f" {_best_step(row)} |" if over_training else ""
-        lines.append(f"| {row_label(tuple(row['group'].items()))} | {row['seeds_done']}/{row['seeds_total']} | "
-                     f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'} | {_fmt(fid['mean'])} | "
-                     f"{_fmt(fid['std'])} | {ci} | {_fmt(row['kid_mean']['mean'])} | {_fmt(row['is_mean']['mean'])} |"
-                     f"{best} {'; '.join(row['problems']) or ''} |")
+        lines.append((row_label(tuple(row["group"].items())), f"{row['seeds_done']}/{row['seeds_total']}",
+                      f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'}", _fmt(fid["mean"]), _fmt(fid["std"]),
+                      "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}", _fmt(row["kid_mean"]["mean"]),
+                      _fmt(row["is_mean"]["mean"]), *((_best_step(row),) if over_training else ()),
+                      "; ".join(row["problems"])))
+    blocks = [Table("rows", header, tuple(lines))]
     if _incomplete(cells):
-        lines += ["", _incomplete(cells)]
+        blocks.append(Text(_incomplete(cells), strong="Incomplete:"))
     if comparisons:
-        lines += ["", f"Against {comparisons[0]['baseline']}, FID difference (arm − baseline; lower is better), "
-                      "paired by seed where the arms share networks:", "",
-                  "| arm | setting | paired | seeds | differences | mean | 95% CI (t) | bootstrap CI | verdict |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for c in comparisons:
-            setting = ", ".join(f"{k}={v}" for k, v in c["setting"].items()) or "–"
-            interval = "–" if c["interval"] is None else f"[{_fmt(c['interval'][0])}, {_fmt(c['interval'][1])}]"
-            boot = "–" if c["bootstrap"] is None else f"[{_fmt(c['bootstrap'][0])}, {_fmt(c['bootstrap'][1])}]"
-            lines.append(f"| {c['arm']} | {setting} | {'yes' if c['paired'] else 'no'} | {c['n']} | "
-                         f"{', '.join(_fmt(d) for d in c['differences']) or '–'} | {_fmt(c['mean'])} | {interval} | "
-                         f"{boot} | {c['verdict']} |")
-        lines += [""] + [f"- {c['power_line']}" for c in comparisons]
-    lines += ["", "Beyond FID, and what it cost (means over seeds; – where not measured):", "",
-              "| arm | FID∞ | precision | recall | density | coverage | held-out DSM | NFE | training images | "
-              "train s | sample s | sampler audit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        blocks.append(Text(f"Against {comparisons[0]['baseline']}, FID difference (arm − baseline; lower is better), "
+                           "paired by seed where the arms share networks:"))
+        header = ("arm", "setting", "paired", "seeds", "differences", "mean", "95% CI (t)", "bootstrap CI", "verdict")
+        blocks.append(Table("comparisons", header, tuple(
+            (c["arm"], ", ".join(f"{k}={v}" for k, v in c["setting"].items()) or "–", "yes" if c["paired"] else "no",
+             str(c["n"]), ", ".join(_fmt(d) for d in c["differences"]) or "–", _fmt(c["mean"]),
+             _interval(c["interval"]), _interval(c["bootstrap"]), c["verdict"]) for c in comparisons)))
+        blocks.append([c["power_line"] for c in comparisons])
+    blocks.append(Text("Beyond FID, and what it cost (means over seeds; – where not measured):"))
+    lines = []
     for row, spent in zip(rows, seconds or [{}] * len(rows)):
         label = row_label(tuple(row["group"].items()))
         row = row | spent
         audit = (audits or {}).get(label, {})
         noise = "" if audit.get("end_noise") is None else f"{audit['end_noise']:.3g} σ_L, "
-        lines.append(f"| {label} | {_mean(row, 'fid_infinity')} | {_mean(row, 'precision', 3)} | "
-                     f"{_mean(row, 'recall', 3)} | {_mean(row, 'density', 3)} | {_mean(row, 'coverage', 3)} | "
-                     f"{_mean(row, 'heldout_dsm')} | {_mean(row, 'nfe')} | {_mean(row, 'training_images')} | "
-                     f"{_mean(row, 'train_seconds', 3)} | {_mean(row, 'sample_seconds', 3)} | "
-                     f"{noise}{audit.get('verdict', '–')} |")
-    lines += ["", "Per cell:", "", "| cell | state | FID | KID | IS | N | detail |", "|---|---|---|---|---|---|---|"]
-    for cell in cells:
-        m = cell.metrics
-        lines.append(f"| {cell.name} | {cell.state} | {_fmt(m.get('fid'))} | {_fmt(m.get('kid_mean'))} | "
-                     f"{_fmt(m.get('is_mean'))} | {m.get('n', '–')} | {cell.detail} |")
-    return "\n".join(lines) + "\n"
+        lines.append((label, _mean(row, "fid_infinity"),
+                      *(_mean(row, key, 3) for key in ("precision", "recall", "density", "coverage")),
+                      _mean(row, "heldout_dsm"), _mean(row, "nfe"), _mean(row, "training_images"),
+                      _mean(row, "train_seconds", 3), _mean(row, "sample_seconds", 3),
+                      f"{noise}{audit.get('verdict', '–')}"))
+    blocks.append(Table("beyond", ("arm", "FID∞", "precision", "recall", "density", "coverage", "held-out DSM", "NFE",
+                                   "training images", "train s", "sample s", "sampler audit"), tuple(lines)))
+    blocks.append(Text("Per cell:"))
+    blocks.append(Table("cells", ("cell", "state", "FID", "KID", "IS", "N", "detail"), tuple(
+        (cell.name, cell.state, _fmt(cell.metrics.get("fid")), _fmt(cell.metrics.get("kid_mean")),
+         _fmt(cell.metrics.get("is_mean")), f"{cell.metrics.get('n', '–')}", cell.detail) for cell in cells)))
+    return blocks
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -356,7 +360,8 @@ def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = Tr
     table |= {"sweeps": [str(sweep.root) for sweep in sweeps]} if len(sweeps) > 1 else {}
     atomic_write(out / "table.json", json.dumps(table, indent=2, sort_keys=True) + "\n")
     atomic_write(out / "table.csv", csv_text(rows))
-    atomic_write(out / "table.md", markdown(rows, cells, comparisons, audits, seconds))
-    if plots:
-        plot_all(Plan.joined(out, spec, sweeps), rows, cells, comparisons, out)
+    blocks = table_blocks(rows, cells, comparisons, audits, seconds)
+    atomic_write(out / "table.md", markdown(blocks))
+    figures = plot_all(Plan.joined(out, spec, sweeps), rows, cells, comparisons, out) if plots else None
+    write_report(out, spec, sweeps, blocks, table, figures, plotted(rows, cells, comparisons)[1])
     return table

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write
-from .plan import ARM_AXIS, AUDIT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, changes, plan
+from .plan import ARM_AXIS, AUDIT_FILE, REPORT_FILE, SEED_AXIS, SPEC_FILE, Plan, SweepSpec, changes, plan
 from .status import status_path, todo
 from .tasks import SampleTask, Task
 
@@ -207,7 +207,8 @@ def prepare(decision: Decision, audits: dict | None = None) -> None:
         return
     if decision.steps:
         archive = root / HISTORY_DIR / f"steps-{decision.steps[0]}"
-        for table in sorted(root.glob("table.*")):
+        page = [root / REPORT_FILE] if (root / REPORT_FILE).is_file() else []  # the tables, with plots and samples
+        for table in [*sorted(root.glob("table.*")), *page]:
             if not (archive / table.name).exists():
                 archive.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(table, archive / table.name)

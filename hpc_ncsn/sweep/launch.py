@@ -3,7 +3,7 @@
 Stages, each a job array submitted with submitit, each depending on the one before:
   train      one task per distinct network (the snr arm reuses the geometric arm's network)
   sample     one task per cell: shards of samples from the EMA weights, then FID/KID/IS
-  aggregate  one task: the ablation table (mean, std and 95% CI over seeds) and plots
+  aggregate  one task: the ablation table (mean, std and 95% CI over seeds), plots and report.html
 
 --cluster slurm   Slurm job arrays (sbatch through submitit); training may span nodes × GPUs
 --cluster local   submitit's local executor: each task in its own process on this machine
@@ -57,7 +57,7 @@ from . import scheduler, slurm
 from .limits import Limits, array_plan, read_limits
 from .local import check_python, run_here
 from .grow import EXTENDABLE, Decision, SweepMismatch, prepare, reconcile
-from .plan import ARM_AXIS, LEGACY_ARM_AXIS, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
+from .plan import ARM_AXIS, LEGACY_ARM_AXIS, REPORT_FILE, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
 from .plots import planned_files
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
@@ -406,5 +406,6 @@ def _report(root: Path, rows: list[dict]) -> int:
     states = by_state(rows)
     print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
                                                    for stage, ids in latest.items()},
-                      "table": str(table) if table.is_file() else None, **states}))
+                      "table": str(table) if table.is_file() else None,
+                      "report": str(root / REPORT_FILE) if (root / REPORT_FILE).is_file() else None, **states}))
     return 0 if table.is_file() and len(states["done"]) == len(rows) else 1

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..distributed import visible_cpus
-from .plan import Plan
+from .plan import REPORT_FILE, Plan
 from .status import mark_cancelled, read_status, todo
 from .tasks import Task
 from .work import JobOptions, job
@@ -139,8 +139,10 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
     _remove_if_empty(root / "logs" / "%j")
     print()
     print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
+    report = root / REPORT_FILE
     print(json.dumps({"sweep": str(root), "seconds": timings, "total_seconds": round(time.time() - started, 1),
-                      "failed": {stage: sorted(names) for stage, names in failures.items() if names}}))
+                      "failed": {stage: sorted(names) for stage, names in failures.items() if names},
+                      "report": str(report) if report.is_file() else None}))
     return 1 if any(failures.values()) else 0
 
 

@@ -17,6 +17,7 @@ On disk, under the sweep folder:
     status/<stage>/<task>.json state of every task: running, done or failed (+ error, log)
     logs/                      job logs (submitit)
     table.md/.csv/.json, *.png the aggregated ablation
+    report.html                the same table, plots and sample grids as one self-contained page
 
 Sweeps made before the arm axis had its name called it `schedule` (cells such as
 `schedule-geometric_seed-0`). Their sweep.json is read as the config reads old keys: the
@@ -40,13 +41,14 @@ from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
-__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "SEED_AXIS", "Cell", "Plan", "SweepSpec", "audit_plan",
-           "changes", "plan", "row_label", "training_identity"]
+__all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "REPORT_FILE", "SEED_AXIS", "Cell", "Plan", "SweepSpec",
+           "audit_plan", "changes", "plan", "row_label", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
 SPEC_FILE = "sweep.json"
 AUDIT_FILE = "audit.json"  # the sampler audit of every row, written with sweep.json
+REPORT_FILE = "report.html"  # the table, plots and samples as one page (hpc_ncsn.sweep.report), written with table.md
 # Sections that never change the trained weights.
 SAMPLING_SECTIONS = ("sampler", "generate", "evaluate")
 

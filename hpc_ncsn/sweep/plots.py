@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_path, read_jsonl
-from .plan import ARM_AXIS, Plan, row_label
+from .plan import ARM_AXIS, REPORT_FILE, Plan, row_label
 
-__all__ = ["PLOT_ROWS", "mean_over_seeds", "plot_all", "planned_files", "plotted"]
+__all__ = ["PLOT_ROWS", "mean_over_seeds", "plot_all", "planned_files", "plotted", "sample_grid_png"]
 
 
 def _figure(columns: int, width: float = 3.2, height: float = 3.0):
@@ -109,9 +109,36 @@ def _plot_losses(sweep: Plan, cells: list, path: Path) -> None:
     _save(plt, figure, path)
 
 
-def _plot_samples(cells: list, path: Path, count: int = 36) -> None:
+def _first_samples(folder: Path, count: int) -> np.ndarray:
+    """The first `count` images of a cell's first shard, tiled in a square grid (uint8, height × width × channels)."""
     from ..samples.shards import read_shard
 
+    images, _, _ = read_shard(sorted(Path(folder).glob("shard-*.h5"))[0])
+    images = images[:count]
+    side = math.ceil(math.sqrt(len(images)))
+    h, w, c = images.shape[1:]
+    grid = np.zeros((side * h, side * w, c), np.uint8)
+    for k, image in enumerate(images):
+        grid[(k // side) * h:(k // side + 1) * h, (k % side) * w:(k % side + 1) * w] = image
+    return grid
+
+
+def sample_grid_png(folder: Path, count: int = 36) -> bytes | None:
+    """The PNG bytes of a cell's first `count` samples in a grid (its samples folder's first shard), pixel for pixel;
+    None where the folder holds no shard (removed since)."""
+    import io
+
+    from PIL import Image
+
+    if not any(Path(folder).glob("shard-*.h5")):
+        return None
+    grid = _first_samples(folder, count)
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[2] == 1 else grid).save(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plot_samples(cells: list, path: Path, count: int = 36) -> None:
     firsts: dict[tuple, object] = {}
     for cell in cells:
         if firsts.get(cell.group) is None:
@@ -123,14 +150,9 @@ def _plot_samples(cells: list, path: Path, count: int = 36) -> None:
         if cell is None:
             ax.text(0.5, 0.5, "no finished cell", ha="center", transform=ax.transAxes)
             continue
-        images, _, _ = read_shard(sorted(cell.samples.glob("shard-*.h5"))[0])
-        images = images[:count]
-        side = math.ceil(math.sqrt(len(images)))
-        h, w, c = images.shape[1:]
-        grid = np.zeros((side * h, side * w, c), np.uint8)
-        for k, image in enumerate(images):
-            grid[(k // side) * h:(k // side + 1) * h, (k % side) * w:(k % side + 1) * w] = image
-        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, interpolation="nearest")
+        grid = _first_samples(cell.samples, count)
+        gray = grid.shape[2] == 1
+        ax.imshow(grid[..., 0] if gray else grid, cmap="gray" if gray else None, interpolation="nearest")
     _save(plt, figure, path)
 
 
@@ -230,27 +252,33 @@ def plotted(rows: list[dict], cells: list, comparisons: list[dict]) -> tuple[lis
             [c for c in comparisons if row_label((("arm", c["arm"]), *c["setting"].items())) in labels])
 
 
-def plot_all(sweep: Plan, rows: list[dict], cells: list, comparisons: list[dict], root: Path) -> None:
-    """Every plot of the table into the sweep folder (of its first PLOT_ROWS rows: `plotted`)."""
+def plot_all(sweep: Plan, rows: list[dict], cells: list, comparisons: list[dict], root: Path) -> list[Path]:
+    """Every plot of the table into the sweep folder (of its first PLOT_ROWS rows: `plotted`); returns their paths."""
     rows, cells, comparisons = plotted(rows, cells, comparisons)
-    _plot_fid(rows, cells, root / "fid.png")
-    _plot_losses(sweep, cells, root / "loss_per_level.png")
-    _plot_samples(cells, root / "samples.png")
+    written = [root / "fid.png", root / "loss_per_level.png", root / "samples.png"]
+    _plot_fid(rows, cells, written[0])
+    _plot_losses(sweep, cells, written[1])
+    _plot_samples(cells, written[2])
     if any("over_training" in row for row in rows):
         _plot_over_training(rows, root / "fid_vs_step.png")
+        written.append(root / "fid_vs_step.png")
     if comparisons:
         _plot_paired(comparisons, root / "paired.png")
+        written.append(root / "paired.png")
     if any("nfe" in row for row in rows):
         _plot_nfe(rows, comparisons, root / "fid_vs_nfe.png")
-    _plot_heldout(sweep, cells, root / "heldout_dsm.png")
+        written.append(root / "fid_vs_nfe.png")
+    if _plot_heldout(sweep, cells, root / "heldout_dsm.png"):
+        written.append(root / "heldout_dsm.png")
+    return written
 
 
 def planned_files(sweep: Plan) -> list[str]:
-    """What the aggregate task writes once every cell of `sweep` is done: the tables, then plot_all's figures."""
+    """What the aggregate task writes once every cell of `sweep` is done: the tables, plot_all's figures, the page."""
     base = sweep.spec.base["train"]
     files = ["table.md", "table.csv", "table.json", "fid.png", "loss_per_level.png", "samples.png"]
     files += ["fid_vs_step.png"] if base["eval_every"] else []
     files += ["paired.png"] if len(sweep.spec.axes.get(ARM_AXIS, [])) > 1 else []
     files += ["fid_vs_nfe.png"] if any(task.train is not None for task in sweep.sample) else []
     heldout = any(task.config["train"]["heldout_examples"] for task in sweep.train)
-    return files + (["heldout_dsm.png"] if heldout else [])
+    return files + (["heldout_dsm.png"] if heldout else []) + [REPORT_FILE]
