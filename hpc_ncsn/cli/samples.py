@@ -107,11 +107,11 @@ def _export_model(run_dir: Path | None, out: Path | None, dry_run: bool) -> int:
 
     if run_dir is None or out is None:
         raise UserError("export: a model needs both --run-dir RUN (or a checkpoint folder) and --safetensors DIR")
+    checkpoint = resolve_checkpoint(run_dir)
     if dry_run:
-        print(f"would write the EMA network of {resolve_checkpoint(run_dir)} to {out}/ (model.safetensors, "
-              "config.json, README.md)")
+        print(f"would write the EMA network of {checkpoint} to {out}/ (model.safetensors, config.json, README.md)")
         return 0
-    print(f"exported {resolve_checkpoint(run_dir)} to {export_pretrained(run_dir, out)}")
+    print(f"exported {checkpoint} to {export_pretrained(checkpoint, out)}")
     return 0
 
 

@@ -156,7 +156,7 @@ def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], se
               say: Callable[[str], None]) -> GenerationResult:
     rank, world, device = process_group()
     make_folder(out, "the sample folder (--out)")
-    checkpoint = resolve_checkpoint(run_or_checkpoint)
+    checkpoint = resolve_checkpoint(run_or_checkpoint, quiet=rank != 0)
     model, config, step = load_ema_model(checkpoint, device)
     config = sampling_config(config, overrides)
     plan = SamplerPlan.from_config(config.noise, config.sampler)
