@@ -73,3 +73,5 @@ def test_deepspeed_settings_the_run_config_overrides_are_named_with_both_values(
     assert "=16 overrides train_micro_batch_size_per_gpu in the DeepSpeed config" in lines[1] and ", 32;" in lines[1]
     same = {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2", "ACCELERATE_GRADIENT_CLIPPING": "auto"}
     assert overridden_launcher_settings(TrainConfig(grad_accum=2), 64, same) == []
+    with pytest.raises(ConfigError, match=r"^ACCELERATE_GRADIENT_CLIPPING='one' is not a number; unset it"):
+        overridden_launcher_settings(TrainConfig(), 64, {"ACCELERATE_GRADIENT_CLIPPING": "one"})
