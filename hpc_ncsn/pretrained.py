@@ -7,7 +7,8 @@
 `export_pretrained(run_or_checkpoint, out)` writes the folder (under a temporary name, then
 renamed); `from_pretrained(folder)` rebuilds the network from config.json and loads the weights with
 safetensors (no pickle, no torch.load) once their sha256 is the one config.json records;
-`load_pretrained(folder)` gives the config and the step with it (what `generate --model` samples). `initial_weights(path, config)` is what `train.init_from` starts
+`load_pretrained(folder)` gives the config and the step with it (what `generate --model` samples).
+`initial_weights(path, config)` is what `train.init_from` starts
 from (an export folder, or a checkpoint or run folder of this project), after checking that its
 network is the one `config` builds (one line naming every difference).
 """

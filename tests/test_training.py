@@ -176,25 +176,31 @@ def test_the_launchers_precision_is_used_unless_the_run_config_names_one(tmp_pat
 
 
 @slow
-def test_a_launchers_gradient_accumulation_is_the_run_configs_with_one_warning_line(tmp_path):
+def test_a_launchers_gradient_accumulation_and_compiler_are_the_run_configs_with_one_warning_line(tmp_path):
     """`ACCELERATE_GRADIENT_ACCUMULATION_STEPS` (what `accelerate launch --gradient_accumulation_steps` exports, and
     what a user may export around `accelerate launch`) is what Accelerate's own Accelerator takes in place of the
-    value a script passes it. Here train.grad_accum wins, in every launch: the training equals the one without
-    the variable, bit for bit, and one warning line names both values."""
+    value a script passes it, and `accelerate launch --dynamo_backend` makes its `prepare` compile the model. Here
+    train.grad_accum and train.compile win, in every launch: the training equals the one without them, bit for
+    bit, and one warning line names both values."""
     common = ["train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
     outcomes = {}
-    for name, extra in (("plain", {}), ("asked", {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"})):
-        result = subprocess.run(train_cmd(tmp_path / name, *common, launcher=accelerate(1)), env={**env(), **extra},
-                                capture_output=True, text=True, timeout=300)
+    for name, flags, extra in (("plain", (), {}), ("asked", (), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}),
+                               ("compiled", ("--dynamo_backend", "inductor"), {})):
+        result = subprocess.run(train_cmd(tmp_path / name, *common, launcher=accelerate(1, *flags)),
+                                env={**env(), **extra}, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
         outcomes[name] = [line for line in result.stderr.splitlines() if line.startswith("warning")]
     assert outcomes["plain"] == []
     assert outcomes["asked"] == ["warning: train.grad_accum=1 overrides the launcher's --gradient_accumulation_steps "
                                  "(ACCELERATE_GRADIENT_ACCUMULATION_STEPS), 2; the run config decides batch, "
                                  "accumulation and clipping: set train.* to change them"]
-    for ours, theirs in zip(final_state(tmp_path / "plain"), final_state(tmp_path / "asked")):
-        assert_same(ours, theirs)
-    assert [m["loss"] for m in metrics(tmp_path / "plain")] == [m["loss"] for m in metrics(tmp_path / "asked")]
+    assert outcomes["compiled"] == ["warning: the network runs eagerly (train.compile=false, or DeepSpeed), "
+                                    "overriding the launcher's --dynamo_backend inductor (ACCELERATE_DYNAMO_BACKEND); "
+                                    "the run config decides compilation: set train.compile to change it"]
+    for name in ("asked", "compiled"):
+        for ours, theirs in zip(final_state(tmp_path / "plain"), final_state(tmp_path / name)):
+            assert_same(ours, theirs)
+        assert [m["loss"] for m in metrics(tmp_path / "plain")] == [m["loss"] for m in metrics(tmp_path / name)]
 
 
 def test_a_launcher_precision_training_cannot_use_is_one_line_naming_the_flag(monkeypatch):

@@ -9,6 +9,10 @@ which travel as `ACCELERATE_GRADIENT_ACCUMULATION_STEPS` / `ACCELERATE_GRADIENT_
 same variables exported around any launcher; a DeepSpeed JSON file, `ACCELERATE_DEEPSPEED_CONFIG_FILE`)
 and that differs is named with the run config's value in one warning line each, as
 train.mixed_precision does for precision. "auto" is no request.
+
+Compilation likewise: `accelerate launch --dynamo_backend B` (`ACCELERATE_DYNAMO_BACKEND`, which
+Accelerate's Accelerator would apply to the model in `prepare`) is replaced by train.compile (the
+network through torch.compile with Inductor, or eager), with one warning line where they differ.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig
 
-__all__ = ["launcher_requests", "overridden_launcher_settings"]
+__all__ = ["launcher_requests", "overridden_compile", "overridden_launcher_settings"]
 
 _ENV = {"gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
         "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
@@ -60,3 +64,14 @@ def overridden_launcher_settings(train: TrainConfig, micro_batch: int, environ=o
             lines.append(f"warning: {name}={mine:g} overrides {where}, {value:g}; the run config decides batch, "
                          "accumulation and clipping: set train.* to change them")
     return lines
+
+
+def overridden_compile(compiled: bool, environ=os.environ) -> list[str]:
+    """The warning line when the launcher's --dynamo_backend asks for another compilation than the run's: `compiled`,
+    whether the network runs through torch.compile with Inductor (train.compile, not under DeepSpeed)."""
+    backend = environ.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower() or "no"
+    if backend == "no" or (compiled and backend == "inductor"):
+        return []
+    ours = "compiled with inductor (train.compile=true)" if compiled else "eagerly (train.compile=false, or DeepSpeed)"
+    return [f"warning: the network runs {ours}, overriding the launcher's --dynamo_backend {backend} "
+            "(ACCELERATE_DYNAMO_BACKEND); the run config decides compilation: set train.compile to change it"]
