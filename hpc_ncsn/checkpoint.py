@@ -14,6 +14,11 @@ after the new one has its final name.
 `load_ema_model` turns any checkpoint (DeepSpeed's included) into a plain model for
 sampling; it needs neither Accelerate nor DeepSpeed.
 
+A complete checkpoint may still be damaged (a torn meta.json or ema.pt: a dying node, a careless copy).
+`read_checkpoint` reads its files whole and names the one that does not read (`Torn`); a resume
+(hpc_ncsn.train.run_folder) and `resolve_checkpoint` of a run folder skip such a one for the newest intact
+one, with one warning line (`skipped_warning`), and say `DamagedCheckpoints` when none is intact.
+
 A snapshot (`train.eval_every`) is a folder `step-XXXXXXXX` under `<run>/snapshots/`
 holding only `ema.pt` (written atomically: it is its own completion mark). Snapshots
 are never rotated; generation reads one like a checkpoint.
@@ -24,18 +29,22 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .config import Config, config_from_dict, config_to_dict
 from .errors import UserError
 from .files import atomic_path, publish_dir
 
-__all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "NoCheckpoint",
-           "TrainState", "checkpoint_name", "checkpoints_dir", "complete_checkpoints", "latest_checkpoint", "load_ema_model", "publish",
-           "read_config", "read_ema_state", "read_meta", "resolve_checkpoint", "rotate", "save_snapshot",
-           "scratch_dir", "scratch_path", "size_on_disk", "snapshots", "write_ema", "write_meta"]
+__all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "DamagedCheckpoints",
+           "NoCheckpoint", "Torn", "TrainState", "checkpoint_name", "checkpoints_dir", "complete_checkpoints",
+           "every_one_damaged", "latest_checkpoint", "load_ema_model", "publish", "read_checkpoint", "read_config",
+           "read_ema_state", "read_meta", "reading", "resolve_checkpoint", "rotate", "save_snapshot", "scratch_dir",
+           "scratch_path", "size_on_disk", "skipped_warning", "snapshots", "write_ema", "write_meta"]
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")
@@ -56,6 +65,11 @@ class TrainState:
 
 class NoCheckpoint(UserError, FileNotFoundError):
     """A run folder holds no complete checkpoint (yet)."""
+
+
+class DamagedCheckpoints(UserError, OSError):
+    """No intact checkpoint where one was asked for (every one of a run folder, or the folder named); the message
+    names each and why."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -130,6 +144,45 @@ def read_meta(checkpoint: Path) -> TrainState:
                       levels=meta.get("levels"))
 
 
+class Torn(Exception):
+    """A file of a checkpoint that does not read; str() is `<file>: <error type>: <the error's first line>`."""
+
+
+@contextmanager
+def reading(part: str) -> Iterator[None]:
+    """Whatever reading `part` of a checkpoint raises (json, torch, safetensors, pickle, a missing file) as Torn
+    naming it."""
+    try:
+        yield
+    except Exception as error:
+        raise Torn(f"{part}: {type(error).__name__}: {(str(error).strip() or '?').splitlines()[0][:100]}") from error
+
+
+def read_checkpoint(checkpoint: Path, counters: bool = False) -> tuple[TrainState | None, dict]:
+    """(meta.json's counters, ema.pt's record) of a checkpoint folder, each file read whole; Torn naming the first
+    that does not read. Without `counters`, a folder without meta.json (a snapshot) gives None for them."""
+    checkpoint = Path(checkpoint)
+    state = None
+    if counters or (checkpoint / COMPLETE_MARK).exists():
+        with reading(COMPLETE_MARK):
+            state = read_meta(checkpoint)
+    with reading(EMA_FILE):
+        payload = _read_ema(checkpoint)
+        missing = sorted({"step", "config", "ema"} - set(payload))
+        if missing:
+            raise KeyError(f"no {', '.join(missing)}")
+    return state, payload
+
+
+def skipped_warning(damaged: list[str], used: Path, doing: str) -> str:
+    """The one line that says which damaged checkpoints were skipped for the older `used` one."""
+    return f"warning: skipped damaged checkpoint(s) {'; '.join(damaged)}; {doing} the older {Path(used).name}"
+
+
+def every_one_damaged(root: Path, damaged: list[str], fix: str) -> DamagedCheckpoints:
+    return DamagedCheckpoints(f"every checkpoint in {root} is damaged: {'; '.join(damaged)}; {fix}")
+
+
 def save_snapshot(run: Path, config: Config, step: int, ema) -> Path:
     """The EMA weights of `step` in <run>/snapshots/step-*/ema.pt, the same record as a checkpoint's ema.pt."""
     folder = Path(run) / SNAPSHOTS / checkpoint_name(step)
@@ -185,16 +238,32 @@ def rotate(root: Path, keep: int) -> list[Path]:
     return doomed
 
 
-def resolve_checkpoint(run_or_checkpoint: Path) -> Path:
-    """A checkpoint folder: the given one, or the newest complete one of a run folder."""
+def resolve_checkpoint(run_or_checkpoint: Path, quiet: bool = False) -> Path:
+    """A checkpoint folder whose meta.json and ema.pt read: the given one (or DamagedCheckpoints naming what does
+    not), or the newest such one of a run folder; damaged newer ones are skipped with one warning line on stderr
+    (unless `quiet`: the processes other than the first of a multi-process command)."""
     path = Path(run_or_checkpoint)
     if (path / EMA_FILE).is_file():
+        try:
+            read_checkpoint(path)
+        except Torn as torn:
+            raise DamagedCheckpoints(f"checkpoint {path} is damaged ({torn}); pass an intact checkpoint folder, or "
+                                     "its run folder to use the newest intact one") from None
         return path
-    latest = latest_checkpoint(checkpoints_dir(path))
-    if latest is None:
+    candidates, damaged = complete_checkpoints(checkpoints_dir(path)), []
+    if not candidates:
         raise NoCheckpoint(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
                                 "train first, or pass a checkpoint folder")
-    return latest
+    for candidate in candidates:
+        try:
+            read_checkpoint(candidate)
+        except Torn as torn:
+            damaged.append(f"{candidate.name} ({torn})")
+            continue
+        if damaged and not quiet:
+            print(skipped_warning(damaged, candidate, "using"), file=sys.stderr, flush=True)
+        return candidate
+    raise every_one_damaged(checkpoints_dir(path), damaged, "restore one from a copy, or train the run again")
 
 
 def load_ema_model(checkpoint: Path, device="cpu"):

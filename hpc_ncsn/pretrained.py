@@ -6,7 +6,9 @@
 
 `export_pretrained(run_or_checkpoint, out)` writes the folder (under a temporary name, then
 renamed); `from_pretrained(folder)` rebuilds the network from config.json and loads the weights with
-safetensors: no pickle, no torch.load. `initial_weights(path, config)` is what `train.init_from` starts
+safetensors (no pickle, no torch.load) once their sha256 is the one config.json records;
+`load_pretrained(folder)` gives the config and the step with it (what `generate --model` samples).
+`initial_weights(path, config)` is what `train.init_from` starts
 from (an export folder, or a checkpoint or run folder of this project), after checking that its
 network is the one `config` builds (one line naming every difference).
 """
@@ -17,16 +19,18 @@ import json
 import shutil
 from pathlib import Path
 
-from .checkpoint import load_ema_model, resolve_checkpoint
+from .checkpoint import CHECKPOINTS, EMA_FILE, load_ema_model, resolve_checkpoint
 from .config import Config, config_from_dict, config_to_dict
 from .errors import UserError
 from .files import atomic_write, file_sha256, publish_dir
+from .untrusted import read_bounded
 
 __all__ = ["CARD", "CONFIG", "FORMAT", "WEIGHTS", "ArchitectureMismatch", "export_pretrained", "from_pretrained",
-           "initial_weights", "pretrained_config"]
+           "initial_weights", "load_pretrained", "pretrained_config"]
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
 FORMAT = "hpc_ncsn-pretrained-1"
+MAX_CONFIG_BYTES = 1 << 20  # config.json: a resolved config and a few keys, a few kB
 # What decides the network and its tensors' meaning: the model section (dropout aside: it only acts in training),
 # and the data's image size and channels.
 _ARCHITECTURE_DATA_KEYS = ("image_size", "channels")
@@ -55,7 +59,9 @@ model = from_pretrained("THIS_FOLDER")      # a torch nn.Module in eval mode; no
 config = pretrained_config("THIS_FOLDER")   # the resolved training config (config.json's "config")
 ```
 
-Fine-tune from it: `python train.py --config CONFIG train.init_from=THIS_FOLDER`.
+Sample it into checked HDF5 shards: `hpc-ncsn generate --model THIS_FOLDER --out samples --num-samples 1000`
+(the sampler below; `sampler.*` overrides after it). Fine-tune from it:
+`python train.py --config CONFIG train.init_from=THIS_FOLDER`.
 
 ## Sampler it was run with
 
@@ -92,15 +98,22 @@ def export_pretrained(run_or_checkpoint: Path, out: Path) -> Path:
 def _record(folder: Path) -> dict:
     path = Path(folder) / CONFIG
     if not (path.is_file() and (Path(folder) / WEIGHTS).is_file()):
+        if any((Path(folder) / name).exists() for name in (CHECKPOINTS, EMA_FILE, "config.yaml")):
+            raise UserError(f"{folder} is a run or checkpoint folder, not an exported model (no {CONFIG} and "
+                            f"{WEIGHTS}); pass it where a run folder goes (generate --run-dir), or export it with "
+                            f"'hpc-ncsn export --run-dir {folder} --safetensors DIR'")
         raise UserError(f"{folder} is not an exported model (no {CONFIG} and {WEIGHTS}); write one with "
                         "'hpc-ncsn export --run-dir RUN --safetensors DIR'")
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        record = json.loads(read_bounded(path, MAX_CONFIG_BYTES, "export the model again"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not JSON ({error}); export the model again") from None
-    if record.get("format") != FORMAT:
-        raise UserError(f"{path}: format {record.get('format')!r}, not {FORMAT!r}; export the model again with this "
-                        "version")
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise UserError(f"{path}: format {found!r}, not {FORMAT!r}; export the model again with this version")
+    missing = [key for key in ("step", "weights_sha256", "config") if key not in record]
+    if missing:
+        raise UserError(f"{path} has no {', '.join(missing)}; export the model again")
     return record
 
 
@@ -116,9 +129,12 @@ def _architecture_differences(weights: Config, wanted: Config) -> list[str]:
             if have[section][key] != want[section][key]]
 
 
-def _load_weights(model, folder: Path) -> None:
+def _load_weights(model, folder: Path, sha256: str) -> None:
     from safetensors.torch import load_file
 
+    if file_sha256(Path(folder) / WEIGHTS) != sha256:
+        raise UserError(f"{Path(folder) / WEIGHTS} is not the file its {CONFIG} describes (its sha256 differs from "
+                        "weights_sha256: torn, or replaced by other weights); copy or export the model again")
     tensors = load_file(str(Path(folder) / WEIGHTS))
     expected = model.state_dict()
     wrong = sorted(set(expected) ^ set(tensors)) + sorted(
@@ -129,14 +145,21 @@ def _load_weights(model, folder: Path) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
-def from_pretrained(folder: Path, device="cpu"):
-    """The network of an exported model folder, weights loaded with safetensors, in eval mode on `device`."""
+def load_pretrained(folder: Path, device="cpu"):
+    """(model, config, record) of an exported model folder: the network, weights checked against config.json's
+    sha256 and loaded with safetensors, in eval mode on `device`; the resolved config; config.json itself."""
     from .model import build_score_model
 
-    config = pretrained_config(folder)
+    record = _record(folder)
+    config = config_from_dict(record["config"], source=str(Path(folder) / CONFIG))
     model = build_score_model(config.model, config.data)
-    _load_weights(model, Path(folder))
-    return model.to(device).eval()
+    _load_weights(model, Path(folder), record["weights_sha256"])
+    return model.to(device).eval(), config, record
+
+
+def from_pretrained(folder: Path, device="cpu"):
+    """The network of an exported model folder, weights loaded with safetensors, in eval mode on `device`."""
+    return load_pretrained(folder, device)[0]
 
 
 def initial_weights(path: Path, config: Config) -> tuple[dict, str]:
@@ -144,8 +167,8 @@ def initial_weights(path: Path, config: Config) -> tuple[dict, str]:
     builds: an export folder (safetensors) or a checkpoint / run folder (its ema.pt)."""
     path = Path(path)
     if (path / CONFIG).is_file():
-        model, source = from_pretrained(path), pretrained_config(path)
-        where = f"{path} (step {_record(path)['step']}, sha256 {_record(path)['weights_sha256'][:16]}…)"
+        model, source, record = load_pretrained(path)
+        where = f"{path} (step {record['step']}, sha256 {record['weights_sha256'][:16]}…)"
     elif path.exists():
         checkpoint = resolve_checkpoint(path)
         model, source, step = load_ema_model(checkpoint)

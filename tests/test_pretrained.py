@@ -2,10 +2,12 @@
 given weights (train.init_from) and resuming an explicit checkpoint (train.resume_from), with tiny real trainings."""
 
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -126,3 +128,64 @@ def test_resume_from_an_explicit_checkpoint_continues_that_training_exactly(trai
                  f"train.out_dir={tmp_path / 'x'}", "--resume", str(trained)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "checkpoint of another experiment (train.seed: 0 → 5)" in err[0]
+
+
+def draw(source: list[str], out: Path, *extra: str) -> int:
+    """`hpc-ncsn generate` of 6 samples in shards of 3, seed 7, from `source` (--run-dir RUN or --model DIR)."""
+    return main(["generate", *source, "--out", str(out), "--num-samples", "6", "--shard-size", "3",
+                 "--batch-size", "3", "--seed", "7", *extra])
+
+
+def test_generate_from_an_export_draws_the_checkpoints_very_samples_resumably_and_checked(
+        exported, trained, tmp_path, capsys, thread_settings):
+    """Seed for seed, `generate --model` of the export writes the images `generate --run-dir` of its run writes; the
+    folder passes the evaluation's checks and names its model; a rerun keeps what is intact, an override redraws."""
+    from hpc_ncsn.evaluate.evaluator import config_for
+    from hpc_ncsn.samples.shards import read_manifest, read_shard
+    from hpc_ncsn.samples.validation import verify_folder
+
+    run_samples, model_samples = tmp_path / "from-run", tmp_path / "from-model"
+    assert draw(["--run-dir", str(trained)], run_samples) == 0
+    assert draw(["--model", str(exported)], model_samples) == 0
+    shards = [sorted(folder.glob("shard-*.h5")) for folder in (run_samples, model_samples)]
+    assert len(shards[0]) == len(shards[1]) == 2
+    for ours, theirs in zip(*shards):
+        assert np.array_equal(read_shard(ours)[0], read_shard(theirs)[0])
+    images = np.concatenate([read_shard(path)[0] for path in shards[1]])
+    assert len({image.tobytes() for image in images}) == 6  # six different samples, not one drawn six times
+    manifest, _ = verify_folder(model_samples)
+    record = json.loads((exported / CONFIG).read_text())
+    assert manifest["meta"]["model"] == os.path.relpath(exported, model_samples) and "run" not in manifest["meta"]
+    assert manifest["meta"]["model_sha256"] == record["weights_sha256"] and manifest["meta"]["checkpoint_step"] == 2
+    assert config_for(model_samples) == pretrained_config(exported)  # evaluate's config: the export's
+
+    (model_samples / "shard-00001.h5").unlink()
+    capsys.readouterr()
+    assert draw(["--model", str(exported)], model_samples) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"folder": str(model_samples), "generated": [1],
+                                                                    "kept": [0]}
+    assert all(np.array_equal(read_shard(a)[0], read_shard(b)[0]) for a, b in zip(*shards))
+    assert draw(["--model", str(exported)], model_samples, "sampler.steps_per_level=1") == 0
+    said = capsys.readouterr().out
+    assert said.count("redrawing") == 2 and "steps_per_level" in said
+    assert read_manifest(model_samples)["meta"]["sampler"]["steps_per_level"] == 1
+
+
+def test_generate_refuses_what_is_not_an_intact_export_in_one_line(exported, trained, tmp_path, capsys,
+                                                                   thread_settings):
+    torn = tmp_path / "torn"
+    shutil.copytree(exported, torn)
+    (torn / WEIGHTS).write_bytes((exported / WEIGHTS).read_bytes()[:1000])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [(["--model", str(trained)], f"{trained} is a run or checkpoint folder, not an exported model"),
+             (["--model", str(empty)], f"{empty} is not an exported model (no config.json and model.safetensors)"),
+             (["--model", str(torn)], f"{torn / WEIGHTS} is not the file its config.json describes"),
+             (["--run-dir", str(exported)], f"--run-dir {exported} is an exported model, not a run or checkpoint "
+                                            "folder; pass it as --model")]
+    for source, phrase in cases:
+        capsys.readouterr()
+        assert draw(source, tmp_path / "samples") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {phrase}"), err
+    assert not list((tmp_path / "samples").glob("shard-*"))

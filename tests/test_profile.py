@@ -12,7 +12,7 @@ from hpc_ncsn.config import ConfigError, TrainConfig
 from hpc_ncsn.sweep.launch import add_arguments, slurm_options
 from hpc_ncsn.sweep.profile import record_options
 from hpc_ncsn.sweep.slurm import SlurmOptions, sbatch_text, slurm_parameters
-from hpc_ncsn.train.launcher_settings import overridden_launcher_settings
+from hpc_ncsn.train.launcher_settings import overridden_compile, overridden_launcher_settings
 from test_sweep_plan import GOLDEN_TRAIN_SBATCH
 
 PYTHON = "apptainer exec --nv /images/hpc_ncsn.sif python"
@@ -73,3 +73,14 @@ def test_deepspeed_settings_the_run_config_overrides_are_named_with_both_values(
     assert "=16 overrides train_micro_batch_size_per_gpu in the DeepSpeed config" in lines[1] and ", 32;" in lines[1]
     same = {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2", "ACCELERATE_GRADIENT_CLIPPING": "auto"}
     assert overridden_launcher_settings(TrainConfig(grad_accum=2), 64, same) == []
+    with pytest.raises(ConfigError, match=r"^ACCELERATE_GRADIENT_CLIPPING='one' is not a number; unset it"):
+        overridden_launcher_settings(TrainConfig(), 64, {"ACCELERATE_GRADIENT_CLIPPING": "one"})
+
+
+def test_a_launchers_dynamo_backend_is_named_where_it_differs_from_the_runs_compilation():
+    assert overridden_compile(False, {"ACCELERATE_DYNAMO_BACKEND": "NO"}) == []  # accelerate launch's default
+    assert overridden_compile(True, {"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}) == []  # the same compiler
+    assert overridden_compile(False, {}) == []
+    [line] = overridden_compile(True, {"ACCELERATE_DYNAMO_BACKEND": "AOT_EAGER"})
+    assert line.startswith("warning: the network runs compiled with inductor (train.compile=true), overriding the "
+                           "launcher's --dynamo_backend aot_eager (ACCELERATE_DYNAMO_BACKEND)")

@@ -175,6 +175,34 @@ def test_the_launchers_precision_is_used_unless_the_run_config_names_one(tmp_pat
         assert_same(plain_state, fp32, exact=False, atol=1e-5)
 
 
+@slow
+def test_a_launchers_gradient_accumulation_and_compiler_are_the_run_configs_with_one_warning_line(tmp_path):
+    """`ACCELERATE_GRADIENT_ACCUMULATION_STEPS` (what `accelerate launch --gradient_accumulation_steps` exports, and
+    what a user may export around `accelerate launch`) is what Accelerate's own Accelerator takes in place of the
+    value a script passes it, and `accelerate launch --dynamo_backend` makes its `prepare` compile the model. Here
+    train.grad_accum and train.compile win, in every launch: the training equals the one without them, bit for
+    bit, and one warning line names both values."""
+    common = ["train.steps=2", "train.checkpoint_every=2", "train.log_every=1"]
+    outcomes = {}
+    for name, flags, extra in (("plain", (), {}), ("asked", (), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}),
+                               ("compiled", ("--dynamo_backend", "inductor"), {})):
+        result = subprocess.run(train_cmd(tmp_path / name, *common, launcher=accelerate(1, *flags)),
+                                env={**env(), **extra}, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outcomes[name] = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert outcomes["plain"] == []
+    assert outcomes["asked"] == ["warning: train.grad_accum=1 overrides the launcher's --gradient_accumulation_steps "
+                                 "(ACCELERATE_GRADIENT_ACCUMULATION_STEPS), 2; the run config decides batch, "
+                                 "accumulation and clipping: set train.* to change them"]
+    assert outcomes["compiled"] == ["warning: the network runs eagerly (train.compile=false, or DeepSpeed), "
+                                    "overriding the launcher's --dynamo_backend inductor (ACCELERATE_DYNAMO_BACKEND); "
+                                    "the run config decides compilation: set train.compile to change it"]
+    for name in ("asked", "compiled"):
+        for ours, theirs in zip(final_state(tmp_path / "plain"), final_state(tmp_path / name)):
+            assert_same(ours, theirs)
+        assert [m["loss"] for m in metrics(tmp_path / "plain")] == [m["loss"] for m in metrics(tmp_path / name)]
+
+
 def test_a_launcher_precision_training_cannot_use_is_one_line_naming_the_flag(monkeypatch):
     """What `accelerate launch --mixed_precision fp8|fp16` tells its processes, on this CPU."""
     from hpc_ncsn.config import ConfigError
@@ -528,3 +556,66 @@ def test_a_run_whose_every_checkpoint_is_damaged_is_one_line_naming_each(three_c
     with pytest.raises(DamagedCheckpoints, match=r"every checkpoint in .* is damaged: step-00000006 \(.+\); "
                                                  r"step-00000004 \(.+\); step-00000002 \(.+\); restore one, or move"):
         train(load_config(ROOT / "configs/debug.yaml", [*settings, f"train.out_dir={out}"]))
+
+
+@pytest.fixture
+def commands_in_process(monkeypatch):
+    """`main([...])` sets the product's thread variables in this process; put them back afterwards."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(name, "1")
+
+
+def one_generation(run_or_checkpoint: Path, out: Path) -> int:
+    from hpc_ncsn.cli import main
+
+    return main(["generate", "--run-dir", str(run_or_checkpoint), "--out", str(out), "--num-samples", "4",
+                 "--shard-size", "4", "--batch-size", "4"])
+
+
+def test_generate_export_and_heldout_of_a_run_whose_newest_ema_is_torn_use_the_older_checkpoint_in_one_line(
+        three_checkpoints, tmp_path, capsys, commands_in_process):
+    """The same samples as from step 4's folder named explicitly; export and held-out DSM take step 4 too."""
+    from hpc_ncsn.cli import main
+    from hpc_ncsn.samples.shards import read_manifest
+
+    out = tmp_path / "run"
+    shutil.copytree(three_checkpoints[0], out)
+    torn(out / "checkpoints" / "step-00000006" / "ema.pt")
+    capsys.readouterr()
+    said = []
+    for command in (lambda: one_generation(out, tmp_path / "samples"),
+                    lambda: main(["export", "--run-dir", str(out), "--safetensors", str(tmp_path / "model")]),
+                    lambda: main(["heldout", "--run-dir", str(out), "--examples", "8", "--batch-size", "8"])):
+        assert command() == 0
+        said.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")])
+    for warnings in said:
+        assert len(warnings) == 1 and warnings[0].startswith("warning: skipped damaged checkpoint(s) step-00000006 "
+                                                             "(ema.pt: ")
+        assert warnings[0].endswith("; using the older step-00000004")
+    assert read_manifest(tmp_path / "samples")["meta"]["checkpoint"] == "step-00000004"
+    assert one_generation(out / "checkpoints" / "step-00000004", tmp_path / "explicit") == 0
+    images = [[shard["images_sha256"] for shard in read_manifest(folder)["shards"]]
+              for folder in (tmp_path / "samples", tmp_path / "explicit")]
+    assert images[0] == images[1]
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["step"] == 4
+    assert json.loads((out / "heldout_dsm.json").read_text())["step"] == 4
+
+
+def test_generating_from_a_run_whose_every_checkpoint_is_damaged_or_from_a_damaged_named_one_is_one_line(
+        three_checkpoints, tmp_path, capsys, commands_in_process):
+    out = tmp_path / "run"
+    shutil.copytree(three_checkpoints[0], out)
+    for step, damaged in zip((2, 4, 6), ("ema.pt", "meta.json", "ema.pt")):
+        torn(out / "checkpoints" / f"step-{step:08d}" / damaged)
+    capsys.readouterr()
+    assert one_generation(out, tmp_path / "samples") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: every checkpoint in {out / 'checkpoints'} is damaged: "
+                                               "step-00000006 (ema.pt: ")
+    assert "; step-00000004 (meta.json: " in err[0] and "; step-00000002 (ema.pt: " in err[0]
+    assert err[0].endswith("; restore one from a copy, or train the run again")
+    assert one_generation(out / "checkpoints" / "step-00000006", tmp_path / "samples") == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: checkpoint {out / 'checkpoints' / 'step-00000006'} is "
+                                               "damaged (ema.pt: ")
+    assert err[0].endswith("pass an intact checkpoint folder, or its run folder to use the newest intact one")

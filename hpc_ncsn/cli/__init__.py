@@ -3,6 +3,7 @@
     hpc-ncsn train --config configs/debug.yaml                          # = python train.py (accelerate launch)
     hpc-ncsn sweep --arms geometric,linear,snr                          # = python launch/sweep.py
     hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples     # EMA samples into HDF5 shards
+    hpc-ncsn generate --model runs/debug-model --out samples            # ... of an exported model
     hpc-ncsn evaluate --samples runs/debug/samples                      # FID/KID/IS of the shards
     hpc-ncsn stats data:train --config configs/fashion.yaml --out ref.npz   # μ/Σ as pytorch-fid's/EDM's .npz
     hpc-ncsn compare runs/a/samples ref.npz                             # FID of any two of samples/images/.npz
@@ -77,6 +78,7 @@ COMMANDS = [
     ("generate", "draw samples of a run's EMA model into HDF5 shards (resumable, multi-process)", DEFAULTS,
      add_generate_args, cmd_generate,
      "examples: hpc-ncsn generate --run-dir runs/debug --out runs/debug/samples --num-samples 1000\n"
+     "          hpc-ncsn generate --model runs/debug-model --out runs/debug-model/samples --num-samples 1000\n"
      "          torchrun --nproc_per_node 4 -m hpc_ncsn generate --run-dir runs/cifar10 "
      "--out runs/cifar10/samples --num-samples 50000"),
     ("evaluate", "FID/KID/IS of sample shards against the data set (multi-process with torchrun)", DEFAULTS,

@@ -30,21 +30,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     flags = [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
              for name, key in GENERATE_FLAGS.items() if (value := getattr(args, name)) is not None]
     overrides = (*flags, *args.overrides)
+    source = args.model if args.model is not None else args.run_dir
+    if args.model is None and (source / "config.json").is_file() and (source / "model.safetensors").is_file():
+        raise UserError(f"--run-dir {source} is an exported model, not a run or checkpoint folder; pass it as "
+                        "--model")
     if args.dry_run:
-        from ..checkpoint import resolve_checkpoint
-
-        checkpoint = resolve_checkpoint(args.run_dir)
-        config = load_config(checkpoint.parent.parent / "config.yaml", overrides)
-        print(json.dumps({"checkpoint": str(checkpoint), "out": str(args.out), "seed": args.seed,
-                          "overrides": list(overrides), "generate": asdict(config.generate),
-                          "sampler": asdict(config.sampler)}, indent=2))
+        print(json.dumps({**_generation_source(args.run_dir, args.model, overrides), "out": str(args.out),
+                          "seed": args.seed, "overrides": list(overrides)}, indent=2))
         return 0
     setup_process()
     from ..samples.generate import generate
 
-    result = generate(args.run_dir, args.out, overrides=overrides, seed=args.seed)
+    result = generate(source, args.out, pretrained=args.model is not None, overrides=overrides, seed=args.seed)
     print(json.dumps({"folder": str(result.folder), "generated": result.generated, "kept": result.kept}))
     return 0
+
+
+def _generation_source(run_dir: Path | None, model: Path | None, overrides: tuple[str, ...]) -> dict:
+    """What `generate --dry-run` says it would sample: the checkpoint or exported model, its generate and sampler
+    settings with the overrides applied."""
+    if model is not None:
+        from ..config import config_from_dict, config_to_dict
+        from ..pretrained import pretrained_config
+
+        config = config_from_dict(config_to_dict(pretrained_config(model)), overrides)
+        where = {"model": str(model)}
+    else:
+        from ..checkpoint import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(run_dir)
+        config = load_config(checkpoint.parent.parent / "config.yaml", overrides)
+        where = {"checkpoint": str(checkpoint)}
+    return {**where, "generate": asdict(config.generate), "sampler": asdict(config.sampler)}
 
 
 # Flags of `evaluate` that are shorthands for keys of the evaluate section; their defaults come from the config.
@@ -107,11 +124,11 @@ def _export_model(run_dir: Path | None, out: Path | None, dry_run: bool) -> int:
 
     if run_dir is None or out is None:
         raise UserError("export: a model needs both --run-dir RUN (or a checkpoint folder) and --safetensors DIR")
+    checkpoint = resolve_checkpoint(run_dir)
     if dry_run:
-        print(f"would write the EMA network of {resolve_checkpoint(run_dir)} to {out}/ (model.safetensors, "
-              "config.json, README.md)")
+        print(f"would write the EMA network of {checkpoint} to {out}/ (model.safetensors, config.json, README.md)")
         return 0
-    print(f"exported {resolve_checkpoint(run_dir)} to {export_pretrained(run_dir, out)}")
+    print(f"exported {checkpoint} to {export_pretrained(checkpoint, out)}")
     return 0
 
 
@@ -131,7 +148,11 @@ def add_export_args(export: argparse.ArgumentParser) -> None:
 
 def add_generate_args(gen: argparse.ArgumentParser) -> None:
     defaults, sampler = GenerateConfig(), "the run's"
-    gen.add_argument("--run-dir", type=Path, required=True, help="run folder (newest checkpoint) or a checkpoint folder")
+    network = gen.add_mutually_exclusive_group(required=True)
+    network.add_argument("--run-dir", type=Path, help="run folder (its newest intact checkpoint) or a checkpoint folder")
+    network.add_argument("--model", type=Path,
+                         help="an exported model folder (hpc-ncsn export --safetensors): its config.json is the run's "
+                              "config")
     gen.add_argument("--out", type=Path, required=True, help="folder for shard-*.h5 and manifest.json")
     gen.add_argument("--num-samples", type=int, default=None,
                      help=f"samples 0..N-1 (generate.num_samples; default: {sampler}, built-in {defaults.num_samples})")

@@ -33,6 +33,7 @@ from ..distributed import barrier, gather_to_main, is_main_process, process_grou
 from ..errors import UserError
 from ..files import atomic_path, atomic_write, file_sha256, require_writable
 from ..files import cache_dir as default_cache_dir
+from ..pretrained import pretrained_config
 from ..progress import showing_progress
 from ..samples.shards import MANIFEST, read_manifest, read_shard
 from ..samples.validation import verify_folder
@@ -156,13 +157,16 @@ class Scoring:
 
 def config_for(source: Path, *, images: bool = False, config: Path | None = None) -> Config:
     """The config whose data set is the reference and whose evaluate section applies to `source`: the file
-    `config` if given; else, for a shard folder, its run's config.yaml (the manifest names the run) or, for real
+    `config` if given; else, for a shard folder, its run's config.yaml (the manifest names the run; an exported
+    model's config.json for samples of `generate --model`) or, for real
     images (hpc_ncsn.samples.real), the data section its manifest records; for an image folder, the defaults."""
     if images or config is not None:
         return load_config(config)
     from ..samples.generate import run_folder
 
     meta = read_manifest(source)["meta"]
+    if "model" in meta:  # drawn from an exported model (generate --model): its config.json
+        return pretrained_config(run_folder(source, meta))
     if "run" not in meta:
         return config_from_dict({"data": meta["data"]})
     return load_config(run_folder(source, meta) / "config.yaml")

@@ -1,6 +1,7 @@
 """Distributed, resumable sample generation into HDF5 shards.
 
-Loads a run's EMA weights and draws N samples with the config's sampler. Shard k holds
+Loads a run's EMA weights (or an exported model: hpc_ncsn.pretrained) and draws N samples with the
+config's sampler. Shard k holds
 the fixed sample range [k·S, (k+1)·S), and sample i's noise depends only on
 (seed, i) (see hpc_ncsn.rng), so the shards are the same whatever the number
 of processes that drew them. Process r draws the shards k with k % world == r.
@@ -33,6 +34,7 @@ from ..data import to_uint8
 from ..distributed import barrier, process_group
 from ..files import make_folder, require_free_space
 from ..locks import FolderLock
+from ..pretrained import load_pretrained
 from ..network import NetworkSpeed, score_function
 from ..progress import showing_progress
 from ..sampling import SamplerPlan, draw
@@ -53,7 +55,7 @@ from .shards import (
 )
 from .validation import validate_shards
 
-__all__ = ["GenerationResult", "generate", "run_folder", "sampler_attrs", "sampling_config"]
+__all__ = ["GenerationResult", "generate", "network_origin", "run_folder", "sampler_attrs", "sampling_config"]
 
 NETWORK_KEYS = ("precision", "channels_last", "compile")
 
@@ -65,11 +67,23 @@ class GenerationResult:
     kept: list[int]
 
 
-def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: Path) -> dict:
-    """What a shard records about how it was made (`ORIGIN_KEYS`, the image layout, the NFE per sample).
+def network_origin(source: Path, out: Path, step: int, *, checkpoint: Path | None = None,
+                   weights_sha256: str | None = None) -> dict:
+    """Where the network came from, as shards record it: a checkpoint's run folder (`run`) and name, or an exported
+    model's folder (`model`) and the sha256 of its weights; each folder relative to the shards' folder, so that a
+    sweep folder that moves with its runs keeps its shards (`run_folder` reads it back)."""
+    if checkpoint is not None:
+        return {"run": os.path.relpath(checkpoint.parent.parent.resolve(), Path(out).resolve()),
+                "checkpoint": checkpoint.name, "checkpoint_step": step}
+    return {"model": os.path.relpath(Path(source).resolve(), Path(out).resolve()), "model_sha256": weights_sha256,
+            "checkpoint_step": step}
 
-    The run folder is recorded relative to the shards' folder, so that a sweep folder
-    that moves with its runs keeps its shards (`run_folder` reads it back). The sampler's
+
+def sampler_attrs(config: Config, origin: dict, seed: int) -> dict:
+    """What a shard records about how it was made (`ORIGIN_KEYS`: `origin`, the network's origin; the image layout,
+    the NFE per sample).
+
+    The sampler's
     ladder and kind (SamplerConfig.SAMPLING_KEYS) are recorded only where they differ from
     their defaults: folders drawn before those keys existed stay valid.
     """
@@ -78,9 +92,7 @@ def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: P
     sampler = {key: value for key, value in tree["sampler"].items()
                if key not in NETWORK_KEYS and not (key in SamplerConfig.SAMPLING_KEYS and value == defaults[key])}
     return {
-        "run": os.path.relpath(checkpoint.parent.parent.resolve(), Path(out).resolve()),
-        "checkpoint": checkpoint.name,
-        "checkpoint_step": step,
+        **origin,
         "arm": arm_of(config),
         "noise": tree["noise"],
         # How the network runs is not part of it, except its precision (NetworkSpeed.attrs records that).
@@ -92,8 +104,8 @@ def sampler_attrs(config: Config, checkpoint: Path, step: int, seed: int, out: P
 
 
 def run_folder(samples: Path, meta: dict) -> Path:
-    """The run folder a manifest's (or shard's) attributes name, as a path."""
-    return (Path(samples) / meta["run"]).resolve()
+    """The run folder (or exported model folder) a manifest's (or shard's) attributes name, as a path."""
+    return (Path(samples) / meta["run" if "run" in meta else "model"]).resolve()
 
 
 def sampling_config(run_config: Config, overrides: tuple[str, ...] = ()) -> Config:
@@ -130,9 +142,10 @@ def _draw(score, config: Config, plan: SamplerPlan, spec: ShardSpec, seed: int, 
 
 
 def generate(
-    run_or_checkpoint: Path,
+    source: Path,
     out: Path,
     *,
+    pretrained: bool = False,
     overrides: tuple[str, ...] = (),
     seed: int = 0,
     validate_timeout: float = 120.0,
@@ -140,31 +153,42 @@ def generate(
 ) -> GenerationResult:
     """Draw samples [0, generate.num_samples) of a run's EMA model into `out`/shard-*.h5 plus manifest.json.
 
-    The run's config says how (its sampler.*, noise.* and generate.* sections), with
+    `source`: a run folder (its newest intact checkpoint), a checkpoint or snapshot folder, or with
+    `pretrained` an exported model folder (hpc_ncsn.pretrained; its config.json is the run's config). The run's
+    config says how (its sampler.*, noise.* and generate.* sections), with
     `overrides` of those keys applied. The network's precision is recorded in the
     shards, so a rerun with another one redraws them. One generation at a time may
     write into `out` (a lock file, hpc_ncsn.locks).
     """
     restore = preemption.install()
     try:
-        return _generate(run_or_checkpoint, out, overrides, seed, validate_timeout, say=progress)
+        return _generate(source, pretrained, out, overrides, seed, validate_timeout, say=progress)
     finally:
         restore()  # the caller's signal handlers again
 
 
-def _generate(run_or_checkpoint: Path, out: Path, overrides: tuple[str, ...], seed: int, validate_timeout: float,
-              say: Callable[[str], None]) -> GenerationResult:
+def _load(source: Path, pretrained: bool, out: Path, device: torch.device, quiet: bool):
+    """(network, its run's config, where it came from as `network_origin`)."""
+    if pretrained:
+        model, config, record = load_pretrained(source, device)
+        return model, config, network_origin(source, out, record["step"], weights_sha256=record["weights_sha256"])
+    checkpoint = resolve_checkpoint(source, quiet=quiet)
+    model, config, step = load_ema_model(checkpoint, device)
+    return model, config, network_origin(source, out, step, checkpoint=checkpoint)
+
+
+def _generate(source: Path, pretrained: bool, out: Path, overrides: tuple[str, ...], seed: int,
+              validate_timeout: float, say: Callable[[str], None]) -> GenerationResult:
     rank, world, device = process_group()
     make_folder(out, "the sample folder (--out)")
-    checkpoint = resolve_checkpoint(run_or_checkpoint)
-    model, config, step = load_ema_model(checkpoint, device)
+    model, config, origin = _load(source, pretrained, out, device, quiet=rank != 0)
     config = sampling_config(config, overrides)
     plan = SamplerPlan.from_config(config.noise, config.sampler)
     settings = config.generate
     specs = plan_shards(settings.num_samples, settings.shard_size)
     image_shape = (config.data.image_size, config.data.image_size, config.data.channels)
     speed = NetworkSpeed.from_sampler(config.sampler, device)
-    attrs = {**sampler_attrs(config, checkpoint, step, seed, out), **speed.attrs(),
+    attrs = {**sampler_attrs(config, origin, seed), **speed.attrs(),
              "num_samples": settings.num_samples, "shard_size": settings.shard_size}
     score = score_function(model, speed)
     lock = FolderLock(out, "generate", what="a generation",

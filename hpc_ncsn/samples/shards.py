@@ -84,7 +84,8 @@ VIEW = "samples.h5"
 _STRUCTURE = ("format_version", "start", "stop", "count", "images_sha256", "complete", "json_attrs")
 # The attributes that say how a shard was made: shards of one folder agree on them with its manifest. (The
 # sample count is not one: sample i is the same in a folder of 1,000 or 50,000, so a larger rerun keeps them.)
-ORIGIN_KEYS = ("run", "checkpoint", "checkpoint_step", "arm", "noise", "sampler", "seed", "network_precision")
+ORIGIN_KEYS = ("run", "checkpoint", "model", "model_sha256", "checkpoint_step", "arm", "noise", "sampler", "seed",
+               "network_precision")
 REGENERATE = "rerun generation to rewrite it"
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists one short entry per shard: ~1 MiB for 5,000 shards
 

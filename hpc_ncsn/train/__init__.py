@@ -5,7 +5,7 @@
     run_folder.py  a run folder's lock, config check, metrics.jsonl, sample grids; when checkpoints are saved
                    and resumed (their format: hpc_ncsn.checkpoint)
     session.py     what a training process holds: `Training.start(config)`
-    launcher_settings.py  a DeepSpeed launch's batch, accumulation and clipping that the run config overrides
+    launcher_settings.py  a launch's batch, accumulation and clipping that the run config overrides
     trackers.py    train.log_with's experiment trackers: checked, started, fed, closed
     heldout.py     the held-out DSM loss of the EMA weights at the end of training (and of any checkpoint)
     loop.py        `train(config)`: the loop

@@ -1,12 +1,18 @@
-"""What a DeepSpeed launch asks for that the run config decides: batch size, gradient accumulation, clipping.
+"""What a launch asks for that the run config decides: batch size, gradient accumulation, clipping.
 
-Under DeepSpeed the run config's train.batch_size, train.grad_accum and train.grad_clip are written
-into DeepSpeed's config (hpc_ncsn.train.session), so that a run trains the same way under every
-launcher. A value the launcher was given (its DeepSpeed JSON file, `ACCELERATE_DEEPSPEED_CONFIG_FILE`,
-or `accelerate launch --gradient_accumulation_steps / --gradient_clipping`, which travel as
-`ACCELERATE_GRADIENT_ACCUMULATION_STEPS` / `ACCELERATE_GRADIENT_CLIPPING`) and that differs is
-named with the run config's value in one warning line each, as train.mixed_precision does for precision.
-"auto" is no request.
+The run config's train.batch_size, train.grad_accum and train.grad_clip decide, so that a run trains
+the same way under every launcher: hpc_ncsn.train.session gives Accelerate the accumulation as a
+plugin (its Accelerator would otherwise take `ACCELERATE_GRADIENT_ACCUMULATION_STEPS` over the value
+passed to it, in any launch) and, under DeepSpeed, writes all three into DeepSpeed's config. A value
+the launcher was given (`accelerate launch --gradient_accumulation_steps / --gradient_clipping`,
+which travel as `ACCELERATE_GRADIENT_ACCUMULATION_STEPS` / `ACCELERATE_GRADIENT_CLIPPING`, or the
+same variables exported around any launcher; a DeepSpeed JSON file, `ACCELERATE_DEEPSPEED_CONFIG_FILE`)
+and that differs is named with the run config's value in one warning line each, as
+train.mixed_precision does for precision. "auto" is no request.
+
+Compilation likewise: `accelerate launch --dynamo_backend B` (`ACCELERATE_DYNAMO_BACKEND`, which
+Accelerate's Accelerator would apply to the model in `prepare`) is replaced by train.compile (the
+network through torch.compile with Inductor, or eager), with one warning line where they differ.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ import json
 import os
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 
-__all__ = ["launcher_requests", "overridden_launcher_settings"]
+__all__ = ["launcher_requests", "overridden_compile", "overridden_launcher_settings"]
 
 _ENV = {"gradient_accumulation_steps": "ACCELERATE_GRADIENT_ACCUMULATION_STEPS",
         "gradient_clipping": "ACCELERATE_GRADIENT_CLIPPING"}
@@ -29,7 +35,11 @@ def launcher_requests(environ=os.environ) -> dict[str, tuple[float, str]]:
     for key, variable in _ENV.items():
         value = environ.get(variable, "auto").strip().lower()
         if value not in ("", "auto", "none"):
-            asked[key] = (float(value), f"the launcher's --{key} ({variable})")
+            try:
+                asked[key] = (float(value), f"the launcher's --{key} ({variable})")
+            except ValueError:
+                raise ConfigError(f"{variable}={environ[variable]!r} is not a number; unset it (train.* decides "
+                                  "batch, accumulation and clipping) or launch with a number") from None
     file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
     if file != "none" and Path(file).is_file():
         settings = json.loads(Path(file).read_text())
@@ -54,3 +64,14 @@ def overridden_launcher_settings(train: TrainConfig, micro_batch: int, environ=o
             lines.append(f"warning: {name}={mine:g} overrides {where}, {value:g}; the run config decides batch, "
                          "accumulation and clipping: set train.* to change them")
     return lines
+
+
+def overridden_compile(compiled: bool, environ=os.environ) -> list[str]:
+    """The warning line when the launcher's --dynamo_backend asks for another compilation than the run's: `compiled`,
+    whether the network runs through torch.compile with Inductor (train.compile, not under DeepSpeed)."""
+    backend = environ.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower() or "no"
+    if backend == "no" or (compiled and backend == "inductor"):
+        return []
+    ours = "compiled with inductor (train.compile=true)" if compiled else "eagerly (train.compile=false, or DeepSpeed)"
+    return [f"warning: the network runs {ours}, overriding the launcher's --dynamo_backend {backend} "
+            "(ACCELERATE_DYNAMO_BACKEND); the run config decides compilation: set train.compile to change it"]

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from .. import checkpoint as ckpt
-from ..checkpoint import TrainState
+from ..checkpoint import DamagedCheckpoints, TrainState
 from ..config import Config, ConfigError, config_to_dict, config_to_yaml, load_config
 from ..distributed import is_main_process
 from ..errors import UserError
@@ -43,10 +43,6 @@ def _differences(saved: dict, current: dict) -> list[str]:
                if saved[section][key] != current[section][key]]
     return changed + [f"train.{key}: {saved['train'][key]!r} → {current['train'][key]!r}"
                       for key in _SAME_TRAIN_KEYS if saved["train"][key] != current["train"][key]]
-
-
-class DamagedCheckpoints(UserError, OSError):
-    """Every checkpoint of a run folder fails to load; the message names each and why."""
 
 
 class RunFolder:
@@ -174,27 +170,25 @@ class RunFolder:
         state, damaged = TrainState(), []
         candidates = ckpt.complete_checkpoints(self.checkpoints) or ([explicit] if explicit is not None else [])
         for path in candidates:
-            part = ckpt.COMPLETE_MARK
-            try:
-                state = ckpt.read_meta(path)
-                part = ckpt.EMA_FILE
-                ema.load_state_dict(ckpt.read_ema_state(path))
-                part = "model or optimizer state"
-                accelerator.load_state(str(path))
+            try:  # what counts as damaged: hpc_ncsn.checkpoint.read_checkpoint, and what Accelerate's files do
+                state, payload = ckpt.read_checkpoint(path, counters=True)
+                with ckpt.reading(ckpt.EMA_FILE):
+                    ema.load_state_dict(payload["ema"])
+                with ckpt.reading("model or optimizer state"):
+                    accelerator.load_state(str(path))
                 problem = ""
-            except Exception as error:  # whatever a torn file raises (json, torch, safetensors, pickle): try older
-                problem = f"{part}: {type(error).__name__}: {(str(error).strip() or '?').splitlines()[0][:100]}"
+            except ckpt.Torn as torn:
+                problem = str(torn)
             if not _anyone(accelerator, bool(problem)):
                 if damaged:
-                    accelerator.print(f"warning: skipped damaged checkpoint(s) {'; '.join(damaged)}; resuming from "
-                                      f"the older {path.name}")
+                    accelerator.print(ckpt.skipped_warning(damaged, path, "resuming from"))
                 accelerator.print(f"resumed from {path} at step {state.step}")
                 break
             damaged.append(f"{path.name} ({problem or 'damaged on another process'})")
         else:
             if damaged:
-                raise DamagedCheckpoints(f"every checkpoint in {self.checkpoints} is damaged: {'; '.join(damaged)}; "
-                                         "restore one, or move the folder aside to train from step 0")
+                raise ckpt.every_one_damaged(self.checkpoints, damaged,
+                                             "restore one, or move the folder aside to train from step 0")
         if is_main_process():
             self.truncate_metrics(state.step)
         return state

@@ -24,7 +24,7 @@ from ..pretrained import initial_weights
 from ..schedules import ladder
 from ..data import load_training_data
 from .batches import micro_batch_size
-from .launcher_settings import overridden_launcher_settings
+from .launcher_settings import overridden_compile, overridden_launcher_settings
 from .run_folder import RunFolder, TrainState
 from .step import TrainStep
 from .trackers import finish_trackers, log_image, start_trackers, tracker_names, tracker_record
@@ -92,7 +92,7 @@ def make_accelerator(config: Config):
     trackers of `train.log_with` (started by Training.start). `accelerator.mixed_precision` is the
     precision in effect."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, ProjectConfiguration
 
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
@@ -102,8 +102,11 @@ def make_accelerator(config: Config):
     trackers = tracker_names(config.train.log_with)
     out_dir = Path(config.train.out_dir)
     _fresh_accelerator_state(precision)
-    accelerator = Accelerator(mixed_precision=precision,
-                              gradient_accumulation_steps=config.train.grad_accum,
+    # A plugin, not gradient_accumulation_steps=: Accelerator would take ACCELERATE_GRADIENT_ACCUMULATION_STEPS in
+    # place of that argument, and the micro-batches here are cut by train.grad_accum (launcher_settings warns).
+    # dynamo_backend="no": train.compile compiles (network_call), never Accelerate's prepare (launcher_settings).
+    accumulation = GradientAccumulationPlugin(num_steps=config.train.grad_accum)
+    accelerator = Accelerator(mixed_precision=precision, dynamo_backend="no", gradient_accumulation_plugin=accumulation,
                               cpu=on_cpu and not use_deepspeed, kwargs_handlers=kwargs, log_with=trackers or None,
                               project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                                   logging_dir=str(out_dir / "trackers")))
@@ -161,9 +164,10 @@ class Training:
         accelerator = make_accelerator(config)
         micro = micro_batch_size(cfg, accelerator.num_processes)
         deepspeed = accelerator.state.deepspeed_plugin is not None
+        overridden = [*overridden_launcher_settings(cfg, micro), *overridden_compile(cfg.compile and not deepspeed)]
+        for line in overridden if is_main_process() else []:
+            print(line, file=sys.stderr, flush=True)  # what the launcher was given and the run config overrides
         if deepspeed:  # the run config, not the accelerate file, decides batch, accumulation and clipping
-            for line in overridden_launcher_settings(cfg, micro) if is_main_process() else []:
-                print(line, file=sys.stderr, flush=True)  # what the launcher was given and the run config overrides
             accelerator.state.deepspeed_plugin.deepspeed_config.update(
                 train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=cfg.grad_accum,
                 gradient_clipping=cfg.grad_clip)
