@@ -111,7 +111,7 @@ def test_rerun_skips_finished_tasks_and_rewrites_the_same_table(finished):
     table = (out / "table.json").read_bytes()
     logs = sorted(p.name for p in (out / "logs").iterdir())
     again = summary(sweep(out, "--schedules", "geometric,linear,snr", "--seeds", "0,1"))  # the same flag
-    assert set(again["seconds"]) == {"train", "sample", "aggregate"} and again["failed"] == {}
+    assert set(again["seconds"]) == {"train", "sample", "aggregate"} and again["failed"] == []
     new_logs = sorted(set(p.name for p in (out / "logs").iterdir()) - set(logs))
     assert len(new_logs) == 1  # only the aggregation ran again
     assert (out / "table.json").read_bytes() == table
@@ -165,7 +165,7 @@ def test_a_grown_sweep_runs_only_its_new_cells_and_keeps_the_old_ones_byte_for_b
     planned = sweep(grown, *args, "--dry-run").stdout
     assert "grows the sweep: arm + ode; seed + 2: 6 new cell(s)" in planned and "2 new training(s)" in planned
     result = sweep(grown, *args)
-    assert summary(result)["failed"] == {}
+    assert summary(result)["failed"] == []
     assert started(result) == planned_runs(planned) == sorted(
         [("train", "arm-geometric_seed-2"), ("train", "arm-linear_seed-2")]
         + [("sample", f"arm-{arm}_seed-2") for arm in ("geometric", "linear", "snr")]
@@ -214,7 +214,7 @@ def test_a_failed_training_fails_its_cells_and_spares_the_others(tmp_path):
     (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
     result = sweep(out, "--arms", "geometric,linear", "--seeds", "0", check=False)
     assert result.returncode == 1
-    assert summary(result)["failed"] == {"sample": ["arm-linear_seed-0"], "train": ["arm-linear_seed-0"]}
+    assert summary(result)["failed"] == ["sample/arm-linear_seed-0", "train/arm-linear_seed-0"]
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert rows[0]["seeds_done"] == 1 and rows[0]["problems"] == []
     assert rows[1]["seeds_done"] == 0 and "another config" in rows[1]["problems"][0]
@@ -284,7 +284,7 @@ def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go
     (bad / "config.yaml").write_text("data:\n  name: digits\n  image_size: 16\n")  # someone else's run
     result = sweep(out, "--cluster", "debug", "--arms", "geometric,linear", "--seeds", "0", check=False)
     assert result.returncode == 1
-    assert summary(result)["failed"] == {"sample": ["arm-linear_seed-0"], "train": ["arm-linear_seed-0"]}
+    assert summary(result)["failed"] == ["sample/arm-linear_seed-0", "train/arm-linear_seed-0"]
     assert json.loads((out / "table.json").read_text())["rows"][0]["seeds_done"] == 1
 
 
@@ -292,14 +292,14 @@ def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
     out = tmp_path / "sweep"
     args = ("--arms", "geometric", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
     first = sweep(out, *args)
-    assert summary(first)["failed"] == {}
+    assert summary(first)["failed"] == []
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert [row["group"] for row in rows] == [
         {"arm": "geometric", "sampler.steps_per_level": 1, "data.channels": 1},
         {"arm": "geometric", "sampler.steps_per_level": 2, "data.channels": 1}]
     assert all(row["seeds_done"] == 1 for row in rows)
     assert len(list((out / "train").iterdir())) == 1  # the sampler axis shares one training
-    assert summary(sweep(out, *args))["failed"] == {}
+    assert summary(sweep(out, *args))["failed"] == []
 
 
 LONG = ("--arms", "geometric", "--seeds", "0", "train.steps=300", "train.checkpoint_every=20",
@@ -348,6 +348,9 @@ def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_fi
         first.kill()
     assert first.returncode == 1
     assert "[train] arm-geometric_seed-0: CANCELLED (stop requested (SIGTERM) at step " in stdout
+    ended = json.loads(stdout.strip().splitlines()[-1])  # one key per state, as Slurm's --wait says it
+    assert ended["cancelled"] == ["aggregate/table", "sample/arm-geometric_seed-0", "train/arm-geometric_seed-0"]
+    assert ended["failed"] == ended["lost"] == ended["done"] == [] and ended["table"] is None
     final = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     assert final["state"] == "cancelled" and "SIGTERM" in final["error"] and final["pid"] == status["pid"]
     assert json.loads((out / "status" / "sample" / "arm-geometric_seed-0.json").read_text())["state"] == \
@@ -355,8 +358,8 @@ def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_fi
     lines = sweep(out, "--status").stdout.splitlines()
     assert lines[1].split()[:3] == ["train", "arm-geometric_seed-0", "cancelled"]
     # A rerun resumes from the checkpoint saved at the cancel and ends with the undisturbed numbers.
-    again = sweep(out, *LONG)
-    assert summary(again)["failed"] == {}
+    again = summary(sweep(out, *LONG))
+    assert again["failed"] == again["cancelled"] == [] and len(again["done"]) == 3 and again["table"]
     resumed = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     log = Path(resumed["log"])  # the .err file, where the progress bar is; prints go to the .out beside it
     assert log.suffix == ".err" and "train:" in log.read_text()
@@ -374,12 +377,14 @@ def test_a_training_killed_without_a_word_is_lost_and_a_rerun_finishes_it(undist
     finally:
         first.kill()
     assert first.returncode == 1
+    ended = json.loads(stdout.strip().splitlines()[-1])
+    assert ended["lost"] == ["train/arm-geometric_seed-0"] and ended["cancelled"] == []
     lines = sweep(out, *LONG[:4], "--status").stdout.splitlines()
     train_line = next(line for line in lines if line.startswith("train"))
     assert train_line.split()[2] == "lost" and "gone without a final state" in train_line
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert rows[0]["seeds_done"] == 0 and "lost" in rows[0]["problems"][0]
-    assert summary(sweep(out, *LONG))["failed"] == {}
+    assert summary(sweep(out, *LONG))["failed"] == []
     assert json.loads((out / "table.json").read_text())["rows"] == undisturbed["rows"]
 
 
@@ -394,7 +399,7 @@ def test_a_moved_sweep_folder_resumes_without_redrawing_its_shards(finished, tmp
     (cell / "metrics.json").unlink()
     shards = {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")}
     again = sweep(moved, "--arms", "geometric,linear,snr", "--seeds", "0,1")
-    assert summary(again)["failed"] == {} and "[sample] arm-snr_seed-0: done" in again.stdout
+    assert summary(again)["failed"] == [] and "[sample] arm-snr_seed-0: done" in again.stdout
     assert {p.name: p.stat().st_mtime_ns for p in cell.glob("shard-*.h5")} == shards  # kept, not redrawn
     assert json.loads((moved / "table.json").read_text())["rows"] == json.loads((out / "table.json").read_text())["rows"]
 
@@ -420,7 +425,7 @@ def test_a_sweep_made_before_the_arm_rename_resumes_where_it_is(finished, tmp_pa
     for table in old.glob("table.*"):
         table.unlink()
     again = sweep(old, "--schedules", "geometric,linear,snr", "--seeds", "0,1")
-    assert summary(again)["failed"] == {} and "[train]" not in again.stdout  # every training is done
+    assert summary(again)["failed"] == [] and "[train]" not in again.stdout  # every training is done
     assert "[sample] schedule-snr_seed-0: done" in again.stdout  # the one cell not done, under its own name
     table = json.loads((old / "table.json").read_text())
     assert table["rows"] == json.loads((out / "table.json").read_text())["rows"]  # rows keyed by "arm"

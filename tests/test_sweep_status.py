@@ -1,11 +1,13 @@
 """A sweep task's observed state (hpc_ncsn.sweep.status.observe): its status file joined with the queue."""
 
+import json
 import subprocess
 import sys
 import time
 
+from hpc_ncsn.locks import identity
 from hpc_ncsn.sweep.scheduler import Queue
-from hpc_ncsn.sweep.status import TaskStatus, observe, read_status, record_vanished
+from hpc_ncsn.sweep.status import TaskStatus, observe, read_status, record_vanished, run_tracked, status_path
 from hpc_ncsn.sweep.tasks import TrainTask
 
 
@@ -22,6 +24,36 @@ def test_a_running_task_whose_process_is_gone_is_lost():
     assert observe(running(), None) == ("running", "")
     state, detail = observe(running(pid=dead_pid()), None)
     assert state == "lost" and "gone without a final state" in detail
+
+
+def test_a_local_task_is_alive_only_as_the_very_process_that_wrote_it(tmp_path):
+    """Judged like a lock's holder (hpc_ncsn.locks.running): same host, boot, pid and start time. A live pid of
+    another process (a reused pid) or a record from before a reboot is lost; another host is judged by its heartbeat."""
+    task = TrainTask("t", tmp_path / "t", {"train": {"steps": 4}})
+    run_tracked(tmp_path, task, lambda: None)
+    written = read_status(tmp_path, task)
+    assert {key: getattr(written, key) for key in ("host", "boot", "pid", "start")} == identity()
+    other = subprocess.Popen(["sleep", "300"])  # an unrelated live process
+    try:
+        true = identity(other.pid)
+        assert true["start"] is not None and observe(running(**true), None) == ("running", "")
+        for reused in ({**true, "start": true["start"] + 1}, {**true, "boot": "another-boot"}):
+            state, detail = observe(running(**reused), None)
+            assert state == "lost" and f"process {other.pid} is gone" in detail, (reused, detail)
+        elsewhere = running(**{**true, "host": "elsewhere"})
+        assert observe(elsewhere, None) == ("running", "")  # its heartbeat is fresh
+        elsewhere.heartbeat = time.time() - 3600
+        state, detail = observe(elsewhere, None)
+        assert state == "lost" and "no heartbeat from elsewhere" in detail
+        # A status file written before boot and start were recorded: judged by its pid, as it was then.
+        older = {key: value for key, value in vars(running(pid=other.pid)).items() if key not in ("boot", "start")}
+        status_path(tmp_path, task).write_text(json.dumps(older))
+        assert read_status(tmp_path, task).start is None
+        assert observe(read_status(tmp_path, task), None) == ("running", "")
+    finally:
+        other.kill()
+        other.wait()
+    assert observe(read_status(tmp_path, task), None)[0] == "lost"
 
 
 def test_a_slurm_task_is_lost_when_its_job_leaves_the_queue_and_pending_when_slurm_requeued_it():

@@ -24,8 +24,8 @@ states (--status): pending, running, done, failed, cancelled (SIGTERM: scancel o
 killed, out of memory, node failure; or a job that left the queue before its task
 started). A rerun resumes cancelled and lost tasks.
 
-exit status: 0 done (with --wait: every task done and the table written), 1 a task
-ended failed, cancelled or lost, 2 a refusal (one line), 3 Slurm did not answer for
+exit status: 0 every task done and the table written (--cluster slurm without --wait:
+submitted), 1 a task not done (failed, cancelled, lost), 2 a refusal (one line), 3 Slurm did not answer for
 --scheduler-patience-s seconds (what is queued is unknown; the jobs may still run).
 
 examples:
@@ -46,7 +46,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -57,11 +56,11 @@ from . import scheduler, slurm
 from .limits import Limits, array_plan, read_limits
 from .local import check_python, run_here
 from .grow import EXTENDABLE, Decision, SweepMismatch, prepare, reconcile
-from .plan import ARM_AXIS, LEGACY_ARM_AXIS, REPORT_FILE, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
+from .plan import ARM_AXIS, LEGACY_ARM_AXIS, SEED_AXIS, Plan, SweepSpec, audit_plan, plan
 from .plots import planned_files
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
-from .status import by_state, describe, format_status
+from .status import describe, final_report, format_status
 
 __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
@@ -398,14 +397,7 @@ def _on_slurm(root: Path, decision: Decision, sweep: Plan, options: SlurmOptions
 
 
 def _report(root: Path, rows: list[dict]) -> int:
-    """--wait's end: the table and one JSON line (the jobs, and every task under its state's key); 0 only when
-    every task is done and the table is written."""
-    table = root / "table.md"
-    print(table.read_text() if table.is_file() else "(no table)")
+    """--wait's end (hpc_ncsn.sweep.status.final_report), with the job ids of each stage."""
     latest, _ = slurm.submitted_tasks(root)
-    states = by_state(rows)
-    print(json.dumps({"sweep": str(root), "jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
-                                                   for stage, ids in latest.items()},
-                      "table": str(table) if table.is_file() else None,
-                      "report": str(root / REPORT_FILE) if (root / REPORT_FILE).is_file() else None, **states}))
-    return 0 if table.is_file() and len(states["done"]) == len(rows) else 1
+    return final_report(root, rows, {"jobs": {stage: sorted({j.split("_")[0] for j in ids.values()})
+                                              for stage, ids in latest.items()}})

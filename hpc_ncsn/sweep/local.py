@@ -8,7 +8,6 @@ which stops the running tasks (they save and record `cancelled`) and starts no f
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
@@ -19,8 +18,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..distributed import visible_cpus
-from .plan import REPORT_FILE, Plan
-from .status import mark_cancelled, read_status, todo
+from .plan import Plan
+from .status import TaskStatus, describe, final_report, mark_cancelled, observe, read_status, todo, write_status
 from .tasks import Task
 from .work import JobOptions, job
 
@@ -52,12 +51,13 @@ class _LocalCancel:
 
 
 def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: JobOptions,
-              cancel: _LocalCancel | None) -> dict[str, str]:
+              cancel: _LocalCancel | None) -> None:
     """Run `tasks` with a submitit executor, up to `parallel` at a time (the next one starts as soon as one
-    ends); {task name: error} of those not done."""
+    ends). Each task records its own state; one whose job ended in an error before the task wrote a word of it
+    (submitit could not start it) is recorded `failed` here, with submitit's error."""
     from submitit.local.debug import DebugJob
 
-    failures, queue, running = {}, list(tasks), []
+    queue, running = list(tasks), []
     while queue or running:
         while queue and len(running) < parallel and not (cancel is not None and cancel.requested):
             task = queue.pop(0)
@@ -68,7 +68,6 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: J
             cancel.running = [int(j.job_id) for _, j in running if j.job_id.isdigit()]
             if cancel.requested and queue:
                 mark_cancelled(root, queue, "the sweep was cancelled before it started")
-                failures.update({task.name: "cancelled" for task in queue})
                 queue = []
         # A debug job runs inside result() (below); its done() would run it outside the error handling.
         ended = [(task, submitted) for task, submitted in running
@@ -83,12 +82,14 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: J
             except Exception as error:  # noqa: BLE001 - a failed task is reported, its siblings go on
                 status = read_status(root, task)  # the task's own words (submitit's are its traceback's tail)
                 text = str(error).strip()
-                failures[task.name] = (status.error if status is not None and status.error else
-                                       text.splitlines()[-1] if text else repr(error))
-                state = status.state if status is not None and status.state == "cancelled" else "failed"
-                print(f"[{task.stage}] {task.name}: {state.upper()} ({failures[task.name]}); log "
+                said = text.splitlines()[-1] if text else repr(error)
+                if status is None or status.job_id != submitted.job_id:  # it never ran: say so in its record
+                    status = TaskStatus(task.stage, task.name, "failed", started=time.time(), finished=time.time(),
+                                        job_id=submitted.job_id, log=str(submitted.paths.stderr), error=said,
+                                        attempts=status.attempts if status else 0)
+                    write_status(root, status)
+                print(f"[{task.stage}] {task.name}: {observe(status, None)[0].upper()} ({status.error or said}); log "
                       f"{submitted.paths.stderr}", flush=True)
-    return failures
 
 
 def local_parallel(requested: int | None) -> int:
@@ -127,23 +128,17 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
         executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
         parallel, options = 1, JobOptions(max_requeues=max_requeues)
     started = time.time()
-    timings, failures = {}, {}
+    timings = {}
     with _LocalCancel() if cluster == "local" else _NoCancel() as cancel:
         for stage, tasks in sweep.stages():
             t0 = time.time()
             pending = todo(root, tasks)
             if pending:
-                failures[stage] = _run_jobs(executor, root, pending, parallel, options,
-                                            cancel if cluster == "local" else None)
+                _run_jobs(executor, root, pending, parallel, options, cancel if cluster == "local" else None)
             timings[stage] = round(time.time() - t0, 1)
     _remove_if_empty(root / "logs" / "%j")
     print()
-    print((root / "table.md").read_text() if (root / "table.md").is_file() else "(no table)")
-    report = root / REPORT_FILE
-    print(json.dumps({"sweep": str(root), "seconds": timings, "total_seconds": round(time.time() - started, 1),
-                      "failed": {stage: sorted(names) for stage, names in failures.items() if names},
-                      "report": str(report) if report.is_file() else None}))
-    return 1 if any(failures.values()) else 0
+    return final_report(root, describe(sweep), {"seconds": timings, "total_seconds": round(time.time() - started, 1)})
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -10,7 +10,9 @@ rank 0 of a multi-process task writes it.
 
 A file cannot say that its writer died: `observe` turns the recorded state into the
 state a user should see, using the scheduler's queue (squeue) where there is one,
-the pid where the task ran on this host, and the heartbeat's age otherwise:
+the writer's identity where the task ran on this host (host, boot id, pid and the
+process's start time, as hpc_ncsn.locks judges a lock's holder: a reused pid is not the
+writer), and the heartbeat's age otherwise (another host of a shared file system):
 
     pending    not started yet (queued, or never submitted)
     running    running now
@@ -39,13 +41,13 @@ from typing import Callable
 
 from ..distributed import is_main_process
 from ..files import atomic_write
-from ..locks import pid_alive
+from ..locks import identity, running
 from ..preemption import Preempted
 from .tasks import AggregateTask, NotRun, Task
 
-__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "STATES", "TaskStatus", "by_state", "describe", "format_status",
-           "mark_cancelled", "observe", "read_status", "record_vanished", "run_tracked", "status_path", "todo",
-           "vanished", "write_status"]
+__all__ = ["FINAL", "HEARTBEAT_S", "NOT_DONE", "STATES", "TaskStatus", "by_state", "describe", "final_report",
+           "format_status", "mark_cancelled", "observe", "read_status", "record_vanished", "run_tracked", "status_path",
+           "todo", "vanished", "write_status"]
 
 HEARTBEAT_S = float(os.environ.get("HPC_NCSN_HEARTBEAT_S", 30))
 LOST_AFTER_S = max(5 * HEARTBEAT_S, 60.0)  # a running task that has not written for this long is lost
@@ -63,6 +65,8 @@ class TaskStatus:
     finished: float | None = None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    boot: str | None = None  # the writer's boot id and start time (hpc_ncsn.locks.identity): a reused pid is not it;
+    start: int | None = None  # None in a record by the launcher for a task (and in files older than these fields)
     job_id: str | None = None
     scheduler: str | None = None  # "slurm" when the job id is a Slurm job's (squeue knows it), else None
     log: str | None = None
@@ -160,8 +164,8 @@ def run_tracked(root: Path, task: Task, body: Callable[[], object], *, job_id: s
     root = Path(root)
     previous = read_status(root, task)
     progress = _progress(root, task)
-    status = TaskStatus(task.stage, task.name, "running", started=time.time(), job_id=job_id, scheduler=scheduler,
-                        log=log, threads=threads,
+    status = TaskStatus(task.stage, task.name, "running", **identity(), started=time.time(), job_id=job_id,
+                        scheduler=scheduler, log=log, threads=threads,
                         attempts=(previous.attempts + 1) if previous else 1, heartbeat=time.time(),
                         progress={**progress, "first": progress["done"]} if progress else None)
     refusal = attempt_check(previous) if attempt_check else None
@@ -229,9 +233,10 @@ def observe(status: TaskStatus | None, queue: dict[str, tuple[str, str]] | None,
             return "pending", f"its run was interrupted and Slurm requeued it ({state.lower()}: {reason})"
         return "lost", ("its job left the queue without a final state (killed, out of memory or a node failure); "
                         "rerun the sweep to resume it")
-    if status.host == socket.gethostname():
-        if pid_alive(status.pid):
-            return "running", ""
+    alive = running({"host": status.host, "boot": status.boot, "pid": status.pid, "start": status.start})
+    if alive:  # this host, this boot, and that very process (pid and start time; the pid alone in older files)
+        return "running", ""
+    if alive is False:
         return "lost", f"its process {status.pid} is gone without a final state; rerun the sweep to resume it"
     silent = time.time() - (status.heartbeat or status.started)
     if silent > LOST_AFTER_S:
@@ -348,3 +353,17 @@ def by_state(rows: list[dict]) -> dict[str, list[str]]:
     """{state: sorted 'stage/task' of the rows in it} for every state (the final summary's keys)."""
     return {state: sorted(f"{row['stage']}/{row['task']}" for row in rows if row["state"] == state)
             for state in STATES}
+
+
+def final_report(root: Path, rows: list[dict], facts: dict) -> int:
+    """The end of a sweep that ran to its end (Slurm's --wait, --cluster local and debug): the table, then one JSON
+    line (the sweep, `facts`, the paths of the table and of report.html or null, and every task under its state's key); the exit status:
+    0 only when every task is done and the table is written, else 1."""
+    from .plan import REPORT_FILE  # the sweep's file names live with the plan
+
+    table = Path(root) / "table.md"
+    print(table.read_text() if table.is_file() else "(no table)")
+    states, page = by_state(rows), Path(root) / REPORT_FILE
+    print(json.dumps({"sweep": str(root), **facts, "table": str(table) if table.is_file() else None,
+                      "report": str(page) if page.is_file() else None, **states}), flush=True)
+    return 0 if table.is_file() and len(states["done"]) == len(rows) else 1
