@@ -89,14 +89,17 @@ def timed(fn, device: torch.device, repeat: int = 1) -> float:
     return best
 
 
-def bench_peak(device: torch.device) -> tuple[list[dict], dict[str, float]]:
+def bench_peak(device: torch.device, n: int | None = None) -> tuple[list[dict], dict[str, float]]:
     """The device's attainable peak, measured: dense matrix products in float32 and bf16 by two libraries, a
     large GEMM through torch.matmul (MKL or cuBLAS) and a large 3×3 convolution (an implicit GEMM in oneDNN or
     cuDNN), and memory bandwidth with a large copy. The faster of the two products is the precision's MFU
     denominator: on this project's AMD CPU, MKL's sgemm reaches about half of what oneDNN's kernels do.
+    `n`: the GEMM's side (default 8192 on a GPU, 2048 on a CPU), the convolution's batch scaled with it.
     Returns the rows and {precision: TFLOP/s}."""
     gpu = device.type == "cuda"
-    n, batch = (8192, 256) if gpu else (2048, 32)
+    full, batch = (8192, 256) if gpu else (2048, 32)
+    n = n or full
+    batch = max(1, batch * n // full)
     rows, peaks = [], {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=device).to(dtype)
@@ -568,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
                              "classifier on a CPU)")
     parser.add_argument("--scale-images", default="1000,5000,20000,50000",
                         help="sample counts of the evaluator's scale rows (default: 1000,5000,20000,50000)")
+    parser.add_argument("--peak-size", type=int, default=None, metavar="N",
+                        help="the peak rows' GEMM N×N×N, the convolution's batch in proportion (default: 8192 on a "
+                             "GPU, 2048 on a CPU; a small N measures less than the peak: for smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -578,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--what: unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     rows, peaks = [], {}
     if "peak" in what:
-        rows, peaks = bench_peak(device)
+        rows, peaks = bench_peak(device, args.peak_size)
     if "train" in what:
         sizes = [int(b) for b in (args.train_batch_sizes or ("128,256,512" if gpu else "32,64")).split(",")]
         rows += bench_training(args.config, sizes, args.train_steps or (30 if gpu else 5), device, args.peak_tflops,

@@ -17,7 +17,7 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench.py"), "--train-batch-sizes", "8", "--train-steps", "1",
          "--sample-batch", "4", "--sample-evaluations", "5", "--images", "16", "--batch-sizes", "8",
-         "--peak-tflops", "1", "--no-compile", "--ablate", "--scale-images", "16,32",
+         "--peak-tflops", "1", "--peak-size", "256", "--no-compile", "--ablate", "--scale-images", "16,32",
          "--json", str(out)],
         capture_output=True, text=True, timeout=900,
         env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})

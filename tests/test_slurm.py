@@ -142,9 +142,33 @@ def ema_of(run: Path) -> dict:
     return torch.load(latest / "ema.pt", map_location="cpu", weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """`ema(base)`: the EMA weights of a sweep's geometric seed-0 training of the resolved config `base`, trained
+    outside Slurm without interruption; trained once per config (both interruptions below train one network)."""
+    made = {}
+
+    def ema(base: dict) -> dict:
+        key = json.dumps(base, sort_keys=True)
+        if key not in made:
+            folder = tmp_path_factory.mktemp("uninterrupted")
+            config = folder / "config.json"
+            config.write_text(json.dumps(base))
+            check = subprocess.run([sys.executable, "-c", (
+                "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.train import train; "
+                "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
+                str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={folder / 'run'}"],
+                capture_output=True, text=True, timeout=900)
+            assert check.returncode == 0, check.stderr[-3000:]
+            made[key] = ema_of(folder / "run")
+        return made[key]
+
+    return ema
+
+
 @pytest.mark.parametrize("interruption", ["USR2 warning", "requeue without warning"])
-def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(cluster, tmp_path,
-                                                                                       interruption):
+def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrupted_run(cluster, uninterrupted,
+                                                                                       tmp_path, interruption):
     long = [*SWEEP, "train.steps=2000", "train.checkpoint_every=100", "train.log_every=10"]
     out = tmp_path / "sweep"
     process = subprocess.Popen([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--wait",
@@ -168,19 +192,10 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
         assert "stop requested (SIGUSR2)" in log and "requeueing" in log
 
     # The same training, uninterrupted, outside Slurm.
-    spec = json.loads((out / "sweep.json").read_text())
-    reference = tmp_path / "reference"
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps(spec["base"]))
-    check = subprocess.run([sys.executable, "-c", (
-        "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.train import train; "
-        "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
-        str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={reference}"],
-        capture_output=True, text=True, timeout=900)
-    assert check.returncode == 0, check.stderr[-3000:]
-    interrupted, uninterrupted = ema_of(out / "train" / "arm-geometric_seed-0"), ema_of(reference)
-    assert interrupted["step"] == uninterrupted["step"] == 2000
-    for key, value in uninterrupted["ema"].items():
+    reference = uninterrupted(json.loads((out / "sweep.json").read_text())["base"])
+    interrupted = ema_of(out / "train" / "arm-geometric_seed-0")
+    assert interrupted["step"] == reference["step"] == 2000
+    for key, value in reference["ema"].items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(interrupted["ema"][key], value), key
 
@@ -319,8 +334,10 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
                    env={**os.environ, **cluster}, check=True)
     wait_for(lambda: status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))
     wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")  # a loaded node completes slowly
-    time.sleep(15)  # long enough for a requeued job to come back (cred_expire=10)
-    assert not squeue(cluster), "a cancelled job came back"
+    # Ended as cancelled, never requeued: a requeue (even one held back until cred_expire) would count a restart.
+    shown = subprocess.run(["scontrol", "-o", "show", "job", running["job_id"]], env={**os.environ, **cluster},
+                           capture_output=True, text=True, check=True).stdout
+    assert "JobState=CANCELLED" in shown and "Restarts=0" in shown, shown
     stopped = status_of(out)
     assert "SIGTERM" in stopped["error"] and stopped["job_id"] == running["job_id"]
     status = sweep(cluster, out, "--status").stdout
@@ -344,7 +361,7 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
 
 def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, undisturbed, tmp_path):
     out = tmp_path / "sweep"
-    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
+    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "1", *LONG)
     running = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
                        and status_of(out)["state"] == "running" and status_of(out),
                        what="the training start", show=lambda: status_of(out))
@@ -363,7 +380,7 @@ def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, u
 
 def test_a_failed_node_requeues_its_job_which_resumes_elsewhere(cluster, undisturbed, tmp_path):
     out = tmp_path / "sweep"
-    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "5", *LONG)
+    waiting = launch(cluster, out, *ONE, "--wait", "--poll-s", "1", *LONG)
     # Keyed on the checkpoint folder itself, not on the status file's progress: that is refreshed every 30 s, and a
     # machine that trains the 2,500 steps faster than that would never show it (CI did, once).
     checkpoints = out / "train" / "arm-geometric_seed-0" / "checkpoints"

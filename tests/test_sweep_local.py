@@ -460,10 +460,16 @@ def test_fid_over_training_scores_every_snapshot_of_each_cell_and_the_table_name
     assert "best step (FID)" in result.stdout and (out / "fid_vs_step.png").stat().st_size > 0
 
 
-def test_six_arms_run_to_a_table_with_paired_verdicts_and_what_each_cell_cost(tmp_path):
+def test_six_arms_run_to_a_table_with_paired_verdicts_and_what_each_cell_cost(finished, tmp_path):
+    """The finished three-arm sweep (a copy) grown by three arms: their cells sample its networks (the same ones a
+    six-arm sweep from scratch trains, as the Slurm test's does)."""
+    import shutil
+
     out = tmp_path / "sweep"
+    shutil.copytree(finished[0], out)
     arms = ["geometric", "linear", "snr", "linear-sampled", "edm", "ancestral"]
     result = sweep(out, "--arms", ",".join(arms), "--seeds", "0,1")
+    assert "[train]" not in result.stdout and result.stdout.count("[sample] ") == 2 * 6  # job line, done line
     statuses = [json.loads(p.read_text()) for p in (out / "status" / "train").glob("*.json")]
     assert len(statuses) == 4  # trainings: geometric and linear, 2 seeds; the other arms sample geometric's
     table = json.loads((out / "table.json").read_text())
