@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import re
+import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,6 +23,7 @@ from test_aggregate import make_sweep
 HOSTILE = '<script>document.title="owned"</script><img src=x onerror=alert(1)>&amp;'
 WINDOW = (1600, 4800)  # tall enough for the whole page: the screenshot holds every image
 PNG = "data:image/png;base64,"
+ARTIFACTS = Path(__file__).parent / "artifacts"  # the browser's screenshot of the page, kept after the run
 
 
 class Page(HTMLParser):
@@ -165,6 +167,8 @@ def test_the_browser_draws_every_plot_and_sample_grid(sweep, browser, tmp_path):
     bare = tmp_path / "no-images.html"
     bare.write_text(re.sub(r"<img [^>]*>", "", report.read_text()))
     drawn, blank = screenshot(browser, tmp_path, report, "report.png"), screenshot(browser, tmp_path, bare, "bare.png")
+    ARTIFACTS.mkdir(exist_ok=True)  # kept for a person (or a CI's artifact upload) to look at
+    shutil.copyfile(drawn, ARTIFACTS / "report-screenshot.png")
     last_row = Image.open(drawn).convert("RGB").crop((0, WINDOW[1] - 1, WINDOW[0], WINDOW[1]))
     assert last_row.getcolors() == [(WINDOW[0], (255, 255, 255))], "the window is shorter than the page"
     shown, without = colours(drawn), colours(blank)
@@ -173,3 +177,13 @@ def test_the_browser_draws_every_plot_and_sample_grid(sweep, browser, tmp_path):
     assert in_plots > 0 and without.get(blue, 0) == 0 and shown.get(blue, 0) >= 0.95 * in_plots
     done = sum(c["state"] == "done" for c in json.loads((sweep / "table.json").read_text())["cells"])
     assert without.get(gray, 0) == 0 and shown.get(gray, 0) >= done * GRID_PIXELS ** 2
+
+
+def test_the_report_command_writes_the_page_again_and_ends_with_its_path(tmp_path, capsys):
+    from hpc_ncsn.cli import main
+
+    folder = make_sweep(tmp_path / "sweep", [0, 1])
+    assert not (folder / REPORT_FILE).exists()
+    assert main(["report", "--sweep", str(folder), "--no-plots"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {folder / REPORT_FILE}"
+    assert "<table" in (folder / REPORT_FILE).read_text()

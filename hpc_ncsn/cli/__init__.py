@@ -12,6 +12,7 @@
     hpc-ncsn fetch fashion_mnist --from /usr/share/datasets/fashion-mnist # data and weights into the cache
     hpc-ncsn export --samples runs/debug/samples --png runs/debug/png   # samples for other tools
     hpc-ncsn aggregate --sweep runs/sweep-debug                         # a sweep's table, plots, one page
+    hpc-ncsn report --sweep runs/sweep-debug                            # the same; ends with the page's path
     hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232
     hpc-ncsn toy --out runs/toy                                         # NCSN's toy, as numbers
     hpc-ncsn config --config configs/debug.yaml noise.ladder=linear     # the resolved config
@@ -110,6 +111,9 @@ COMMANDS = [
      add_aggregate_args, cmd_aggregate,
      "examples: hpc-ncsn aggregate runs/sweep-debug\n"
      "          hpc-ncsn aggregate runs/sweep-seeds-0-4 runs/sweep-seeds-5-9 --out runs/ablation   # one table"),
+    ("report", "a sweep as one self-contained HTML page (report.html: the table, verdicts, plots, samples, "
+     "config), written again with its table", DEFAULTS, add_aggregate_args, cmd_aggregate,
+     "example: hpc-ncsn report --sweep runs/sweep-debug      # the same as aggregate; open the printed path"),
     ("plan", "NCSNv2 noise plan (σ_1, γ, L, ε) as JSON", DEFAULTS, add_plan_args, cmd_plan,
      "examples: hpc-ncsn plan --dim 3072 --sigma-max 50 --sigma-min 0.01 --steps 5 --num-levels 232\n"
      "          hpc-ncsn plan --config configs/debug.yaml"),
