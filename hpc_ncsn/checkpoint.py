@@ -42,7 +42,7 @@ from .files import atomic_path, publish_dir
 
 __all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "DamagedCheckpoints",
            "NoCheckpoint", "Torn", "TrainState", "checkpoint_name", "checkpoints_dir", "complete_checkpoints",
-           "every_one_damaged", "latest_checkpoint", "load_ema_model", "publish", "read_checkpoint", "read_config",
+           "every_one_damaged", "latest_checkpoint", "load_ema_model", "load_newest_ema_model", "publish", "read_checkpoint", "read_config",
            "read_ema_state", "read_meta", "reading", "resolve_checkpoint", "rotate", "save_snapshot", "scratch_dir",
            "scratch_path", "size_on_disk", "skipped_warning", "snapshots", "write_ema", "write_meta"]
 
@@ -242,27 +242,30 @@ def resolve_checkpoint(run_or_checkpoint: Path, quiet: bool = False) -> Path:
     """A checkpoint folder whose meta.json and ema.pt read: the given one (or DamagedCheckpoints naming what does
     not), or the newest such one of a run folder; damaged newer ones are skipped with one warning line on stderr
     (unless `quiet`: the processes other than the first of a multi-process command)."""
-    path = Path(run_or_checkpoint)
+    return _intact(Path(run_or_checkpoint), quiet)[0]
+
+
+def _intact(path: Path, quiet: bool) -> tuple[Path, dict]:
+    """(checkpoint folder, its ema.pt record) as resolve_checkpoint chooses it: each candidate's files read once."""
     if (path / EMA_FILE).is_file():
         try:
-            read_checkpoint(path)
+            return path, read_checkpoint(path)[1]
         except Torn as torn:
             raise DamagedCheckpoints(f"checkpoint {path} is damaged ({torn}); pass an intact checkpoint folder, or "
                                      "its run folder to use the newest intact one") from None
-        return path
     candidates, damaged = complete_checkpoints(checkpoints_dir(path)), []
     if not candidates:
         raise NoCheckpoint(f"{path} holds no complete checkpoint (no checkpoints/step-*/{EMA_FILE}); "
                                 "train first, or pass a checkpoint folder")
     for candidate in candidates:
         try:
-            read_checkpoint(candidate)
+            payload = read_checkpoint(candidate)[1]
         except Torn as torn:
             damaged.append(f"{candidate.name} ({torn})")
             continue
         if damaged and not quiet:
             print(skipped_warning(damaged, candidate, "using"), file=sys.stderr, flush=True)
-        return candidate
+        return candidate, payload
     raise every_one_damaged(checkpoints_dir(path), damaged, "restore one from a copy, or train the run again")
 
 
@@ -271,13 +274,22 @@ def load_ema_model(checkpoint: Path, device="cpu"):
 
     Works for any run, DeepSpeed included: ema.pt holds whole float32 tensors.
     """
+    path = Path(checkpoint)
+    path = path / EMA_FILE if path.is_dir() else path
+    return _ema_model(_read_ema(path), str(path), device)
+
+
+def load_newest_ema_model(run_or_checkpoint: Path, device="cpu", quiet: bool = False):
+    """(model, config, step, checkpoint): resolve_checkpoint then load_ema_model, its ema.pt read once."""
+    checkpoint, payload = _intact(Path(run_or_checkpoint), quiet)
+    return (*_ema_model(payload, str(checkpoint / EMA_FILE), device), checkpoint)
+
+
+def _ema_model(payload: dict, source: str, device):
     from .ema import EMA
     from .model import build_score_model
 
-    path = Path(checkpoint)
-    path = path / EMA_FILE if path.is_dir() else path
-    payload = _read_ema(path)
-    config = config_from_dict(payload["config"], source=str(path))
+    config = config_from_dict(payload["config"], source=source)
     model = build_score_model(config.model, config.data)
     ema = EMA(model, rate=payload["ema"]["rate"])
     ema.load_state_dict(payload["ema"])

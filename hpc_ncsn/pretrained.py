@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS, EMA_FILE, load_ema_model, resolve_checkpoint
+from .checkpoint import CHECKPOINTS, EMA_FILE, load_newest_ema_model
 from .config import Config, config_from_dict, config_to_dict
 from .errors import UserError
 from .files import atomic_write, file_sha256, publish_dir
@@ -80,8 +80,7 @@ def export_pretrained(run_or_checkpoint: Path, out: Path) -> Path:
     from . import __version__
     from .model import count_parameters
 
-    checkpoint = resolve_checkpoint(run_or_checkpoint)
-    model, config, step = load_ema_model(checkpoint)
+    model, config, step, checkpoint = load_newest_ema_model(run_or_checkpoint)
     out = Path(out)
     scratch = out.parent / f".tmp-{out.name}"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -170,8 +169,7 @@ def initial_weights(path: Path, config: Config) -> tuple[dict, str]:
         model, source, record = load_pretrained(path)
         where = f"{path} (step {record['step']}, sha256 {record['weights_sha256'][:16]}…)"
     elif path.exists():
-        checkpoint = resolve_checkpoint(path)
-        model, source, step = load_ema_model(checkpoint)
+        model, source, step, checkpoint = load_newest_ema_model(path)
         where = f"the EMA weights of {checkpoint} (step {step})"
     else:
         raise UserError(f"train.init_from={path} does not exist; pass an exported model folder, a checkpoint folder "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__, preemption
-from ..checkpoint import load_ema_model, resolve_checkpoint
+from ..checkpoint import load_newest_ema_model
 from ..config import Config, ConfigError, SamplerConfig, arm_of, config_from_dict, config_to_dict
 from ..data import to_uint8
 from ..distributed import barrier, process_group
@@ -172,8 +172,7 @@ def _load(source: Path, pretrained: bool, out: Path, device: torch.device, quiet
     if pretrained:
         model, config, record = load_pretrained(source, device)
         return model, config, network_origin(source, out, record["step"], weights_sha256=record["weights_sha256"])
-    checkpoint = resolve_checkpoint(source, quiet=quiet)
-    model, config, step = load_ema_model(checkpoint, device)
+    model, config, step, checkpoint = load_newest_ema_model(source, device, quiet=quiet)
     return model, config, network_origin(source, out, step, checkpoint=checkpoint)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .. import heldout
-from ..checkpoint import load_ema_model, resolve_checkpoint
+from ..checkpoint import load_newest_ema_model
 from ..config import Config, config_from_dict, config_to_dict
 from ..errors import UserError
 from ..network import NetworkSpeed, score_function
@@ -46,7 +46,7 @@ def score_checkpoint(path: Path, *, sigma_max: float | None = None, sigma_min: f
     where the run had it off), at the precision and compile setting the run trained with, on a GPU if there is
     one. Bad values are refused like the config keys they set."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, config, step = load_ema_model(resolve_checkpoint(path), device)
+    model, config, step, _ = load_newest_ema_model(path, device)
     train = config.train
     examples = (train.heldout_examples or type(train).heldout_examples) if examples is None else examples
     if examples < 1:
