@@ -42,9 +42,10 @@ from .files import atomic_path, publish_dir
 
 __all__ = ["CHECKPOINTS", "CHECKPOINT_PATTERN", "COMPLETE_MARK", "EMA_FILE", "SNAPSHOTS", "DamagedCheckpoints",
            "NoCheckpoint", "Torn", "TrainState", "checkpoint_name", "checkpoints_dir", "complete_checkpoints",
-           "every_one_damaged", "latest_checkpoint", "load_ema_model", "load_newest_ema_model", "publish", "read_checkpoint", "read_config",
-           "read_ema_state", "read_meta", "reading", "resolve_checkpoint", "rotate", "save_snapshot", "scratch_dir",
-           "scratch_path", "size_on_disk", "skipped_warning", "snapshots", "write_ema", "write_meta"]
+           "every_one_damaged", "latest_checkpoint", "load_ema_model", "load_newest_ema_model", "publish",
+           "read_checkpoint", "read_config", "read_ema_state", "read_meta", "reading", "resolve_checkpoint",
+           "rotate", "save_snapshot", "scratch_dir", "scratch_path", "size_on_disk", "skipped_warning", "snapshots",
+           "write_ema", "write_meta"]
 
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8,})$")

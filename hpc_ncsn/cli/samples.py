@@ -149,7 +149,8 @@ def add_export_args(export: argparse.ArgumentParser) -> None:
 def add_generate_args(gen: argparse.ArgumentParser) -> None:
     defaults, sampler = GenerateConfig(), "the run's"
     network = gen.add_mutually_exclusive_group(required=True)
-    network.add_argument("--run-dir", type=Path, help="run folder (its newest intact checkpoint) or a checkpoint folder")
+    network.add_argument("--run-dir", type=Path,
+                         help="run folder (its newest intact checkpoint) or a checkpoint folder")
     network.add_argument("--model", type=Path,
                          help="an exported model folder (hpc-ncsn export --safetensors): its config.json is the run's "
                               "config")

@@ -357,8 +357,8 @@ def by_state(rows: list[dict]) -> dict[str, list[str]]:
 
 def final_report(root: Path, rows: list[dict], facts: dict) -> int:
     """The end of a sweep that ran to its end (Slurm's --wait, --cluster local and debug): the table, then one JSON
-    line (the sweep, `facts`, the paths of the table and of report.html or null, and every task under its state's key); the exit status:
-    0 only when every task is done and the table is written, else 1."""
+    line (the sweep, `facts`, the paths of the table and of report.html or null, and every task under its state's
+    key); the exit status: 0 only when every task is done and the table is written, else 1."""
     from .plan import REPORT_FILE  # the sweep's file names live with the plan
 
     table = Path(root) / "table.md"
