@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 
 from hpc_ncsn.config import ARMS, ConfigError, NoiseConfig, SamplerConfig, arm_overrides, load_config
 from hpc_ncsn.rng import philox4x32, sample_normal, sample_uniform
-from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, draw, initial_state, sampling_ladder
+from hpc_ncsn.sampling import STEP_KEYS, SamplerPlan, annealed_langevin, draw, ignored_keys, initial_state, sampling_ladder
 from hpc_ncsn.schedules import edm_sigmas, ladder, linear_sigmas
 
 
@@ -279,3 +280,62 @@ def test_existing_configs_draw_the_samples_they_drew_before(arm):
                     shape=(1, 8, 8), init=config.sampler.init)
         before = reference_annealed_langevin(model, config, indices, seed=5)
     assert torch.equal(ours, before)
+
+
+# Every path of ignored_keys' docstring: sampler kind, step rule, corrector steps, step_lr given or planned (0).
+SAMPLER_PATHS = {
+    "langevin-ncsn": dict(kind="langevin", step_rule="ncsn", step_lr=1e-3),
+    "langevin-ncsn-planned": dict(kind="langevin", step_rule="ncsn", step_lr=0.0),
+    "langevin-snr": dict(kind="langevin", step_rule="snr"),
+    "ancestral": dict(kind="ancestral"),
+    "ancestral-snr": dict(kind="ancestral", step_rule="snr"),
+    "pc-ncsn": dict(kind="ancestral", corrector_steps=1, step_lr=1e-3),
+    "pc-ncsn-planned": dict(kind="ancestral", corrector_steps=1, step_lr=0.0),
+    "pc-snr": dict(kind="ancestral", corrector_steps=1, step_rule="snr"),
+    "ode": dict(kind="ode"),
+    "edm": dict(kind="edm", ladder="edm", num_levels=4),
+}
+# Another value of each key of the sampler's maths (the network's own keys, precision, channels_last and compile,
+# are never declared ignored): a change the config may refuse (ConfigError) for a path, which then cannot vary it.
+OTHER_VALUE = {
+    "kind": lambda value: "ode" if value != "ode" else "edm",
+    "step_rule": lambda value: "snr" if value == "ncsn" else "ncsn",
+    "steps_per_level": lambda value: value + 1,
+    "step_lr": lambda value: 2 * value or 2e-3,
+    "snr": lambda value: 2 * value,
+    "init": lambda value: "uniform" if value == "gaussian" else "gaussian",
+    "final_denoise": lambda value: not value,
+    "corrector_steps": lambda value: value + 1,
+    "ladder": lambda value: "linear" if value != "linear" else "geometric",
+    "num_levels": lambda value: (value or 5) - 1,
+    "sigma_max": lambda value: 4.0,
+    "sigma_min": lambda value: 0.1,
+    "rho": lambda value: value - 2,
+}
+KEY_NOISE = NoiseConfig(sigma_max=5.0, sigma_min=0.05, num_levels=5)
+
+
+def drawn(sampler: SamplerConfig) -> torch.Tensor:
+    """A few samples of a tiny Gaussian with its exact score, by the sampler `sampler` on KEY_NOISE's network."""
+    plan = SamplerPlan.from_config(KEY_NOISE, sampler)
+    score = gaussian_score(torch.linspace(0.2, 0.8, 9).reshape(1, 3, 3), 0.3)
+    return draw(score, plan, seed=3, indices=torch.arange(16), shape=(1, 3, 3), init=sampler.init)
+
+
+@pytest.mark.parametrize("path", SAMPLER_PATHS)
+def test_a_sampler_draws_the_same_samples_whatever_the_keys_it_ignores_and_others_for_any_other_key(path):
+    base = SamplerConfig(steps_per_level=2, **SAMPLER_PATHS[path])
+    ignored = ignored_keys(base)
+    assert ignored <= {f"sampler.{key}" for key in STEP_KEYS}
+    reference, varied = drawn(base), set()
+    for key, other in OTHER_VALUE.items():
+        try:
+            changed = dataclasses.replace(base, **{key: other(getattr(base, key))})
+            samples = drawn(changed)
+        except ConfigError:
+            continue  # this sampler refuses the change: no cell can differ from it there
+        varied.add(f"sampler.{key}")
+        assert torch.equal(samples, reference) == (f"sampler.{key}" in ignored), f"{path}: {key}"
+        if f"sampler.{key}" in ignored:  # the same keys ignored whatever their values: cells group consistently
+            assert ignored_keys(changed) == ignored
+    assert ignored <= varied and {"sampler.final_denoise", "sampler.ladder"} <= varied - ignored
