@@ -314,6 +314,36 @@ class SamplerConfig(_Section):
     SAMPLING_KEYS: ClassVar[tuple[str, ...]] = ("kind", "ladder", "num_levels", "sigma_max", "sigma_min", "rho",
                                                 "corrector_steps")
 
+    # The Langevin step's keys: what a sampler that takes no Langevin step never reads (`ignored_keys`).
+    STEP_KEYS: ClassVar[tuple[str, ...]] = ("step_rule", "steps_per_level", "step_lr", "snr")
+
+    def ignored_keys(self) -> frozenset[str]:
+        """The keys (dotted: 'sampler.snr') this sampler never reads: changing any of them leaves every sample
+        byte-identical, so sweep cells that differ only there share their samples. What each path of
+        hpc_ncsn.sampling reads (`SamplerPlan.from_config`, `sample`):
+
+        - langevin, step rule 'ncsn': α_i = step_lr·σ_i²/σ_L², T = steps_per_level steps (step_lr 0: planned
+          from T); ignores `snr`;
+        - langevin, 'snr': α from `snr` per sample and step, T steps; ignores `step_lr` (planned or not, unused);
+        - ancestral with corrector_steps C > 0: each corrector step is a Langevin step of the rule above, so it
+          ignores `snr` ('ncsn') or `step_lr` ('snr'), and `steps_per_level` unless the 'ncsn' rule plans
+          step_lr from it (step_lr 0); with C = 0 it takes no Langevin step and ignores all of STEP_KEYS;
+        - ode, edm: no Langevin step; ignore all of STEP_KEYS.
+
+        Every sampler reads its ladder keys, `kind`, `final_denoise` and `init` (or refuses a change of them:
+        ConfigError); how the network runs (`precision`, `channels_last`, `compile`) may move samples within
+        rounding and is never ignored, nor is any key of the generate and evaluate sections. Pinned by sampling
+        every path with every key changed (tests/test_sampling.py).
+        """
+        langevin = self.kind == "langevin" or (self.kind == "ancestral" and self.corrector_steps > 0)
+        if not langevin:
+            ignored = set(self.STEP_KEYS)
+        elif self.step_rule == "snr":
+            ignored = {"step_lr"} | ({"steps_per_level"} if self.kind == "ancestral" else set())
+        else:
+            ignored = {"snr"} | ({"steps_per_level"} if self.kind == "ancestral" and self.step_lr else set())
+        return frozenset(f"{self.SECTION}.{key}" for key in ignored)
+
     def validate(self) -> None:
         _require(self.steps_per_level >= 1, "steps_per_level", "must be at least 1")
         _require(self.steps_per_level <= 10_000, "steps_per_level", "must be at most 10,000 (NCSN used 100, "

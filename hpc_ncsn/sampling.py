@@ -12,8 +12,8 @@ then optionally the final denoising step x ← x + σ_L²·s_θ(x, σ_L).
 `SamplerPlan` is what a sampler runs: its kind (langevin here; ancestral, ode and edm in
 hpc_ncsn.solvers), its ladder (`sampling_ladder`: the training ladder, or another within the
 trained σ range) and its constants; `sample` dispatches on the kind and `network_evaluations`
-counts the network evaluations (NFE) per sample. `ignored_keys` says which sampler keys a
-config's sampler never reads (so cells that differ only in those draw the same samples).
+counts the network evaluations (NFE) per sample. Which sampler keys each path never reads is declared
+beside the keys, `SamplerConfig.ignored_keys` (hpc_ncsn.config: torch-free, so that a sweep's plan stays light).
 """
 
 from __future__ import annotations
@@ -29,42 +29,12 @@ from .rng import LANGEVIN_INIT, sample_normal, sample_uniform
 from .schedules import STEP_RULES, ladder, ncsn_step_sizes, planned_step_lr, snr_step_size
 from .solvers import ancestral, ancestral_evaluations, probability_flow, probability_flow_evaluations
 
-__all__ = ["KINDS", "STEP_KEYS", "ScoreFn", "SamplerPlan", "annealed_langevin", "draw", "ignored_keys",
-           "initial_state", "langevin", "sample", "sampling_ladder"]
+__all__ = ["KINDS", "ScoreFn", "SamplerPlan", "annealed_langevin", "draw", "initial_state", "langevin", "sample",
+           "sampling_ladder"]
 
 KINDS = ("langevin", "ancestral", "ode", "edm")  # sampler.kind
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-# The Langevin step's keys (SamplerConfig's): what a sampler without Langevin steps never reads.
-STEP_KEYS = ("step_rule", "steps_per_level", "step_lr", "snr")
-
-
-def ignored_keys(sampler: SamplerConfig) -> frozenset[str]:
-    """The sampler keys (dotted: 'sampler.snr') that `sampler`'s sampler never reads: changing any of them leaves
-    every sample byte-identical. What each path reads (`SamplerPlan.from_config`, `sample`):
-
-    - langevin, step rule 'ncsn': α_i = step_lr·σ_i²/σ_L², T = steps_per_level steps (step_lr 0: planned from T);
-      ignores `snr`;
-    - langevin, 'snr': α from `snr` per sample and step, T steps; ignores `step_lr` (planned or not, unused);
-    - ancestral with corrector_steps C > 0: the corrector is one Langevin step of the rule above, so it ignores
-      `snr` ('ncsn') or `step_lr` ('snr'), and `steps_per_level` unless the 'ncsn' rule plans step_lr from it
-      (step_lr 0); with C = 0 it takes no Langevin step and ignores all of STEP_KEYS;
-    - ode, edm: no Langevin step; ignore all of STEP_KEYS.
-
-    Every sampler reads its ladder keys, `final_denoise` and `init` (or refuses a change of them: ConfigError);
-    how the network runs (`precision`, `channels_last`, `compile`) may move samples within rounding and is
-    never ignored, nor is any key of the generate and evaluate sections. Pinned by sampling each path with each
-    key changed (tests/test_sampling.py).
-    """
-    langevin = sampler.kind == "langevin" or (sampler.kind == "ancestral" and sampler.corrector_steps > 0)
-    if not langevin:
-        ignored = set(STEP_KEYS)
-    elif sampler.step_rule == "snr":
-        ignored = {"step_lr"} | ({"steps_per_level"} if sampler.kind == "ancestral" else set())
-    else:
-        ignored = {"snr"} | ({"steps_per_level"} if sampler.kind == "ancestral" and sampler.step_lr else set())
-    return frozenset(f"{SamplerConfig.SECTION}.{key}" for key in ignored)
 
 
 def sampling_ladder(noise: NoiseConfig, sampler: SamplerConfig) -> torch.Tensor:

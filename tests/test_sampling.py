@@ -6,7 +6,7 @@ import torch
 
 from hpc_ncsn.config import ARMS, ConfigError, NoiseConfig, SamplerConfig, arm_overrides, load_config
 from hpc_ncsn.rng import philox4x32, sample_normal, sample_uniform
-from hpc_ncsn.sampling import STEP_KEYS, SamplerPlan, annealed_langevin, draw, ignored_keys, initial_state, sampling_ladder
+from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, draw, initial_state, sampling_ladder
 from hpc_ncsn.schedules import edm_sigmas, ladder, linear_sigmas
 
 
@@ -282,7 +282,7 @@ def test_existing_configs_draw_the_samples_they_drew_before(arm):
     assert torch.equal(ours, before)
 
 
-# Every path of ignored_keys' docstring: sampler kind, step rule, corrector steps, step_lr given or planned (0).
+# Every path of SamplerConfig.ignored_keys' docstring: kind, step rule, corrector steps, step_lr given or planned (0).
 SAMPLER_PATHS = {
     "langevin-ncsn": dict(kind="langevin", step_rule="ncsn", step_lr=1e-3),
     "langevin-ncsn-planned": dict(kind="langevin", step_rule="ncsn", step_lr=0.0),
@@ -325,8 +325,8 @@ def drawn(sampler: SamplerConfig) -> torch.Tensor:
 @pytest.mark.parametrize("path", SAMPLER_PATHS)
 def test_a_sampler_draws_the_same_samples_whatever_the_keys_it_ignores_and_others_for_any_other_key(path):
     base = SamplerConfig(steps_per_level=2, **SAMPLER_PATHS[path])
-    ignored = ignored_keys(base)
-    assert ignored <= {f"sampler.{key}" for key in STEP_KEYS}
+    ignored = base.ignored_keys()
+    assert ignored <= {f"sampler.{key}" for key in SamplerConfig.STEP_KEYS}
     reference, varied = drawn(base), set()
     for key, other in OTHER_VALUE.items():
         try:
@@ -337,5 +337,5 @@ def test_a_sampler_draws_the_same_samples_whatever_the_keys_it_ignores_and_other
         varied.add(f"sampler.{key}")
         assert torch.equal(samples, reference) == (f"sampler.{key}" in ignored), f"{path}: {key}"
         if f"sampler.{key}" in ignored:  # the same keys ignored whatever their values: cells group consistently
-            assert ignored_keys(changed) == ignored
+            assert changed.ignored_keys() == ignored
     assert ignored <= varied and {"sampler.final_denoise", "sampler.ladder"} <= varied - ignored
