@@ -25,10 +25,12 @@ def sweep_folder(tmp_path):
     return make_sweep(tmp_path, [0, 1, 2])
 
 
-def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str, axes: dict | None = None) -> Path:
-    """The cells of `seeds` of sweep_folder's sweep, in `tmp_path` (`axes`: further axes, of one value each)."""
+def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str, axes: dict | None = None,
+               arms: tuple[str, ...] = ("geometric", "linear"), fids: dict = FID) -> Path:
+    """The cells of `seeds` of sweep_folder's sweep, in `tmp_path` (`axes`: further axes), those of `fids` done; a
+    cell that shares another's samples (SampleTask.same_as) has only its status, as its job leaves it."""
     spec = SweepSpec.from_config(ROOT / "configs" / "debug.yaml",
-                                 {"arm": ["geometric", "linear"], "seed": seeds, **(axes or {})}, overrides)
+                                 {"arm": list(arms), "seed": seeds, **(axes or {})}, overrides)
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sweep.json").write_text(spec.to_json())
     sweep = plan(spec, tmp_path)
@@ -43,11 +45,14 @@ def make_sweep(tmp_path: Path, seeds: list[int], *overrides: str, axes: dict | N
             json.dumps({"step": step, "loss_per_level": list(levels / step)}) + "\n" for step in (1, 2, 3)))
     for task in sweep.sample:
         key = (dict(task.group)["arm"], task.seed)
-        if key not in FID:
+        if key not in fids:
+            continue
+        if task.same_as:
+            write_status(tmp_path, TaskStatus("sample", task.name, "done", started=1.0, note=task.shares()))
             continue
         task.folder.mkdir(parents=True)
         (task.folder / "metrics.json").write_text(json.dumps(
-            {"fid": FID[key], "kid_mean": FID[key] / 1000, "is_mean": 2.0, "n": 500}))
+            {"fid": fids[key], "kid_mean": fids[key] / 1000, "is_mean": 2.0, "n": 500}))
         write_shard(task.folder / "shard-00000.h5", ShardSpec(0, 0, 4), np.full((4, 8, 8, 1), 9, np.uint8), {})
         write_status(tmp_path, TaskStatus("sample", task.name, "done", started=1.0))
     return tmp_path
@@ -213,3 +218,32 @@ def test_a_cell_sampled_from_a_shorter_training_stays_out_of_its_row(sweep_folde
     assert geometric["seeds"] == [0, 1] and geometric["fid"]["mean"] == pytest.approx(11.0)
     assert geometric["problems"] == ["seed 2: stale (sampled at step 250 of a network the sweep trains to 500 steps: "
                                      "left out of its row)"]
+
+
+def test_a_cell_that_shares_another_cells_samples_keeps_its_row_with_the_same_numbers(tmp_path):
+    """edm ignores sampler.steps_per_level: its cell at T=5 reads the samples its cell at T=2 drew, and each T
+    still compares edm with geometric, seed by seed."""
+    fids = {("geometric", 0): 10.0, ("geometric", 1): 12.0, ("edm", 0): 8.0, ("edm", 1): 9.5}
+    folder = make_sweep(tmp_path, [0, 1], axes={"sampler.steps_per_level": [2, 5]}, arms=("geometric", "edm"),
+                        fids=fids)
+    assert not (folder / "cells" / "arm-edm_seed-0_sampler.steps_per_level-5").exists()
+    table = aggregate(folder, plots=False)
+    edm2, edm5 = table["rows"][2:]
+    assert edm5["group"] == {"arm": "edm", "sampler.steps_per_level": 5} and edm5["seeds_done"] == 2
+    assert edm5["fid"] == edm2["fid"] and edm5["fid"]["mean"] == pytest.approx(8.75)
+    said = "same samples as the row edm, sampler.steps_per_level=2 (edm's sampler ignores sampler.steps_per_level)"
+    assert edm5["shares"] == [said] and "shares" not in edm2
+    assert {c["setting"]["sampler.steps_per_level"]: (c["arm"], c["paired"], c["differences"])
+            for c in table["comparisons"]} == {2: ("edm", True, [-2.0, -2.5]), 5: ("edm", True, [-2.0, -2.5])}
+    markdown = (folder / "table.md").read_text()
+    assert "| edm, sampler.steps_per_level=5 † | 2/2 | 500 | 8.75 |" in markdown
+    assert f"- edm, sampler.steps_per_level=5: {said}" in markdown
+    assert said.replace("'", "&#x27;") in (folder / "report.html").read_text()
+    # The cell that drew the samples fails: the one that shares them says so, naming it.
+    write_status(folder, TaskStatus("sample", "arm-edm_seed-1_sampler.steps_per_level-2", "failed", started=1.0,
+                                    error="OutOfMemoryError: CUDA"))
+    cells = {cell["name"]: cell for cell in aggregate(folder, plots=False)["cells"]}
+    shared = cells["arm-edm_seed-1_sampler.steps_per_level-5"]
+    assert shared["same_as"] == "arm-edm_seed-1_sampler.steps_per_level-2"
+    assert (shared["state"], shared["detail"]) == ("failed", "sample of arm-edm_seed-1_sampler.steps_per_level-2: "
+                                                             "OutOfMemoryError: CUDA")

@@ -430,6 +430,32 @@ def test_sampler_presets_share_the_geometric_network_so_six_arms_train_two_netwo
         assert task.train.name == f"arm-{ladder}_seed-{task.seed}"
 
 
+def test_cells_whose_sampler_ignores_the_keys_they_differ_in_draw_their_samples_once(tmp_path):
+    arms, steps = ["geometric", "edm", "ancestral"], "sampler.steps_per_level"
+    sweep = plan(SweepSpec.from_config(DEBUG, {"arm": arms, "seed": [0, 1], steps: [2, 5]}), tmp_path)
+    shared = {task.name: task for task in sweep.sample if task.same_as}
+    assert sorted(shared) == sorted(f"arm-{arm}_seed-{seed}_{steps}-5" for arm in arms[1:] for seed in (0, 1))
+    for name, task in shared.items():
+        source, arm = name.replace("-5", "-2"), dict(task.group)["arm"]
+        assert task.same_as == task.samples == tmp_path / "cells" / source / "samples"
+        assert task.over_training == tmp_path / "cells" / source / "over_training"
+        assert task.shares() == f"shares the samples of cell {source} ({arm}'s sampler ignores {steps})"
+        assert task.train.name == f"arm-geometric_seed-{task.seed}_{steps}-2"
+    assert all(task.samples == task.folder and not task.shares() for task in sweep.sample if not task.same_as)
+    # A cell that holds its own scores (sampled by itself before cells shared) reads its own folder.
+    old = shared[f"arm-edm_seed-0_{steps}-5"]
+    old.folder.mkdir(parents=True)
+    (old.folder / "metrics.json").write_text("{}")
+    assert old.samples == old.folder and old.shares() == ""
+    # The ncsn rule ignores sampler.snr, the snr rule reads it.
+    sweep = plan(SweepSpec.from_config(DEBUG, {"arm": ["geometric", "snr"], "seed": [0], "sampler.snr": [0.1, 0.2]}),
+                 tmp_path)
+    assert {task.name: task.same_as and task.same_as.parent.name for task in sweep.sample} == {
+        "arm-geometric_seed-0_sampler.snr-0.1": None, "arm-geometric_seed-0_sampler.snr-0.2":
+        "arm-geometric_seed-0_sampler.snr-0.1", "arm-snr_seed-0_sampler.snr-0.1": None,
+        "arm-snr_seed-0_sampler.snr-0.2": None}
+
+
 def test_networks_trained_on_different_sigma_ranges_get_one_held_out_grid(tmp_path):
     narrow = plan(SweepSpec.from_config(DEBUG, {"arm": ["geometric"], "seed": [0], "noise.sigma_max": [4.0, 8.5]}),
                   tmp_path)

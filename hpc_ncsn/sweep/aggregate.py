@@ -39,7 +39,7 @@ from .report import Table, Text, markdown, write_report
 from .scheduler import Unanswered
 from .scheduler import queue as scheduler_queue
 from .status import NOT_DONE, observe, read_status
-from .tasks import CURVE, SampleTask
+from .tasks import CURVE, METRICS_FILE, SampleTask
 
 __all__ = ["CellResult", "aggregate", "collect", "compare", "mean_over_seeds", "summarize", "table_blocks",
            "write_table"]
@@ -50,6 +50,7 @@ EXTRA = ("fid_infinity", "precision", "recall", "density", "coverage", "heldout_
 # Wall seconds of each stage: per cell in table.json and averaged in table.md, but not in the rows, which the
 # same results must reproduce exactly whichever run (a resumed one, a slower machine) computed them.
 SECONDS = ("train_seconds", "sample_seconds")
+SHARED_MARK = "†"  # a row whose cells share other cells' samples (their footnote under the rows)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class CellResult:
     samples: Path
     over_training: tuple = field(default=())  # ({step, fid, kid_mean, n}, ...) of a done cell's snapshots
     extra: dict = field(default_factory=dict)  # EXTRA's figures this cell has
+    same_as: str = ""  # the cell whose samples (`samples`) this one shares, where it draws none of its own
+    because: str = ""  # why (SampleTask.because): the keys they differ in, which its sampler ignores
 
 
 def _cell_state(statuses: dict, queue: dict | None) -> tuple[str, str]:
@@ -81,37 +84,44 @@ def _cell_state(statuses: dict, queue: dict | None) -> tuple[str, str]:
 def collect(sweep: Plan, queue: dict | None = None) -> list[CellResult]:
     """Every cell of the sweep with its state and metrics, in grid order (`queue`: Slurm's, if any)."""
     results = []
+    drawers = {task.folder: task for task in sweep.sample}
     for task in sweep.sample:
-        report_path = task.folder / "metrics.json"
+        samples = task.samples
+        source = drawers[samples] if samples != task.folder else None  # the cell that drew this one's samples
+        report_path = samples / METRICS_FILE
         statuses = {task.stage: read_status(sweep.root, task)}
         if task.train is not None:  # an anchor has no training task
             statuses[task.train.stage] = read_status(sweep.root, task.train)
+        # The samples' own record: the drawing cell's (its time is the samples' cost), with its name where it fails.
+        drawn = {} if source is None else {f"{task.stage} of {source.name}": read_status(sweep.root, source)}
         curve: tuple = ()
-        extra = _compute(task, statuses)
-        if report_path.is_file() and statuses[task.stage] is not None and statuses[task.stage].state == "done":
+        extra = _compute(task, statuses | {task.stage: next(iter(drawn.values()), statuses[task.stage])})
+        if report_path.is_file() and all(status is not None and status.state == "done"
+                                         for status in [statuses[task.stage], *drawn.values()]):
             report = json.loads(report_path.read_text())
             metrics = {key: report[key] for key in METRICS} | {"n": report["n"]}
             extra |= _beyond_fid(report)
             state, detail = "done", ""
             if isinstance(task, SampleTask) and (task.over_training / CURVE).is_file():
                 curve = tuple(json.loads((task.over_training / CURVE).read_text()))
-            stale = _shorter(task)
+            stale = _shorter(task, samples)
             if stale:  # a row never mixes cells of different training lengths
                 metrics, extra, curve, state, detail = {}, _compute(task, {}), (), "stale", stale
         else:
             metrics = {}
-            state, detail = _cell_state(statuses, queue)
+            state, detail = _cell_state(statuses | drawn, queue)
         results.append(CellResult(task.name, task.group, task.seed, state, detail, metrics,
-                                  task.train.name if task.train is not None else "", task.folder, curve, extra))
+                                  task.train.name if task.train is not None else "", samples, curve, extra,
+                                  source.name if source else "", task.because if source else ""))
     return results
 
 
-def _shorter(task) -> str:
-    """Why a done cell's samples are not of its network at the sweep's train.steps (its shards record the step
-    they were drawn at), else ''."""
+def _shorter(task, samples: Path) -> str:
+    """Why a done cell's samples (in `samples`) are not of its network at the sweep's train.steps (its shards
+    record the step they were drawn at), else ''."""
     from ..samples.shards import MANIFEST  # h5py's module: only when a table is made
 
-    manifest = task.folder / MANIFEST
+    manifest = samples / MANIFEST
     if not isinstance(task, SampleTask) or not manifest.is_file():
         return ""
     step = json.loads(manifest.read_text()).get("meta", {}).get("checkpoint_step")
@@ -184,6 +194,8 @@ def summarize(cells: list[CellResult]) -> tuple[list[dict], list[dict]]:
             values = [cell.extra.get(key) for cell in done]
             if any(value is not None for value in values):
                 row[key] = _spread(values)
+        shared = _shared(members, cells)
+        row |= {"shares": shared} if shared else {}  # a table of cells that share nothing: as before
         curve = _over_training([cell for cell in done if cell.over_training])
         if curve:
             best = min(curve, key=lambda point: (point["fid"]["mean"], point["step"]))
@@ -191,6 +203,19 @@ def summarize(cells: list[CellResult]) -> tuple[list[dict], list[dict]]:
         rows.append(row)
         seconds.append({key: _spread([cell.extra.get(key) for cell in done]) for key in SECONDS})
     return rows, seconds
+
+
+def _shared(members: list[CellResult], cells: list[CellResult]) -> list[str]:
+    """What a row's cells that share the samples of other cells say: 'same samples as the row … (why)', with the
+    seeds where not all of the row's cells do."""
+    groups = {cell.name: cell.group for cell in cells}
+    found: dict[str, list[int]] = {}
+    for cell in members:
+        if cell.same_as:
+            found.setdefault(f"same samples as the row {row_label(groups[cell.same_as])} ({cell.because})",
+                             []).append(cell.seed)
+    return [line if len(seeds) == len(members) else f"{line}, seed {', '.join(map(str, seeds))}"
+            for line, seeds in found.items()]
 
 
 def _over_training(cells: list[CellResult]) -> list[dict]:
@@ -270,12 +295,18 @@ def table_blocks(rows: list[dict], cells: list[CellResult], comparisons: list[di
     lines = []
     for row in rows:
         fid = row["fid"]
-        lines.append((row_label(tuple(row["group"].items())), f"{row['seeds_done']}/{row['seeds_total']}",
+        label = row_label(tuple(row["group"].items())) + (f" {SHARED_MARK}" if row.get("shares") else "")
+        lines.append((label, f"{row['seeds_done']}/{row['seeds_total']}",
                       f"{row['n_per_cell'] if row['n_per_cell'] != [] else '–'}", _fmt(fid["mean"]), _fmt(fid["std"]),
                       "–" if fid["ci95"] is None else f"± {_fmt(fid['ci95'])}", _fmt(row["kid_mean"]["mean"]),
                       _fmt(row["is_mean"]["mean"]), *((_best_step(row),) if over_training else ()),
                       "; ".join(row["problems"])))
     blocks = [Table("rows", header, tuple(lines))]
+    shared = [f"{row_label(tuple(row['group'].items()))}: {line}" for row in rows for line in row.get("shares", ())]
+    if shared:
+        blocks += [Text(f"{SHARED_MARK} Rows that draw no samples of their own: their sampler ignores the keys "
+                        "in which they differ from the row they share them with, so both rows show the same samples "
+                        "and numbers:"), shared]
     if _incomplete(cells):
         blocks.append(Text(_incomplete(cells), strong="Incomplete:"))
     if comparisons:
@@ -304,7 +335,9 @@ def table_blocks(rows: list[dict], cells: list[CellResult], comparisons: list[di
     blocks.append(Text("Per cell:"))
     blocks.append(Table("cells", ("cell", "state", "FID", "KID", "IS", "N", "detail"), tuple(
         (cell.name, cell.state, _fmt(cell.metrics.get("fid")), _fmt(cell.metrics.get("kid_mean")),
-         _fmt(cell.metrics.get("is_mean")), f"{cell.metrics.get('n', '–')}", cell.detail) for cell in cells)))
+         _fmt(cell.metrics.get("is_mean")), f"{cell.metrics.get('n', '–')}",
+         cell.detail or (f"same samples as {cell.same_as} ({cell.because})" if cell.same_as else ""))
+        for cell in cells)))
     return blocks
 
 
@@ -354,6 +387,7 @@ def write_table(out: Path, spec: SweepSpec, sweeps: list[Plan], plots: bool = Tr
     table = {"rows": rows, "cells": [{"name": c.name, "group": dict(c.group), "seed": c.seed, "state": c.state,
                                       "detail": c.detail, "metrics": c.metrics, "train": c.train, "extra": c.extra}
                                      | ({"over_training": list(c.over_training)} if c.over_training else {})
+                                     | ({"same_as": c.same_as, "because": c.because} if c.same_as else {})
                                      for c in cells],
              "comparisons": comparisons, "audit": audits,
              "complete": all(c.state == "done" for c in cells)}

@@ -290,7 +290,9 @@ def print_plan(sweep: Plan, audits: dict, decision: Decision) -> None:
     print(f"sample + evaluate ({len(sweep.sample)} cells, {len(decision.todo(sweep.sample))} to run):")
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
-        print(f"  {task.name}: {source}, samples in {task.folder} [{state(task)}]")
+        where = f"the samples of {task.same_as.parent.name}, drawn once ({task.because})" if task.shares() \
+            else f"samples in {task.folder}"
+        print(f"  {task.name}: {source}, {where} [{state(task)}]")
     print("aggregate: " + ", ".join(planned_files(sweep)))
 
 

@@ -8,6 +8,10 @@ grid, named after its axis values in axis order.
 Cells that differ only in how they sample share one training: the `snr` arm samples
 the `geometric` arm's network (same ladder), and the sampler, generate and evaluate
 sections never change the weights. The plan trains each distinct network once.
+Cells that also differ only in sampler keys their sampler ignores (`sampling_identity`:
+the `edm` arm at two values of sampler.steps_per_level) share their samples: the first
+of them in grid order draws and scores them, the others record it (SampleTask.same_as)
+and draw nothing; each keeps its row of the table, with the same numbers.
 
 On disk, under the sweep folder:
 
@@ -36,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from ..audit import OVERRIDE_FLAG, audit_arm
-from ..config import ConfigError, arm_overrides, config_from_dict, config_to_dict, load_config
+from ..config import ConfigError, SamplerConfig, arm_overrides, config_from_dict, config_to_dict, load_config
 from ..errors import UserError
 from ..files import atomic_write
 from .tasks import ANCHORS, AggregateTask, AnchorTask, SampleTask, Task, TrainTask
 
 __all__ = ["ARM_AXIS", "AUDIT_FILE", "LEGACY_ARM_AXIS", "REPORT_FILE", "SEED_AXIS", "Cell", "Plan", "SweepSpec",
-           "audit_plan", "changes", "plan", "row_label", "training_identity"]
+           "audit_plan", "changes", "plan", "row_label", "sampling_identity", "training_identity"]
 
 ARM_AXIS, SEED_AXIS = "arm", "seed"
 LEGACY_ARM_AXIS = "schedule"  # the arm axis's name in sweeps made before the rename (sweep.json, cell folders)
@@ -213,6 +217,27 @@ def training_identity(config: dict) -> str:
     return json.dumps(tree, sort_keys=True)
 
 
+def sampling_identity(config: dict) -> str:
+    """What determines a cell's samples and scores besides its network and seed: its sampler, generate and evaluate
+    sections without the keys its sampler ignores (SamplerConfig.ignored_keys)."""
+    tree = {section: dict(config[section]) for section in SAMPLING_SECTIONS}
+    for key in SamplerConfig(**config["sampler"]).ignored_keys():
+        section, name = key.split(".")
+        tree[section].pop(name)
+    return json.dumps(tree, sort_keys=True)
+
+
+def _because(source: SampleTask, cell: SampleTask) -> str:
+    """Why `cell` draws the samples of `source` (same network, seed and sampling_identity): the keys they differ
+    in, which its sampler ignores."""
+    mine, theirs = _flatten(source.config), _flatten(cell.config)
+    keys = sorted(key for key in set(mine) | set(theirs) if mine.get(key) != theirs.get(key))
+    if not keys:
+        return "the same resolved config"
+    sampler = dict(cell.group).get(ARM_AXIS) or f"the {cell.config['sampler']['kind']}"
+    return f"{sampler}'s sampler ignores {', '.join(keys)}"
+
+
 @dataclass(frozen=True)
 class Plan:
     root: Path
@@ -235,10 +260,12 @@ class Plan:
 
 
 def plan(spec: SweepSpec, root: Path) -> Plan:
-    """The training tasks (one per distinct network) and sampling tasks (one per cell) of a sweep."""
+    """The training tasks (one per distinct network) and sampling tasks (one per cell; a cell whose samples an
+    earlier cell draws records it, `same_as`) of a sweep."""
     root = Path(root)
     trainings: dict[str, TrainTask] = {}
     samples: list[SampleTask] = []
+    drawn: dict[tuple, SampleTask] = {}  # (network, sampling identity, seed) → the cell that draws those samples
     names: dict[str, Cell] = {}
     for cell in spec.cells():
         if cell.name in names:
@@ -254,8 +281,12 @@ def plan(spec: SweepSpec, root: Path) -> Plan:
             folder = root / "train" / cell.name
             run_config = spec.cell_config(cell, f"train.out_dir={folder}", *common)
             trainings[identity] = TrainTask(cell.name, folder, run_config)
-        samples.append(SampleTask(cell.name, root / "cells" / cell.name / "samples", config, trainings[identity],
-                                  cell.seed, cell.group()))
+        task = SampleTask(cell.name, root / "cells" / cell.name / "samples", config, trainings[identity],
+                          cell.seed, cell.group())
+        source = drawn.setdefault((identity, sampling_identity(config), cell.seed), task)
+        if source is not task:
+            task = dataclasses.replace(task, same_as=source.folder, because=_because(source, task))
+        samples.append(task)
     for kind in spec.anchors:
         for seed in spec.axes.get(SEED_AXIS, [0]):
             name = f"anchor-{kind}_seed-{seed}"

@@ -159,7 +159,8 @@ def write_report(out: Path, spec: SweepSpec, sweeps: list[Plan], blocks: list, t
         for cell in (cell for cell in shown if cell.state == "done"):
             grid = sample_grid_png(cell.samples, GRID_IMAGES)
             gone = f'<figure class="grid"><figcaption>{escape(cell.name)}: its shards are gone</figcaption></figure>'
-            parts.append(gone if grid is None else _figure(grid, cell.name, f"samples of {cell.name}", ' class="grid"'))
+            caption = cell.name + (f" (same samples as {cell.same_as})" if cell.same_as else "")
+            parts.append(gone if grid is None else _figure(grid, caption, f"samples of {cell.name}", ' class="grid"'))
         parts.append("</div>")
     parts += [_audit(table["audit"]), _provenance(spec, sweeps)]
     policy = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"

@@ -76,6 +76,7 @@ class TaskStatus:
     heartbeat: float | None = None
     progress: dict | None = None  # {"done", "total", "unit"}; "first": what was done when this attempt started
     threads: int | None = None  # torch's intra-op threads this attempt chose (hpc_ncsn.distributed.match_threads)
+    note: str | None = None  # what the task says of itself, e.g. a cell that shares another's samples
 
     @property
     def seconds(self) -> float:
@@ -155,10 +156,11 @@ class _Heartbeat:
 
 def run_tracked(root: Path, task: Task, body: Callable[[], object], *, job_id: str | None = None,
                 scheduler: str | None = None, log: str | None = None, threads: int | None = None,
-                attempt_check: Callable[[TaskStatus | None], str | None] | None = None):
+                attempt_check: Callable[[TaskStatus | None], str | None] | None = None, note: str | None = None):
     """Run `body()` with the task's status recorded: running (with heartbeats), then done, failed (with the
     traceback), cancelled or preempted; exceptions are re-raised. `attempt_check(previous)` may return a
-    reason to fail the task without running it (the requeue cap). `threads`: what the job chose, recorded."""
+    reason to fail the task without running it (the requeue cap). `threads`: what the job chose, and `note`:
+    what the task says of itself, recorded."""
     if not is_main_process():
         return body()
     root = Path(root)
@@ -166,7 +168,7 @@ def run_tracked(root: Path, task: Task, body: Callable[[], object], *, job_id: s
     progress = _progress(root, task)
     status = TaskStatus(task.stage, task.name, "running", **identity(), started=time.time(), job_id=job_id,
                         scheduler=scheduler, log=log, threads=threads,
-                        attempts=(previous.attempts + 1) if previous else 1, heartbeat=time.time(),
+                        attempts=(previous.attempts + 1) if previous else 1, heartbeat=time.time(), note=note,
                         progress={**progress, "first": progress["done"]} if progress else None)
     refusal = attempt_check(previous) if attempt_check else None
     if refusal:
@@ -295,7 +297,8 @@ def describe(sweep, queue: dict | None = None, submitted: dict | None = None) ->
                 seconds = (status.heartbeat or status.started) - status.started
             newer = (queue is not None and queued in queue and (status is None or status.job_id != queued)
                      or vanished(status, queue, queued) is not None)
-            rows.append({"stage": stage, "task": task.name, "state": state, "detail": detail,
+            rows.append({"stage": stage, "task": task.name, "state": state,
+                         "detail": detail or (status.note if status and state == "done" else None) or "",
                          "attempts": status.attempts if status else 0,
                          "job_id": queued if newer else (status.job_id if status else None) or queued,
                          "log": status.log if status else None, "seconds": seconds,

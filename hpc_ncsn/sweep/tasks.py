@@ -19,7 +19,10 @@ from typing import Any, ClassVar, Union
 from ..evaluate.curve import CURVE
 from ..files import read_jsonl
 
-__all__ = ["ANCHORS", "CURVE", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task", "TrainTask"]
+__all__ = ["ANCHORS", "CURVE", "METRICS_FILE", "STAGES", "AggregateTask", "AnchorTask", "NotRun", "SampleTask", "Task",
+           "TrainTask"]
+
+METRICS_FILE = "metrics.json"  # a cell's scores, beside its shards (written after them: the cell is complete)
 
 
 class NotRun(RuntimeError):
@@ -57,6 +60,24 @@ class SampleTask:
     train: TrainTask
     seed: int
     group: tuple[tuple[str, Any], ...]  # the cell's axes without the seed: its row of the table
+    # The samples folder of an earlier cell of the sweep with the same network, seed and samples (its sampler
+    # ignores every key the two differ in, SamplerConfig.ignored_keys), and why: this cell draws nothing.
+    same_as: Path | None = None
+    because: str = ""  # e.g. "edm's sampler ignores sampler.steps_per_level"
+
+    @property
+    def samples(self) -> Path:
+        """The folder that holds the cell's samples and scores: its own, or the one of the cell it shares them with
+        (`same_as`), unless its own holds scores (a sweep made before cells shared: each was sampled by itself)."""
+        if self.same_as is None or (self.folder / METRICS_FILE).is_file():
+            return self.folder
+        return self.same_as
+
+    def shares(self) -> str:
+        """What a cell that shares another's samples says of it (its status, its log, the table); '' if it does not."""
+        if self.samples == self.folder:
+            return ""
+        return f"shares the samples of cell {self.same_as.parent.name} ({self.because})"
 
     def sampling_overrides(self) -> tuple[str, ...]:
         """The cell's sampler and generate sections, as overrides of its training run's config."""
@@ -64,12 +85,12 @@ class SampleTask:
                      for section in ("sampler", "generate") for key, value in self.config[section].items())
 
     def progress(self, root: Path) -> dict:
-        return _shard_progress(self.folder, self.config)
+        return _shard_progress(self.samples, self.config)
 
     @property
     def over_training(self) -> Path:
         """Where the snapshots' samples and CURVE go (beside the cell's samples)."""
-        return self.folder.parent / "over_training"
+        return self.samples.parent / "over_training"
 
 
 def _shard_progress(folder: Path, config: dict) -> dict:
@@ -102,6 +123,11 @@ class AnchorTask:
 
     def progress(self, root: Path) -> dict:
         return _shard_progress(self.folder, self.config)
+
+    @property
+    def samples(self) -> Path:
+        """The folder that holds the anchor's samples and scores: its own."""
+        return self.folder
 
     def held_out_split(self) -> str:
         """The split the `real` anchor draws from: the one the reference statistics are not made of."""

@@ -9,7 +9,9 @@ beyond its own environment (SLURM_JOB_ID, SLURM_RESTART_COUNT); the launcher rec
 the whole sweep with the queue.
 
 `run(root, task)` does the work and is safe to run again: a training resumes from its
-newest checkpoint, a sampling keeps its valid shards, the table is rewritten.
+newest checkpoint, a sampling keeps its valid shards, the table is rewritten. A cell that
+shares an earlier cell's samples (SampleTask.same_as) draws and scores nothing: its job
+says so and records done, and every reader of the cell reads that cell's folder.
 
 Importing this module does not import torch; the bodies import what they need.
 """
@@ -68,7 +70,7 @@ def job(root: str, task: Task, options: JobOptions):
     try:
         return run_tracked(Path(root), task, lambda: run(Path(root), task), job_id=env.job_id,
                            scheduler="slurm" if on_slurm else None, log=log, threads=threads,
-                           attempt_check=attempt_check)
+                           attempt_check=attempt_check, note=task.shares() if isinstance(task, SampleTask) else None)
     except preemption.Preempted as stop:
         if not (on_slurm and stop.requeue):
             raise
@@ -104,6 +106,9 @@ def _aggregate(root: Path, task: AggregateTask) -> dict:
 def _sample(root: Path, task: SampleTask) -> dict:
     from ..samples.generate import generate
 
+    if task.shares():  # an earlier cell of the sweep draws and scores these very samples: nothing to wait for
+        print(f"cell {task.name} {task.shares()}: it draws and scores nothing", flush=True)
+        return {"same_as": str(task.same_as)}
     training = read_status(root, task.train)
     # Its training's job has left the queue (the sample stage starts after it), so its own record decides.
     state, detail = observe(training, None)
