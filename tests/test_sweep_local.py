@@ -289,16 +289,28 @@ def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go
 
 
 def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
+    """The edm sampler ignores sampler.steps_per_level: its cell at T=2 shares the samples its cell at T=1 draws."""
     out = tmp_path / "sweep"
-    args = ("--arms", "geometric", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
+    args = ("--arms", "geometric,edm", "--seeds", "0", "--axis=sampler.steps_per_level=1,2", "--axis=data.channels=1")
     first = sweep(out, *args)
     assert summary(first)["failed"] == []
-    rows = json.loads((out / "table.json").read_text())["rows"]
+    table = json.loads((out / "table.json").read_text())
+    rows = table["rows"]
     assert [row["group"] for row in rows] == [
-        {"arm": "geometric", "sampler.steps_per_level": 1, "data.channels": 1},
-        {"arm": "geometric", "sampler.steps_per_level": 2, "data.channels": 1}]
+        {"arm": arm, "sampler.steps_per_level": steps, "data.channels": 1} for arm in ("geometric", "edm")
+        for steps in (1, 2)]
     assert all(row["seeds_done"] == 1 for row in rows)
     assert len(list((out / "train").iterdir())) == 1  # the sampler axis shares one training
+    drew = {path.parent.parent.name for path in (out / "cells").glob("*/samples/shard-*.h5")}
+    edm = "arm-edm_seed-0_sampler.steps_per_level-{}_data.channels-1"
+    assert edm.format(1) in drew and edm.format(2) not in drew and len(drew) == 3  # edm's cells drew once
+    assert rows[3]["fid"] == rows[2]["fid"] and rows[3]["fid"]["mean"] > 0
+    said = "(edm's sampler ignores sampler.steps_per_level)"
+    assert f"edm, sampler.steps_per_level=2, data.channels=1: same samples as the row edm, " \
+           f"sampler.steps_per_level=1, data.channels=1 {said}" in (out / "table.md").read_text()
+    assert {tuple(c["setting"].values()) for c in table["comparisons"] if c["arm"] == "edm"} == {(1, 1), (2, 1)}
+    status = json.loads((out / "status" / "sample" / f"{edm.format(2)}.json").read_text())
+    assert status["state"] == "done" and status["note"] == f"shares the samples of cell {edm.format(1)} {said}"
     assert summary(sweep(out, *args))["failed"] == []
 
 

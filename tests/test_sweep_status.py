@@ -4,11 +4,17 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from hpc_ncsn.locks import identity
 from hpc_ncsn.sweep.scheduler import Queue
-from hpc_ncsn.sweep.status import TaskStatus, observe, read_status, record_vanished, run_tracked, status_path
+from hpc_ncsn.sweep.plan import SweepSpec, plan
+from hpc_ncsn.sweep.status import (TaskStatus, describe, observe, read_status, record_vanished, run_tracked,
+                                   status_path)
 from hpc_ncsn.sweep.tasks import TrainTask
+from hpc_ncsn.sweep.work import run
+
+DEBUG = Path(__file__).resolve().parent.parent / "configs" / "debug.yaml"
 
 
 def dead_pid() -> int:
@@ -111,3 +117,18 @@ def test_a_vanished_job_is_recorded_once_and_keeps_its_state_when_slurm_forgets_
     recorded = read_status(tmp_path, tasks[0])
     assert recorded.state == "cancelled" and recorded.job_id == "7_0" and read_status(tmp_path, tasks[1]) is None
     assert observe(recorded, Queue(), "7_0")[0] == "cancelled"  # forgotten by the controller: still cancelled
+
+
+def test_a_cell_that_shares_another_cells_samples_draws_nothing_waits_for_nothing_and_says_so(tmp_path, capsys):
+    sweep = plan(SweepSpec.from_config(DEBUG, {"arm": ["edm"], "seed": [0], "sampler.steps_per_level": [2, 5]}),
+                 tmp_path)
+    source, shared = sweep.sample
+    said = ("shares the samples of cell arm-edm_seed-0_sampler.steps_per_level-2 (edm's sampler ignores "
+            "sampler.steps_per_level)")
+    assert shared.shares() == said and not source.shares()
+    assert run_tracked(tmp_path, shared, lambda: run(tmp_path, shared), note=said) == {"same_as": str(source.folder)}
+    assert f"{said}: it draws and scores nothing" in capsys.readouterr().out
+    assert not shared.folder.exists() and not source.folder.exists()  # its training never ran: nothing waited for it
+    rows = {row["task"]: row for row in describe(sweep)}
+    assert (rows[shared.name]["state"], rows[shared.name]["detail"]) == ("done", said)
+    assert rows[source.name]["state"] == "pending" and read_status(tmp_path, shared).note == said
