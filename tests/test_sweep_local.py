@@ -308,7 +308,7 @@ def test_an_extra_axis_runs_and_reruns_with_the_cells_it_named(tmp_path):
     said = "(edm's sampler ignores sampler.steps_per_level)"
     assert f"edm, sampler.steps_per_level=2, data.channels=1: same samples as the row edm, " \
            f"sampler.steps_per_level=1, data.channels=1 {said}" in (out / "table.md").read_text()
-    assert {tuple(c["setting"].values()) for c in table["comparisons"] if c["arm"] == "edm"} == {(1, 1), (2, 1)}
+    assert sorted(c["setting"]["sampler.steps_per_level"] for c in table["comparisons"] if c["arm"] == "edm") == [1, 2]
     status = json.loads((out / "status" / "sample" / f"{edm.format(2)}.json").read_text())
     assert status["state"] == "done" and status["note"] == f"shares the samples of cell {edm.format(1)} {said}"
     assert summary(sweep(out, *args))["failed"] == []

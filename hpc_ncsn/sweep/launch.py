@@ -61,6 +61,7 @@ from .plots import planned_files
 from .profile import PROFILE_KEYS, merge_options, read_profile, record_options
 from .slurm import SlurmOptions
 from .status import describe, final_report, format_status
+from .tasks import SampleTask
 
 __all__ = ["CLUSTERS", "SweepMismatch", "add_arguments", "main", "slurm_options"]
 
@@ -290,7 +291,8 @@ def print_plan(sweep: Plan, audits: dict, decision: Decision) -> None:
     print(f"sample + evaluate ({len(sweep.sample)} cells, {len(decision.todo(sweep.sample))} to run):")
     for task in sweep.sample:
         source = f"network of {task.train.name}" if task.train is not None else f"anchor ({task.kind})"
-        where = f"the samples of {task.same_as.parent.name}, drawn once ({task.because})" if task.shares() \
+        shares = isinstance(task, SampleTask) and task.shares()
+        where = f"the samples of {task.same_as.parent.name}, drawn once ({task.because})" if shares \
             else f"samples in {task.folder}"
         print(f"  {task.name}: {source}, {where} [{state(task)}]")
     print("aggregate: " + ", ".join(planned_files(sweep)))

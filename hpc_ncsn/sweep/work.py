@@ -29,7 +29,7 @@ from ..distributed import barrier, is_main_process, process_group, setup_process
 from . import scheduler
 from .aggregate import aggregate
 from .status import TaskStatus, observe, read_status, run_tracked, write_status
-from .tasks import AggregateTask, AnchorTask, NotRun, SampleTask, Task, TrainTask
+from .tasks import METRICS_FILE, AggregateTask, AnchorTask, NotRun, SampleTask, Task, TrainTask
 
 __all__ = ["JobOptions", "job", "run"]
 
@@ -160,5 +160,5 @@ def _score(folder: Path, config: dict) -> dict:
     from ..evaluate.evaluator import evaluate
 
     config = config_from_dict(config)
-    report = evaluate(folder, config.data, config.evaluate, out=folder / "metrics.json")
+    report = evaluate(folder, config.data, config.evaluate, out=folder / METRICS_FILE)
     return report if is_main_process() else {}
