@@ -54,6 +54,19 @@ def test_more_seeds_and_arms_add_only_new_cells_and_keep_every_saved_task_as_it_
     assert reconcile(root, spec(arm=["geometric", "linear", "snr"], seed=[0, 1, 2])).kind == "same"
 
 
+def test_a_new_axis_value_that_an_arms_sampler_ignores_shares_the_saved_cells_samples(tmp_path):
+    """edm ignores sampler.steps_per_level: the grown T=5 cell reads what the saved T=2 cell drew (saved values
+    come first in grid order); the geometric arm's T=5 cell draws its own."""
+    steps = "sampler.steps_per_level"
+    root = saved(tmp_path, arm=["geometric", "edm"], seed=[0], **{steps: [2]})
+    decision = reconcile(root, spec(arm=["geometric", "edm"], seed=[0], **{steps: [2, 5]}))
+    assert decision.kind == "grow" and decision.added == {steps: [5]}
+    shared = {task.name: task.same_as for task in plan(decision.spec, root).sample}
+    assert shared == {f"arm-geometric_seed-0_{steps}-2": None, f"arm-geometric_seed-0_{steps}-5": None,
+                      f"arm-edm_seed-0_{steps}-2": None,
+                      f"arm-edm_seed-0_{steps}-5": root / "cells" / f"arm-edm_seed-0_{steps}-2" / "samples"}
+
+
 @pytest.mark.parametrize("axes, words", [
     ({"seed": [2]}, "--seeds 2: the sweep in"),
     ({"seed": [1, 0, 2]}, "has seed values 0,1; a sweep grows by new values after those"),
