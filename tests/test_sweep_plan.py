@@ -444,8 +444,8 @@ def test_a_local_task_is_ready_once_the_tasks_it_depends_on_have_ended(tmp_path)
     every other task; trainings start first, the rest in the plan's order."""
     from hpc_ncsn.sweep.local import ready
 
-    sweep = plan(SweepSpec.from_config(DEBUG, {"arm": ["geometric", "linear", "snr"], "seed": [0, 1]},
-                                       ("data.name=fashion_mnist", "evaluate.reference=test"), ("untrained",)), tmp_path)
+    axes = {"arm": ["geometric", "linear", "snr"], "seed": [0, 1]}
+    sweep = plan(SweepSpec.from_config(DEBUG, axes, (), ("untrained",)), tmp_path)
     train = {task.name: task for task in sweep.train}
     cells = {task.name: task for task in sweep.sample}
     everything = [*sweep.train, *sweep.sample, sweep.aggregate]
