@@ -277,6 +277,25 @@ def test_local_tasks_run_side_by_side_with_the_cpus_shared_among_them(finished):
     assert {status["threads"] for status in statuses} == {visible // at_once}  # what each task chose, recorded
 
 
+
+def test_a_cell_samples_as_soon_as_its_own_network_is_trained(tmp_path):
+    """Two networks, one trained 75 times longer, two tasks at a time: the short network's cell starts while the
+    long one still trains (no stage barrier), each cell after its own training, the table after every cell; a
+    stage's seconds span its first task's start to its last task's end."""
+    out = tmp_path / "sweep"
+    result = sweep(out, "--arms", "geometric", "--seeds", "0", "--local-parallel", "2", "--axis=train.steps=4,300",
+                   "train.checkpoint_every=100")
+    short, long = "arm-geometric_seed-0_train.steps-4", "arm-geometric_seed-0_train.steps-300"
+    train, sample = ({name: json.loads((out / "status" / stage / f"{name}.json").read_text()) for name in (short, long)}
+                     for stage in ("train", "sample"))
+    assert sample[short]["started"] < train[long]["finished"]  # the overlap the stage barrier forbade
+    assert all(train[name]["finished"] < sample[name]["started"] for name in (short, long))
+    table = json.loads((out / "status" / "aggregate" / "table.json").read_text())
+    assert table["started"] > max(status["finished"] for status in sample.values())
+    seconds = summary(result)["seconds"]  # the launcher's span holds its tasks' own (0.1 s: its rounding)
+    assert seconds["train"] >= train[long]["finished"] - min(status["started"] for status in train.values()) - 0.1
+    assert seconds["sample"] >= sample[long]["finished"] - sample[short]["started"] - 0.1
+
 def test_a_failing_task_opens_no_debugger_without_a_terminal_and_its_siblings_go_on(tmp_path):
     out = tmp_path / "sweep"
     bad = out / "train" / "arm-linear_seed-0"

@@ -463,3 +463,32 @@ def test_networks_trained_on_different_sigma_ranges_get_one_held_out_grid(tmp_pa
         == {(8.5, 0.01)}
     same = plan(spec(), tmp_path)  # geometric and linear share σ_1 and σ_L: each network's own range is common
     assert {t.config["train"]["heldout_sigma_max"] for t in same.train} == {0}
+
+
+def test_a_local_task_is_ready_once_the_tasks_it_depends_on_have_ended(tmp_path):
+    """hpc_ncsn.sweep.local.ready: a cell waits for its own training only, an anchor for nothing, the table for
+    every other task; trainings start first, the rest in the plan's order."""
+    from hpc_ncsn.sweep.local import ready
+
+    axes = {"arm": ["geometric", "linear", "snr"], "seed": [0, 1]}
+    sweep = plan(SweepSpec.from_config(DEBUG, axes, (), ("untrained",)), tmp_path)
+    train = {task.name: task for task in sweep.train}
+    cells = {task.name: task for task in sweep.sample}
+    everything = [*sweep.train, *sweep.sample, sweep.aggregate]
+
+    def names(tasks):
+        return [task.name for task in tasks]
+
+    anchors = ["anchor-untrained_seed-0", "anchor-untrained_seed-1"]
+    assert names(ready(everything, [])) == [*train, *anchors]  # trainings first, then what needs no training
+    # geometric seed 0 trained: its cell and the snr cell that samples its network, in the plan's order
+    running = [train["arm-linear_seed-0"]]
+    queued = [task for task in everything if task is not train["arm-geometric_seed-0"] and task is not running[0]]
+    assert names(ready(queued, running)) == [
+        "arm-geometric_seed-1", "arm-linear_seed-1", "arm-geometric_seed-0", "arm-snr_seed-0", *anchors]
+    # every training and all cells but one ended: that cell still holds the table back, then lets it go
+    last = [cells["arm-snr_seed-1"]]
+    assert names(ready([sweep.aggregate], last)) == [] and names(ready([*last, sweep.aggregate], [])) == names(last)
+    assert ready([sweep.aggregate], []) == [sweep.aggregate]
+    # a training done before this run (not queued): its cells are ready at once, the table waits for them
+    assert names(ready([*sweep.sample, sweep.aggregate], [])) == names(sweep.sample)

@@ -1,12 +1,13 @@
 """Run a sweep (arm × seed × any other config key): train → sample → evaluate → table.
 
-Stages, each a job array submitted with submitit, each depending on the one before:
+Stages (on Slurm, each a job array submitted with submitit, depending on the one before):
   train      one task per distinct network (the snr arm reuses the geometric arm's network)
   sample     one task per cell: shards of samples from the EMA weights, then FID/KID/IS
   aggregate  one task: the ablation table (mean, std and 95% CI over seeds), plots and report.html
 
 --cluster slurm   Slurm job arrays (sbatch through submitit); training may span nodes × GPUs
---cluster local   submitit's local executor: each task in its own process on this machine
+--cluster local   submitit's local executor: each task in its own process on this machine, as soon as
+                  the tasks it depends on have ended (a cell samples once its own network is trained)
 --cluster debug   submitit's debug executor: every task in this process, one after the other
                   (breakpoints work; a failing task opens pdb post mortem when stdin is a terminal)
 

@@ -1,5 +1,6 @@
 """Run a sweep on this machine: submitit's LocalExecutor (each task its own process) or DebugExecutor (this
-process), the stages one after the other, and the check of the Python that starts the tasks (--python).
+process), each task as soon as the tasks it depends on have ended (`ready`), and the check of the Python that
+starts the tasks (--python).
 
 While a local sweep runs, its launcher holds the sweep folder's lock with `cluster: local` in
 it; `--cancel` (hpc_ncsn.sweep.slurm.cancel) reads that field and sends the launcher SIGTERM,
@@ -20,10 +21,10 @@ from ..config import ConfigError
 from ..distributed import visible_cpus
 from .plan import Plan
 from .status import TaskStatus, describe, final_report, mark_cancelled, observe, read_status, todo, write_status
-from .tasks import Task
+from .tasks import AggregateTask, SampleTask, Task, TrainTask
 from .work import JobOptions, job
 
-__all__ = ["check_python", "local_parallel", "run_here"]
+__all__ = ["check_python", "local_parallel", "ready", "run_here"]
 
 
 class _LocalCancel:
@@ -50,20 +51,40 @@ class _LocalCancel:
             signal.signal(sig, handler)
 
 
+def ready(queued: list[Task], running: list[Task]) -> list[Task]:
+    """The queued tasks that may start now, in the order to start them, given the tasks not ended yet (`queued`
+    and `running`; any other task of the sweep has ended, or was done before this run).
+
+    A cell waits for its own training only (it then reads that training's state: a failed, cancelled or lost
+    training makes it record NotRun's state, hpc_ncsn.sweep.work), an anchor for nothing (it makes what it
+    needs itself), the table for every other task. Trainings come first (the cells wait for them), the
+    others keep their order in `queued` (the plan's)."""
+    unended = [*queued, *running]
+    training = {task.folder for task in unended if isinstance(task, TrainTask)}
+    free = [task for task in queued
+            if not (isinstance(task, AggregateTask) and any(not isinstance(t, AggregateTask) for t in unended))
+            and not (isinstance(task, SampleTask) and task.train.folder in training)]
+    return sorted(free, key=lambda task: not isinstance(task, TrainTask))  # stable: the plan's order otherwise
+
+
 def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: JobOptions,
-              cancel: _LocalCancel | None) -> None:
-    """Run `tasks` with a submitit executor, up to `parallel` at a time (the next one starts as soon as one
-    ends). Each task records its own state; one whose job ended in an error before the task wrote a word of it
-    (submitit could not start it) is recorded `failed` here, with submitit's error."""
+              cancel: _LocalCancel | None) -> dict[str, list[float]]:
+    """Run `tasks` with a submitit executor, up to `parallel` at a time, each as soon as a slot is free and the
+    tasks it depends on have ended (`ready`). Each task records its own state; one whose job ended in an error
+    before the task wrote a word of it (submitit could not start it) is recorded `failed` here, with submitit's
+    error. Returns [first start, last end] of each stage's tasks that ran."""
     from submitit.local.debug import DebugJob
 
-    queue, running = list(tasks), []
+    queue, running, spans = list(tasks), [], {}
     while queue or running:
-        while queue and len(running) < parallel and not (cancel is not None and cancel.requested):
-            task = queue.pop(0)
-            submitted = executor.submit(job, str(root), task, options)
-            running.append((task, submitted))
-            print(f"[{task.stage}] {task.name}: job {submitted.job_id}, log {submitted.paths.stderr}", flush=True)
+        if not (cancel is not None and cancel.requested):
+            for task in ready(queue, [task for task, _ in running])[:parallel - len(running)]:
+                queue = [other for other in queue if other is not task]
+                submitted = executor.submit(job, str(root), task, options)
+                running.append((task, submitted))
+                spans.setdefault(task.stage, [time.time(), time.time()])
+                print(f"[{task.stage}] {task.name}: job {submitted.job_id}, log {submitted.paths.stderr}", flush=True)
+            assert running or not queue, f"no task can start, none runs: {[task.name for task in queue]}"
         if cancel is not None:
             cancel.running = [int(j.job_id) for _, j in running if j.job_id.isdigit()]
             if cancel.requested and queue:
@@ -90,6 +111,8 @@ def _run_jobs(executor, root: Path, tasks: list[Task], parallel: int, options: J
                     write_status(root, status)
                 print(f"[{task.stage}] {task.name}: {observe(status, None)[0].upper()} ({status.error or said}); log "
                       f"{submitted.paths.stderr}", flush=True)
+            spans[task.stage][1] = time.time()
+    return spans
 
 
 def local_parallel(requested: int | None) -> int:
@@ -110,7 +133,8 @@ def local_parallel(requested: int | None) -> int:
 
 def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = None, timeout_min: int = 24 * 60,
              max_requeues: int = 5, python: str | None = None) -> int:
-    """--cluster local or debug: the stages one after the other on this machine; prints the table.
+    """--cluster local or debug: every task not done yet, each once those it depends on have ended (`ready`),
+    on this machine; prints the table.
 
     Local tasks run `local_parallel(parallel)` at a time, each with that share of this machine's CPUs
     for its threads, each started by `python` (a command line; default: this interpreter).
@@ -128,14 +152,12 @@ def run_here(root: Path, sweep: Plan, cluster: str, *, parallel: int | None = No
         executor = submitit.DebugExecutor(folder=root / "logs" / "%j")
         parallel, options = 1, JobOptions(max_requeues=max_requeues)
     started = time.time()
-    timings = {}
+    pending = todo(root, [task for _, tasks in sweep.stages() for task in tasks])
     with _LocalCancel() if cluster == "local" else _NoCancel() as cancel:
-        for stage, tasks in sweep.stages():
-            t0 = time.time()
-            pending = todo(root, tasks)
-            if pending:
-                _run_jobs(executor, root, pending, parallel, options, cancel if cluster == "local" else None)
-            timings[stage] = round(time.time() - t0, 1)
+        spans = _run_jobs(executor, root, pending, parallel, options, cancel if cluster == "local" else None)
+    # A stage's seconds: from its first task's start to its last task's end (stages overlap; 0 if none ran).
+    timings = {stage: round(spans[stage][1] - spans[stage][0], 1) if stage in spans else 0.0
+               for stage, _ in sweep.stages()}
     _remove_if_empty(root / "logs" / "%j")
     print()
     return final_report(root, describe(sweep), {"seconds": timings, "total_seconds": round(time.time() - started, 1)})
