@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # runs bench/bench.py in a real process
 
@@ -19,7 +21,7 @@ def test_benchmark_prints_and_writes_every_section(tmp_path):
          "--sample-batch", "4", "--sample-evaluations", "5", "--images", "16", "--batch-sizes", "8",
          "--peak-tflops", "1", "--peak-size", "256", "--no-compile", "--ablate", "--scale-images", "16,32",
          "--json", str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
         env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads(out.read_text())
@@ -74,7 +76,7 @@ def test_the_scale_benchmark_builds_finished_sweeps_and_times_each_phase(tmp_pat
     """bench/scale.py at 15 cells (one size keeps it cheap): real status files and results, every cell done."""
     out = tmp_path / "scale.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--cells", "15", "--json", str(out),
-                             "--keep", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=600,
+                             "--keep", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=HANG_GUARD_S,
                             env={**os.environ, "HPC_NCSN_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

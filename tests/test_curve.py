@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_TRAINING
+from helpers import HANG_GUARD_S, TINY_TRAINING
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(command: list[str], env: dict) -> str:
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout
 

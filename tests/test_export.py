@@ -13,7 +13,7 @@ from hpc_ncsn.config import EvaluateConfig
 from hpc_ncsn.data import load_images
 from hpc_ncsn.samples.real import write_real_shards
 from hpc_ncsn.samples.shards import read_shard
-from helpers import DIGITS, read_only_mount
+from helpers import DIGITS, HANG_GUARD_S, read_only_mount
 
 @pytest.fixture
 def samples(tmp_path, digits_cache):
@@ -116,7 +116,7 @@ def test_evaluate_images_of_a_png_folder_gives_the_shards_scores_and_names_a_bad
     def evaluate(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "hpc_ncsn", "evaluate", *args, "--config", str(config),
                                "--cache", str(tmp_path / "reference"), "--batch-size", "10"], capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+                              text=True, timeout=HANG_GUARD_S, env={**os.environ, "PYTHONPATH": str(root)})
 
     config = tmp_path / "digits.yaml"
     config.write_text("data: {name: digits, image_size: 16, channels: 1}\n")
@@ -129,9 +129,12 @@ def test_evaluate_images_of_a_png_folder_gives_the_shards_scores_and_names_a_bad
     assert evaluate("--images", str(tmp_path / "png"), "--out", str(tmp_path / "png.json")).returncode == 0
     shards, pngs = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("shards", "png"))
     assert pngs["n"] == shards["n"] == 50 and pngs["n_reference"] == shards["n_reference"]
-    # the same images in the same extractor batches (10: the shards' 20, 20, 10 and the files' 50 split alike)
-    assert pngs["fid"] == pytest.approx(shards["fid"], rel=1e-12)
-    assert pngs["kid_mean"] == pytest.approx(shards["kid_mean"], rel=1e-12)
+    # The same images in the same extractor batches (10: the shards' 20, 20, 10 and the files' 50 split alike), but
+    # in two processes: the float32 extractor may take another kernel or thread split in each, so its features agree
+    # to float32 rounding (~1e-7 relative), not bit for bit. FID and KID are quadratic in the features: 1e-6 covers
+    # that with margin. (Seen: 1.8e-12 apart on another CPU, where 1e-12 had been asked.)
+    assert pngs["fid"] == pytest.approx(shards["fid"], rel=1e-6)
+    assert pngs["kid_mean"] == pytest.approx(shards["kid_mean"], rel=1e-6)
 
     Image.new("RGB", (16, 16)).save(nested / "000050.png")
     for args, message in (

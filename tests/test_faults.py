@@ -18,7 +18,7 @@ import h5py
 import pytest
 
 from hpc_ncsn.files import file_sha256
-from helpers import TINY, flip_image_byte, small_filesystem
+from helpers import HANG_GUARD_S, TINY, flip_image_byte, small_filesystem
 
 pytestmark = pytest.mark.slow  # real processes: train.py and hpc-ncsn generate/evaluate
 
@@ -29,7 +29,7 @@ def env(folder: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(folder / "cache")}
 
 
-def run(command: list[str], folder: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(command: list[str], folder: Path, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env(folder), capture_output=True, text=True, timeout=timeout)
 
 

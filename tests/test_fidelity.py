@@ -18,7 +18,7 @@ from hpc_ncsn.evaluate.extractors import DIGITS_EXTRACTOR
 from hpc_ncsn.evaluate.fidelity import fid_infinity, fidelity_diversity, fidelity_entries, neighbour_distances
 from hpc_ncsn.evaluate.scores import frechet_distance, frechet_distances
 from hpc_ncsn.samples.real import write_real_shards
-from helpers import DIGITS
+from helpers import HANG_GUARD_S, DIGITS
 
 
 def normal(n: int, d: int, seed: int, shift: float = 0.0) -> torch.Tensor:
@@ -146,7 +146,7 @@ def test_distances_to_one_reference_equal_the_fid_of_each_pair():
 def test_evaluate_reports_fidelity_and_fid_infinity_in_metrics_json_and_its_printout(digits_cache, tmp_path):
     samples = write_real_shards(DIGITS, tmp_path / "samples", 60, 25, split="train", seed=1)
     done = subprocess.run([sys.executable, "-m", "hpc_ncsn", "evaluate", "--samples", str(samples)],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert done.returncode == 0, done.stderr
     printed = json.loads(done.stdout)

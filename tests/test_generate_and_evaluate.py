@@ -15,7 +15,7 @@ import torch
 from hpc_ncsn.config import arm_overrides, load_config
 from hpc_ncsn.samples.shards import ShardError, file_sha256, read_manifest, read_shard
 from hpc_ncsn.samples.validation import validate_shard
-from helpers import TINY, UInt8Images, free_port
+from helpers import HANG_GUARD_S, TINY, UInt8Images, free_port
 
 pytestmark = pytest.mark.slow  # real processes: train.py, hpc-ncsn generate/evaluate, torchrun
 
@@ -27,7 +27,7 @@ def env(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "HPC_NCSN_CACHE": str(tmp_path / "cache")}
 
 
-def check(cmd: list[str], environment: dict, timeout: int = 300) -> str:
+def check(cmd: list[str], environment: dict, timeout: int = HANG_GUARD_S) -> str:
     result = subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{cmd}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout
@@ -172,7 +172,7 @@ def test_killed_generator_leaves_no_bad_final_shard_and_rerun_completes_identica
     out = tmp_path / "killed"
     process = subprocess.Popen(generate_cmd(trained_run, out), env=env(tmp_path), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    deadline = time.time() + 1800  # a hang guard only: a busy machine may take minutes to reach a shard
+    deadline = time.time() + HANG_GUARD_S  # a hang guard only: a busy machine may take minutes to reach a shard
     while time.time() < deadline and process.poll() is None:
         if out.is_dir() and any(out.glob("shard-00000.h5")):
             break
@@ -194,7 +194,7 @@ def evaluate_cmd(samples: Path, *extra: str, launcher: tuple[str, ...] = ()) -> 
 def test_generation_and_evaluation_report_progress_in_a_job_log(trained_run, tmp_path):
     """Not a terminal (a Slurm log): whole progress lines with counts, rate and ETA on stderr; results on stdout."""
     def stderr_lines(cmd: list[str]) -> list[str]:
-        result = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+        result = subprocess.run(cmd, env=env(tmp_path), capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "\r" not in result.stderr
         return result.stderr.splitlines()
@@ -221,10 +221,11 @@ def test_fid_from_one_and_two_processes_agree(trained_run, tmp_path):
     assert one["n"] == two["n"] == 12 and one["n_reference"] == 1797
     # The float64 sums do not depend on the process count (test_scores: 1e-12). The float32 extractor does depend on
     # the threads each process gets (here 2 for one process, 1 each for two): measured 1.3e-8 (FID) and 2.7e-8
-    # (KID) relative, against 2e-15 and 0 between 1 and 2 processes of one thread each.
-    assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-7)
-    assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-7)
-    assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-7)
+    # (KID) relative, against 2e-15 and 0 between 1 and 2 processes of one thread each. What float32 promises is
+    # features equal to ~1e-7 relative (a few roundings of 6e-8); the scores are quadratic in them, so 1e-6.
+    assert one["fid"] > 0 and one["fid"] == pytest.approx(two["fid"], rel=1e-6)
+    assert one["kid_mean"] == pytest.approx(two["kid_mean"], rel=1e-6)
+    assert one["is_mean"] == pytest.approx(two["is_mean"], rel=1e-6)
     # Rank 0 computes these from the gathered vectors: the same with any number of processes (FID∞ to the rounding
     # of the FIDs it extrapolates from, which may be far larger than it).
     scale = max(one["fid_infinity_fit"]["fids"])
@@ -287,7 +288,8 @@ def test_evaluator_refuses_incomplete_sample_folders(trained_run, tmp_path):
     samples = tmp_path / "samples"
     check(generate_cmd(trained_run, samples), env(tmp_path))
     (samples / "shard-00001.h5").write_bytes(b"")
-    result = subprocess.run(evaluate_cmd(samples), env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(evaluate_cmd(samples), env=env(tmp_path), capture_output=True, text=True,
+                            timeout=HANG_GUARD_S)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: " in result.stderr and "shard-00001.h5" in result.stderr and "rerun generation" in result.stderr
 
@@ -302,11 +304,11 @@ def test_stop_signal_ends_generation_between_shards_and_a_rerun_completes_identi
     process = subprocess.Popen(command(out), env=env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     # Wait for the first shard however long a busy machine takes to reach it; the deadline only guards a hang.
-    deadline = time.time() + 1800
+    deadline = time.time() + HANG_GUARD_S
     while time.time() < deadline and process.poll() is None and not (out / "shard-00000.h5").exists():
         time.sleep(0.005)
     process.send_signal(signal.SIGUSR2)  # Slurm's warning before a time limit or preemption
-    _, stderr = process.communicate(timeout=1800)
+    _, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 75, stderr[-2000:]
     assert "stop requested (SIGUSR2)" in stderr
     written = sorted(out.glob("shard-*.h5"))

@@ -24,7 +24,7 @@ from hpc_ncsn.model import build_score_model
 from hpc_ncsn.network import NetworkSpeed, score_function
 from hpc_ncsn.rng import sample_normal, sample_uniform
 from hpc_ncsn.sampling import SamplerPlan, annealed_langevin, initial_state
-from helpers import TINY, TINY_TRAINING, UInt8Images
+from helpers import HANG_GUARD_S, TINY, TINY_TRAINING, UInt8Images
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
@@ -133,15 +133,15 @@ def _final(out: Path) -> tuple[dict, dict, list]:
 
 def test_a_killed_and_resumed_gpu_training_is_bit_exact(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(_train(tmp_path / "reference", 40), env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(_train(tmp_path / "reference", 40), env=env, check=True, capture_output=True, timeout=HANG_GUARD_S)
     out = tmp_path / "killed"
     process = subprocess.Popen(_train(out, 40), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
+    deadline = time.time() + HANG_GUARD_S
     while not list((out / "checkpoints").glob("step-*")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the training ended before it could be killed"
-    subprocess.run(_train(out, 40), env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(_train(out, 40), env=env, check=True, capture_output=True, timeout=HANG_GUARD_S)
     weights, ema, losses = _final(out)
     weights_ref, ema_ref, losses_ref = _final(tmp_path / "reference")
     assert all(torch.equal(weights[key], weights_ref[key]) for key in weights_ref) and weights.keys() == weights_ref.keys()

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from helpers import HANG_GUARD_S
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -14,7 +16,7 @@ def test_the_gpu_check_without_cuda_skips_its_gpu_parts_with_a_clear_line_and_fi
 
     out = tmp_path / "check"
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(out)], capture_output=True,
-                            text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
+                            text=True, timeout=HANG_GUARD_S, env={**os.environ, "CUDA_VISIBLE_DEVICES": "",
                                                          "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     first = result.stdout.splitlines()[0]

@@ -22,7 +22,7 @@ import sys, time
 from hpc_ncsn.locks import FolderLock
 lock = FolderLock(sys.argv[1], "sweep", what="holder").acquire()
 print("held", flush=True)
-time.sleep(60)
+time.sleep(1800)  # killed by the test; as long as the hang guard, so a busy machine never outlives it
 """
 
 

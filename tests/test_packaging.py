@@ -13,6 +13,7 @@ import pytest
 
 import hpc_ncsn
 from hpc_ncsn.config import CONFIGS_DIR, ConfigError, config_path, config_to_yaml, load_config
+from helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,12 +48,12 @@ def test_a_built_wheel_installed_elsewhere_runs_the_sweep_and_reads_the_shipped_
             shutil.copy2(ROOT / name, source / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-                    str(tmp_path / "dist"), f"{source}{os.sep}"], check=True, capture_output=True, timeout=600)
+                    str(tmp_path / "dist"), f"{source}{os.sep}"], check=True, capture_output=True, timeout=HANG_GUARD_S)
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     assert wheel.name == f"hpc_ncsn-{hpc_ncsn.__version__}-py3-none-any.whl"
     site = tmp_path / "site"  # installed into a folder of its own: the shared environment is left alone
     subprocess.run([*pip, "install", "--no-deps", "--no-index", "-q", "--target", str(site), str(wheel)], check=True,
-                   capture_output=True, timeout=600)
+                   capture_output=True, timeout=HANG_GUARD_S)
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -61,7 +62,7 @@ def test_a_built_wheel_installed_elsewhere_runs_the_sweep_and_reads_the_shipped_
 
     def installed(*args: str) -> str:
         result = subprocess.run([command, *args], cwd=elsewhere, env=env, capture_output=True, text=True,
-                                timeout=600)
+                                timeout=HANG_GUARD_S)
         assert result.returncode == 0, f"{args}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         return result.stdout
 

@@ -16,6 +16,7 @@ import torch
 
 from hpc_ncsn.cli import main
 from hpc_ncsn.config import DataConfig, EvaluateConfig
+from helpers import HANG_GUARD_S
 
 pytestmark = pytest.mark.slow  # Inception at 299×299 on a CPU; an 87 MB network converted
 
@@ -190,7 +191,7 @@ def test_a_sweep_with_anchors_puts_the_floor_and_the_ceiling_in_its_table(cache,
                "evaluate.reference_size=200", "generate.num_samples=40", "generate.shard_size=20", "train.steps=40",
                "train.checkpoint_every=40"]
     result = subprocess.run(command, env={**os.environ, "HPC_NCSN_CACHE": str(cache)}, capture_output=True,
-                            text=True, timeout=900, stdin=subprocess.DEVNULL)
+                            text=True, timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = json.loads((out / "table.json").read_text())
     fid = {json.dumps(row["group"]): row["fid"]["mean"] for row in table["rows"]}

@@ -18,6 +18,7 @@ from hpc_ncsn.sweep.aggregate import aggregate
 from hpc_ncsn.sweep.plan import REPORT_FILE, row_label
 from hpc_ncsn.sweep.report import GRID_PIXELS
 from test_aggregate import make_sweep
+from helpers import HANG_GUARD_S
 
 # A value from a user's config that a page which forgot to escape would run (and fetch x from the network).
 HOSTILE = '<script>document.title="owned"</script><img src=x onerror=alert(1)>&amp;'
@@ -72,7 +73,7 @@ def run_browser(browser: list[str], tmp_path: Path, *args: str) -> subprocess.Co
     code and the output count); a generous hang guard, never a timing."""
     profile = tmp_path / f"browser-profile-{len(list(tmp_path.glob('browser-profile-*')))}"
     result = subprocess.run([*browser, f"--user-data-dir={profile}", *args], capture_output=True, text=True,
-                            timeout=180, stdin=subprocess.DEVNULL)
+                            timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpc_ncsn.evaluate.extractors import check_images
-from helpers import free_port
+from helpers import HANG_GUARD_S, free_port
 from hpc_ncsn.evaluate.scores import (
     FeatureStats,
     frechet_distance,
@@ -305,10 +305,10 @@ def test_two_gloo_processes_give_the_single_process_statistics(tmp_path):
     out = tmp_path / "rank0.pt"
     context = mp.start_processes(_gloo_rank, args=(2, free_port(), x, str(out)), nprocs=2, join=False,
                                  start_method="spawn")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + HANG_GUARD_S
     try:
         while not context.join(timeout=1):
-            assert time.monotonic() < deadline, "the 2-process gloo test did not finish in 120 s"
+            assert time.monotonic() < deadline, f"the 2-process gloo test did not finish in {HANG_GUARD_S} s (a hang)"
     finally:
         for process in context.processes:
             if process.is_alive():

@@ -23,7 +23,7 @@ from hpc_ncsn.samples.shards import (
     write_shard,
 )
 from hpc_ncsn.samples.validation import validate_shard, validate_shards, verify_folder
-from helpers import flip_image_byte
+from helpers import HANG_GUARD_S, flip_image_byte
 
 ATTRS = {"schedule": "geometric", "sampler": {"steps_per_level": 5, "step_lr": 6.2e-6}, "seed": 3, "note": "x"}
 
@@ -220,8 +220,8 @@ def test_a_python_stack_given_through_pythonpath_reaches_the_checking_child_but_
                f"[ShardSpec(*spec) for spec in {[tuple(vars(spec).values()) for spec in specs]!r}]); "
                "print(len(valid), problems)")
     stack = os.pathsep.join([str(Path(__file__).resolve().parent.parent), *site.getsitepackages()])
-    done = subprocess.run([base, "-P", "-c", program], cwd=elsewhere, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": stack})
+    done = subprocess.run([base, "-P", "-c", program], cwd=elsewhere, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S, env={**os.environ, "PYTHONPATH": stack})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"{len(specs)} {{}}"
 

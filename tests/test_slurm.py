@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY
+from helpers import HANG_GUARD_S, TINY
 
 pytestmark = pytest.mark.slow  # a real Slurm on this machine, real jobs
 
@@ -39,13 +39,14 @@ def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slurm")
     env = {**os.environ, "HPC_NCSN_SLURM_DIR": str(folder / "cluster")}
     started = subprocess.run(["bash", str(SCRIPT), "start", "--nodes", "2", "--max-array-size", str(MAX_ARRAY_SIZE)],
-                             env=env, capture_output=True, text=True, timeout=600)
+                             env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert started.returncode == 0, started.stderr[-3000:]
     conf = str(folder / "cluster" / "slurm.conf")
     try:
         yield {"SLURM_CONF": conf, "HPC_NCSN_CACHE": str(folder / "cache"), "HPC_NCSN_SLURM_DIR": str(folder / "cluster")}
     finally:
-        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120)
+        stopped = subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, text=True,
+                                 timeout=HANG_GUARD_S)
         assert stopped.returncode == 0, stopped.stderr
         assert not (folder / "cluster" / "started.list").exists()
         assert not leftovers(conf), "stop left processes of its cluster running"
@@ -65,7 +66,7 @@ def leftovers(conf: str) -> list[str]:
     return found
 
 
-def sweep(cluster: dict, out: Path, *args: str, timeout: int = 900, check: bool = True, wait: bool = True):
+def sweep(cluster: dict, out: Path, *args: str, timeout: int = HANG_GUARD_S, check: bool = True, wait: bool = True):
     command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(out),
                *(["--wait"] if wait else []), *UNSTABLE_OK, *args]
     result = subprocess.run(command, env={**os.environ, **cluster}, capture_output=True, text=True,
@@ -102,7 +103,7 @@ def test_sweep_of_six_arms_and_two_seeds_reaches_the_paired_table(cluster, tmp_p
     aggregate_job = json.loads((out / "status" / "aggregate" / "table.json").read_text())["job_id"]
     assert sorted(set(callers) - {"launcher"}) == [aggregate_job.split("_")[0]] and len(callers) == len(polls) + 3
     status = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--status", "--out", str(out)],
-                            env={**os.environ, **cluster, **path}, capture_output=True, text=True, timeout=120)
+                            env={**os.environ, **cluster, **path}, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert status.returncode == 0 and len(calls.read_text().split()) == len(callers) + 1  # one for 17 tasks
     # 12 cells > MaxArraySize: the sample stage in two arrays (8 + 4 tasks); every task ran once.
     jobs = json.loads((out / "submitted.json").read_text())[0]["jobs"]
@@ -123,7 +124,7 @@ def test_sweep_of_six_arms_and_two_seeds_reaches_the_paired_table(cluster, tmp_p
     assert all(row["heldout_dsm"]["mean"] > 0 for row in table["rows"])
 
 
-def running_training(out: Path, name: str, min_step: int, timeout: float = 300) -> dict:
+def running_training(out: Path, name: str, min_step: int, timeout: float = HANG_GUARD_S) -> dict:
     """Wait until the training task runs and has logged `min_step`; its status."""
     deadline = time.time() + timeout
     status_file = out / "status" / "train" / f"{name}.json"
@@ -158,7 +159,7 @@ def uninterrupted(tmp_path_factory):
                 "import json, sys; from hpc_ncsn.config import config_from_dict; from hpc_ncsn.train import train; "
                 "train(config_from_dict(json.load(open(sys.argv[1])), sys.argv[2:]))"),
                 str(config), "noise.ladder=geometric", "train.seed=0", f"train.out_dir={folder / 'run'}"],
-                capture_output=True, text=True, timeout=900)
+                capture_output=True, text=True, timeout=HANG_GUARD_S)
             assert check.returncode == 0, check.stderr[-3000:]
             made[key] = ema_of(folder / "run")
         return made[key]
@@ -182,7 +183,7 @@ def test_interrupted_training_resumes_and_ends_with_the_weights_of_an_uninterrup
         status = running_training(out, "arm-geometric_seed-0", min_step=120)
         command = ["scontrol", "requeue", status["job_id"]]
     subprocess.run(command, env={**os.environ, **cluster}, check=True)
-    stdout, stderr = process.communicate(timeout=900)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     final = json.loads((out / "status" / "train" / "arm-geometric_seed-0.json").read_text())
     assert final["state"] == "done" and final["attempts"] == 2
@@ -231,7 +232,7 @@ def test_plain_sbatch_templates_train_on_two_nodes_then_sample_and_evaluate(clus
 
     def sbatch(*args: str) -> None:
         result = subprocess.run(["sbatch", "--wait", f"--output={tmp_path}/%x-%j.out", *args], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=900)
+                                capture_output=True, text=True, timeout=HANG_GUARD_S)
         logs = "\n".join(p.read_text()[-3000:] for p in tmp_path.glob("*.out"))
         assert result.returncode == 0, result.stderr + logs
 
@@ -268,7 +269,7 @@ def status_of(out: Path, stage: str = "train", name: str = "arm-geometric_seed-0
     return json.loads((out / "status" / stage / f"{name}.json").read_text())
 
 
-def wait_for(condition, timeout: float = 300, what: str = "the condition", show=None):
+def wait_for(condition, timeout: float = HANG_GUARD_S, what: str = "the condition", show=None):
     """Poll `condition` until it is truthy; on timeout, fail with what `show()` returns (e.g. the status file)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -317,7 +318,7 @@ def test_extra_axes_run_to_the_table_with_every_task_started_by_the_profiles_pyt
 def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, undisturbed, tmp_path):
     out = tmp_path / "sweep"
     first = launch(cluster, out, *ONE, *LONG)
-    assert first.wait(timeout=120) == 0, first.stderr.read()
+    assert first.wait(timeout=HANG_GUARD_S) == 0, first.stderr.read()
     running = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
                        and status_of(out)["progress"] is not None and status_of(out),
                        what="the training start", show=lambda: status_of(out))
@@ -333,7 +334,7 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
                                  json.loads((out / "submitted.json").read_text())[-1]["jobs"].values()]],
                    env={**os.environ, **cluster}, check=True)
     wait_for(lambda: status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))
-    wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")  # a loaded node completes slowly
+    wait_for(lambda: not squeue(cluster), what="the queue to drain")  # a loaded node completes slowly
     # Ended as cancelled, never requeued: a requeue (even one held back until cred_expire) would count a restart.
     shown = subprocess.run(["scontrol", "-o", "show", "job", running["job_id"]], env={**os.environ, **cluster},
                            capture_output=True, text=True, check=True).stdout
@@ -344,7 +345,7 @@ def test_scancel_and_cancel_stop_without_requeue_and_a_rerun_resumes(cluster, un
     assert "cancelled" in status.splitlines()[1]
     # A rerun resumes from the checkpoint saved at the cancel; --cancel stops it again.
     resumed = launch(cluster, out, *ONE, *LONG)
-    assert resumed.wait(timeout=120) == 0
+    assert resumed.wait(timeout=HANG_GUARD_S) == 0
     wait_for(lambda: status_of(out)["attempts"] == 2 and status_of(out)["state"] == "running",
              what="the resumed training", show=lambda: status_of(out))
     cancel = sweep(cluster, out, "--cancel")
@@ -366,7 +367,7 @@ def test_a_task_killed_without_a_word_is_lost_and_a_rerun_finishes_it(cluster, u
                        and status_of(out)["state"] == "running" and status_of(out),
                        what="the training start", show=lambda: status_of(out))
     os.kill(running["pid"], signal.SIGKILL)  # an OOM kill: nothing is written
-    stdout, stderr = waiting.communicate(timeout=300)
+    stdout, stderr = waiting.communicate(timeout=HANG_GUARD_S)
     assert waiting.returncode == 1, stdout[-2000:] + stderr[-2000:]
     assert "train/arm-geometric_seed-0" in json.loads(stdout.strip().splitlines()[-1])["lost"]
     assert re.search(r"^\d\d:\d\d:\d\d train: 1 \w+; sample: 1 \w+; aggregate: 1 \w+; \d job\(s\) live; cancel: ",
@@ -393,7 +394,7 @@ def test_a_failed_node_requeues_its_job_which_resumes_elsewhere(cluster, undistu
     env = {**os.environ, **cluster}
     subprocess.run(["bash", str(SCRIPT), "kill-node", str(node)], env=env, check=True, capture_output=True)
     try:
-        stdout, stderr = waiting.communicate(timeout=600)
+        stdout, stderr = waiting.communicate(timeout=HANG_GUARD_S)
     finally:
         subprocess.run(["bash", str(SCRIPT), "restart-node", str(node)], env=env, check=True, capture_output=True)
     assert waiting.returncode == 0, stdout[-2000:] + stderr[-2000:]
@@ -404,7 +405,7 @@ def test_a_failed_node_requeues_its_job_which_resumes_elsewhere(cluster, undistu
 
 def test_requeues_beyond_the_cap_fail_the_task_with_the_reason(cluster, tmp_path):
     out = tmp_path / "sweep"
-    assert launch(cluster, out, *ONE, "--max-requeues", "1", *LONG).wait(timeout=120) == 0
+    assert launch(cluster, out, *ONE, "--max-requeues", "1", *LONG).wait(timeout=HANG_GUARD_S) == 0
     env = {**os.environ, **cluster}
     for attempt in (1, 2):  # the time-limit warning, twice
         job = wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
@@ -413,7 +414,7 @@ def test_requeues_beyond_the_cap_fail_the_task_with_the_reason(cluster, tmp_path
         subprocess.run(["scancel", "--signal=USR2", job], env=env, check=True)
     wait_for(lambda: status_of(out)["state"] == "failed", what="the failure", show=lambda: status_of(out))
     assert "requeued 1 times without finishing (--max-requeues 1)" in status_of(out)["error"]
-    wait_for(lambda: not squeue(cluster), timeout=120, what="the queue to drain")
+    wait_for(lambda: not squeue(cluster), what="the queue to drain")
 
 
 def test_a_bad_partition_is_one_line_and_writes_nothing(cluster, tmp_path):
@@ -445,7 +446,7 @@ def test_a_cluster_that_started_munged_leaves_it_to_another_cluster_that_uses_it
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("slurmctld") is None:
         pytest.skip("needs root, unshare and an installed Slurm")
     done = subprocess.run(["unshare", "-m", "bash", "-c", MUNGE_SHARED, "scenario", str(tmp_path), str(SCRIPT)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert done.stdout.split("\n") == ["munge answers", "idle", "munged stopped", ""], done.stdout + done.stderr
     assert "munged left running: cluster ncsn" in done.stderr
@@ -494,7 +495,7 @@ def test_wait_rides_out_a_controller_that_does_not_answer_and_a_short_patience_g
     controller = int((Path(cluster["HPC_NCSN_SLURM_DIR"]) / "slurmctld.pid").read_text())
     os.kill(controller, signal.SIGSTOP)  # the controller this module started stops answering
     try:
-        stdout, stderr = impatient.communicate(timeout=300)
+        stdout, stderr = impatient.communicate(timeout=HANG_GUARD_S)
     finally:
         os.kill(controller, signal.SIGCONT)
     assert impatient.returncode == 3, stdout[-2000:] + stderr[-2000:]
@@ -504,7 +505,7 @@ def test_wait_rides_out_a_controller_that_does_not_answer_and_a_short_patience_g
     # keeps the test short), and it says so: not done, no table, exit 1.
     assert patient.poll() is None
     subprocess.run(["scancel", *arrays(out).values()], env={**os.environ, **cluster}, check=True)
-    stdout, stderr = patient.communicate(timeout=300)
+    stdout, stderr = patient.communicate(timeout=HANG_GUARD_S)
     assert patient.returncode == 1, stdout[-3000:] + stderr[-3000:]
     assert "Slurm did not answer (squeue: " in stdout
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -533,7 +534,7 @@ def test_a_scancel_of_queued_jobs_is_recorded_and_a_changed_sweep_on_the_live_fo
     # A plain scancel of the queued sampling job: recorded, the sweep does not end as done.
     subprocess.run(["scancel", stages["sample"]], env={**os.environ, **cluster}, check=True)
     release(cluster, stages["train"], stages["aggregate"])
-    stdout, stderr = waiting.communicate(timeout=600)
+    stdout, stderr = waiting.communicate(timeout=HANG_GUARD_S)
     assert waiting.returncode == 1, stdout[-3000:] + stderr[-3000:]
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["cancelled"] == ["sample/arm-geometric_seed-0"] and summary["failed"] == summary["lost"] == []
@@ -566,7 +567,7 @@ exec {shutil.which("sbatch")} "$@"
     # is ignored, and Python then installs no KeyboardInterrupt handler).
     interrupted = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out",
                                   str(out), *UNSTABLE_OK, *ONE, *LATER, *SWEEP], env=env, capture_output=True,
-                                 text=True, timeout=300,
+                                 text=True, timeout=HANG_GUARD_S,
                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert interrupted.returncode == 130, interrupted.stdout[-2000:] + interrupted.stderr[-2000:]
     submitted = json.loads((out / "submitted.json").read_text())
@@ -575,6 +576,6 @@ exec {shutil.which("sbatch")} "$@"
     assert job in squeue(cluster)
     assert job in sweep(cluster, out, "--status").stdout.splitlines()[1]
     assert "cancelled 1 job(s)" in sweep(cluster, out, "--cancel").stdout
-    wait_for(lambda: job not in squeue(cluster), timeout=120, what="the job to leave the queue")
+    wait_for(lambda: job not in squeue(cluster), timeout=HANG_GUARD_S, what="the job to leave the queue")
     wait_for(lambda: (out / "status/train/arm-geometric_seed-0.json").is_file()
              and status_of(out)["state"] == "cancelled", what="the cancelled state", show=lambda: status_of(out))

@@ -10,6 +10,7 @@ import pytest
 
 from hpc_ncsn.sweep.limits import DEFAULT_MAX_ARRAY_SIZE, Limits, array_plan, read_limits, split
 from hpc_ncsn.sweep.scheduler import Refused
+from helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def test_without_slurm_the_defaults_hold(monkeypatch, tmp_path):
 def test_the_launcher_refuses_a_sweep_beyond_the_job_limit_before_writing_anything(tmp_path):
     command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--out", str(tmp_path / "s"),
                "--arms", "geometric", "--seeds", "0,1", "--max-array-size", "8", "--max-submit-jobs", "4"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "needs 5 jobs" in result.stderr, result.stderr
     assert not (tmp_path / "s").exists()
@@ -68,7 +69,7 @@ def test_the_dry_run_shows_each_stage_split_to_fit_and_its_throttle(tmp_path):
     command = [sys.executable, str(ROOT / "launch" / "sweep.py"), "--cluster", "slurm", "--dry-run", "--out",
                str(tmp_path / "s"), "--arms", "geometric,linear", "--seeds", "0,1", "--max-array-size", "3",
                "--array-parallelism", "4"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     stages = [line for line in result.stdout.splitlines() if line.startswith("--- ")]
     assert stages == [f"--- {stage} stage: 4 tasks in 2 arrays of at most 3 (MaxArraySize, from --max-array-size), "

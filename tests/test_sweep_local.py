@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpc_ncsn.samples.shards import read_shard
-from helpers import TINY as BASE
+from helpers import HANG_GUARD_S, TINY as BASE
 
 pytestmark = pytest.mark.slow  # real processes: launch/sweep.py and submitit's local jobs
 
@@ -35,8 +35,8 @@ def environment(out: Path) -> dict:
 
 
 def sweep(out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command(out, *args), env=environment(out), capture_output=True, text=True, timeout=900,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(command(out, *args), env=environment(out), capture_output=True, text=True,
+                            timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -342,7 +342,7 @@ def start(out: Path, *args: str) -> subprocess.Popen:
                             text=True, stdin=subprocess.DEVNULL)
 
 
-def training_status(out: Path, min_step: int, timeout: float = 300) -> dict:
+def training_status(out: Path, min_step: int, timeout: float = HANG_GUARD_S) -> dict:
     """The training task's status once it runs and has logged `min_step`."""
     status, metrics = out / "status" / "train" / "arm-geometric_seed-0.json", \
         out / "train" / "arm-geometric_seed-0" / "metrics.jsonl"
@@ -374,7 +374,7 @@ def test_a_second_launcher_on_the_same_folder_is_refused_and_cancel_stops_the_fi
         assert f"pid {first.pid}" in second.stderr and "--cancel --out" in second.stderr
         cancelled = sweep(out, "--cancel", check=False)
         assert cancelled.returncode == 0 and f"pid {first.pid}" in cancelled.stdout
-        stdout, _ = first.communicate(timeout=300)
+        stdout, _ = first.communicate(timeout=HANG_GUARD_S)
     finally:
         first.kill()
     assert first.returncode == 1
@@ -404,7 +404,7 @@ def test_a_training_killed_without_a_word_is_lost_and_a_rerun_finishes_it(undist
     try:
         status = training_status(out, min_step=30)
         os.kill(status["pid"], signal.SIGKILL)  # an OOM kill or kill -9: no status written
-        stdout, _ = first.communicate(timeout=300)
+        stdout, _ = first.communicate(timeout=HANG_GUARD_S)
     finally:
         first.kill()
     assert first.returncode == 1

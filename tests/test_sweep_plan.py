@@ -16,6 +16,7 @@ from hpc_ncsn.sweep.launch import add_arguments, build_spec, check_numbers, slur
 from hpc_ncsn.sweep.plan import SweepSpec, plan, training_identity
 from hpc_ncsn.sweep.slurm import SlurmOptions, sbatch_text, slurm_parameters
 from hpc_ncsn.sweep.tasks import STAGES, SampleTask, TrainTask
+from helpers import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEBUG = ROOT / "configs" / "debug.yaml"
@@ -263,7 +264,7 @@ def test_an_unknown_anchor_and_a_real_anchor_without_held_out_images_are_refused
 
 def launcher(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"), "--out", str(cwd / "sweep"), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+                          cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S, stdin=subprocess.DEVNULL)
 
 
 def test_a_python_command_that_cannot_run_the_tasks_is_one_line_before_anything_is_written(tmp_path):
@@ -348,7 +349,7 @@ from hpc_ncsn.locks import FolderLock
 signal.signal(signal.SIGTERM, lambda *_: (print("SIGTERM", flush=True), sys.exit(0)))
 lock = FolderLock(sys.argv[1], "sweep", what=sys.argv[2], fields={"cluster": sys.argv[3]}).acquire()
 print("held", flush=True)
-time.sleep(60)
+time.sleep(1800)  # killed by the test; as long as the hang guard, so a busy machine never outlives it
 """
 
 
@@ -368,7 +369,7 @@ def test_cancel_tells_a_running_local_sweep_by_its_lock_field_not_by_what_it_say
         said = cancel(tmp_path, sweep)
         if cluster == "local":
             assert said.startswith(f"sent SIGTERM to the local sweep (pid {holder.pid})")
-            assert holder.stdout.readline().strip() == "SIGTERM" and holder.wait(timeout=30) == 0
+            assert holder.stdout.readline().strip() == "SIGTERM" and holder.wait(timeout=HANG_GUARD_S) == 0
         else:
             assert said == "no job of this sweep is queued or running" and holder.poll() is None
     finally:

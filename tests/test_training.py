@@ -18,7 +18,7 @@ from hpc_ncsn.config import load_config
 from hpc_ncsn.train import train
 from hpc_ncsn.train.batches import batch_indices
 from hpc_ncsn.train.run_folder import DamagedCheckpoints, RunFolder
-from helpers import TINY_TRAINING, free_port
+from helpers import HANG_GUARD_S, TINY_TRAINING, free_port
 
 slow = pytest.mark.slow  # real processes (subprocess, gloo, DeepSpeed)
 
@@ -41,7 +41,7 @@ def accelerate(processes: int, *flags: str) -> tuple[str, ...]:
             str(free_port()), *flags)
 
 
-def run(cmd: list[str], timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+def run(cmd: list[str], timeout: int = HANG_GUARD_S, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, **kwargs)
     assert result.returncode == 0, f"{cmd}\n--- stdout\n{result.stdout[-3000:]}\n--- stderr\n{result.stderr[-5000:]}"
     return result
@@ -91,7 +91,8 @@ def test_one_and_two_processes_train_the_same_model(tmp_path):
     common = ["train.steps=6", "train.checkpoint_every=3", "model.dropout=0.0", "train.mixed_precision=no"]
     single = run(train_cmd(tmp_path / "one", *common))
     result = subprocess.run(train_cmd(tmp_path / "two", *common, launcher=accelerate(2, "--multi_gpu")),
-                            env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=300)
+                            env={**env(), "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True,
+                            timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-5000:]
     # DeepSpeed is installed but not imported off its path: its import warns "Setting accelerator to CPU".
     for done in (single, result):
@@ -187,7 +188,7 @@ def test_a_launchers_gradient_accumulation_and_compiler_are_the_run_configs_with
     for name, flags, extra in (("plain", (), {}), ("asked", (), {"ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "2"}),
                                ("compiled", ("--dynamo_backend", "inductor"), {})):
         result = subprocess.run(train_cmd(tmp_path / name, *common, launcher=accelerate(1, *flags)),
-                                env={**env(), **extra}, capture_output=True, text=True, timeout=300)
+                                env={**env(), **extra}, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stderr[-3000:]
         outcomes[name] = [line for line in result.stderr.splitlines() if line.startswith("warning")]
     assert outcomes["plain"] == []
@@ -217,7 +218,7 @@ def test_a_launcher_precision_training_cannot_use_is_one_line_naming_the_flag(mo
         resolve_mixed_precision("auto", on_cpu=True)
 
 
-def kill_when(process: subprocess.Popen, condition, timeout: float = 120) -> bool:
+def kill_when(process: subprocess.Popen, condition, timeout: float = HANG_GUARD_S) -> bool:
     """SIGKILL `process` once condition() holds; False if it exited first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -279,11 +280,11 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identical(tmp_path):
     out = tmp_path / "interrupted"
     process = subprocess.Popen(train_cmd(out, *steps), env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    deadline = time.time() + 1800  # a hang guard only: a busy machine may take minutes to reach step 5
+    deadline = time.time() + HANG_GUARD_S  # a hang guard only: a busy machine may take minutes to reach step 5
     while not ((out / "metrics.jsonl").is_file() and len(metrics(out)) >= 5) and time.time() < deadline:
         time.sleep(0.01)
     process.send_signal(signal.SIGINT)  # Ctrl-C at the terminal
-    stdout, stderr = process.communicate(timeout=1800)
+    stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     assert process.returncode == 130, stderr[-3000:]
     assert "interrupted: saving at the next safe point" in stderr and "Traceback" not in stderr
     stopped = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
@@ -317,7 +318,7 @@ def nan_run(tmp_path: Path, bad: str, *extra: str) -> subprocess.CompletedProces
     script.write_text(NAN_SCRIPT.format(bad=bad))
     cmd = [sys.executable, str(script), str(ROOT / "configs/debug.yaml"), *TINY_TRAINING,
            f"train.out_dir={tmp_path / 'run'}", *extra]
-    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
 @slow
@@ -371,7 +372,7 @@ def test_resuming_with_another_experiment_config_is_refused(tmp_path):
 @slow
 def test_batch_size_must_split_over_processes_and_accumulation(tmp_path):
     result = subprocess.run(train_cmd(tmp_path / "r", "train.batch_size=10", "train.grad_accum=3", "train.steps=1"),
-                            env=env(), capture_output=True, text=True, timeout=120)
+                            env=env(), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode != 0
     assert "train.batch_size=10 must be divisible by processes × grad_accum = 1 × 3" in result.stderr
 
@@ -396,7 +397,7 @@ def test_deepspeed_zero2_on_cpu_trains_resumes_and_exports_plain_weights(tmp_pat
     launcher = accelerate(2, "--config_file", str(ROOT / "configs/accelerate/zero2.yaml"))
     for steps in (4, 6):
         result = subprocess.run(train_cmd(out, f"train.steps={steps}", "train.checkpoint_every=2", launcher=launcher),
-                                env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=600)
+                                env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stderr[-5000:]
     assert "resumed from" in result.stdout + result.stderr and "at step 4" in result.stdout + result.stderr
     assert (out / "checkpoints/step-00000006/pytorch_model").is_dir()
@@ -416,7 +417,7 @@ def test_deepspeed_zero3_is_refused_with_the_reason(tmp_path):
     zero3.write_text((ROOT / "configs/accelerate/zero2.yaml").read_text().replace("zero_stage: 2", "zero_stage: 3"))
     launcher = accelerate(1, "--config_file", str(zero3))
     result = subprocess.run(train_cmd(tmp_path / "r", "train.steps=2", launcher=launcher),
-                            env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=600)
+                            env=deepspeed_env(tmp_path), capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode != 0
     assert "ZeRO-3 shards the parameters" in result.stderr and "zero2.yaml" in result.stderr
 
@@ -432,7 +433,7 @@ def test_two_simulated_nodes_on_loopback_train_together(tmp_path):
                     "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port))
         nodes.append(subprocess.Popen(train_cmd(out, "train.steps=4", "train.checkpoint_every=2", launcher=launcher),
                                       env=node_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    outputs = [node.communicate(timeout=HANG_GUARD_S) for node in nodes]
     for node, (stdout, stderr) in zip(nodes, outputs):
         assert node.returncode == 0, stderr[-5000:]
     meta = json.loads((out / "checkpoints/step-00000004/meta.json").read_text())

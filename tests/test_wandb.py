@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hpc_ncsn.train.trackers import SIGMA_BINS, WANDB_IDENTITY, sigma_bins, tracker_record
-from helpers import TINY_TRAINING
+from helpers import HANG_GUARD_S, TINY_TRAINING
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK, HEADER = 32768, 7  # W&B's log: blocks of 32 KiB; the file header and each record header are 7 bytes
@@ -86,12 +86,12 @@ def test_offline_wandb_run_is_continued_by_a_rerun_and_the_curve_with_its_group_
                    *TINY_TRAINING, f"train.steps={steps}", "train.log_every=2", "train.checkpoint_every=2",
                    "train.sample_every=100", "train.heldout_examples=0", "train.log_with=wandb", "train.eval_every=3",
                    "train.log_group=sweep-study", f"train.out_dir={out}"]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert result.returncode == 0, result.stderr[-4000:]
     # FID over training afterwards (snapshots at steps 3, 4 and 6), into the same W&B run.
     result = subprocess.run([sys.executable, "-m", "hpc_ncsn", "curve", "--run-dir", str(out), "--num-samples", "10"],
                             env={**env, "HPC_NCSN_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True,
-                            timeout=600)
+                            timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-4000:]
     curve = json.loads(result.stdout)["curve"]
 
