@@ -97,3 +97,19 @@ class UInt8Images(torch.utils.data.Dataset):
 # The only wall-clock limit a test sets on a process or a wait: a guard against a hang, never a speed check. A test
 # fails on it only when something is stuck; at load 10 on 2 cores, the slowest subprocess here took about 5 min.
 HANG_GUARD_S = 1800
+
+
+def network_calls(config) -> int:
+    """Network evaluations per sample of a config's sampler (a Config), counted by running it on one sample with a
+    score that counts its calls: a direct count, for figures the product derives from its own formulas."""
+    from hpc_ncsn.sampling import SamplerPlan, sample
+
+    calls = []
+
+    def score(x, sigma):
+        calls.append(len(x))
+        return torch.zeros_like(x)
+
+    sample(score, torch.zeros(1, 1, 4, 4), SamplerPlan.from_config(config.noise, config.sampler), seed=0,
+           indices=torch.arange(1))
+    return sum(calls)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from hpc_ncsn.samples.shards import read_shard
-from helpers import HANG_GUARD_S, TINY as BASE
+from hpc_ncsn.config import load_config
+from helpers import HANG_GUARD_S, TINY as BASE, network_calls
 
 pytestmark = pytest.mark.slow  # real processes: launch/sweep.py and submitit's local jobs
 
@@ -188,6 +189,14 @@ def test_training_longer_resumes_the_networks_and_samples_their_cells_again(tmp_
     lines = log.read_text().splitlines()
     planned = sweep(out, *args, "--extend=train.steps=8", "--dry-run").stdout
     assert "extends training from 4 to 8 steps: 1 training(s) resume from their checkpoints" in planned
+    # Its cost: the 4 steps left of batch 16, the grid of step 8 (4 images; sample_every=1000: the last step only),
+    # the cell's 20 samples again; at the rate its training logged last.
+    calls = network_calls(load_config(out / "train" / "arm-geometric_seed-0" / "config.yaml"))
+    logged = json.loads(lines[-1])["images_per_s"]
+    assert f"  train: 1 network(s), {4 * 16:,} training images (each through the network and back; the largest task " \
+           f"{4 * 16:,}), and {4 * calls:,} network evaluations for their sample grids" in planned
+    assert f"  sample: 20 samples drawn, {20 * calls:,} network evaluations (the largest task {20 * calls:,})\n" in planned
+    assert f"  at the {logged:,.0f} images/s its trainings logged last: " in planned
     result = sweep(out, *args, "--extend=train.steps=8")
     assert started(result) == planned_runs(planned) == [("sample", "arm-geometric_seed-0"),
                                                        ("train", "arm-geometric_seed-0")]
@@ -198,6 +207,9 @@ def test_training_longer_resumes_the_networks_and_samples_their_cells_again(tmp_
             ).read_bytes() == report
     table = json.loads((out / "table.json").read_text())
     assert table["rows"][0]["training_images"]["mean"] == 8 * 16 and table["rows"][0]["seeds_done"] == 1
+    assert sorted(path.name for path in (out / "train" / "arm-geometric_seed-0" / "samples").glob("*.png")) == \
+        ["step-00000004.png", "step-00000008.png"]  # the grids the cost counted: one per run's last step
+    assert "  nothing: every task is done" in sweep(out, *args, "--extend=train.steps=8", "--dry-run").stdout
     assert json.loads((out / "sweep.json").read_text())["history"][0]["extended"] == {"train.steps": [4, 8]}
 
 

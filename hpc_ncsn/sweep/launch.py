@@ -54,6 +54,7 @@ from ..audit import END_NOISE_LIMIT, OVERRIDE_FLAG
 from ..config import ARMS, DEBUG_CONFIG, ConfigError, config_path
 from ..locks import FolderLock
 from . import scheduler, slurm
+from .cost import describe_cost, logged_rate, sweep_cost
 from .limits import Limits, array_plan, read_limits
 from .local import check_python, run_here
 from .grow import EXTENDABLE, Decision, SweepMismatch, prepare, reconcile
@@ -297,6 +298,10 @@ def print_plan(sweep: Plan, audits: dict, decision: Decision) -> None:
             else f"samples in {task.folder}"
         print(f"  {task.name}: {source}, {where} [{state(task)}]")
     print("aggregate: " + ", ".join(planned_files(sweep)))
+    redrawn = frozenset(task.name for task in decision.reset if task.stage == "sample")
+    work = sweep_cost(sweep.root, decision.todo(sweep.train), decision.todo(sweep.sample), redrawn)
+    for line in describe_cost(work, sweep.spec.config, logged_rate(sweep.train)):
+        print(line)
 
 
 def _sweep_root(args: argparse.Namespace) -> Path:
