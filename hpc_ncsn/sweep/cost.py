@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import config_from_dict
+from ..config import Config, config_from_dict
 from ..files import read_jsonl
 from .tasks import AnchorTask, SampleTask, TrainTask
 
@@ -51,21 +51,10 @@ def occasions(steps: int, every: int, start: int = 0) -> int:
     return multiples + (steps % every != 0)
 
 
-def _nfe(config: dict) -> int:
+def _nfe(config: Config) -> int:
     from ..sampling import SamplerPlan  # torch: only when a cost is asked for
 
-    resolved = config_from_dict(config)
-    return SamplerPlan.from_config(resolved.noise, resolved.sampler).network_evaluations
-
-
-def _trained_steps(task: TrainTask, root: Path) -> int:
-    return min(task.progress(root)["done"], task.config["train"]["steps"])
-
-
-def _left_to_draw(task: SampleTask | AnchorTask, root: Path) -> int:
-    settings = task.config["generate"]
-    done = task.progress(root)["done"] * settings["shard_size"]
-    return max(settings["num_samples"] - done, 0)
+    return SamplerPlan.from_config(config.noise, config.sampler).network_evaluations
 
 
 def sweep_cost(root: Path, train: list[TrainTask], sample: list[SampleTask | AnchorTask],
@@ -75,24 +64,28 @@ def sweep_cost(root: Path, train: list[TrainTask], sample: list[SampleTask | Anc
     samples to history/ and draws them all again; its trainings resume)."""
     images, grids = [], 0
     for task in train:
-        settings, start = task.config["train"], _trained_steps(task, root)
-        images.append((settings["steps"] - start) * settings["batch_size"])
-        grids += occasions(settings["steps"], settings["sample_every"], start) * settings["sample_images"] * \
-            _nfe(task.config)
+        config = config_from_dict(task.config)  # a sweep saved before a key existed reads it at its default
+        start = min(task.progress(root)["done"], config.train.steps)
+        images.append((config.train.steps - start) * config.train.batch_size)
+        grids += occasions(config.train.steps, config.train.sample_every, start) * config.train.sample_images * \
+            _nfe(config)
     evaluations, scored, drawn, shared = [], 0, 0, 0
     for task in sample:
         if isinstance(task, SampleTask) and task.shares():
             shared += 1
             evaluations.append(0)
             continue
-        left = task.config["generate"]["num_samples"] if task.name in redrawn else _left_to_draw(task, root)
+        config = config_from_dict(task.config)
+        wanted = config.generate.num_samples
+        left = wanted if task.name in redrawn else max(wanted - task.progress(root)["done"] *
+                                                       config.generate.shard_size, 0)
         real = isinstance(task, AnchorTask) and task.kind == "real"
-        settings, nfe = task.config["train"], 0 if real else _nfe(task.config)
-        snapshots = occasions(settings["steps"], settings["eval_every"]) if isinstance(task, SampleTask) else 0
-        extra = snapshots * settings["eval_samples"]
-        evaluations.append((0 if real else left * nfe) + extra * nfe)
+        nfe = 0 if real else _nfe(config)
+        snapshots = occasions(config.train.steps, config.train.eval_every) if isinstance(task, SampleTask) else 0
+        extra = snapshots * config.train.eval_samples
+        evaluations.append((left + extra) * nfe)
         drawn += 0 if real else left
-        scored += task.config["generate"]["num_samples"] + extra
+        scored += wanted + extra
     return {"train": StageWork(len(train), tuple(images), evaluations=grids),
             "sample": StageWork(len(sample), tuple(evaluations), scored=scored, samples=drawn, shared=shared)}
 
