@@ -94,6 +94,7 @@ class UInt8Images(torch.utils.data.Dataset):
     def __getitem__(self, index):
         return self.images[index]
 
+
 # The only wall-clock limit a test sets on a process or a wait: a guard against a hang, never a speed check. A test
 # fails on it only when something is stuck; at load 10 on 2 cores, the slowest subprocess here took about 5 min.
 HANG_GUARD_S = 1800

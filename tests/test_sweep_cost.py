@@ -30,7 +30,8 @@ def test_a_plans_cost_counts_every_network_call_it_will_make(tmp_path):
     base = spec.base
     steps, batch, n = base["train"]["steps"], base["train"]["batch_size"], base["generate"]["num_samples"]
     assert len(sweep.train) == 4 and work["train"].units == (steps * batch,) * 4  # geometric, linear × 2 seeds
-    grid_calls = sum(network_calls(config_from_dict(task.config)) * base["train"]["sample_images"] for task in sweep.train)
+    grid_calls = sum(network_calls(config_from_dict(task.config)) * base["train"]["sample_images"]
+                     for task in sweep.train)
     grids = sum(1 for step in range(1, steps + 1) if step % base["train"]["sample_every"] == 0 or step == steps)
     assert work["train"].evaluations == grid_calls * grids
     drawing = [task for task in sweep.sample if not (isinstance(task, AnchorTask) and task.kind == "real")
@@ -44,5 +45,5 @@ def test_a_plans_cost_counts_every_network_call_it_will_make(tmp_path):
 
 
 def test_a_sweep_with_every_task_done_costs_nothing():
-    nothing = {"train": StageWork(0, ()), "sample": StageWork(0, ())}
+    nothing = {"train": StageWork(()), "sample": StageWork(())}
     assert describe_cost(nothing, "c.yaml", rate=100.0)[1:] == ["  nothing: every task is done"]

@@ -195,7 +195,8 @@ def test_training_longer_resumes_the_networks_and_samples_their_cells_again(tmp_
     logged = json.loads(lines[-1])["images_per_s"]
     assert f"  train: 1 network(s), {4 * 16:,} training images (each through the network and back; the largest task " \
            f"{4 * 16:,}), and {4 * calls:,} network evaluations for their sample grids" in planned
-    assert f"  sample: 20 samples drawn, {20 * calls:,} network evaluations (the largest task {20 * calls:,})\n" in planned
+    assert f"  sample: 20 samples drawn, {20 * calls:,} network evaluations (the largest task {20 * calls:,})\n" \
+        in planned
     assert f"  at the {logged:,.0f} images/s its trainings logged last: " in planned
     result = sweep(out, *args, "--extend=train.steps=8")
     assert started(result) == planned_runs(planned) == [("sample", "arm-geometric_seed-0"),

@@ -30,12 +30,15 @@ __all__ = ["StageWork", "describe_cost", "logged_rate", "occasions", "sweep_cost
 class StageWork:
     """One stage's work over the tasks that run: `units` per task (training images, or network evaluations)."""
 
-    tasks: int
     units: tuple[int, ...]  # per task, in the plan's order
     evaluations: int = 0  # train: its sample grids' network evaluations
     scored: int = 0  # sample: images through the feature extractor
     samples: int = 0  # sample: samples drawn
     shared: int = 0  # sample: cells that draw nothing (they share an earlier cell's samples)
+
+    @property
+    def tasks(self) -> int:
+        return len(self.units)
 
     @property
     def total(self) -> int:
@@ -86,8 +89,8 @@ def sweep_cost(root: Path, train: list[TrainTask], sample: list[SampleTask | Anc
         evaluations.append((left + extra) * nfe)
         drawn += 0 if real else left
         scored += wanted + extra
-    return {"train": StageWork(len(train), tuple(images), evaluations=grids),
-            "sample": StageWork(len(sample), tuple(evaluations), scored=scored, samples=drawn, shared=shared)}
+    return {"train": StageWork(tuple(images), evaluations=grids),
+            "sample": StageWork(tuple(evaluations), scored=scored, samples=drawn, shared=shared)}
 
 
 def logged_rate(train: list[TrainTask]) -> float | None:
